@@ -1,0 +1,72 @@
+"""Retrieval worker: one consumer group per shard answers search.requests.v1 from that shard of the index."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client import Counter
+
+from mmrag.errors import PermanentError
+from mmrag.messages import Envelope, Output
+from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
+from mmrag.request_reply import CORRELATION_ID, reply_address
+from mmrag.runner import ItemResult
+from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
+from mmrag.vector_index import Hit, VectorIndex
+
+log = logging.getLogger(__name__)
+STAGE = "retrieval_worker"
+EXPIRED = Counter("mmrag_search_requests_expired_total", "Requests dropped because their deadline passed", ["shard"])
+
+
+class RetrievalWorkerSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings):
+    shard: int = 0
+    max_wait_ms: int = 5
+    max_top_k: int = 100
+
+    @property
+    def group(self) -> str:
+        return f"retrieval-shard-{self.shard}"
+
+
+def to_hit(hit: Hit) -> SearchHit:
+    r = hit.row
+    return SearchHit(vector_id=r.vector_id, object_id=r.object_id, version=r.version, score=hit.score, text=r.text,
+                     chunk_index=r.chunk_index, char_start=r.char_start, char_end=r.char_end, page=r.page,
+                     has_text=r.has_text, has_image=r.has_image)
+
+
+class RetrievalWorker:
+    stage = STAGE
+
+    def __init__(self, settings: RetrievalWorkerSettings, space_id: str, index: VectorIndex) -> None:
+        self.settings = settings
+        self.space_id = space_id
+        self.index = index
+
+    def warm_up(self) -> None:
+        self.index.start()
+
+    def handle(self, batch: Sequence[Envelope[SearchRequest]]) -> list[ItemResult]:
+        return [self._answer(env) for env in batch]
+
+    def _answer(self, env: Envelope[SearchRequest]) -> ItemResult:
+        address = reply_address(env.headers)
+        if address is None or env.value is None:
+            return PermanentError(STAGE, f"request {env.key}", "no reply address headers or empty body",
+                                  "send correlation_id, reply_topic, reply_partition and deadline_ms headers")
+        if address.expired:
+            EXPIRED.labels(str(self.settings.shard)).inc()
+            return []  # the caller gave up already; answering would only fill its reply partition
+        reply = SearchReply(correlation_id=address.correlation_id, shard=self.settings.shard, space_id=self.space_id)
+        req = env.value
+        if req.space_id != self.space_id:
+            reply.error = f"query built for space {req.space_id}, shard {self.settings.shard} serves {self.space_id}"
+        else:
+            top_k = max(1, min(req.top_k or 10, self.settings.max_top_k))
+            hits = self.index.search(np.asarray(req.query_vector, dtype=np.float32), top_k, self.settings.shard)
+            reply.hits.extend(to_hit(h) for h in hits)
+        return [Output(address.topic, address.correlation_id, reply, {CORRELATION_ID: address.correlation_id},
+                       partition=address.partition)]

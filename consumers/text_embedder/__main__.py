@@ -1,0 +1,28 @@
+"""`python -m consumers.text_embedder`: the embedder-text consumer group."""
+
+from __future__ import annotations
+
+import sys
+
+from consumers.text_embedder.handler import TextEmbedder, TextEmbedderSettings
+from mmrag.messages import proto_decoder
+from mmrag.object_store import S3ObjectStore
+from mmrag.pb.events_pb2 import ObjectEvent
+from mmrag.runner import StageRunner
+from mmrag.service import service_main
+from mmrag.telemetry import Probes
+from mmrag.text_encoder import MiniLMEncoder
+
+
+def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
+    handler = TextEmbedder(settings, S3ObjectStore(settings, "text_embedder"), MiniLMEncoder())
+    decoders = {settings.topics.objects: proto_decoder(ObjectEvent, handler.stage)}
+    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=True, probes=probes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main("text_embedder", TextEmbedderSettings, build, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Joint index updater: embeddings.v1 -> fused rows upserted into the vector index -> index-status.v1.
+
+A sink stage: the upsert/delete is durable before the runner commits offsets; redelivery is harmless because rows
+are keyed by vector_id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from mmrag import metrics
+from mmrag.errors import PermanentError
+from mmrag.messages import Envelope, Output, now_ms
+from mmrag.pb.events_pb2 import EmbeddingBatch, Modality
+from mmrag.runner import ItemResult
+from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
+from mmrag.space import EmbeddingSpace
+from mmrag.vector_index import VectorIndex
+from index_updater.fusion import plan_update
+
+log = logging.getLogger(__name__)
+STAGE = "index_updater"
+
+
+class IndexUpdaterSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings):
+    group: str = "index-updater"
+
+
+class IndexUpdater:
+    stage = STAGE
+
+    def __init__(self, settings: IndexUpdaterSettings, space: EmbeddingSpace, index: VectorIndex) -> None:
+        self.settings = settings
+        self.space = space
+        self.index = index
+        self.status_topic = settings.topics.index_status
+
+    def warm_up(self) -> None:
+        self.index.start()
+
+    def handle(self, batch: Sequence[Envelope[EmbeddingBatch]]) -> list[ItemResult]:
+        """Applies batches in order (a later item may build on an earlier one of the same object)."""
+        results: list[ItemResult] = []
+        for env in batch:
+            if env.value is None:
+                results.append([])  # embeddings.v1 is not compacted: a null value carries nothing to apply
+                continue
+            try:
+                results.append(self._apply(env.value))
+            except PermanentError as exc:
+                results.append(exc)
+        return results
+
+    def _apply(self, batch: EmbeddingBatch) -> list[Output]:
+        self._check_space(batch)
+        plan = plan_update(batch, self.index.rows_of(batch.object_id), self.space, self.settings.shards, now_ms())
+        self.index.upsert(plan.upserts)
+        self.index.delete(plan.deletes)
+        if plan.upserts and batch.event_time_ms:
+            metrics.FRESHNESS.labels(STAGE).observe(max(0, plan.status.indexed_at_ms - batch.event_time_ms) / 1000)
+        return [Output(self.status_topic, batch.object_id, plan.status)]
+
+    def _check_space(self, batch: EmbeddingBatch) -> None:
+        if batch.deleted:
+            return
+        expected = self.space.text_model_id if batch.modality == Modality.MODALITY_TEXT else self.space.image_model_id
+        if batch.model_id != expected:
+            raise PermanentError(
+                STAGE, batch.object_id, f"embedded by {batch.model_id!r}, this index's space {self.space.id} "
+                f"expects {expected!r}", "run an updater for that space, or re-index with `mmrag reindex`",
+            )
+        if not batch.chunks:
+            raise PermanentError(STAGE, batch.object_id, "embedding batch without chunks", "fix the embedder")

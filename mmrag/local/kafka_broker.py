@@ -1,0 +1,400 @@
+"""Run a real Apache Kafka KRaft cluster on loopback from Maven Central jars, for the demo and tests (Linux).
+
+`python -m mmrag.local.kafka_broker fetch|start|stop|status [--nodes N] [--dir DIR]`; a running cluster is
+described by `<dir>/cluster.json`, so another process can inspect or stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+KAFKA_VERSION = "4.3.1"
+# kafka_2.13 4.3.1 brings slf4j-api 1.7.36 and log4j 2.25.4 (`mvn dependency:tree`): the binding must match both.
+LOG4J_VERSION = "2.25.4"
+STATE_FILE = "cluster.json"
+_MARKER = ".complete"
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion><groupId>local.mmrag</groupId>
+  <artifactId>kafka-jars</artifactId><version>1</version><packaging>pom</packaging><dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{version}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
+</dependencies></project>
+"""
+_LOG4J2 = (  # the broker logs to <node dir>/server.log only, never to stdout
+    "appender.file.type=File\nappender.file.name=FILE\nappender.file.fileName={log}\n"
+    "appender.file.layout.type=PatternLayout\nappender.file.layout.pattern=[%d] %p %m (%c)%n\n"
+    "rootLogger.level=INFO\nrootLogger.appenderRef.file.ref=FILE\nshutdownHook=disable\n"
+)
+# Popen handles of nodes this process launched: polling reaps exited ones, which would linger as live-looking zombies.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def fetch_kafka_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION) -> Path:
+    """`<cache_dir>/kafka-<version>/libs` with the broker jars (cache_dir: $MMRAG_CACHE_DIR or ~/.cache/kafka-mmrag).
+
+    Runs Maven only until it once succeeds; RuntimeError if `mvn` is missing or fails (no Maven Central, proxy)."""
+    cache = cache_dir or Path(os.environ.get("MMRAG_CACHE_DIR") or Path.home() / ".cache" / "kafka-mmrag")
+    root = cache / f"kafka-{version}"
+    libs = root / "libs"
+    if (root / _MARKER).exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError("Maven ('mvn') is not on PATH: install it (e.g. apt-get install maven) to fetch Kafka jars")
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers must not run Maven into the same dir at once
+        if (root / _MARKER).exists():
+            return libs
+        (root / "pom.xml").write_text(_POM.format(version=version, log4j=LOG4J_VERSION))
+        shutil.rmtree(libs, ignore_errors=True)  # never mix jars of an interrupted run into a new one
+        print(f"fetching Kafka {version} jars with Maven into {libs} ...", file=sys.stderr)
+        started = time.monotonic()
+        cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "dependency:copy-dependencies", "-DoutputDirectory=libs"]
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"Maven could not fetch kafka_2.13:{version} (exit {proc.returncode}; pom in {root}). "
+                "Check access to Maven Central (https://repo.maven.apache.org) and the proxy settings in "
+                "~/.m2/settings.xml, then retry. Maven said:\n" + "\n".join(proc.stdout.replace("\x1b[0m", "").splitlines()[-30:]) + proc.stderr
+            )
+        (root / _MARKER).write_text(f"{version}\n")
+        print(f"fetched {len(list(libs.glob('*.jar')))} jars in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return libs
+
+
+@dataclass
+class KafkaNode:
+    """One combined broker+controller process; `pid` is None while it is not running."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    dir: Path
+    pid: int | None = None
+
+    @property
+    def properties_file(self) -> Path:
+        return self.dir / "server.properties"
+
+    def is_alive(self) -> bool:
+        """True if `pid` runs and is this node's Kafka process (a reused pid or a zombie does not count)."""
+        child = _CHILDREN.get(self.pid or -1)
+        if self.pid is None or (child is not None and child.poll() is not None):
+            return False
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[0] != "Z" and str(self.properties_file) in cmdline
+
+
+def _terminate(nodes: list[KafkaNode], sig: signal.Signals, timeout_s: float) -> None:
+    """Send `sig` to each live node's process group (it leads its own session); wait up to `timeout_s` for all."""
+    for node in nodes:
+        if node.is_alive() and node.pid:  # a dead node's pid may belong to someone else by now
+            with suppress(ProcessLookupError):
+                os.killpg(node.pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while any(node.is_alive() for node in nodes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@dataclass
+class KafkaCluster:
+    """A local KRaft cluster whose nodes are background processes, described by `<base_dir>/cluster.json`."""
+
+    bootstrap_servers: str
+    base_dir: Path
+    cluster_id: str
+    libs: Path
+    heap_mb: int
+    nodes: list[KafkaNode]
+
+    def node(self, node_id: int) -> KafkaNode:
+        """The node with `node_id`; KeyError if there is none."""
+        return {node.node_id: node for node in self.nodes}[node_id]
+
+    def is_running(self) -> bool:
+        """True if every node's process is alive."""
+        return all(node.is_alive() for node in self.nodes)
+
+    def save(self) -> None:
+        """Write cluster.json atomically, so a concurrent reader never sees half a file."""
+        tmp = self.base_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
+        os.replace(tmp, self.base_dir / STATE_FILE)
+
+    def stop(self, timeout_s: float = 20) -> None:
+        """SIGTERM every node (controlled shutdown), SIGKILL those still alive after `timeout_s`; never raises."""
+        _terminate(self.nodes, signal.SIGTERM, timeout_s)
+        _terminate(self.nodes, signal.SIGKILL, 10)  # only those that ignored SIGTERM are still alive
+        for node in self.nodes:
+            node.pid = None
+        self.save()
+
+    def kill_node(self, node_id: int) -> None:
+        """SIGKILL one node (a crash, for fault tests) and wait until it is gone; KeyError for an unknown id."""
+        node = self.node(node_id)
+        _terminate([node], signal.SIGKILL, 10)
+        node.pid = None
+        self.save()
+
+    def start_node(self, node_id: int, ready_timeout_s: float = 60) -> None:
+        """(Re)start one node, e.g. after `kill_node`, and wait until it serves; RuntimeError if it does not."""
+        node = self.node(node_id)
+        if not node.is_alive():
+            _launch(self, node)
+            self.save()
+        _wait_ready(self, [node], ready_timeout_s)
+
+
+def load_cluster(base_dir: Path) -> KafkaCluster | None:
+    """Read `<base_dir>/cluster.json`; None if there is none (ValueError/KeyError/TypeError if malformed)."""
+    path = Path(base_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    nodes = [KafkaNode(**{**node, "dir": Path(node["dir"])}) for node in data["nodes"]]
+    return KafkaCluster(**{**data, "base_dir": path.parent.resolve(), "libs": Path(data["libs"]), "nodes": nodes})
+
+
+def stop_cluster(base_dir: Path, timeout_s: float = 20) -> bool:
+    """Stop whatever cluster `<base_dir>/cluster.json` names; False (no error) if nothing was running."""
+    cluster = load_cluster(base_dir)
+    if cluster is None or not any(node.is_alive() for node in cluster.nodes):
+        return False
+    cluster.stop(timeout_s)
+    return True
+
+
+def _plan_cluster(base_dir: Path, nodes: int, first_port: int | None, heap_mb: int) -> KafkaCluster:
+    """Describe the cluster, reusing cluster id and ports of a previous run in `base_dir` so its data stays valid."""
+    previous = load_cluster(base_dir)
+    if previous is not None and any(node.is_alive() for node in previous.nodes):
+        raise RuntimeError(f"a Kafka cluster from {base_dir} is already running: stop it first")
+    if previous is not None and len(previous.nodes) != nodes:
+        raise RuntimeError(f"{base_dir} holds a {len(previous.nodes)}-node cluster, not {nodes}: use another dir")
+    if first_port is not None:  # broker ports first, then controller ports
+        ports = [(first_port + i, first_port + nodes + i) for i in range(nodes)]
+    elif previous is not None:
+        ports = [(node.port, node.controller_port) for node in previous.nodes]
+    else:  # all sockets stay open until each has its port, so the kernel hands out distinct ones
+        socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2 * nodes)]
+        free = [sock.getsockname()[1] for sock in socks]
+        for sock in socks:
+            sock.close()
+        ports = [(free[2 * i], free[2 * i + 1]) for i in range(nodes)]
+    members = [KafkaNode(i + 1, port, cport, base_dir / f"node-{i + 1}") for i, (port, cport) in enumerate(ports)]
+    # Same id format as `kafka-storage random-uuid`, without paying a JVM start for it.
+    cluster_id = previous.cluster_id if previous else base64.urlsafe_b64encode(os.urandom(16)).decode()
+    servers = ",".join(f"127.0.0.1:{node.port}" for node in members)
+    return KafkaCluster(servers, base_dir, cluster_id.rstrip("="), fetch_kafka_jars(), heap_mb, members)
+
+
+def _server_properties(cluster: KafkaCluster, node: KafkaNode) -> str:
+    replicas = min(3, len(cluster.nodes))
+    min_isr = 2 if replicas >= 3 else 1  # with 3 replicas an acked write survives the loss of any one node
+    voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in cluster.nodes)
+    props: dict[str, object] = {
+        "process.roles": "broker,controller", "node.id": node.node_id, "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER", "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": node.dir / "data", "num.partitions": 1, "auto.create.topics.enable": "false",
+        "default.replication.factor": replicas, "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas, "group.initial.rebalance.delay.ms": 0,
+        "transaction.state.log.replication.factor": replicas, "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": replicas, "share.coordinator.state.topic.min.isr": min_isr,
+        # Fence a crashed broker after 3 s instead of 9 s: the produce stall during failover shrinks with it.
+        "broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 500,
+    }
+    return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def _java_cmd(cluster: KafkaCluster, node: KafkaNode, *args: str) -> list[str]:
+    """The JVM command line for a Kafka main class; RuntimeError if no `java` is on PATH."""
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("'java' is not on PATH: Kafka 4 needs Java 17+ (e.g. apt-get install openjdk-17-jre)")
+    log4j = f"-Dlog4j2.configurationFile={node.dir / 'log4j2.properties'}"
+    return [java, "-Djava.awt.headless=true", "-cp", f"{cluster.libs}/*", log4j, *args]
+
+
+def _format_storage(cluster: KafkaCluster) -> None:
+    """Format each node's log dir with the cluster id (in parallel); RuntimeError with the tool's output on failure."""
+    jobs = []
+    for node in cluster.nodes:
+        if (node.dir / "data" / "meta.properties").exists():
+            continue  # formatted by an earlier run: -g would keep it too, this just skips a ~1 s JVM start
+        args = ("kafka.tools.StorageTool", "format", "-t", cluster.cluster_id, "-c", str(node.properties_file), "-g")
+        out = subprocess.PIPE
+        jobs.append((node, subprocess.Popen(_java_cmd(cluster, node, *args), stdout=out, stderr=subprocess.STDOUT)))
+    for node, proc in jobs:
+        output = proc.communicate(timeout=120)[0].decode(errors="replace")
+        if proc.returncode != 0:
+            tail = "\n".join(output.splitlines()[-30:])
+            raise RuntimeError(f"formatting storage of Kafka node {node.node_id} failed ({proc.returncode}):\n{tail}")
+
+
+def _launch(cluster: KafkaCluster, node: KafkaNode) -> None:
+    cmd = _java_cmd(cluster, node, "kafka.Kafka", str(node.properties_file))
+    cmd.insert(1, f"-Xmx{cluster.heap_mb}m")
+    # Own session: the broker outlives the launching command and can be signalled as one process group.
+    with (node.dir / "stdout.log").open("wb") as out:
+        devnull, merged = subprocess.DEVNULL, subprocess.STDOUT
+        child = subprocess.Popen(cmd, cwd=node.dir, stdin=devnull, stdout=out, stderr=merged, start_new_session=True)
+    _CHILDREN[child.pid] = child
+    node.pid = child.pid
+
+
+def _log_tail(node: KafkaNode) -> str:
+    parts = []
+    # stdout.log holds what log4j never sees: JVM failures such as a bad classpath or OutOfMemoryError.
+    for path, lines in ((node.dir / "server.log", 20), (node.dir / "stdout.log", 10)):
+        if path.exists():
+            with path.open("rb") as handle:
+                handle.seek(max(0, path.stat().st_size - 65536))
+                text = "\n".join(handle.read().decode(errors="replace").splitlines()[-lines:])
+            parts.append(f"last lines of {path}:\n{text}" if text else f"{path} is empty")
+    return "; " + "\n".join(parts)
+
+
+def _answers_metadata(node: KafkaNode, brokers: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=0.5):
+            pass  # cheap probe first: no client is built (and no refused-connection noise logged) while it boots
+    except OSError:
+        return False
+    conf: dict[str, Any] = {"bootstrap.servers": f"127.0.0.1:{node.port}", "log_level": 0}
+    conf["error_cb"] = lambda _err: None  # transient errors while booting; list_topics decides readiness
+    try:
+        metadata = AdminClient(conf).list_topics(timeout=2)
+    except KafkaException:
+        return False
+    return len(metadata.brokers) >= brokers
+
+
+def _wait_ready(cluster: KafkaCluster, nodes: list[KafkaNode], timeout_s: float) -> None:
+    """Block until each of `nodes` serves metadata listing every live broker.
+
+    RuntimeError with the node's log tail as soon as one exits, or when `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(nodes)
+    while pending:
+        for node in nodes:
+            if not node.is_alive():
+                child = _CHILDREN.get(node.pid or -1)
+                code = f" with code {child.returncode}" if child is not None else ""
+                raise RuntimeError(f"Kafka node {node.node_id} exited{code} during start-up{_log_tail(node)}")
+        live = sum(1 for node in cluster.nodes if node.is_alive())
+        pending = [node for node in pending if not _answers_metadata(node, live)]
+        if pending and time.monotonic() > deadline:
+            node = pending[0]
+            raise RuntimeError(f"Kafka node {node.node_id} not ready after {timeout_s:.0f}s{_log_tail(node)}")
+        if pending:
+            time.sleep(0.2)
+
+
+def start_cluster(
+    base_dir: Path, nodes: int = 1, *, first_port: int | None = None, heap_mb: int | None = None,
+    ready_timeout_s: float = 60,
+) -> KafkaCluster:
+    """Start an n-node KRaft cluster (each node broker+controller) under `base_dir`, keeping earlier data there.
+
+    RuntimeError if jars or java are missing, or a node dies or is not ready in `ready_timeout_s` (all stop)."""
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    cluster = _plan_cluster(Path(base_dir).resolve(), nodes, first_port, heap_mb or (512 if nodes == 1 else 320))
+    for node in cluster.nodes:
+        node.dir.mkdir(parents=True, exist_ok=True)
+        node.properties_file.write_text(_server_properties(cluster, node))
+        (node.dir / "log4j2.properties").write_text(_LOG4J2.format(log=node.dir / "server.log"))
+    _format_storage(cluster)
+    try:
+        for node in cluster.nodes:
+            _launch(cluster, node)
+        cluster.save()
+        _wait_ready(cluster, cluster.nodes, ready_timeout_s)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run `fetch|start|stop|status` from parsed args; expected failures print one line on stderr and return 1."""
+    try:
+        if args.kafka_command == "fetch":
+            print(fetch_kafka_jars(args.cache_dir, args.version))
+        elif args.kafka_command == "start":
+            fetch_kafka_jars()  # a one-off download is not broker start-up: keep it out of the time printed below
+            started = time.monotonic()
+            ready = start_cluster(args.dir, args.nodes, heap_mb=args.heap_mb, ready_timeout_s=args.timeout)
+            print(f"Kafka ready at {ready.bootstrap_servers} in {time.monotonic() - started:.1f}s ({args.dir})")
+        elif args.kafka_command == "stop":
+            print("stopped" if stop_cluster(args.dir) else f"no Kafka cluster running from {args.dir}")
+        elif (cluster := load_cluster(args.dir)) is None:
+            print(f"no Kafka cluster in {args.dir}")
+            return 1
+        else:
+            print(f"bootstrap servers: {cluster.bootstrap_servers}")
+            for node in cluster.nodes:
+                state = f"alive (pid {node.pid})" if node.is_alive() else "not running"
+                print(f"node {node.node_id} 127.0.0.1:{node.port}: {state}")
+            return 0 if cluster.is_running() else 1
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register_cli(parser: argparse.ArgumentParser) -> None:
+    """Add the fetch/start/stop/status subcommands to `parser`; each sets `func(args) -> exit code`."""
+    sub = parser.add_subparsers(dest="kafka_command", required=True)
+    fetch = sub.add_parser("fetch", help="download the Kafka broker jars with Maven (once)")
+    fetch.add_argument("--cache-dir", type=Path, default=None, help="default: $MMRAG_CACHE_DIR or ~/.cache/kafka-mmrag")
+    fetch.add_argument("--version", default=KAFKA_VERSION)
+    start = sub.add_parser("start", help="start a local KRaft cluster that keeps running in the background")
+    start.add_argument("--nodes", type=int, default=1, help="1 (default), or 3 for replication factor 3")
+    start.add_argument("--heap-mb", type=int, default=None, help="JVM heap per node (default 512, 320 if >1 node)")
+    start.add_argument("--timeout", type=float, default=60, help="seconds to wait until ready (default 60)")
+    stop = sub.add_parser("stop", help="stop the cluster named by <dir>/cluster.json")
+    status = sub.add_parser("status", help="bootstrap servers and node liveness (exit 1 unless all alive)")
+    state_dir = Path(os.environ.get("MMRAG_STATE_DIR", ".mmrag")) / "kafka"
+    for command in (start, stop, status):
+        command.add_argument("--dir", type=Path, default=state_dir, help="$MMRAG_STATE_DIR/kafka, ./.mmrag/kafka")
+    for command in (fetch, start, stop, status):
+        command.set_defaults(func=_run_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m mmrag.local.kafka_broker`; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m mmrag.local.kafka_broker", description=__doc__)
+    register_cli(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

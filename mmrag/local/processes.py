@@ -1,0 +1,57 @@
+"""Small process helpers for the local stack: free ports, waiting for readiness."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    """Polls ``check`` until true; raises TimeoutError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def spawn_detached(
+    cmd: list[str], log_path: Path, pidfile: Path, env: dict[str, str] | None = None, **info: str
+) -> subprocess.Popen[bytes]:
+    """Starts ``cmd`` in its own session (it outlives the caller), logging to ``log_path``; records it in pidfile."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+    pidfile.write_text(json.dumps({"pid": proc.pid, **info}))
+    return proc
+
+
+def stop_detached(pidfile: Path, timeout_s: float = 10) -> None:
+    """SIGTERM the process group a pidfile names (SIGKILL after timeout); no error when it is gone already."""
+    if not pidfile.exists():
+        return
+    pid = int(json.loads(pidfile.read_text())["pid"])
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            os.killpg(pid, 0)
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pidfile.unlink()

@@ -1,0 +1,128 @@
+"""The local stack: Kafka (KRaft, from Maven jars), local S3 with notifications, milvus-lite server, topics, and
+every deployable as its own process. Used by `mmrag stack up|down`, the demo and the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mmrag.local import kafka_broker
+from mmrag.local.milvus import start_milvus_lite, stop_milvus_lite
+from mmrag.local.processes import stop_detached
+from mmrag.local.s3 import ensure_bucket_with_queue, start_moto, stop_moto
+from mmrag.local.services import SERVICE_MODULES, Service
+from mmrag.object_store import s3_client
+from mmrag.settings import S3Settings
+from mmrag.topics import Topics, ensure_topics
+
+log = logging.getLogger(__name__)
+ENDPOINTS_FILE = "endpoints.json"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the infrastructure of a running stack answers."""
+
+    bootstrap_servers: str
+    s3_endpoint_url: str
+    milvus_uri: str
+
+    def save(self, state_dir: Path) -> None:
+        (state_dir / ENDPOINTS_FILE).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Endpoints | None:
+        path = state_dir / ENDPOINTS_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def start_infra(state_dir: Path, nodes: int = 1) -> Endpoints:
+    """Starts (or, when running already, reuses) Kafka, the local S3 and milvus-lite under ``state_dir``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    kafka_broker.fetch_kafka_jars()
+    cluster = kafka_broker.load_cluster(state_dir / "kafka")
+    if cluster is None or not cluster.is_running():
+        cluster = kafka_broker.start_cluster(state_dir / "kafka", nodes)
+    running = Endpoints.load(state_dir)
+    if running is not None and (state_dir / "moto.json").exists() and (state_dir / "milvus.json").exists():
+        endpoints = Endpoints(cluster.bootstrap_servers, running.s3_endpoint_url, running.milvus_uri)
+    else:
+        endpoints = Endpoints(cluster.bootstrap_servers, start_moto(state_dir), start_milvus_lite(state_dir))
+    endpoints.save(state_dir)
+    return endpoints
+
+
+def stop_infra(state_dir: Path) -> None:
+    stop_moto(state_dir)
+    stop_milvus_lite(state_dir)
+    kafka_broker.stop_cluster(state_dir / "kafka")
+    (state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+
+
+@dataclass
+class Deployment:
+    """One namespace of the system on the infrastructure: a topic prefix, a bucket+queue, a collection prefix."""
+
+    state_dir: Path
+    endpoints: Endpoints
+    clip_model_dir: Path
+    topic_prefix: str = ""
+    bucket: str = "mmrag-demo"
+    queue: str = "mmrag-object-events"
+    shards: int = 2
+    grpc_port: int = 50051
+    queue_url: str = ""
+
+    def prepare(self) -> None:
+        """Creates the topics, the bucket and its notification queue (idempotent)."""
+        ensure_topics(self.endpoints.bootstrap_servers, Topics(self.topic_prefix), vector_shards=self.shards)
+        s3 = self.s3_settings()
+        self.queue_url = ensure_bucket_with_queue(s3_client(s3), s3_client(s3, "sqs"), self.bucket, self.queue)
+
+    def s3_settings(self) -> S3Settings:
+        return S3Settings(s3_endpoint_url=self.endpoints.s3_endpoint_url)
+
+    def env(self) -> dict[str, str]:
+        """The MMRAG_* settings every service of this deployment shares."""
+        prefix = self.topic_prefix.rstrip(".-_") or "mmrag"
+        return {
+            "MMRAG_BOOTSTRAP_SERVERS": self.endpoints.bootstrap_servers,
+            "MMRAG_TOPIC_PREFIX": self.topic_prefix,
+            "MMRAG_S3_ENDPOINT_URL": self.endpoints.s3_endpoint_url,
+            "MMRAG_MILVUS_URI": self.endpoints.milvus_uri,
+            "MMRAG_COLLECTION_PREFIX": prefix.replace("-", "_").replace(".", "_"),
+            "MMRAG_SHARDS": str(self.shards),
+            "MMRAG_CLIP_MODEL_DIR": str(self.clip_model_dir),
+            "MMRAG_SQS_QUEUE_URL": self.queue_url,
+            "MMRAG_GRPC_PORT": str(self.grpc_port),
+            "MMRAG_STATE_DIR": str(self.state_dir),
+        }
+
+    def service(self, name: str, instance: str = "0", **extra: str) -> Service:
+        """A deployable of this deployment (not started); ``extra`` are more MMRAG_* settings."""
+        env = {**self.env(), "MMRAG_INSTANCE_ID": f"{name}-{instance}", **extra}
+        label = name if instance == "0" else f"{name}-{instance}"
+        return Service(label, SERVICE_MODULES[name], env, self.state_dir / "logs")
+
+    def all_services(self) -> list[Service]:
+        names = ["sqs_bridge", "text_embedder", "vision_embedder", "index_updater", "query_service"]
+        services = [self.service(n) for n in names]
+        services += [self.service("retrieval_worker", str(k), MMRAG_SHARD=str(k)) for k in range(self.shards)]
+        return services
+
+
+def start_services(services: list[Service], timeout_s: float = 180) -> list[Service]:
+    """Starts every service, then waits for each to be ready (they warm up in parallel)."""
+    for service in services:
+        service.start()
+    for service in services:
+        service.wait_ready(timeout_s)
+    return services
+
+
+def stop_services(state_dir: Path) -> None:
+    """Stops every service a stack under ``state_dir`` started (their pidfiles), even from another process."""
+    for pidfile in sorted((state_dir / "logs").glob("*.pid.json")):
+        stop_detached(pidfile, timeout_s=20)

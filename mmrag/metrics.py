@@ -1,0 +1,24 @@
+"""Prometheus metrics shared by every stage (labelled by stage so one process can host several)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+INGESTED = Counter("mmrag_messages_processed_total", "Messages a stage handled successfully", ["stage"])
+FAILED = Counter("mmrag_messages_failed_total", "Message failures by error class", ["stage", "error_class"])
+DLQ = Counter("mmrag_dlq_total", "Messages a stage sent to the DLQ", ["stage"])
+RETRIES = Counter("mmrag_retries_total", "Batch retries after a retryable error", ["stage"])
+BATCH_SIZE = Histogram(
+    "mmrag_batch_size", "Messages per processed batch", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+HANDLE_SECONDS = Histogram("mmrag_handle_seconds", "Handler time per batch", ["stage"], buckets=LATENCY_BUCKETS)
+COMMIT_SECONDS = Histogram("mmrag_commit_seconds", "Produce+commit time per batch", ["stage"], buckets=LATENCY_BUCKETS)
+LAG = Gauge("mmrag_consumer_lag", "High watermark minus committed position", ["stage", "topic", "partition"])
+FRESHNESS = Histogram(
+    "mmrag_freshness_seconds",
+    "indexed_at minus the object's event time",
+    ["stage"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)

@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC modules: run `mmrag proto generate` after editing proto/."""

@@ -1,0 +1,58 @@
+"""Process wiring every deployable shares: settings (with --print-config), logging, probes, signals, run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+from mmrag.settings import BaseServiceSettings
+from mmrag.telemetry import Probes, setup_logging
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=BaseServiceSettings)
+
+
+class Runnable(Protocol):
+    def run(self, stop: threading.Event) -> None: ...
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the current batch, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def service_main(
+    name: str, settings_cls: type[S], build: Callable[[S, Probes], Runnable], argv: Sequence[str] | None = None
+) -> int:
+    """Parses ``--print-config``, validates settings from the environment, serves probes, runs until a signal."""
+    parser = argparse.ArgumentParser(prog=name, description=f"kafka-mmrag {name} (settings: MMRAG_* env vars)")
+    parser.add_argument("--print-config", action="store_true", help="print the settings (secrets masked) and exit")
+    args = parser.parse_args(argv)
+    settings = settings_cls()
+    if args.print_config:
+        print(settings.printable())
+        return 0
+    setup_logging(settings.log_level)
+    probes = Probes(name)
+    probes.serve(settings.probe_host, settings.probe_port)
+    stop = threading.Event()
+    install_stop_signals(stop)
+    component = build(settings, probes)
+    try:
+        component.run(stop)
+    except Exception as exc:
+        probes.set_dead(str(exc))
+        log.exception("%s stopped on an error", name)
+        return 1
+    finally:
+        probes.close()
+    return 0

@@ -1,0 +1,88 @@
+"""Settings bases shared by every deployable: env prefix MMRAG_, frozen, validated at start."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mmrag.topics import Topics
+
+
+class BaseServiceSettings(BaseSettings):
+    """What every deployable needs: Kafka, topics, identity, probes and retry bounds."""
+
+    model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    instance_id: str = Field(default_factory=socket.gethostname, description="stable per replica: transactional.id")
+    probe_host: str = "127.0.0.1"
+    probe_port: int = Field(default=0, description="HTTP /metrics, /healthz, /readyz; 0 = any free port")
+    log_level: str = "INFO"
+    max_batch: int = 32
+    max_wait_ms: int = 200
+    retry_attempts: int = 5
+    retry_max_total_s: float = 60.0
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    transaction_timeout_ms: int = 30000
+    fault_hold_before_commit_s: float = Field(
+        default=0.0, description="fault tests only: write <state_dir>/hold-<stage> and wait before committing"
+    )
+    state_dir: Path = Path(".mmrag")
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def printable(self) -> str:
+        """The settings as JSON with secrets masked (for --print-config)."""
+        data: dict[str, Any] = {}
+        for name, value in self:
+            data[name] = "***" if isinstance(value, SecretStr) else value
+        return json.dumps(data, indent=2, default=str, sort_keys=True)
+
+
+class S3Settings(BaseSettings):
+    """Where the object store is: the local S3 of the stack by default, real S3/MinIO by endpoint and keys."""
+
+    model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
+
+    s3_endpoint_url: str | None = "http://127.0.0.1:9000"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr = SecretStr("mmrag")
+    s3_secret_access_key: SecretStr = SecretStr("mmrag-secret")
+
+
+class SpaceSettings(BaseSettings):
+    """The embedding space: models and fusion weights. Its id is a hash of these (see mmrag.space)."""
+
+    model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
+
+    clip_model_dir: Path = Path(".mmrag/models/clip-easyvqa")
+    text_weight: float = 0.5
+    image_weight: float = 0.5
+    torch_threads: int = 0
+
+
+class VectorStoreSettings(BaseSettings):
+    """Milvus (milvus-lite server by default, a real Milvus by URI) and how vectors are sharded."""
+
+    model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
+
+    milvus_uri: str = "http://127.0.0.1:19530"
+    milvus_token: SecretStr = SecretStr("")
+    collection_prefix: str = "mmrag"
+    shards: int = Field(default=2, ge=1, description="retrieval shards: one retrieval-worker group each")
+
+    def collection_for(self, space_id: str) -> str:
+        return f"{self.collection_prefix}_{space_id}"
+
+    @property
+    def live_alias(self) -> str:
+        return f"{self.collection_prefix}_live"

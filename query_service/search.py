@@ -1,0 +1,87 @@
+"""Scatter a query to every shard through search.requests.v1, gather replies until the deadline, merge top-k."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from prometheus_client import Counter, Histogram
+
+from mmrag.messages import Output, now_ms
+from mmrag.metrics import LATENCY_BUCKETS
+from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
+from mmrag.producing import produce_outputs
+from mmrag.request_reply import ReplyAddress
+from mmrag.telemetry import inject_context
+from query_service.reply_router import ReplyRouter
+
+log = logging.getLogger(__name__)
+
+SEARCH_SECONDS = Histogram("mmrag_search_seconds", "Search latency end to end", buckets=LATENCY_BUCKETS)
+PARTIAL = Counter("mmrag_search_partial_total", "Searches answered without every shard")
+EMPTY = Counter("mmrag_search_empty_total", "Searches that retrieved nothing")
+
+
+@dataclass(frozen=True)
+class ShardHit:
+    hit: SearchHit
+    shard: int
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    hits: list[ShardHit]
+    missing_shards: list[int]
+    errors: list[str]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing_shards)
+
+
+def merge_top_k(replies: list[SearchReply], top_k: int) -> list[ShardHit]:
+    """Best ``top_k`` hits over all shard replies by score (ties by vector_id), each vector once."""
+    best: dict[str, ShardHit] = {}
+    for reply in replies:
+        for hit in reply.hits:
+            seen = best.get(hit.vector_id)
+            if seen is None or hit.score > seen.hit.score:
+                best[hit.vector_id] = ShardHit(hit, reply.shard)
+    return sorted(best.values(), key=lambda h: (-h.hit.score, h.hit.vector_id))[:top_k]
+
+
+class ShardedSearch:
+    def __init__(self, producer: Any, router: ReplyRouter, requests_topic: str, space_id: str, shards: int) -> None:
+        self.producer = producer
+        self.router = router
+        self.requests_topic = requests_topic
+        self.space_id = space_id
+        self.shards = shards
+
+    def search(self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str = "") -> SearchOutcome:
+        """Never raises for slow shards: whatever answered in time is merged and the rest listed as missing."""
+        start = time.monotonic()
+        cid = uuid.uuid4().hex
+        address = ReplyAddress(cid, self.router.topic, self.router.partition, now_ms() + int(timeout_s * 1000))
+        request = SearchRequest(correlation_id=cid, space_id=self.space_id, query_vector=vector.tolist(),
+                                top_k=top_k, query_text=query_text)
+        pending = self.router.expect(cid, self.shards)
+        produce_outputs(self.producer, [Output(self.requests_topic, cid, request, inject_context(address.headers()))])
+        self.producer.poll(0)
+        replies = self.router.wait(cid, pending, start + timeout_s)
+        answered = {r.shard for r in replies if not r.error}
+        outcome = SearchOutcome(
+            hits=merge_top_k([r for r in replies if not r.error], top_k),
+            missing_shards=sorted(set(range(self.shards)) - answered),
+            errors=[f"shard {r.shard}: {r.error}" for r in replies if r.error],
+        )
+        SEARCH_SECONDS.observe(time.monotonic() - start)
+        if outcome.partial:
+            PARTIAL.inc()
+        if not outcome.hits:
+            EMPTY.inc()
+        return outcome

@@ -1,0 +1,86 @@
+"""The gRPC QueryService: Search over text, image or both; health and reflection included."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import Field
+
+from mmrag.errors import PermanentError
+from mmrag.pb import query_pb2, query_pb2_grpc
+from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
+from mmrag.telemetry import Probes
+from query_service.query_encoder import QueryEncoder
+from query_service.search import ShardedSearch
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+
+
+class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings):
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    reply_partition: int = Field(default=0, ge=0, description="the reply partition this replica owns")
+    search_timeout_s: float = 2.0
+    default_top_k: int = 10
+    max_top_k: int = 100
+    grpc_workers: int = 8
+
+
+class QueryServicer(query_pb2_grpc.QueryServiceServicer):
+    def __init__(self, settings: QueryServiceSettings, encoder: QueryEncoder, search: ShardedSearch) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.sharded = search
+
+    def Search(self, request: query_pb2.SearchQuery, context: Any) -> query_pb2.SearchResponse:  # noqa: N802
+        top_k = request.top_k or self.settings.default_top_k
+        if not 0 < top_k <= self.settings.max_top_k:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 1..{self.settings.max_top_k}")
+        try:
+            vector = self.encoder.encode(request.text, request.image)
+        except (ValueError, PermanentError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"query: {exc}")
+        remaining = context.time_remaining()
+        timeout = min(self.settings.search_timeout_s, remaining) if remaining is not None else \
+            self.settings.search_timeout_s
+        outcome = self.sharded.search(vector, top_k, timeout, request.text)
+        response = query_pb2.SearchResponse(partial=outcome.partial, missing_shards=outcome.missing_shards,
+                                            space_id=self.sharded.space_id)
+        for sh in outcome.hits:
+            h = sh.hit
+            response.results.add(object_id=h.object_id, vector_id=h.vector_id, version=h.version, score=h.score,
+                                 text=h.text, chunk_index=h.chunk_index, char_start=h.char_start,
+                                 char_end=h.char_end, page=h.page, shard=sh.shard, has_text=h.has_text,
+                                 has_image=h.has_image)
+        return response
+
+    def Ask(self, request: query_pb2.AskRequest, context: Any) -> query_pb2.AskResponse:  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Ask arrives with the LLM workers; use Search meanwhile")
+
+    def GetObjectStatus(self, request: Any, context: Any) -> query_pb2.ObjectStatusResponse:  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetObjectStatus is not served yet; read index-status.v1")
+
+
+def serve(settings: QueryServiceSettings, servicer: QueryServicer, probes: Probes, stop: threading.Event) -> None:
+    """Serves until ``stop``; gRPC health turns SERVING with readiness, reflection lets grpcurl discover it."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.grpc_workers))
+    query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    server.start()
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    probes.set_ready(True)
+    log.info("QueryService on %s:%d", settings.grpc_host, port)
+    stop.wait()
+    probes.set_ready(False, "stopping")
+    server.stop(grace=5).wait()

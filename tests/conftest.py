@@ -1,0 +1,66 @@
+"""Session infrastructure for tests: a real Kafka broker (KRaft, Maven jars), local S3 with notifications and a
+milvus-lite server, started once; each test gets its own topic prefix, bucket, queue and collection prefix."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("infra")
+
+
+@pytest.fixture(scope="session")
+def infra(infra_dir: Path) -> Iterator[object]:
+    from mmrag.local.stack import start_infra, stop_infra
+
+    endpoints = start_infra(infra_dir)
+    try:
+        yield endpoints
+    finally:
+        stop_infra(infra_dir)
+
+
+@pytest.fixture(scope="session")
+def bootstrap(infra: object) -> str:
+    return str(infra.bootstrap_servers)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random-init CLIP saved like a real one (loads through the production code path)."""
+    from mmrag.clip import write_random_clip
+
+    return write_random_clip(tmp_path_factory.mktemp("clip") / "clip-random", seed=0)
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def deployment(infra: object, clip_dir: Path, tmp_path: Path, unique: str) -> Iterator[object]:
+    """A fresh namespace (topics, bucket, queue, collection) with no services started; stops what a test starts."""
+    from mmrag.local.processes import free_port
+    from mmrag.local.stack import Deployment, stop_services
+
+    dep = Deployment(
+        state_dir=tmp_path / "state", endpoints=infra, clip_model_dir=clip_dir,  # type: ignore[arg-type]
+        topic_prefix=f"t{unique}.", bucket=f"bucket-{unique}", queue=f"queue-{unique}", shards=2,
+        grpc_port=free_port(),
+    )
+    dep.prepare()
+    try:
+        yield dep
+    finally:
+        stop_services(dep.state_dir)

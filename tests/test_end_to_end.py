@@ -1,0 +1,77 @@
+"""The walking skeleton: uploads travel S3 -> SQS -> objects.v1 -> embedders -> updater -> Milvus -> gRPC Search."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import grpc
+import pytest
+from PIL import Image, ImageDraw
+
+from mmrag.object_store import S3ObjectStore
+from mmrag.pb import query_pb2, query_pb2_grpc
+from tests.kafka_tools import read_topic, wait_for
+
+pytestmark = pytest.mark.kafka
+
+KAFKA_DOC = """# Consumer groups
+Kafka consumer groups split the partitions of a topic between their members. Each partition is read by exactly
+one member of the group, and the group commits offsets to remember how far it has read.
+"""
+
+
+def red_circle_png() -> bytes:
+    img = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill="red")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def search(port: int, text: str = "", image: bytes = b"", top_k: int = 10) -> query_pb2.SearchResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        return stub.Search(query_pb2.SearchQuery(text=text, image=image, top_k=top_k), timeout=10)
+
+
+def found_ids(port: int, **query: object) -> set[str]:
+    return {r.object_id for r in search(port, **query).results}  # type: ignore[arg-type]
+
+
+def test_upload_search_delete_and_dlq(deployment, bootstrap: str) -> None:  # type: ignore[no-untyped-def]
+    from mmrag.local.stack import start_services
+
+    start_services(deployment.all_services())
+    store = S3ObjectStore(deployment.s3_settings(), "test")
+    bucket, port = deployment.bucket, deployment.grpc_port
+    circle = red_circle_png()
+    store.put(bucket, "docs/kafka groups.md", KAFKA_DOC.encode())
+    store.put(bucket, "images/circle.png", circle)
+    store.put(bucket, "images/broken.png", b"\x89PNG\r\n\x1a\n this is not really a png")
+
+    text_id, image_id = f"{bucket}/docs/kafka groups.md", f"{bucket}/images/circle.png"
+    wait_for(lambda: text_id in found_ids(port, text="how do kafka consumer groups share partitions"), 90,
+             "the text document to be searchable")
+    wait_for(lambda: image_id in found_ids(port, image=circle), 60, "the image to be searchable")
+
+    reply = search(port, text="how do kafka consumer groups share partitions")
+    assert not reply.partial and list(reply.missing_shards) == []
+    top = reply.results[0]
+    assert top.object_id == text_id and top.has_text
+    assert "consumer groups" in top.text
+    assert KAFKA_DOC[top.char_start : top.char_end] == top.text
+    by_image = search(port, image=circle).results[0]
+    assert by_image.object_id == image_id and by_image.has_image and by_image.score == pytest.approx(0.25, abs=1e-3)
+
+    dlq = wait_for(lambda: [m for m in read_topic(bootstrap, f"{deployment.topic_prefix}dlq.v1")
+                            if m.key == f"{bucket}/images/broken.png"], 30, "the corrupt image on the DLQ")
+    assert dlq[0].headers["dlq-stage"] == "vision_embedder"
+    assert dlq[0].headers["dlq-error-class"] == "PermanentError"
+    assert "images/broken.png" in dlq[0].headers["dlq-error-message"]
+    assert dlq[0].headers["dlq-source-topic"] == f"{deployment.topic_prefix}objects.v1"
+
+    store.delete(bucket, "docs/kafka groups.md")
+    wait_for(lambda: text_id not in found_ids(port, text="how do kafka consumer groups share partitions"), 60,
+             "the deleted document to leave the results")
+    assert image_id in found_ids(port, image=circle)
