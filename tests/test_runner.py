@@ -1,0 +1,164 @@
+"""The shared run loop against the real broker: transactions, DLQ, retries, isolation, trace propagation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from mmrag.errors import PermanentError, RetryableError
+from mmrag.messages import Envelope, Output
+from mmrag.pb.events_pb2 import GenerateChunk
+from mmrag.runner import ItemResult, StageRunner
+from mmrag.settings import BaseServiceSettings
+from tests.kafka_tools import read_topic
+
+pytestmark = pytest.mark.kafka
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def text_decoder(raw: bytes | None, headers: Mapping[str, str]) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PermanentError("echo", "message", "not UTF-8", "send text") from exc
+
+
+class Echo:
+    """Upper-cases each value onto the output topic; scripted failures for the tests."""
+
+    stage = "echo"
+
+    def __init__(self, out_topic: str, transient_failures: int = 0, batch_bug: bool = False) -> None:
+        self.out_topic = out_topic
+        self.transient_failures = transient_failures
+        self.batch_bug = batch_bug
+        self.calls = 0
+
+    def warm_up(self) -> None:
+        pass
+
+    def handle(self, batch: Sequence[Envelope[str]]) -> list[ItemResult]:
+        self.calls += 1
+        if self.transient_failures > 0:
+            self.transient_failures -= 1
+            raise RetryableError("echo", "batch", "store timeout", "retry")
+        if self.batch_bug and len(batch) > 1 and any(e.value == "bug" for e in batch):
+            raise ValueError("one item breaks the whole batch")
+        results: list[ItemResult] = []
+        for env in batch:
+            if env.value in ("poison", "bug"):
+                results.append(PermanentError("echo", str(env.key), f"cannot echo {env.value!r}", "drop it"))
+            else:
+                value = GenerateChunk(text=(env.value or "").upper(), seq=env.offset)
+                results.append([Output(self.out_topic, env.key, value)])
+        return results
+
+
+@pytest.fixture
+def topics(bootstrap: str, unique: str) -> tuple[str, str, str]:
+    names = (f"t{unique}.in", f"t{unique}.out", f"t{unique}.dlq.v1")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(n, 2, 1) for n in names]).values():
+        future.result()
+    return names
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], same_key: bool = False) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i, value in enumerate(values):
+        producer.produce(topic, key=b"k" if same_key else f"k{i}".encode(), value=value, headers=[("traceparent", TRACEPARENT.encode())])
+    assert producer.flush(10) == 0
+
+
+def run_until_drained(runner: StageRunner[str], expected: int) -> None:
+    runner.start()
+    seen = 0
+    for _ in range(200):
+        seen += runner.step()
+        if seen >= expected:
+            break
+    runner.close()
+    assert seen == expected
+
+
+def make_runner(bootstrap: str, unique: str, handler: Echo, in_topic: str, transactional: bool,
+                **settings: object) -> StageRunner[str]:
+    config = BaseServiceSettings(bootstrap_servers=bootstrap, topic_prefix=f"t{unique}.", instance_id="test",
+                                 retry_initial_s=0.01, retry_max_s=0.05, **settings)  # type: ignore[arg-type]
+    return StageRunner(config, handler, group=f"g{unique}", decoders={in_topic: text_decoder},
+                       transactional=transactional)
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    offsets = consumer.committed([TopicPartition(topic, p) for p in (0, 1)], timeout=10)
+    consumer.close()
+    return sum(max(tp.offset, 0) for tp in offsets)
+
+
+@pytest.mark.parametrize("transactional", [True, False], ids=["transactional", "sink"])
+def test_outputs_dlq_and_commits(bootstrap: str, unique: str, topics: tuple[str, str, str],
+                                 transactional: bool) -> None:
+    in_topic, out_topic, dlq_topic = topics
+    values = [b"alpha", b"poison", b"\xff\xfe not utf-8", b"beta", b"gamma"]
+    produce(bootstrap, in_topic, values)
+    run_until_drained(make_runner(bootstrap, unique, Echo(out_topic), in_topic, transactional), len(values))
+
+    out = read_topic(bootstrap, out_topic, idle_s=1)
+    texts = set()
+    for m in out:
+        chunk = GenerateChunk()
+        chunk.ParseFromString(m.value or b"")
+        texts.add(chunk.text)
+        assert m.headers["schema"] == "mmrag.v1.GenerateChunk"
+        assert m.headers["traceparent"].split("-")[1] == TRACE_ID  # same trace, new span
+        assert m.headers["traceparent"] != TRACEPARENT
+    assert texts == {"ALPHA", "BETA", "GAMMA"} and len(out) == 3
+
+    dlq = {m.value: m.headers for m in read_topic(bootstrap, dlq_topic, idle_s=1)}
+    assert set(dlq) == {b"poison", b"\xff\xfe not utf-8"}
+    assert dlq[b"poison"]["dlq-stage"] == "echo"
+    assert dlq[b"poison"]["dlq-error-class"] == "PermanentError"
+    assert "cannot echo 'poison'" in dlq[b"poison"]["dlq-error-message"]
+    assert dlq[b"poison"]["dlq-source-topic"] == in_topic and dlq[b"poison"]["dlq-source-offset"].isdigit()
+    assert dlq[b"poison"]["traceparent"] == TRACEPARENT  # original headers are kept
+    assert committed(bootstrap, f"g{unique}", in_topic) == len(values)
+
+
+def test_retryable_errors_are_retried_then_succeed(bootstrap: str, unique: str, topics: tuple[str, str, str]) -> None:
+    in_topic, out_topic, dlq_topic = topics
+    produce(bootstrap, in_topic, [b"one"])
+    handler = Echo(out_topic, transient_failures=2)
+    run_until_drained(make_runner(bootstrap, unique, handler, in_topic, True), 1)
+    assert handler.calls == 3
+    assert len(read_topic(bootstrap, out_topic, idle_s=1)) == 1
+    assert read_topic(bootstrap, dlq_topic, idle_s=0.5) == []
+
+
+def test_retries_are_bounded_then_dlq(bootstrap: str, unique: str, topics: tuple[str, str, str]) -> None:
+    in_topic, out_topic, dlq_topic = topics
+    produce(bootstrap, in_topic, [b"one"])
+    handler = Echo(out_topic, transient_failures=100)
+    run_until_drained(make_runner(bootstrap, unique, handler, in_topic, True, retry_attempts=3), 1)
+    assert handler.calls == 3
+    dlq = read_topic(bootstrap, dlq_topic, idle_s=1)
+    assert [m.headers["dlq-attempts"] for m in dlq] == ["3"]
+    assert dlq[0].headers["dlq-error-class"] == "RetryableError"
+    assert read_topic(bootstrap, out_topic, idle_s=0.5) == []
+
+
+def test_a_batch_failure_is_isolated_to_its_item(bootstrap: str, unique: str, topics: tuple[str, str, str]) -> None:
+    in_topic, out_topic, dlq_topic = topics
+    produce(bootstrap, in_topic, [b"a", b"bug", b"c", b"d"], same_key=True)  # one partition: one batch
+    handler = Echo(out_topic, batch_bug=True)
+    run_until_drained(make_runner(bootstrap, unique, handler, in_topic, True, max_wait_ms=1500), 4)
+    assert handler.calls == 1 + 4, "the failed batch, then each item on its own"
+    assert len(read_topic(bootstrap, out_topic, idle_s=1)) == 3
+    assert [m.value for m in read_topic(bootstrap, dlq_topic, idle_s=1)] == [b"bug"]
