@@ -19,8 +19,7 @@ def build(settings: IndexUpdaterSettings, probes: Probes) -> StageRunner[Embeddi
     index = MilvusIndex.for_space(settings, space)
     handler = IndexUpdater(settings, space, index)
     decoders = {settings.topics.embeddings: proto_decoder(EmbeddingBatch, handler.stage)}
-    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=False,
-                       probes=probes)
+    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=False, probes=probes)
 
 
 def main(argv: list[str] | None = None) -> int:

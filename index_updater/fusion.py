@@ -30,8 +30,14 @@ def plan_update(
 ) -> IndexPlan:
     """What to upsert and delete so the index reflects ``batch``; idempotent when applied twice."""
     newest = max((r.event_time_ms for r in existing), default=-1)
-    status = IndexStatus(object_id=batch.object_id, version=batch.version, space_id=space.id,
-                         event_time_ms=batch.event_time_ms, indexed_at_ms=now_ms, modality=batch.modality)
+    status = IndexStatus(
+        object_id=batch.object_id,
+        version=batch.version,
+        space_id=space.id,
+        event_time_ms=batch.event_time_ms,
+        indexed_at_ms=now_ms,
+        modality=batch.modality,
+    )
     if batch.event_time_ms < newest and all(r.version != batch.version for r in existing):
         status.state = IndexState.INDEX_STATE_SKIPPED
         status.detail = "older than the indexed version; ignored"
@@ -40,7 +46,9 @@ def plan_update(
         status.state = IndexState.INDEX_STATE_DELETED
         return IndexPlan([], [r.vector_id for r in existing], status)
     same = [r for r in existing if r.version == batch.version]
-    rows = _text_rows(batch, same, space) if batch.modality == Modality.MODALITY_TEXT else _image_rows(batch, same, space)
+    rows = (
+        _text_rows(batch, same, space) if batch.modality == Modality.MODALITY_TEXT else _image_rows(batch, same, space)
+    )
     rows = [_place(r, batch, space, shards, now_ms) for r in rows]
     keep = {r.vector_id for r in rows}
     status.state = IndexState.INDEX_STATE_INDEXED
@@ -54,11 +62,22 @@ def _text_rows(batch: EmbeddingBatch, same: Sequence[VectorRow], space: Embeddin
     rows = []
     for c in batch.chunks:
         clip = image if image is not None else (np.asarray(c.clip_text_vector) if c.clip_text_vector else None)
-        rows.append(VectorRow(
-            vector_id="", object_id=batch.object_id, version=batch.version, chunk_index=c.index, shard=0,
-            vector=space.fuse(np.asarray(c.vector), clip), text=c.text, char_start=c.char_start,
-            char_end=c.char_end, page=c.page, has_text=True, has_image=image is not None,
-        ))
+        rows.append(
+            VectorRow(
+                vector_id="",
+                object_id=batch.object_id,
+                version=batch.version,
+                chunk_index=c.index,
+                shard=0,
+                vector=space.fuse(np.asarray(c.vector), clip),
+                text=c.text,
+                char_start=c.char_start,
+                char_end=c.char_end,
+                page=c.page,
+                has_text=True,
+                has_image=image is not None,
+            )
+        )
     return rows
 
 
@@ -66,12 +85,32 @@ def _image_rows(batch: EmbeddingBatch, same: Sequence[VectorRow], space: Embeddi
     image = np.asarray(batch.chunks[0].vector, dtype=np.float32)
     text_rows = [r for r in same if r.has_text]
     if not text_rows:
-        return [VectorRow(vector_id="", object_id=batch.object_id, version=batch.version, chunk_index=0, shard=0,
-                          vector=space.fuse(None, image), has_image=True)]
+        return [
+            VectorRow(
+                vector_id="",
+                object_id=batch.object_id,
+                version=batch.version,
+                chunk_index=0,
+                shard=0,
+                vector=space.fuse(None, image),
+                has_image=True,
+            )
+        ]
     return [
-        VectorRow(vector_id="", object_id=r.object_id, version=r.version, chunk_index=r.chunk_index, shard=0,
-                  vector=space.fuse(space.text_half(r.vector), image), text=r.text, char_start=r.char_start,
-                  char_end=r.char_end, page=r.page, has_text=True, has_image=True)
+        VectorRow(
+            vector_id="",
+            object_id=r.object_id,
+            version=r.version,
+            chunk_index=r.chunk_index,
+            shard=0,
+            vector=space.fuse(space.text_half(r.vector), image),
+            text=r.text,
+            char_start=r.char_start,
+            char_end=r.char_end,
+            page=r.page,
+            has_text=True,
+            has_image=True,
+        )
         for r in text_rows
     ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from index_updater.fusion import plan_update
 from mmrag import metrics
 from mmrag.errors import PermanentError
 from mmrag.messages import Envelope, Output, now_ms
@@ -17,7 +18,6 @@ from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
 from mmrag.space import EmbeddingSpace
 from mmrag.vector_index import VectorIndex
-from index_updater.fusion import plan_update
 
 log = logging.getLogger(__name__)
 STAGE = "index_updater"
@@ -67,8 +67,10 @@ class IndexUpdater:
         expected = self.space.text_model_id if batch.modality == Modality.MODALITY_TEXT else self.space.image_model_id
         if batch.model_id != expected:
             raise PermanentError(
-                STAGE, batch.object_id, f"embedded by {batch.model_id!r}, this index's space {self.space.id} "
-                f"expects {expected!r}", "run an updater for that space, or re-index with `mmrag reindex`",
+                STAGE,
+                batch.object_id,
+                f"embedded by {batch.model_id!r}, this index's space {self.space.id} expects {expected!r}",
+                "run an updater for that space, or re-index with `mmrag reindex`",
             )
         if not batch.chunks:
             raise PermanentError(STAGE, batch.object_id, "embedding batch without chunks", "fix the embedder")

@@ -19,5 +19,6 @@ def decode_image(data: bytes, subject: str, stage: str) -> Image.Image:
             img.load()
             return ImageOps.exif_transpose(img).convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise PermanentError(stage, subject, f"cannot decode image ({type(exc).__name__}: {exc})",
-                             "re-upload a valid PNG/JPEG/WebP/GIF") from exc
+        raise PermanentError(
+            stage, subject, f"cannot decode image ({type(exc).__name__}: {exc})", "re-upload a valid PNG/JPEG/WebP/GIF"
+        ) from exc

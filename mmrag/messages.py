@@ -51,14 +51,20 @@ def proto_decoder(cls: type[M], stage: str) -> Callable[[bytes | None, Mapping[s
         schema = headers.get("schema")
         if schema and schema != cls.DESCRIPTOR.full_name:
             raise PermanentError(
-                stage, "message", f"schema header is {schema!r}, expected {cls.DESCRIPTOR.full_name}", "fix the producer"
+                stage,
+                "message",
+                f"schema header is {schema!r}, expected {cls.DESCRIPTOR.full_name}",
+                "fix the producer",
             )
         msg = cls()
         try:
             msg.ParseFromString(raw)
         except DecodeError as exc:
             raise PermanentError(
-                stage, "message", f"not a valid {cls.DESCRIPTOR.full_name} ({exc})", "fix the producer, then replay the DLQ"
+                stage,
+                "message",
+                f"not a valid {cls.DESCRIPTOR.full_name} ({exc})",
+                "fix the producer, then replay the DLQ",
             ) from exc
         return msg
 

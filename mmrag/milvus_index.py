@@ -23,8 +23,19 @@ log = logging.getLogger(__name__)
 
 STAGE = "milvus"
 PAYLOAD_FIELDS = [
-    "id", "object_id", "version", "chunk_index", "shard", "text", "char_start", "char_end", "page",
-    "has_text", "has_image", "event_time_ms", "indexed_at_ms",
+    "id",
+    "object_id",
+    "version",
+    "chunk_index",
+    "shard",
+    "text",
+    "char_start",
+    "char_end",
+    "page",
+    "has_text",
+    "has_image",
+    "event_time_ms",
+    "indexed_at_ms",
 ]
 MAX_TEXT = 16384
 
@@ -47,8 +58,13 @@ class MilvusIndex:
     @classmethod
     def for_space(cls, settings: VectorStoreSettings, space: EmbeddingSpace) -> MilvusIndex:
         """The collection of ``space``; the live alias is created with it when no other space holds it."""
-        return cls(settings.milvus_uri, settings.collection_for(space.id), space.dim,
-                   settings.milvus_token.get_secret_value(), alias=settings.live_alias)
+        return cls(
+            settings.milvus_uri,
+            settings.collection_for(space.id),
+            space.dim,
+            settings.milvus_token.get_secret_value(),
+            alias=settings.live_alias,
+        )
 
     @property
     def client(self) -> MilvusClient:
@@ -65,8 +81,12 @@ class MilvusIndex:
             if self.alias and self._alias_target() is None:
                 self._client.create_alias(self.collection, self.alias)
         except MilvusException as exc:
-            raise RetryableError(STAGE, self.uri, f"cannot open collection {self.collection}: {exc}",
-                                 "check that Milvus runs at MMRAG_MILVUS_URI") from exc
+            raise RetryableError(
+                STAGE,
+                self.uri,
+                f"cannot open collection {self.collection}: {exc}",
+                "check that Milvus runs at MMRAG_MILVUS_URI",
+            ) from exc
 
     def _alias_target(self) -> str | None:
         try:
@@ -95,8 +115,9 @@ class MilvusIndex:
         try:
             return fn(*args, **kwargs)
         except MilvusException as exc:
-            raise RetryableError(STAGE, self.collection, f"{what} failed: {exc}",
-                                 "check Milvus health; the batch is retried") from exc
+            raise RetryableError(
+                STAGE, self.collection, f"{what} failed: {exc}", "check Milvus health; the batch is retried"
+            ) from exc
 
     def upsert(self, rows: Sequence[VectorRow]) -> None:
         if rows:
@@ -108,8 +129,11 @@ class MilvusIndex:
 
     def rows_of(self, object_id: str) -> list[VectorRow]:
         found = self._call(
-            "query", self.client.query, self.collection,
-            filter=f"object_id == {_quote(object_id)}", output_fields=[*PAYLOAD_FIELDS, "vector"],
+            "query",
+            self.client.query,
+            self.collection,
+            filter=f"object_id == {_quote(object_id)}",
+            output_fields=[*PAYLOAD_FIELDS, "vector"],
             consistency_level="Strong",  # read-your-writes: fusion merges into what the last upsert wrote
         )
         return [_to_row(e, None) for e in found]
@@ -120,30 +144,52 @@ class MilvusIndex:
 
     def search(self, query: np.ndarray, top_k: int, shard: int | None = None) -> list[Hit]:
         found = self._call(
-            "search", self.client.search, self.collection,
-            data=[np.asarray(query, dtype=np.float32).tolist()], limit=top_k,
+            "search",
+            self.client.search,
+            self.collection,
+            data=[np.asarray(query, dtype=np.float32).tolist()],
+            limit=top_k,
             filter="" if shard is None else f"shard == {int(shard)}",
-            output_fields=PAYLOAD_FIELDS, search_params={"metric_type": "IP"},
+            output_fields=PAYLOAD_FIELDS,
+            search_params={"metric_type": "IP"},
         )
         return [Hit(_to_row(h["entity"], h["id"]), float(h["distance"])) for h in found[0]]
 
 
 def _to_entity(row: VectorRow) -> dict[str, Any]:
     return {
-        "id": row.vector_id, "vector": np.asarray(row.vector, dtype=np.float32).tolist(),
-        "object_id": row.object_id, "version": row.version, "text": row.text[:MAX_TEXT],
-        "chunk_index": row.chunk_index, "shard": row.shard, "char_start": row.char_start, "char_end": row.char_end,
-        "page": row.page, "event_time_ms": row.event_time_ms, "indexed_at_ms": row.indexed_at_ms,
-        "has_text": row.has_text, "has_image": row.has_image,
+        "id": row.vector_id,
+        "vector": np.asarray(row.vector, dtype=np.float32).tolist(),
+        "object_id": row.object_id,
+        "version": row.version,
+        "text": row.text[:MAX_TEXT],
+        "chunk_index": row.chunk_index,
+        "shard": row.shard,
+        "char_start": row.char_start,
+        "char_end": row.char_end,
+        "page": row.page,
+        "event_time_ms": row.event_time_ms,
+        "indexed_at_ms": row.indexed_at_ms,
+        "has_text": row.has_text,
+        "has_image": row.has_image,
     }
 
 
 def _to_row(entity: dict[str, Any], vid: str | None) -> VectorRow:
     vector = np.asarray(entity.get("vector", []), dtype=np.float32)
     return VectorRow(
-        vector_id=vid or entity["id"], object_id=entity["object_id"], version=entity["version"],
-        chunk_index=int(entity["chunk_index"]), shard=int(entity["shard"]), vector=vector, text=entity["text"],
-        char_start=int(entity["char_start"]), char_end=int(entity["char_end"]), page=int(entity["page"]),
-        has_text=bool(entity["has_text"]), has_image=bool(entity["has_image"]),
-        event_time_ms=int(entity["event_time_ms"]), indexed_at_ms=int(entity["indexed_at_ms"]),
+        vector_id=vid or entity["id"],
+        object_id=entity["object_id"],
+        version=entity["version"],
+        chunk_index=int(entity["chunk_index"]),
+        shard=int(entity["shard"]),
+        vector=vector,
+        text=entity["text"],
+        char_start=int(entity["char_start"]),
+        char_end=int(entity["char_end"]),
+        page=int(entity["page"]),
+        has_text=bool(entity["has_text"]),
+        has_image=bool(entity["has_image"]),
+        event_time_ms=int(entity["event_time_ms"]),
+        indexed_at_ms=int(entity["indexed_at_ms"]),
     )

@@ -23,7 +23,7 @@ def s3_client(settings: S3Settings, service: str = "s3") -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    return boto3.client(  # type: ignore[call-overload]
         service,
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
@@ -59,14 +59,21 @@ class S3ObjectStore:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in MISSING_CODES:
                 raise PermanentError(
-                    self.stage, f"{bucket}/{key}", f"not in the object store ({code})",
+                    self.stage,
+                    f"{bucket}/{key}",
+                    f"not in the object store ({code})",
                     "it was deleted or overwritten after the event; a newer event for it follows",
                 ) from exc
-            raise RetryableError(self.stage, f"{bucket}/{key}", f"S3 error {code}: {exc}",
-                                 "check the object store and credentials") from exc
+            raise RetryableError(
+                self.stage, f"{bucket}/{key}", f"S3 error {code}: {exc}", "check the object store and credentials"
+            ) from exc
         except BotoCoreError as exc:
-            raise RetryableError(self.stage, f"{bucket}/{key}", f"object store unreachable: {exc}",
-                                 f"check MMRAG_S3_ENDPOINT_URL={self.settings.s3_endpoint_url}") from exc
+            raise RetryableError(
+                self.stage,
+                f"{bucket}/{key}",
+                f"object store unreachable: {exc}",
+                f"check MMRAG_S3_ENDPOINT_URL={self.settings.s3_endpoint_url}",
+            ) from exc
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str = "") -> dict[str, Any]:
         extra = {"ContentType": content_type} if content_type else {}

@@ -40,7 +40,8 @@ class ReplyAddress:
 def reply_address(headers: Mapping[str, str]) -> ReplyAddress | None:
     """The reply address of a request, or None when a header is missing or malformed."""
     try:
-        return ReplyAddress(headers[CORRELATION_ID], headers[REPLY_TOPIC], int(headers[REPLY_PARTITION]),
-                            int(headers[DEADLINE_MS]))
+        return ReplyAddress(
+            headers[CORRELATION_ID], headers[REPLY_TOPIC], int(headers[REPLY_PARTITION]), int(headers[DEADLINE_MS])
+        )
     except (KeyError, ValueError):
         return None

@@ -44,9 +44,36 @@ class BatchHandler(Protocol[T]):
     def handle(self, batch: Sequence[Envelope[T]]) -> Sequence[ItemResult]: ...
 
 
+@dataclass(frozen=True)
+class _Consumed:
+    """The parts of a consumed Kafka message the runner uses, typed once at the edge."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes | None
+    headers: dict[str, str]
+    timestamp_ms: int
+
+    @classmethod
+    def of(cls, msg: Message) -> _Consumed:
+        key = msg.key()
+        value = msg.value()
+        return cls(
+            topic=str(msg.topic()),
+            partition=int(msg.partition() or 0),
+            offset=int(msg.offset() or 0),
+            key=key.decode(errors="replace") if isinstance(key, bytes) else key,
+            value=value.encode() if isinstance(value, str) else value,
+            headers=decode_headers(msg.headers()),  # type: ignore[arg-type]
+            timestamp_ms=msg.timestamp()[1],
+        )
+
+
 @dataclass
 class _Item:
-    raw: Message
+    raw: _Consumed
     envelope: Envelope[Any] | None = None
     error: Exception | None = None
     outputs: Sequence[Output] = ()
@@ -63,15 +90,15 @@ class _Batch:
         """The next offset to read per partition: what a commit of this batch records."""
         last: dict[tuple[str, int], int] = {}
         for item in self.items:
-            tp = (item.raw.topic(), item.raw.partition())
-            last[tp] = max(last.get(tp, -1), item.raw.offset())
+            tp = (item.raw.topic, item.raw.partition)
+            last[tp] = max(last.get(tp, -1), item.raw.offset)
         return [TopicPartition(t, p, off + 1) for (t, p), off in last.items()]
 
     def first_offsets(self) -> list[TopicPartition]:
         first: dict[tuple[str, int], int] = {}
         for item in self.items:
-            tp = (item.raw.topic(), item.raw.partition())
-            first[tp] = min(first.get(tp, item.raw.offset()), item.raw.offset())
+            tp = (item.raw.topic, item.raw.partition)
+            first[tp] = min(first.get(tp, item.raw.offset), item.raw.offset)
         return [TopicPartition(t, p, off) for (t, p), off in first.items()]
 
 
@@ -120,8 +147,13 @@ class StageRunner(Generic[T]):
         self._consumer.subscribe(list(self.decoders))
         self.handler.warm_up()
         self.probes.set_ready(True)
-        log.info("%s: group %s consuming %s (transactional=%s)", self.stage, self.group, list(self.decoders),
-                 self.transactional)
+        log.info(
+            "%s: group %s consuming %s (transactional=%s)",
+            self.stage,
+            self.group,
+            list(self.decoders),
+            self.transactional,
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Processes batches until ``stop`` is set; fatal Kafka errors propagate (the supervisor restarts us)."""
@@ -144,7 +176,7 @@ class StageRunner(Generic[T]):
     def step(self) -> int:
         """Polls one batch and carries it through to a commit. Returns how many messages it consumed."""
         raw = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_ms / 1000)
-        batch = _Batch([_Item(m) for m in raw if not self._is_transport_error(m)])
+        batch = _Batch([_Item(_Consumed.of(m)) for m in raw if not self._is_transport_error(m)])
         if not batch.items:
             return 0
         metrics.BATCH_SIZE.labels(self.stage).observe(len(batch.items))
@@ -168,26 +200,20 @@ class StageRunner(Generic[T]):
 
     def _decode(self, batch: _Batch) -> None:
         for item in batch.items:
-            msg = item.raw
-            headers = decode_headers(msg.headers())
+            raw = item.raw
             try:
-                value = self.decoders[msg.topic()](msg.value(), headers)
+                value = self.decoders[raw.topic](raw.value, raw.headers)
             except PermanentError as exc:
                 item.error, item.attempts, item.first_failure_ms = exc, 1, now_ms()
                 continue
-            key = msg.key()
             item.envelope = Envelope(
-                key=key.decode(errors="replace") if key is not None else None,
-                value=value,
-                headers=headers,
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-                timestamp_ms=msg.timestamp()[1],
+                raw.key, value, raw.headers, raw.topic, raw.partition, raw.offset, raw.timestamp_ms
             )
             item.span = self.tracer.start_span(
-                self.stage, context=extract_context(headers), kind=trace.SpanKind.CONSUMER,
-                attributes={"messaging.destination.name": msg.topic(), "messaging.kafka.offset": msg.offset()},
+                self.stage,
+                context=extract_context(raw.headers),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.destination.name": raw.topic, "messaging.kafka.offset": raw.offset},
             )
 
     def _handle(self, batch: _Batch) -> None:
@@ -248,18 +274,23 @@ class StageRunner(Generic[T]):
         assert item.error is not None
         metrics.FAILED.labels(self.stage, type(item.error).__name__).inc()
         metrics.DLQ.labels(self.stage).inc()
-        log.error("%s: to DLQ %s[%d]@%d: %s", self.stage, item.raw.topic(), item.raw.partition(),
-                  item.raw.offset(), item.error)
+        log.error(
+            "%s: to DLQ %s[%d]@%d: %s",
+            self.stage,
+            item.raw.topic,
+            item.raw.partition,
+            item.raw.offset,
+            item.error,
+        )
         raw = item.raw
-        key = raw.key()
         return dead_letter(
             self.settings.topics.dlq,
-            key.decode(errors="replace") if key is not None else None,
-            raw.value(),
-            decode_headers(raw.headers()),
+            raw.key,
+            raw.value,
+            raw.headers,
             stage=self.stage,
             error=item.error,
-            origin=Origin(raw.topic(), raw.partition(), raw.offset()),
+            origin=Origin(raw.topic, raw.partition, raw.offset),
             attempts=item.attempts,
             first_failure_ms=item.first_failure_ms,
         )

@@ -71,7 +71,7 @@ class Probes:
     def _app(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return make_wsgi_app()(environ, start_response)  # type: ignore[no-any-return]
+            return make_wsgi_app()(environ, start_response)
         if path in ("/healthz", "/readyz"):
             ok = self._live if path == "/healthz" else self._live and self._ready
             status = "200 OK" if ok else "503 Service Unavailable"

@@ -70,9 +70,7 @@ class MiniLMEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         import torch
 
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        )
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         with torch.inference_mode():
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -30,7 +30,7 @@ class S3Change:
     deleted: bool
 
 
-def media_kind_for(key: str) -> int:
+def media_kind_for(key: str) -> MediaKind:
     suffix = PurePosixPath(key).suffix.lower()
     if suffix in TEXT_SUFFIXES:
         return MediaKind.MEDIA_KIND_TEXT
@@ -64,16 +64,28 @@ def _parse_record(record: Any, source: str) -> S3Change:
     except (KeyError, TypeError) as exc:
         raise PermanentError(STAGE, source, f"record lacks {exc}", "fix the publisher's record format") from exc
     if not (name.startswith("ObjectCreated") or name.startswith("ObjectRemoved")):
-        raise PermanentError(STAGE, f"{bucket}/{key}", f"unknown eventName {name!r}", "subscribe only to "
-                             "s3:ObjectCreated:* and s3:ObjectRemoved:*")
+        raise PermanentError(
+            STAGE,
+            f"{bucket}/{key}",
+            f"unknown eventName {name!r}",
+            "subscribe only to s3:ObjectCreated:* and s3:ObjectRemoved:*",
+        )
     version_id = str(obj.get("versionId") or "")
     etag = str(obj.get("eTag") or obj.get("etag") or "").strip('"')
     sequencer = str(obj.get("sequencer") or "")
     event = ObjectEvent(
-        object_id=object_id(bucket, key), bucket=bucket, key=key,
-        version=version_id or etag or sequencer, version_id=version_id, etag=etag, sequencer=sequencer,
-        size=int(obj.get("size") or 0), media_kind=media_kind_for(key), event_time_ms=_event_time_ms(record),
-        source=source, event_name=name,
+        object_id=object_id(bucket, key),
+        bucket=bucket,
+        key=key,
+        version=version_id or etag or sequencer,
+        version_id=version_id,
+        etag=etag,
+        sequencer=sequencer,
+        size=int(obj.get("size") or 0),
+        media_kind=media_kind_for(key),
+        event_time_ms=_event_time_ms(record),
+        source=source,
+        event_name=name,
     )
     return S3Change(event, deleted=name.startswith("ObjectRemoved"))
 
@@ -108,6 +120,10 @@ def change_output(change: S3Change, objects_topic: str) -> Output:
 def unsupported_error(event: ObjectEvent) -> PermanentError | None:
     """Why an object cannot be indexed, or None when it can."""
     if event.media_kind == MediaKind.MEDIA_KIND_UNSUPPORTED:
-        return PermanentError(STAGE, event.object_id, f"unsupported content type for key {event.key!r}",
-                              "upload text, markdown, PDF/HTML or an image, or extend the router")
+        return PermanentError(
+            STAGE,
+            event.object_id,
+            f"unsupported content type for key {event.key!r}",
+            "upload text, markdown, PDF/HTML or an image, or extend the router",
+        )
     return None

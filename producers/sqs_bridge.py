@@ -42,8 +42,15 @@ def outputs_for_message(body: str, message_id: str, settings: BaseServiceSetting
         error = None if change.deleted else unsupported_error(change.event)
         record = change_output(change, topics.objects)
         if error is not None:
-            record = dead_letter(topics.dlq, record.key, change.event.SerializeToString(), record.headers,
-                                 stage=STAGE, error=error, origin=origin)
+            record = dead_letter(
+                topics.dlq,
+                record.key,
+                change.event.SerializeToString(),
+                record.headers,
+                stage=STAGE,
+                error=error,
+                origin=origin,
+            )
         outputs.append(record)
     if not changes:
         log.info("sqs message %s carried no records (s3:TestEvent); acknowledged", message_id)

@@ -26,12 +26,13 @@ class QueryService:
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         space = space_from_settings(s)
-        encoder = QueryEncoder(space, MiniLMEncoder(threads=s.torch_threads),
-                               ClipEncoder(s.clip_model_dir, threads=s.torch_threads))
+        encoder = QueryEncoder(
+            space, MiniLMEncoder(threads=s.torch_threads), ClipEncoder(s.clip_model_dir, threads=s.torch_threads)
+        )
         encoder.warm_up()
         router = ReplyRouter(s.bootstrap_servers, s.topics.search_replies, s.reply_partition, s.instance_id)
         router.start()
-        producer = make_producer(s.bootstrap_servers, **FAST_PRODUCER)
+        producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
         search = ShardedSearch(producer, router, s.topics.search_requests, space.id, s.shards)
         try:
             serve(s, QueryServicer(s, encoder, search), self.probes, stop)

@@ -67,8 +67,9 @@ class ShardedSearch:
         start = time.monotonic()
         cid = uuid.uuid4().hex
         address = ReplyAddress(cid, self.router.topic, self.router.partition, now_ms() + int(timeout_s * 1000))
-        request = SearchRequest(correlation_id=cid, space_id=self.space_id, query_vector=vector.tolist(),
-                                top_k=top_k, query_text=query_text)
+        request = SearchRequest(
+            correlation_id=cid, space_id=self.space_id, query_vector=vector.tolist(), top_k=top_k, query_text=query_text
+        )
         pending = self.router.expect(cid, self.shards)
         produce_outputs(self.producer, [Output(self.requests_topic, cid, request, inject_context(address.headers()))])
         self.producer.poll(0)

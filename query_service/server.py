@@ -48,24 +48,38 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         except (ValueError, PermanentError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"query: {exc}")
         remaining = context.time_remaining()
-        timeout = min(self.settings.search_timeout_s, remaining) if remaining is not None else \
-            self.settings.search_timeout_s
+        timeout = (
+            min(self.settings.search_timeout_s, remaining) if remaining is not None else self.settings.search_timeout_s
+        )
         outcome = self.sharded.search(vector, top_k, timeout, request.text)
-        response = query_pb2.SearchResponse(partial=outcome.partial, missing_shards=outcome.missing_shards,
-                                            space_id=self.sharded.space_id)
+        response = query_pb2.SearchResponse(
+            partial=outcome.partial, missing_shards=outcome.missing_shards, space_id=self.sharded.space_id
+        )
         for sh in outcome.hits:
             h = sh.hit
-            response.results.add(object_id=h.object_id, vector_id=h.vector_id, version=h.version, score=h.score,
-                                 text=h.text, chunk_index=h.chunk_index, char_start=h.char_start,
-                                 char_end=h.char_end, page=h.page, shard=sh.shard, has_text=h.has_text,
-                                 has_image=h.has_image)
+            response.results.add(
+                object_id=h.object_id,
+                vector_id=h.vector_id,
+                version=h.version,
+                score=h.score,
+                text=h.text,
+                chunk_index=h.chunk_index,
+                char_start=h.char_start,
+                char_end=h.char_end,
+                page=h.page,
+                shard=sh.shard,
+                has_text=h.has_text,
+                has_image=h.has_image,
+            )
         return response
 
     def Ask(self, request: query_pb2.AskRequest, context: Any) -> query_pb2.AskResponse:  # noqa: N802
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Ask arrives with the LLM workers; use Search meanwhile")
+        raise AssertionError("context.abort raises")
 
     def GetObjectStatus(self, request: Any, context: Any) -> query_pb2.ObjectStatusResponse:  # noqa: N802
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetObjectStatus is not served yet; read index-status.v1")
+        raise AssertionError("context.abort raises")
 
 
 def serve(settings: QueryServiceSettings, servicer: QueryServicer, probes: Probes, stop: threading.Event) -> None:

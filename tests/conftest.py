@@ -55,8 +55,13 @@ def deployment(infra: object, clip_dir: Path, tmp_path: Path, unique: str) -> It
     from mmrag.local.stack import Deployment, stop_services
 
     dep = Deployment(
-        state_dir=tmp_path / "state", endpoints=infra, clip_model_dir=clip_dir,  # type: ignore[arg-type]
-        topic_prefix=f"t{unique}.", bucket=f"bucket-{unique}", queue=f"queue-{unique}", shards=2,
+        state_dir=tmp_path / "state",
+        endpoints=infra,
+        clip_model_dir=clip_dir,  # type: ignore[arg-type]
+        topic_prefix=f"t{unique}.",
+        bucket=f"bucket-{unique}",
+        queue=f"queue-{unique}",
+        shards=2,
         grpc_port=free_port(),
     )
     dep.prepare()

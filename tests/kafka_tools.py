@@ -22,11 +22,15 @@ class Landed:
 
 def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, committed_only: bool = True) -> list[Landed]:
     """Everything on ``topic`` from the start, until nothing new arrived for ``idle_s``."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed" if committed_only else "read_uncommitted",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+        }
+    )
     consumer.subscribe([topic])
     found: list[Landed] = []
     last = time.monotonic()
@@ -37,8 +41,15 @@ def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, committed_onl
                 continue
             last = time.monotonic()
             key = msg.key()
-            found.append(Landed(key.decode() if key is not None else None, msg.value(),
-                                decode_headers(msg.headers()), msg.partition(), msg.offset()))
+            found.append(
+                Landed(
+                    key.decode() if key is not None else None,
+                    msg.value(),
+                    decode_headers(msg.headers()),
+                    msg.partition(),
+                    msg.offset(),
+                )
+            )
     finally:
         consumer.close()
     return found

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import grpc
 import pytest
@@ -51,8 +50,11 @@ def test_upload_search_delete_and_dlq(deployment, bootstrap: str) -> None:  # ty
     store.put(bucket, "images/broken.png", b"\x89PNG\r\n\x1a\n this is not really a png")
 
     text_id, image_id = f"{bucket}/docs/kafka groups.md", f"{bucket}/images/circle.png"
-    wait_for(lambda: text_id in found_ids(port, text="how do kafka consumer groups share partitions"), 90,
-             "the text document to be searchable")
+    wait_for(
+        lambda: text_id in found_ids(port, text="how do kafka consumer groups share partitions"),
+        90,
+        "the text document to be searchable",
+    )
     wait_for(lambda: image_id in found_ids(port, image=circle), 60, "the image to be searchable")
 
     reply = search(port, text="how do kafka consumer groups share partitions")
@@ -64,14 +66,24 @@ def test_upload_search_delete_and_dlq(deployment, bootstrap: str) -> None:  # ty
     by_image = search(port, image=circle).results[0]
     assert by_image.object_id == image_id and by_image.has_image and by_image.score == pytest.approx(0.25, abs=1e-3)
 
-    dlq = wait_for(lambda: [m for m in read_topic(bootstrap, f"{deployment.topic_prefix}dlq.v1")
-                            if m.key == f"{bucket}/images/broken.png"], 30, "the corrupt image on the DLQ")
+    dlq = wait_for(
+        lambda: [
+            m
+            for m in read_topic(bootstrap, f"{deployment.topic_prefix}dlq.v1")
+            if m.key == f"{bucket}/images/broken.png"
+        ],
+        30,
+        "the corrupt image on the DLQ",
+    )
     assert dlq[0].headers["dlq-stage"] == "vision_embedder"
     assert dlq[0].headers["dlq-error-class"] == "PermanentError"
     assert "images/broken.png" in dlq[0].headers["dlq-error-message"]
     assert dlq[0].headers["dlq-source-topic"] == f"{deployment.topic_prefix}objects.v1"
 
     store.delete(bucket, "docs/kafka groups.md")
-    wait_for(lambda: text_id not in found_ids(port, text="how do kafka consumer groups share partitions"), 60,
-             "the deleted document to leave the results")
+    wait_for(
+        lambda: text_id not in found_ids(port, text="how do kafka consumer groups share partitions"),
+        60,
+        "the deleted document to leave the results",
+    )
     assert image_id in found_ids(port, image=circle)

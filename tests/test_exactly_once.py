@@ -15,8 +15,7 @@ from tests.kafka_tools import read_topic, wait_for
 pytestmark = pytest.mark.kafka
 
 DOCS = {
-    f"notes/doc-{i}.txt": f"Document {i}. " + " ".join(f"word{i}-{j}" for j in range(300 * (i + 1)))
-    for i in range(3)
+    f"notes/doc-{i}.txt": f"Document {i}. " + " ".join(f"word{i}-{j}" for j in range(300 * (i + 1))) for i in range(3)
 }
 
 
@@ -34,8 +33,9 @@ def test_kill_between_produce_and_commit(deployment, bootstrap: str) -> None:  #
 
     prefix = deployment.topic_prefix
     start_services([deployment.service("sqs_bridge"), deployment.service("index_updater")])
-    held = deployment.service("text_embedder", MMRAG_FAULT_HOLD_BEFORE_COMMIT_S="600", MMRAG_MAX_BATCH="8",
-                              MMRAG_MAX_WAIT_MS="3000")
+    held = deployment.service(
+        "text_embedder", MMRAG_FAULT_HOLD_BEFORE_COMMIT_S="600", MMRAG_MAX_BATCH="8", MMRAG_MAX_WAIT_MS="3000"
+    )
     start_services([held])
     store = S3ObjectStore(deployment.s3_settings(), "test")
     for key, text in DOCS.items():
@@ -58,16 +58,16 @@ def test_kill_between_produce_and_commit(deployment, bootstrap: str) -> None:  #
 
     env = deployment.env()
     space_settings = SpaceSettings(clip_model_dir=deployment.clip_model_dir)
-    store_settings = VectorStoreSettings(milvus_uri=env["MMRAG_MILVUS_URI"],
-                                         collection_prefix=env["MMRAG_COLLECTION_PREFIX"])
+    store_settings = VectorStoreSettings(
+        milvus_uri=env["MMRAG_MILVUS_URI"], collection_prefix=env["MMRAG_COLLECTION_PREFIX"]
+    )
     space = space_from_settings(space_settings)
     index = MilvusIndex.for_space(store_settings, space)
     index.start()
     for m in committed:
         batch = EmbeddingBatch()
         batch.ParseFromString(m.value or b"")
-        expected = sorted(vector_id(batch.object_id, batch.version, f"chunk-{c.index}", space.id)
-                          for c in batch.chunks)
+        expected = sorted(vector_id(batch.object_id, batch.version, f"chunk-{c.index}", space.id) for c in batch.chunks)
         rows = index.rows_of(batch.object_id)
         assert sorted(r.vector_id for r in rows) == expected
         assert len(expected) == len(set(expected)) == len(batch.chunks) >= 1

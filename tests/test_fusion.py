@@ -22,8 +22,9 @@ def text_batch(version: str = "v1", t: int = 100, chunks: int = 2) -> EmbeddingB
     for i in range(chunks):
         vec = np.zeros(4)
         vec[i] = 1.0
-        batch.chunks.append(Chunk(index=i, text=f"chunk {i}", char_start=i * 10, char_end=i * 10 + 7,
-                                  vector=vec.tolist()))
+        batch.chunks.append(
+            Chunk(index=i, text=f"chunk {i}", char_start=i * 10, char_end=i * 10 + 7, vector=vec.tolist())
+        )
     return batch
 
 

@@ -17,8 +17,12 @@ def test_vector_id_is_stable_and_depends_on_every_part() -> None:
     base = vector_id("b/k", "v1", "chunk-0", "s1")
     assert base == vector_id("b/k", "v1", "chunk-0", "s1")
     assert len(base) == 32 and int(base, 16) >= 0
-    others = {vector_id("b/k2", "v1", "chunk-0", "s1"), vector_id("b/k", "v2", "chunk-0", "s1"),
-              vector_id("b/k", "v1", "chunk-1", "s1"), vector_id("b/k", "v1", "chunk-0", "s2")}
+    others = {
+        vector_id("b/k2", "v1", "chunk-0", "s1"),
+        vector_id("b/k", "v2", "chunk-0", "s1"),
+        vector_id("b/k", "v1", "chunk-1", "s1"),
+        vector_id("b/k", "v1", "chunk-0", "s2"),
+    }
     assert base not in others and len(others) == 4
     # field boundaries are unambiguous: moving a character between parts changes the id
     assert vector_id("b/ka", "v", "c", "s") != vector_id("b/k", "av", "c", "s")

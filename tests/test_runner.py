@@ -73,7 +73,12 @@ def topics(bootstrap: str, unique: str) -> tuple[str, str, str]:
 def produce(bootstrap: str, topic: str, values: list[bytes], same_key: bool = False) -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
     for i, value in enumerate(values):
-        producer.produce(topic, key=b"k" if same_key else f"k{i}".encode(), value=value, headers=[("traceparent", TRACEPARENT.encode())])
+        producer.produce(
+            topic,
+            key=b"k" if same_key else f"k{i}".encode(),
+            value=value,
+            headers=[("traceparent", TRACEPARENT.encode())],
+        )
     assert producer.flush(10) == 0
 
 
@@ -88,12 +93,20 @@ def run_until_drained(runner: StageRunner[str], expected: int) -> None:
     assert seen == expected
 
 
-def make_runner(bootstrap: str, unique: str, handler: Echo, in_topic: str, transactional: bool,
-                **settings: object) -> StageRunner[str]:
-    config = BaseServiceSettings(bootstrap_servers=bootstrap, topic_prefix=f"t{unique}.", instance_id="test",
-                                 retry_initial_s=0.01, retry_max_s=0.05, **settings)  # type: ignore[arg-type]
-    return StageRunner(config, handler, group=f"g{unique}", decoders={in_topic: text_decoder},
-                       transactional=transactional)
+def make_runner(
+    bootstrap: str, unique: str, handler: Echo, in_topic: str, transactional: bool, **settings: object
+) -> StageRunner[str]:
+    config = BaseServiceSettings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=f"t{unique}.",
+        instance_id="test",
+        retry_initial_s=0.01,
+        retry_max_s=0.05,
+        **settings,
+    )  # type: ignore[arg-type]
+    return StageRunner(
+        config, handler, group=f"g{unique}", decoders={in_topic: text_decoder}, transactional=transactional
+    )
 
 
 def committed(bootstrap: str, group: str, topic: str) -> int:
@@ -104,8 +117,9 @@ def committed(bootstrap: str, group: str, topic: str) -> int:
 
 
 @pytest.mark.parametrize("transactional", [True, False], ids=["transactional", "sink"])
-def test_outputs_dlq_and_commits(bootstrap: str, unique: str, topics: tuple[str, str, str],
-                                 transactional: bool) -> None:
+def test_outputs_dlq_and_commits(
+    bootstrap: str, unique: str, topics: tuple[str, str, str], transactional: bool
+) -> None:
     in_topic, out_topic, dlq_topic = topics
     values = [b"alpha", b"poison", b"\xff\xfe not utf-8", b"beta", b"gamma"]
     produce(bootstrap, in_topic, values)

@@ -16,8 +16,11 @@ pytestmark = pytest.mark.unit
 
 
 def record(name: str, key: str, **obj: object) -> dict[str, object]:
-    return {"eventName": name, "eventTime": "2026-11-23T12:57:34.526Z",
-            "s3": {"bucket": {"name": "bkt"}, "object": {"key": key, "size": 5, **obj}}}
+    return {
+        "eventName": name,
+        "eventTime": "2026-11-23T12:57:34.526Z",
+        "s3": {"bucket": {"name": "bkt"}, "object": {"key": key, "size": 5, **obj}},
+    }
 
 
 def test_created_record_becomes_an_object_event_with_a_decoded_key() -> None:
@@ -47,8 +50,15 @@ def test_test_event_yields_nothing() -> None:
     assert outputs_for_message(body, "m1", BaseServiceSettings()) == []
 
 
-@pytest.mark.parametrize("body", ["not json", json.dumps({"Records": "x"}), json.dumps({"Records": [{"a": 1}]}),
-                                  json.dumps({"Records": [record("ObjectTagging:Put", "k.txt")]})])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        json.dumps({"Records": "x"}),
+        json.dumps({"Records": [{"a": 1}]}),
+        json.dumps({"Records": [record("ObjectTagging:Put", "k.txt")]}),
+    ],
+)
 def test_malformed_bodies_are_refused_and_go_to_the_dlq(body: str) -> None:
     with pytest.raises(PermanentError):
         parse_notification(body, "test")

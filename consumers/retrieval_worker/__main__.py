@@ -19,8 +19,16 @@ def build(settings: RetrievalWorkerSettings, probes: Probes) -> StageRunner[Sear
     space = space_from_settings(settings)
     handler = RetrievalWorker(settings, space.id, MilvusIndex.for_space(settings, space))
     decoders = {settings.topics.search_requests: proto_decoder(SearchRequest, handler.stage)}
-    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=False,
-                       probes=probes, consumer_overrides=FAST_CONSUMER, producer_overrides=FAST_PRODUCER)
+    return StageRunner(
+        settings,
+        handler,
+        group=settings.group,
+        decoders=decoders,
+        transactional=False,
+        probes=probes,
+        consumer_overrides=FAST_CONSUMER,
+        producer_overrides=FAST_PRODUCER,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,9 +33,19 @@ class RetrievalWorkerSettings(BaseServiceSettings, SpaceSettings, VectorStoreSet
 
 def to_hit(hit: Hit) -> SearchHit:
     r = hit.row
-    return SearchHit(vector_id=r.vector_id, object_id=r.object_id, version=r.version, score=hit.score, text=r.text,
-                     chunk_index=r.chunk_index, char_start=r.char_start, char_end=r.char_end, page=r.page,
-                     has_text=r.has_text, has_image=r.has_image)
+    return SearchHit(
+        vector_id=r.vector_id,
+        object_id=r.object_id,
+        version=r.version,
+        score=hit.score,
+        text=r.text,
+        chunk_index=r.chunk_index,
+        char_start=r.char_start,
+        char_end=r.char_end,
+        page=r.page,
+        has_text=r.has_text,
+        has_image=r.has_image,
+    )
 
 
 class RetrievalWorker:
@@ -55,8 +65,12 @@ class RetrievalWorker:
     def _answer(self, env: Envelope[SearchRequest]) -> ItemResult:
         address = reply_address(env.headers)
         if address is None or env.value is None:
-            return PermanentError(STAGE, f"request {env.key}", "no reply address headers or empty body",
-                                  "send correlation_id, reply_topic, reply_partition and deadline_ms headers")
+            return PermanentError(
+                STAGE,
+                f"request {env.key}",
+                "no reply address headers or empty body",
+                "send correlation_id, reply_topic, reply_partition and deadline_ms headers",
+            )
         if address.expired:
             EXPIRED.labels(str(self.settings.shard)).inc()
             return []  # the caller gave up already; answering would only fill its reply partition
@@ -68,5 +82,12 @@ class RetrievalWorker:
             top_k = max(1, min(req.top_k or 10, self.settings.max_top_k))
             hits = self.index.search(np.asarray(req.query_vector, dtype=np.float32), top_k, self.settings.shard)
             reply.hits.extend(to_hit(h) for h in hits)
-        return [Output(address.topic, address.correlation_id, reply, {CORRELATION_ID: address.correlation_id},
-                       partition=address.partition)]
+        return [
+            Output(
+                address.topic,
+                address.correlation_id,
+                reply,
+                {CORRELATION_ID: address.correlation_id},
+                partition=address.partition,
+            )
+        ]

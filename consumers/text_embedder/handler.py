@@ -36,8 +36,9 @@ def decode_text(data: bytes, object_id: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PermanentError(STAGE, object_id, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
-                             "re-upload it as UTF-8") from exc
+        raise PermanentError(
+            STAGE, object_id, f"not UTF-8 text ({exc.reason} at byte {exc.start})", "re-upload it as UTF-8"
+        ) from exc
     if "\x00" in text:
         raise PermanentError(STAGE, object_id, "binary data (NUL bytes) in a text object", "upload real text")
     return text
@@ -80,17 +81,24 @@ class TextEmbedder:
         s = self.settings
         chunks = chunk_text(text, self.encoder.load_tokenizer(), s.chunk_tokens, s.chunk_overlap)
         if not chunks:
-            raise PermanentError(STAGE, event.object_id, "no text to index (empty or whitespace only)",
-                                 "upload a document with text")
+            raise PermanentError(
+                STAGE, event.object_id, "no text to index (empty or whitespace only)", "upload a document with text"
+            )
         return chunks
 
     def _embed(self, pending: list[tuple[int, ObjectEvent, list[TextChunk]]], results: list[ItemResult]) -> None:
         texts = [c.text for _, _, chunks in pending for c in chunks]
         vectors = iter(self.encoder.encode(texts))
         for i, event, chunks in pending:
-            out = embedding_output(event, self.topic, Modality.MODALITY_TEXT, self.encoder.model_id,
-                                   self.encoder.dim)
+            out = embedding_output(event, self.topic, Modality.MODALITY_TEXT, self.encoder.model_id, self.encoder.dim)
             for c in chunks:
-                out.chunks.append(Chunk(index=c.index, text=c.text, char_start=c.char_start, char_end=c.char_end,
-                                        vector=next(vectors).tolist()))
+                out.chunks.append(
+                    Chunk(
+                        index=c.index,
+                        text=c.text,
+                        char_start=c.char_start,
+                        char_end=c.char_end,
+                        vector=next(vectors).tolist(),
+                    )
+                )
             results[i] = [Output(self.topic, event.object_id, out)]

@@ -59,8 +59,7 @@ class VisionEmbedder:
                 results[i] = exc
         vectors = self.encoder.encode_images([img for _, _, img in pending])
         for (i, event, _), vector in zip(pending, vectors, strict=True):
-            out = embedding_output(event, self.topic, Modality.MODALITY_IMAGE, self.encoder.model_id,
-                                   self.encoder.dim)
+            out = embedding_output(event, self.topic, Modality.MODALITY_IMAGE, self.encoder.model_id, self.encoder.dim)
             out.chunks.append(Chunk(index=0, vector=vector.tolist()))
             results[i] = [Output(self.topic, event.object_id, out)]
         return results

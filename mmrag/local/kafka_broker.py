@@ -74,7 +74,9 @@ def fetch_kafka_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION
             raise RuntimeError(
                 f"Maven could not fetch kafka_2.13:{version} (exit {proc.returncode}; pom in {root}). "
                 "Check access to Maven Central (https://repo.maven.apache.org) and the proxy settings in "
-                "~/.m2/settings.xml, then retry. Maven said:\n" + "\n".join(proc.stdout.replace("\x1b[0m", "").splitlines()[-30:]) + proc.stderr
+                "~/.m2/settings.xml, then retry. Maven said:\n"
+                + "\n".join(proc.stdout.replace("\x1b[0m", "").splitlines()[-30:])
+                + proc.stderr
             )
         (root / _MARKER).write_text(f"{version}\n")
         print(f"fetched {len(list(libs.glob('*.jar')))} jars in {time.monotonic() - started:.1f}s", file=sys.stderr)
@@ -216,18 +218,28 @@ def _server_properties(cluster: KafkaCluster, node: KafkaNode) -> str:
     min_isr = 2 if replicas >= 3 else 1  # with 3 replicas an acked write survives the loss of any one node
     voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in cluster.nodes)
     props: dict[str, object] = {
-        "process.roles": "broker,controller", "node.id": node.node_id, "controller.quorum.voters": voters,
+        "process.roles": "broker,controller",
+        "node.id": node.node_id,
+        "controller.quorum.voters": voters,
         "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "controller.listener.names": "CONTROLLER", "inter.broker.listener.name": "PLAINTEXT",
-        "log.dirs": node.dir / "data", "num.partitions": 1, "auto.create.topics.enable": "false",
-        "default.replication.factor": replicas, "min.insync.replicas": min_isr,
-        "offsets.topic.replication.factor": replicas, "group.initial.rebalance.delay.ms": 0,
-        "transaction.state.log.replication.factor": replicas, "transaction.state.log.min.isr": min_isr,
-        "share.coordinator.state.topic.replication.factor": replicas, "share.coordinator.state.topic.min.isr": min_isr,
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": node.dir / "data",
+        "num.partitions": 1,
+        "auto.create.topics.enable": "false",
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas,
+        "group.initial.rebalance.delay.ms": 0,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
         # Fence a crashed broker after 3 s instead of 9 s: the produce stall during failover shrinks with it.
-        "broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 500,
+        "broker.session.timeout.ms": 3000,
+        "broker.heartbeat.interval.ms": 500,
     }
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
@@ -317,7 +329,11 @@ def _wait_ready(cluster: KafkaCluster, nodes: list[KafkaNode], timeout_s: float)
 
 
 def start_cluster(
-    base_dir: Path, nodes: int = 1, *, first_port: int | None = None, heap_mb: int | None = None,
+    base_dir: Path,
+    nodes: int = 1,
+    *,
+    first_port: int | None = None,
+    heap_mb: int | None = None,
     ready_timeout_s: float = 60,
 ) -> KafkaCluster:
     """Start an n-node KRaft cluster (each node broker+controller) under `base_dir`, keeping earlier data there.

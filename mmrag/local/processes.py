@@ -34,8 +34,9 @@ def spawn_detached(
     """Starts ``cmd`` in its own session (it outlives the caller), logging to ``log_path``; records it in pidfile."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     pidfile.write_text(json.dumps({"pid": proc.pid, **info}))
     return proc
 

@@ -43,8 +43,13 @@ class Service:
 
     def start(self) -> Service:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **self.env,
-               "MMRAG_PROBE_PORT": str(self.probe_port)}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            **self.env,
+            "MMRAG_PROBE_PORT": str(self.probe_port),
+        }
         self.proc = spawn_detached([sys.executable, "-m", self.module], self.log_path, self.pidfile, env=env)
         return self
 
@@ -57,8 +62,10 @@ class Service:
 
     def ready(self) -> bool:
         if not self.alive():
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode if self.proc else '?'}; "
-                               f"last log lines:\n{self.log_tail()}")
+            raise RuntimeError(
+                f"{self.name} exited with {self.proc.returncode if self.proc else '?'}; "
+                f"last log lines:\n{self.log_tail()}"
+            )
         try:
             with urllib.request.urlopen(self.probe_url + "/readyz", timeout=1) as reply:
                 return bool(reply.status == 200)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Command 2 of the README (and CI's .ci/run): set everything up, lint, type-check, then the test suite against a real
+# Kafka broker. Long fault/soak runs are behind `-m slow`; pass extra pytest arguments through.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1
+printf '\n==> ruff\n'
+uv run --frozen ruff check .
+uv run --frozen ruff format --check .
+printf '\n==> mypy (shared runtime and handlers)\n'
+uv run --frozen mypy mmrag consumers index_updater query_service producers
+printf '\n==> pytest\n'
+exec uv run --frozen pytest "$@"
