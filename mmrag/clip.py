@@ -127,6 +127,7 @@ class ClipEncoder:
 
     @property
     def is_warm(self) -> bool:
+        """True once `warm_up()` has loaded model and processor."""
         return self._model is not None
 
     def warm_up(self) -> None:
@@ -146,10 +147,10 @@ class ClipEncoder:
             torch.set_num_threads(self._threads)
         device = self._requested_device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = _resolve_dtype(self._precision, device)
-        model = CLIPModel.from_pretrained(self._model_dir, dtype=dtype)
-        self._model = model.to(device).eval()  # type: ignore[arg-type]
-        self._processor = AutoProcessor.from_pretrained(self._model_dir)
-        self._device, self._dtype = device, dtype
+        model = CLIPModel.from_pretrained(self._model_dir, dtype=dtype).to(device).eval()
+        processor = AutoProcessor.from_pretrained(self._model_dir)
+        # set together, after both loaded: is_warm must never see half a model
+        self._model, self._processor, self._device, self._dtype = model, processor, device, dtype
         self.encode_images([PILImage.new("RGB", (224, 224))])  # any size: the processor resizes it
         self.encode_texts(["warm up"])
 

@@ -1,16 +1,14 @@
 """Run a real Apache Kafka KRaft cluster on loopback from Maven Central jars, for the demo and tests (Linux).
 
-`python -m mmrag.local.kafka_broker fetch|start|stop|status [--nodes N] [--dir DIR]`; a running cluster is
-described by `<dir>/cluster.json`, so another process can inspect or stop it.
-"""
+`python -m mmrag.local.kafka_broker fetch|start|stop|status`; `<dir>/cluster.json` lets other processes stop it."""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,7 +19,6 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -43,7 +40,30 @@ _LOG4J2 = (  # the broker logs to <node dir>/server.log only, never to stdout
     "appender.file.layout.type=PatternLayout\nappender.file.layout.pattern=[%d] %p %m (%c)%n\n"
     "rootLogger.level=INFO\nrootLogger.appenderRef.file.ref=FILE\nshutdownHook=disable\n"
 )
-# Popen handles of nodes this process launched: polling reaps exited ones, which would linger as live-looking zombies.
+# Fencing a crashed broker after 3 s instead of 9 s shrinks the produce stall during a failover accordingly.
+_SERVER_PROPERTIES = """process.roles=broker,controller
+node.id={node.node_id}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs={node.dir}/data
+num.partitions=1
+auto.create.topics.enable=false
+default.replication.factor={rf}
+min.insync.replicas={isr}
+offsets.topic.replication.factor={rf}
+group.initial.rebalance.delay.ms=0
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={isr}
+share.coordinator.state.topic.replication.factor={rf}
+share.coordinator.state.topic.min.isr={isr}
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
+"""
+# Popen handles of the nodes this process launched; polling them also reaps exited ones (no zombies).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -71,12 +91,10 @@ def fetch_kafka_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION
         cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "dependency:copy-dependencies", "-DoutputDirectory=libs"]
         proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
+            said = "\n".join(proc.stdout.replace("\x1b[0m", "").splitlines()[-30:]) + proc.stderr  # no colour codes
             raise RuntimeError(
-                f"Maven could not fetch kafka_2.13:{version} (exit {proc.returncode}; pom in {root}). "
-                "Check access to Maven Central (https://repo.maven.apache.org) and the proxy settings in "
-                "~/.m2/settings.xml, then retry. Maven said:\n"
-                + "\n".join(proc.stdout.replace("\x1b[0m", "").splitlines()[-30:])
-                + proc.stderr
+                f"Maven could not fetch kafka_2.13:{version} (exit {proc.returncode}; pom in {root}). Check access to "
+                f"Maven Central (https://repo.maven.apache.org) and proxy settings in ~/.m2/settings.xml:\n{said}"
             )
         (root / _MARKER).write_text(f"{version}\n")
         print(f"fetched {len(list(libs.glob('*.jar')))} jars in {time.monotonic() - started:.1f}s", file=sys.stderr)
@@ -99,8 +117,10 @@ class KafkaNode:
 
     def is_alive(self) -> bool:
         """True if `pid` runs and is this node's Kafka process (a reused pid or a zombie does not count)."""
-        child = _CHILDREN.get(self.pid or -1)
-        if self.pid is None or (child is not None and child.poll() is not None):
+        if self.pid in _CHILDREN:
+            # Our own child is exact via waitpid; /proc shows an empty cmdline while its exec is still underway.
+            return _CHILDREN[self.pid].poll() is None
+        if self.pid is None:
             return False
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
@@ -207,41 +227,10 @@ def _plan_cluster(base_dir: Path, nodes: int, first_port: int | None, heap_mb: i
             sock.close()
         ports = [(free[2 * i], free[2 * i + 1]) for i in range(nodes)]
     members = [KafkaNode(i + 1, port, cport, base_dir / f"node-{i + 1}") for i, (port, cport) in enumerate(ports)]
-    # Same id format as `kafka-storage random-uuid`, without paying a JVM start for it.
-    cluster_id = previous.cluster_id if previous else base64.urlsafe_b64encode(os.urandom(16)).decode()
+    # 16 random bytes, urlsafe base64 unpadded: the format of `kafka-storage random-uuid`, without a JVM start.
+    cluster_id = previous.cluster_id if previous else secrets.token_urlsafe(16)
     servers = ",".join(f"127.0.0.1:{node.port}" for node in members)
-    return KafkaCluster(servers, base_dir, cluster_id.rstrip("="), fetch_kafka_jars(), heap_mb, members)
-
-
-def _server_properties(cluster: KafkaCluster, node: KafkaNode) -> str:
-    replicas = min(3, len(cluster.nodes))
-    min_isr = 2 if replicas >= 3 else 1  # with 3 replicas an acked write survives the loss of any one node
-    voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in cluster.nodes)
-    props: dict[str, object] = {
-        "process.roles": "broker,controller",
-        "node.id": node.node_id,
-        "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "log.dirs": node.dir / "data",
-        "num.partitions": 1,
-        "auto.create.topics.enable": "false",
-        "default.replication.factor": replicas,
-        "min.insync.replicas": min_isr,
-        "offsets.topic.replication.factor": replicas,
-        "group.initial.rebalance.delay.ms": 0,
-        "transaction.state.log.replication.factor": replicas,
-        "transaction.state.log.min.isr": min_isr,
-        "share.coordinator.state.topic.replication.factor": replicas,
-        "share.coordinator.state.topic.min.isr": min_isr,
-        # Fence a crashed broker after 3 s instead of 9 s: the produce stall during failover shrinks with it.
-        "broker.session.timeout.ms": 3000,
-        "broker.heartbeat.interval.ms": 500,
-    }
-    return "".join(f"{key}={value}\n" for key, value in props.items())
+    return KafkaCluster(servers, base_dir, cluster_id, fetch_kafka_jars(), heap_mb, members)
 
 
 def _java_cmd(cluster: KafkaCluster, node: KafkaNode, *args: str) -> list[str]:
@@ -285,9 +274,7 @@ def _log_tail(node: KafkaNode) -> str:
     # stdout.log holds what log4j never sees: JVM failures such as a bad classpath or OutOfMemoryError.
     for path, lines in ((node.dir / "server.log", 20), (node.dir / "stdout.log", 10)):
         if path.exists():
-            with path.open("rb") as handle:
-                handle.seek(max(0, path.stat().st_size - 65536))
-                text = "\n".join(handle.read().decode(errors="replace").splitlines()[-lines:])
+            text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
             parts.append(f"last lines of {path}:\n{text}" if text else f"{path} is empty")
     return "; " + "\n".join(parts)
 
@@ -298,32 +285,26 @@ def _answers_metadata(node: KafkaNode, brokers: int) -> bool:
             pass  # cheap probe first: no client is built (and no refused-connection noise logged) while it boots
     except OSError:
         return False
-    conf: dict[str, Any] = {"bootstrap.servers": f"127.0.0.1:{node.port}", "log_level": 0}
-    conf["error_cb"] = lambda _err: None  # transient errors while booting; list_topics decides readiness
-    try:
-        metadata = AdminClient(conf).list_topics(timeout=2)
+    try:  # log_level 0: errors while it boots are expected, list_topics alone decides
+        metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{node.port}", "log_level": 0}).list_topics(timeout=2)
     except KafkaException:
         return False
     return len(metadata.brokers) >= brokers
 
 
 def _wait_ready(cluster: KafkaCluster, nodes: list[KafkaNode], timeout_s: float) -> None:
-    """Block until each of `nodes` serves metadata listing every live broker.
-
-    RuntimeError with the node's log tail as soon as one exits, or when `timeout_s` passes."""
+    """Block until each of `nodes` lists every live broker; RuntimeError with its log tail if it exits or times out."""
     deadline = time.monotonic() + timeout_s
     pending = list(nodes)
     while pending:
         for node in nodes:
             if not node.is_alive():
-                child = _CHILDREN.get(node.pid or -1)
-                code = f" with code {child.returncode}" if child is not None else ""
-                raise RuntimeError(f"Kafka node {node.node_id} exited{code} during start-up{_log_tail(node)}")
+                code = _CHILDREN[node.pid].returncode if node.pid in _CHILDREN else "?"
+                raise RuntimeError(f"Kafka node {node.node_id} exited (code {code}) during start-up{_log_tail(node)}")
         live = sum(1 for node in cluster.nodes if node.is_alive())
         pending = [node for node in pending if not _answers_metadata(node, live)]
         if pending and time.monotonic() > deadline:
-            node = pending[0]
-            raise RuntimeError(f"Kafka node {node.node_id} not ready after {timeout_s:.0f}s{_log_tail(node)}")
+            raise RuntimeError(f"Kafka node {pending[0].node_id} not ready in {timeout_s:.0f}s{_log_tail(pending[0])}")
         if pending:
             time.sleep(0.2)
 
@@ -342,9 +323,12 @@ def start_cluster(
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
     cluster = _plan_cluster(Path(base_dir).resolve(), nodes, first_port, heap_mb or (512 if nodes == 1 else 320))
+    rf = min(3, nodes)  # replication factor of the internal topics and the default one
+    isr = 2 if rf >= 3 else 1  # with 3 replicas an acked write survives the loss of any one node
+    voters = ",".join(f"{node.node_id}@127.0.0.1:{node.controller_port}" for node in cluster.nodes)
     for node in cluster.nodes:
         node.dir.mkdir(parents=True, exist_ok=True)
-        node.properties_file.write_text(_server_properties(cluster, node))
+        node.properties_file.write_text(_SERVER_PROPERTIES.format(node=node, voters=voters, rf=rf, isr=isr))
         (node.dir / "log4j2.properties").write_text(_LOG4J2.format(log=node.dir / "server.log"))
     _format_storage(cluster)
     try:

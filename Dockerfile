@@ -1,0 +1,13 @@
+# One image for every deployable; the command picks which (`mmrag <deployable>`).
+FROM python:3.11-slim
+RUN pip install --no-cache-dir uv
+WORKDIR /app
+COPY pyproject.toml uv.lock README.md ./
+COPY mmrag mmrag
+COPY producers producers
+COPY consumers consumers
+COPY index_updater index_updater
+COPY query_service query_service
+RUN uv sync --frozen --no-dev
+ENV PATH="/app/.venv/bin:$PATH" HF_HUB_OFFLINE=1 MMRAG_PROBE_HOST=0.0.0.0 MMRAG_PROBE_PORT=9100
+ENTRYPOINT ["mmrag"]
