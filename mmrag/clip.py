@@ -147,7 +147,8 @@ class ClipEncoder:
             torch.set_num_threads(self._threads)
         device = self._requested_device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = _resolve_dtype(self._precision, device)
-        model = CLIPModel.from_pretrained(self._model_dir, dtype=dtype).to(device).eval()
+        # transformers types `.to` through a decorator that mypy reads as taking the model, not a device
+        model = CLIPModel.from_pretrained(self._model_dir, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
         processor = AutoProcessor.from_pretrained(self._model_dir)
         # set together, after both loaded: is_warm must never see half a model
         self._model, self._processor, self._device, self._dtype = model, processor, device, dtype

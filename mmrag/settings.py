@@ -65,8 +65,10 @@ class SpaceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
 
     clip_model_dir: Path = Path(".mmrag/models/clip-easyvqa")
-    text_weight: float = 0.5
-    image_weight: float = 0.5
+    # w_t² + w_i² = 1: a record with both halves is a unit vector, so its inner product is a weighted cosine.
+    # Text leans heavier because CLIP's text-image cosines run high for any text (see docs/architecture.md).
+    text_weight: float = 0.8
+    image_weight: float = 0.6
     torch_threads: int = 0
 
 

@@ -64,7 +64,7 @@ def test_upload_search_delete_and_dlq(deployment, bootstrap: str) -> None:  # ty
     assert "consumer groups" in top.text
     assert KAFKA_DOC[top.char_start : top.char_end] == top.text
     by_image = search(port, image=circle).results[0]
-    assert by_image.object_id == image_id and by_image.has_image and by_image.score == pytest.approx(0.25, abs=1e-3)
+    assert by_image.object_id == image_id and by_image.has_image and by_image.score == pytest.approx(0.6**2, abs=1e-3)
 
     dlq = wait_for(
         lambda: [

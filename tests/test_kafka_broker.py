@@ -7,22 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from mmrag.local.kafka_broker import (
-    KafkaCluster,
-    load_cluster,
-    start_cluster,
-    stop_cluster,
-)
+from mmrag.local.kafka_broker import KafkaCluster, load_cluster, start_cluster, stop_cluster
 
 pytestmark = [
     pytest.mark.kafka,
@@ -36,13 +24,30 @@ def _create_topic(bootstrap: str, topic: str, replication: int, config: dict[str
     admin.create_topics([new], operation_timeout=30)[topic].result(timeout=60)
 
 
-def _leader(bootstrap: str, topic: str) -> int:
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
-    return int(metadata.topics[topic].partitions[0].leader)
+def _leader(bootstrap: str, topic: str, timeout_s: float = 30) -> int:
+    """Leader of partition 0, once metadata names one (right after creation or a failover it may not yet)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+        if 0 in partitions and partitions[0].leader >= 0:
+            return int(partitions[0].leader)
+        time.sleep(0.2)
+    raise AssertionError(f"no leader for {topic}-0 within {timeout_s}s")
 
 
 def _idempotent_producer(bootstrap: str) -> Producer:
     return Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5})
+
+
+def _high_watermark(consumer: Consumer, topic: str, deadline: float) -> int:
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
+        except KafkaException:  # NOT_LEADER_FOR_PARTITION while metadata catches up with a failover: retry
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _read_all(bootstrap: str, topic: str, timeout_s: float = 60) -> list[bytes]:
@@ -50,11 +55,11 @@ def _read_all(bootstrap: str, topic: str, timeout_s: float = 60) -> list[bytes]:
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}", "enable.auto.commit": False}
     )
+    deadline = time.monotonic() + timeout_s
     try:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+        high = _high_watermark(consumer, topic, deadline)
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         values: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
         next_offset = 0
         while next_offset < high:
             assert time.monotonic() < deadline, f"read {len(values)} of {high} messages in {timeout_s}s"
@@ -132,7 +137,7 @@ def _produce_through_leader_kill(cluster: KafkaCluster, topic: str, leader: int)
 @pytest.mark.timeout(300)
 def test_three_nodes_leader_kill_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     base = tmp_path / "kafka3"
-    cluster = start_cluster(base, nodes=3)
+    cluster = start_cluster(base, nodes=3, ready_timeout_s=120)  # 3 JVMs booting on a busy 2-core box can be slow
     try:
         servers = cluster.bootstrap_servers
         _create_topic(servers, "orders", replication=3, config={"min.insync.replicas": "2"})
@@ -147,7 +152,7 @@ def test_three_nodes_leader_kill_loses_nothing_and_duplicates_nothing(tmp_path: 
         assert set(sent) - set(received) == set(), f"{len(set(sent) - set(received))} lost"
         assert received == sent  # and in order, each exactly once
 
-        cluster.start_node(leader)
+        cluster.start_node(leader, ready_timeout_s=120)
         assert cluster.is_running()
     finally:
         stop_cluster(base)

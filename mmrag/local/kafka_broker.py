@@ -48,7 +48,6 @@ listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.control
 advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
 log.dirs={node.dir}/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -234,7 +233,7 @@ def _plan_cluster(base_dir: Path, nodes: int, first_port: int | None, heap_mb: i
 
 
 def _java_cmd(cluster: KafkaCluster, node: KafkaNode, *args: str) -> list[str]:
-    """The JVM command line for a Kafka main class; RuntimeError if no `java` is on PATH."""
+    """`java` with the Kafka classpath and log4j config, then `args`; RuntimeError if no `java` is on PATH."""
     java = shutil.which("java")
     if java is None:
         raise RuntimeError("'java' is not on PATH: Kafka 4 needs Java 17+ (e.g. apt-get install openjdk-17-jre)")
@@ -259,8 +258,7 @@ def _format_storage(cluster: KafkaCluster) -> None:
 
 
 def _launch(cluster: KafkaCluster, node: KafkaNode) -> None:
-    cmd = _java_cmd(cluster, node, "kafka.Kafka", str(node.properties_file))
-    cmd.insert(1, f"-Xmx{cluster.heap_mb}m")
+    cmd = _java_cmd(cluster, node, f"-Xmx{cluster.heap_mb}m", "kafka.Kafka", str(node.properties_file))
     # Own session: the broker outlives the launching command and can be signalled as one process group.
     with (node.dir / "stdout.log").open("wb") as out:
         devnull, merged = subprocess.DEVNULL, subprocess.STDOUT
@@ -289,11 +287,13 @@ def _answers_metadata(node: KafkaNode, brokers: int) -> bool:
         metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{node.port}", "log_level": 0}).list_topics(timeout=2)
     except KafkaException:
         return False
-    return len(metadata.brokers) >= brokers
+    # After a restart a broker serves metadata a moment before the partitions it hosts have their leaders back.
+    mine = [p for topic in metadata.topics.values() for p in topic.partitions.values() if node.node_id in p.replicas]
+    return len(metadata.brokers) >= brokers and all(p.leader >= 0 for p in mine)
 
 
 def _wait_ready(cluster: KafkaCluster, nodes: list[KafkaNode], timeout_s: float) -> None:
-    """Block until each of `nodes` lists every live broker; RuntimeError with its log tail if it exits or times out."""
+    """Block until each of `nodes` lists all live brokers and partition leaders; RuntimeError (log tail) if it fails."""
     deadline = time.monotonic() + timeout_s
     pending = list(nodes)
     while pending:
