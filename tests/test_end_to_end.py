@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
+from producers.upload import upload_files
 from tests.kafka_tools import read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -38,16 +41,22 @@ def found_ids(port: int, **query: object) -> set[str]:
     return {r.object_id for r in search(port, **query).results}  # type: ignore[arg-type]
 
 
-def test_upload_search_delete_and_dlq(deployment, bootstrap: str) -> None:  # type: ignore[no-untyped-def]
+def test_upload_search_delete_and_dlq(deployment, bootstrap: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from mmrag.local.stack import start_services
 
-    start_services(deployment.all_services())
+    services = start_services(deployment.all_services())
     store = S3ObjectStore(deployment.s3_settings(), "test")
     bucket, port = deployment.bucket, deployment.grpc_port
     circle = red_circle_png()
-    store.put(bucket, "docs/kafka groups.md", KAFKA_DOC.encode())
-    store.put(bucket, "images/circle.png", circle)
-    store.put(bucket, "images/broken.png", b"\x89PNG\r\n\x1a\n this is not really a png")
+    files = {
+        "kafka groups.md": KAFKA_DOC.encode(),
+        "circle.png": circle,
+        "broken.png": b"\x89PNG\r\n\x1a\n this is not really a png",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    upload_files(store, bucket, [tmp_path / "kafka groups.md"], prefix="docs")
+    upload_files(store, bucket, [tmp_path / "circle.png", tmp_path / "broken.png"], prefix="images")
 
     text_id, image_id = f"{bucket}/docs/kafka groups.md", f"{bucket}/images/circle.png"
     wait_for(
@@ -79,6 +88,14 @@ def test_upload_search_delete_and_dlq(deployment, bootstrap: str) -> None:  # ty
     assert dlq[0].headers["dlq-error-class"] == "PermanentError"
     assert "images/broken.png" in dlq[0].headers["dlq-error-message"]
     assert dlq[0].headers["dlq-source-topic"] == f"{deployment.topic_prefix}objects.v1"
+
+    for service in services:  # every deployable serves its metrics and probes
+        assert urllib.request.urlopen(service.probe_url + "/healthz").status == 200
+        assert urllib.request.urlopen(service.probe_url + "/readyz").status == 200
+    metrics = {s.name: urllib.request.urlopen(s.probe_url + "/metrics").read().decode() for s in services}
+    assert 'mmrag_dlq_total{stage="vision_embedder"} 1.0' in metrics["vision_embedder"]
+    assert 'mmrag_messages_processed_total{stage="index_updater"}' in metrics["index_updater"]
+    assert "mmrag_search_seconds_count" in metrics["query_service"]
 
     store.delete(bucket, "docs/kafka groups.md")
     wait_for(

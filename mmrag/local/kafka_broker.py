@@ -132,12 +132,14 @@ class KafkaNode:
 def _terminate(nodes: list[KafkaNode], sig: signal.Signals, timeout_s: float) -> None:
     """Send `sig` to each live node's process group (it leads its own session); wait up to `timeout_s` for all."""
     for node in nodes:
-        if node.is_alive() and node.pid:  # a dead node's pid may belong to someone else by now
+        if node.is_alive() and node.pid:
             with suppress(ProcessLookupError):
                 os.killpg(node.pid, sig)
     deadline = time.monotonic() + timeout_s
     while any(node.is_alive() for node in nodes) and time.monotonic() < deadline:
         time.sleep(0.1)
+    for node in nodes:  # forget the pids of the dead: the kernel may hand them to someone else
+        node.pid = node.pid if node.is_alive() else None
 
 
 @dataclass
@@ -169,15 +171,12 @@ class KafkaCluster:
         """SIGTERM every node (controlled shutdown), SIGKILL those still alive after `timeout_s`; never raises."""
         _terminate(self.nodes, signal.SIGTERM, timeout_s)
         _terminate(self.nodes, signal.SIGKILL, 10)  # only those that ignored SIGTERM are still alive
-        for node in self.nodes:
-            node.pid = None
         self.save()
 
     def kill_node(self, node_id: int) -> None:
         """SIGKILL one node (a crash, for fault tests) and wait until it is gone; KeyError for an unknown id."""
         node = self.node(node_id)
         _terminate([node], signal.SIGKILL, 10)
-        node.pid = None
         self.save()
 
     def start_node(self, node_id: int, ready_timeout_s: float = 60) -> None:
@@ -237,8 +236,7 @@ def _java_cmd(cluster: KafkaCluster, node: KafkaNode, *args: str) -> list[str]:
     java = shutil.which("java")
     if java is None:
         raise RuntimeError("'java' is not on PATH: Kafka 4 needs Java 17+ (e.g. apt-get install openjdk-17-jre)")
-    log4j = f"-Dlog4j2.configurationFile={node.dir / 'log4j2.properties'}"
-    return [java, "-Djava.awt.headless=true", "-cp", f"{cluster.libs}/*", log4j, *args]
+    return [java, "-cp", f"{cluster.libs}/*", f"-Dlog4j2.configurationFile={node.dir / 'log4j2.properties'}", *args]
 
 
 def _format_storage(cluster: KafkaCluster) -> None:
@@ -259,6 +257,8 @@ def _format_storage(cluster: KafkaCluster) -> None:
 
 def _launch(cluster: KafkaCluster, node: KafkaNode) -> None:
     cmd = _java_cmd(cluster, node, f"-Xmx{cluster.heap_mb}m", "kafka.Kafka", str(node.properties_file))
+    with suppress(FileNotFoundError):  # keep the previous run's log for post-mortems; this run's starts empty
+        (node.dir / "server.log").replace(node.dir / "server.log.1")
     # Own session: the broker outlives the launching command and can be signalled as one process group.
     with (node.dir / "stdout.log").open("wb") as out:
         devnull, merged = subprocess.DEVNULL, subprocess.STDOUT
@@ -268,13 +268,14 @@ def _launch(cluster: KafkaCluster, node: KafkaNode) -> None:
 
 
 def _log_tail(node: KafkaNode) -> str:
-    parts = []
+    """`; <path>:` then its first ERROR (usually the cause), `...` and its last lines, for server.log and stdout.log."""
+    text = ""
     # stdout.log holds what log4j never sees: JVM failures such as a bad classpath or OutOfMemoryError.
-    for path, lines in ((node.dir / "server.log", 20), (node.dir / "stdout.log", 10)):
-        if path.exists():
-            text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-            parts.append(f"last lines of {path}:\n{text}" if text else f"{path} is empty")
-    return "; " + "\n".join(parts)
+    for path, count in ((node.dir / "server.log", 20), (node.dir / "stdout.log", 10)):
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        first = next((i for i, line in enumerate(lines) if " ERROR " in line), len(lines))
+        text += f"; {path}:\n" + "\n".join([*lines[first : first + 2], "...", *lines[-count:]])
+    return text
 
 
 def _answers_metadata(node: KafkaNode, brokers: int) -> bool:
@@ -384,8 +385,7 @@ def register_cli(parser: argparse.ArgumentParser) -> None:
     state_dir = Path(os.environ.get("MMRAG_STATE_DIR", ".mmrag")) / "kafka"
     for command in (start, stop, status):
         command.add_argument("--dir", type=Path, default=state_dir, help="$MMRAG_STATE_DIR/kafka, ./.mmrag/kafka")
-    for command in (fetch, start, stop, status):
-        command.set_defaults(func=_run_command)
+    parser.set_defaults(func=_run_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
