@@ -144,7 +144,7 @@ class StageRunner(Generic[T]):
         if self.transactional:
             # Fences a previous incarnation with the same id and aborts whatever it left open.
             self._producer.init_transactions(30)
-        self._consumer.subscribe(list(self.decoders))
+        self._consumer.subscribe(list(self.decoders), **self._rebalance_callbacks())
         self.handler.warm_up()
         self.probes.set_ready(True)
         log.info(
@@ -154,6 +154,14 @@ class StageRunner(Generic[T]):
             list(self.decoders),
             self.transactional,
         )
+
+    def _rebalance_callbacks(self) -> dict[str, Any]:
+        """A handler with ``on_assign(partitions)`` restores its per-partition state there, before their first batch
+        (the full assignment as (topic, partition) pairs; called inside the poll, so keep it within max.poll)."""
+        on_assign = getattr(self.handler, "on_assign", None)
+        if on_assign is None:
+            return {}
+        return {"on_assign": lambda _consumer, tps: on_assign([(tp.topic, tp.partition) for tp in tps])}
 
     def run(self, stop: threading.Event) -> None:
         """Processes batches until ``stop`` is set; fatal Kafka errors propagate (the supervisor restarts us)."""
