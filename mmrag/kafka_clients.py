@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,3 +55,9 @@ def encode_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
 def decode_headers(raw: list[tuple[str, bytes | None]] | None) -> dict[str, str]:
     """Kafka headers as a str dict (last value wins; None values become empty strings)."""
     return {k: (v or b"").decode(errors="replace") for k, v in (raw or [])}
+
+
+def key_partition(key: str, partitions: int) -> int:
+    """The partition librdkafka's default partitioner gives a non-empty key (CRC-32 mod count). Stages that keep
+    per-key state write with it explicitly, so an input partition and the same output partition hold the same keys."""
+    return zlib.crc32(key.encode()) % partitions

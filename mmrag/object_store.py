@@ -10,6 +10,10 @@ from mmrag.settings import S3Settings
 MISSING_CODES = {"NoSuchKey", "404", "NoSuchBucket", "NoSuchVersion"}
 
 
+class ObjectMissingError(PermanentError):
+    """The object (or the version) an event names is gone from the store."""
+
+
 class ObjectStore(Protocol):
     def get(self, bucket: str, key: str, version_id: str = "") -> bytes: ...
 
@@ -48,9 +52,16 @@ class S3ObjectStore:
         return self._client
 
     def get(self, bucket: str, key: str, version_id: str = "") -> bytes:
+        return self._read(bucket, key, version_id)
+
+    def read_prefix(self, bucket: str, key: str, length: int, version_id: str = "") -> bytes:
+        """The first ``length`` bytes (a ranged GET): enough to sniff the content type of a large object."""
+        return self._read(bucket, key, version_id, Range=f"bytes=0-{length - 1}")
+
+    def _read(self, bucket: str, key: str, version_id: str, **extra: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        kwargs = {"Bucket": bucket, "Key": key}
+        kwargs = {"Bucket": bucket, "Key": key, **extra}
         if version_id:
             kwargs["VersionId"] = version_id
         try:
@@ -58,12 +69,14 @@ class S3ObjectStore:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in MISSING_CODES:
-                raise PermanentError(
+                raise ObjectMissingError(
                     self.stage,
                     f"{bucket}/{key}",
                     f"not in the object store ({code})",
                     "it was deleted or overwritten after the event; a newer event for it follows",
                 ) from exc
+            if code == "InvalidRange":  # a ranged read of an empty object
+                return b""
             raise RetryableError(
                 self.stage, f"{bucket}/{key}", f"S3 error {code}: {exc}", "check the object store and credentials"
             ) from exc

@@ -1,0 +1,216 @@
+"""The object normalizer: s3-events.v1 -> objects.v1, the single writer per object (group `object-normalizer`).
+
+Every source (SQS bridge, webhook, backfill, MinIO/Ceph publishing to Kafka) only publishes raw changes onto
+s3-events.v1; this stage decides what reaches objects.v1, consume-transform-produce in one Kafka transaction per
+batch. It keeps the newest change it emitted per object (restored from the compacted objects.v1 on assignment) and
+emits only news: duplicates, stale (out-of-order) changes and deletes of non-current versions are counted and
+logged, never emitted. A create is checked against the bucket allow-list and the size limit, then sniffed from its
+first bytes (a ranged GET); an object that cannot be indexed goes to the DLQ and its key gets a tombstone, so the
+index never keeps serving an older version of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import Counter
+from pydantic import Field
+
+from mmrag import metrics
+from mmrag.changelog import ChangelogReader, LoggedRecord
+from mmrag.dlq import Origin as DlqOrigin
+from mmrag.dlq import dead_letter
+from mmrag.errors import PermanentError
+from mmrag.kafka_clients import key_partition
+from mmrag.messages import Envelope, Output
+from mmrag.object_store import ObjectMissingError, S3ObjectStore
+from mmrag.pb.events_pb2 import ObjectEvent
+from mmrag.runner import ItemResult, StageRunner
+from mmrag.service import service_main
+from mmrag.settings import BaseServiceSettings, S3Settings
+from mmrag.telemetry import Probes
+from producers.content_sniffing import SNIFF_BYTES, sniff
+from producers.object_table import ObjectTable, Origin, Verdict
+from producers.s3_events import S3Change, parse_notification
+
+log = logging.getLogger(__name__)
+STAGE = "normalizer"
+
+SKIPPED = Counter(
+    "mmrag_object_changes_skipped_total", "Changes not emitted onto objects.v1, by reason", ["stage", "reason"]
+)
+EMITTED = Counter("mmrag_object_changes_emitted_total", "objects.v1 records emitted, by kind", ["stage", "kind"])
+
+
+class NormalizerSettings(BaseServiceSettings, S3Settings):
+    group: str = "object-normalizer"
+    allowed_buckets: str = Field(default="", description="comma-separated bucket allow-list; empty = every bucket")
+    max_object_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="larger objects go to the DLQ")
+    sniff_bytes: int = Field(default=SNIFF_BYTES, ge=16, description="bytes read to sniff the content type")
+
+    @property
+    def bucket_allow_list(self) -> frozenset[str]:
+        return frozenset(b.strip() for b in self.allowed_buckets.split(",") if b.strip())
+
+
+@dataclass(frozen=True)
+class RawChanges:
+    """One s3-events.v1 record: its bytes as published and the changes parsed from them."""
+
+    raw: bytes
+    changes: list[S3Change]
+
+
+def decode_changes(raw: bytes | None, headers: Mapping[str, str]) -> RawChanges:
+    """The s3-events.v1 decoder; a malformed body raises PermanentError and the runner sends it to the DLQ."""
+    source = f"s3-events ({headers.get('source') or 'kafka'})"
+    if raw is None:
+        raise PermanentError(STAGE, source, "record without a value", "publish S3 notification JSON")
+    return RawChanges(raw, parse_notification(raw, source))
+
+
+class PrefixReader(Protocol):
+    def read_prefix(self, bucket: str, key: str, length: int, version_id: str = "") -> bytes: ...
+
+
+class Changelog(Protocol):
+    def partition_count(self, topic: str) -> int: ...
+
+    def read(self, topic: str, partitions: Sequence[int]) -> Iterable[LoggedRecord]: ...
+
+
+class Normalizer:
+    """The handler: one verdict per change, outputs on objects.v1 (and DLQ records) for the runner's transaction."""
+
+    stage = STAGE
+
+    def __init__(self, settings: NormalizerSettings, store: PrefixReader, changelog: Changelog) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.store = store
+        self.changelog = changelog
+        self.table = ObjectTable()
+        self.allowed = settings.bucket_allow_list
+        self.partitions = 0
+
+    def warm_up(self) -> None:
+        """Checks the co-partitioning the per-key state relies on: as many s3-events as objects partitions."""
+        events = self.changelog.partition_count(self.topics.s3_events)
+        objects = self.changelog.partition_count(self.topics.objects)
+        if events != objects:
+            raise ValueError(
+                f"[{STAGE}] {self.topics.s3_events} has {events} partitions, {self.topics.objects} {objects} -> "
+                "give both the same count: the normalizer co-partitions them to keep one writer per object"
+            )
+        self.partitions = events
+
+    def on_assign(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Rebuilds the table from the objects.v1 partitions matching the assigned s3-events.v1 partitions."""
+        mine = sorted(p for topic, p in partitions if topic == self.topics.s3_events)
+        self.table.clear()
+        for record in self.changelog.read(self.topics.objects, mine):
+            self.table.restore(record.headers, record.key, record.value is None)
+        log.info("%s: restored %d objects from %s partitions %s", STAGE, len(self.table), self.topics.objects, mine)
+
+    def handle(self, batch: Sequence[Envelope[RawChanges]]) -> list[ItemResult]:
+        """In order: a later change of an object in the batch is judged against an earlier one's outcome."""
+        results: list[ItemResult] = []
+        for env in batch:
+            try:
+                results.append(self._normalize(env))
+            except PermanentError as exc:
+                results.append(exc)
+        return results
+
+    def _normalize(self, env: Envelope[RawChanges]) -> list[Output]:
+        if env.value is None:
+            raise PermanentError(STAGE, f"offset {env.offset}", "tombstone on s3-events.v1", "publish notifications")
+        if not env.value.changes:
+            log.info("%s: %s[%d]@%d carried no changes (test event)", STAGE, env.topic, env.partition, env.offset)
+        outputs: list[Output] = []
+        for index, change in enumerate(env.value.changes):
+            outputs += self._change(env, index, change)
+        return outputs
+
+    def _change(self, env: Envelope[RawChanges], index: int, change: S3Change) -> list[Output]:
+        home = key_partition(change.object_id, self.partitions)
+        if home != env.partition:
+            # Published under another key (MinIO/Ceph partition their own way): move it to the partition whose
+            # owner holds this object's state, so there is one writer per object.
+            EMITTED.labels(STAGE, "forwarded").inc()
+            return [Output(self.topics.s3_events, change.object_id, change.to_body(), dict(env.headers), home)]
+        if self.allowed and change.bucket not in self.allowed:
+            fix = f"add it to MMRAG_ALLOWED_BUCKETS ({','.join(sorted(self.allowed))}) or stop its notifications"
+            return [self._dead_letter(env, PermanentError(STAGE, change.object_id, "bucket not allowed", fix))]
+        origin = (env.partition, env.offset, index)
+        verdict = self.table.verdict(change, origin)
+        if verdict != Verdict.EMIT:
+            SKIPPED.labels(STAGE, verdict.value).inc()
+            what = f"{change.event_name} of {change.object_id} ({change.version})"
+            log.info("%s: skipped %s: %s", STAGE, what, verdict.value)
+            return []
+        if change.deleted:
+            return [self._emit(change, origin, env, None)]
+        return self._created(env, change, origin)
+
+    def _created(self, env: Envelope[RawChanges], change: S3Change, origin: Origin) -> list[Output]:
+        limit = self.settings.max_object_bytes
+        if change.size > limit:
+            fix = "split the object, or raise MMRAG_MAX_OBJECT_BYTES"
+            problem = PermanentError(STAGE, change.object_id, f"{change.size} bytes is over the limit of {limit}", fix)
+            return [self._dead_letter(env, problem), self._emit(change, origin, env, None, problem)]
+        try:
+            head = self.store.read_prefix(change.bucket, change.key, self.settings.sniff_bytes, change.version_id)
+        except ObjectMissingError:
+            SKIPPED.labels(STAGE, "gone").inc()
+            log.info("%s: %s is gone from the store; its delete or overwrite event follows", STAGE, change.object_id)
+            return []
+        sniffed = sniff(head)
+        if not sniffed.supported:
+            fix = "upload text, markdown, PDF, HTML, DOCX or an image"
+            problem = PermanentError(STAGE, change.object_id, f"unsupported content type: {sniffed.reason}", fix)
+            return [self._dead_letter(env, problem), self._emit(change, origin, env, None, problem)]
+        event = change.to_event(env.headers.get("source") or "kafka", sniffed.media_kind, sniffed.content_type)
+        return [self._emit(change, origin, env, event)]
+
+    def _emit(
+        self,
+        change: S3Change,
+        origin: Origin,
+        env: Envelope[RawChanges],
+        event: ObjectEvent | None,
+        rejected: PermanentError | None = None,
+    ) -> Output:
+        """The objects.v1 record (event, or tombstone when None) on the partition this normalizer owns; the table
+        notes it. A tombstone of a rejected version names why in its ``rejected`` header."""
+        self.table.record(change, origin, live=event is not None)
+        headers = change.identity_headers()
+        if rejected is not None:
+            headers["rejected"] = rejected.problem
+        EMITTED.labels(STAGE, "tombstone" if event is None else "event").inc()
+        return Output(self.topics.objects, change.object_id, event, headers, env.partition)
+
+    def _dead_letter(self, env: Envelope[RawChanges], error: PermanentError) -> Output:
+        metrics.DLQ.labels(STAGE).inc()
+        log.error("%s: to DLQ %s[%d]@%d: %s", STAGE, env.topic, env.partition, env.offset, error)
+        raw = env.value.raw if env.value is not None else None
+        origin = DlqOrigin(env.topic, env.partition, env.offset)
+        return dead_letter(self.topics.dlq, env.key, raw, env.headers, stage=STAGE, error=error, origin=origin)
+
+
+def build(settings: NormalizerSettings, probes: Probes) -> StageRunner[RawChanges]:
+    handler = Normalizer(settings, S3ObjectStore(settings, STAGE), ChangelogReader(settings.bootstrap_servers, STAGE))
+    decoders = {settings.topics.s3_events: decode_changes}
+    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=True, probes=probes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main(STAGE, NormalizerSettings, build, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The normalizer's per-object state: the newest change it emitted for each object, and the verdict on a new one.
+
+Order: S3 sequencers when both changes carry one (hex strings; the shorter is right-padded with zeros, as AWS
+documents), else event time (moto and backfill send no sequencer; versionIds are not ordered). The table holds only
+what was emitted onto objects.v1, so it can be rebuilt from that compacted topic's headers after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from producers.s3_events import CREATED, S3Change
+
+# (partition, offset, record index) of the s3-events.v1 record a change came from.
+Origin = tuple[int, int, int]
+
+
+class Verdict(StrEnum):
+    EMIT = "emit"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+    NONCURRENT = "noncurrent-version-delete"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The last change emitted for an object. ``live`` is false after a delete or a rejected (tombstoned) version."""
+
+    version: str
+    event_time_ms: int
+    sequencer: str
+    created: bool
+    live: bool
+    origin: Origin | None = None  # set only for changes emitted by this process since its last restore
+
+
+def compare_sequencers(a: str, b: str) -> int:
+    """-1, 0 or 1 as sequencer ``a`` is older, equal or newer than ``b`` (same object key only)."""
+    width = max(len(a), len(b))
+    left, right = a.upper().ljust(width, "0"), b.upper().ljust(width, "0")
+    return (left > right) - (left < right)
+
+
+def compare(change: S3Change, seen: Seen) -> int:
+    """-1, 0 or 1 as ``change`` happened before, with or after the emitted ``seen``."""
+    if change.sequencer and seen.sequencer:
+        return compare_sequencers(change.sequencer, seen.sequencer)
+    return (change.event_time_ms > seen.event_time_ms) - (change.event_time_ms < seen.event_time_ms)
+
+
+class ObjectTable:
+    """object_id -> Seen, for the partitions this normalizer owns."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Seen] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+    def restore(self, headers: Mapping[str, str], key: str | None, tombstone: bool) -> None:
+        """Replays one objects.v1 record (its identity headers) into the table."""
+        oid = headers.get("object-id") or key
+        if not oid:
+            return
+        self._seen[oid] = Seen(
+            version=headers.get("version", ""),
+            event_time_ms=int(headers.get("event-time-ms") or 0),
+            sequencer=headers.get("sequencer", ""),
+            created=headers.get("event-name", "").startswith(CREATED),
+            live=not tombstone,
+        )
+
+    def verdict(self, change: S3Change, origin: Origin) -> Verdict:
+        """Whether ``change`` is news for objects.v1, and if not, why."""
+        prev = self._seen.get(change.object_id)
+        if prev is None or prev.origin == origin:
+            # Never seen, or this very record set it and is handled again (a retry, or a batch whose
+            # transaction aborted): what was emitted then is not committed, so emit it again.
+            return Verdict.EMIT
+        order = compare(change, prev)
+        if order < 0:
+            return Verdict.STALE
+        if order == 0 and change.version == prev.version and (not change.deleted) == prev.created:
+            return Verdict.DUPLICATE
+        if change.event_name == "ObjectRemoved:Delete" and change.version_id and prev.live:
+            # A permanent delete of one version: only the current version's delete removes the object.
+            return Verdict.NONCURRENT if prev.version != change.version_id else Verdict.EMIT
+        return Verdict.EMIT
+
+    def record(self, change: S3Change, origin: Origin, live: bool) -> None:
+        """Notes what was emitted for ``change`` (``live`` = an ObjectEvent, not a tombstone)."""
+        self._seen[change.object_id] = Seen(
+            version=change.version,
+            event_time_ms=change.event_time_ms,
+            sequencer=change.sequencer,
+            created=not change.deleted,
+            live=live,
+            origin=origin,
+        )
