@@ -74,3 +74,12 @@ class IndexUpdater:
             )
         if not batch.chunks:
             raise PermanentError(STAGE, batch.object_id, "embedding batch without chunks", "fix the embedder")
+        has_clip_text = any(c.clip_text_vector for c in batch.chunks)
+        if has_clip_text and batch.clip_model_id != self.space.image_model_id:
+            raise PermanentError(
+                STAGE,
+                batch.object_id,
+                f"CLIP text vectors from {batch.clip_model_id!r}, this index's space "
+                f"{self.space.id} expects {self.space.image_model_id!r}",
+                "give the text embedder the space's CLIP",
+            )

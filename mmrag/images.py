@@ -1,4 +1,4 @@
-"""Safe image decoding shared by the vision embedder and image queries."""
+"""Safe image decoding shared by the vision embedder, OCR and image queries."""
 
 from __future__ import annotations
 
@@ -9,16 +9,37 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mmrag.errors import PermanentError
 
 MAX_PIXELS = 64_000_000  # decompression-bomb limit: larger images are refused, not decoded
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own check, for callers that open images elsewhere
 
 
-def decode_image(data: bytes, subject: str, stage: str) -> Image.Image:
-    """RGB image with EXIF orientation applied; corrupt, truncated or oversized images raise PermanentError."""
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+def decode_image(data: bytes, subject: str, stage: str, min_side: int = 0) -> Image.Image:
+    """An RGB image: EXIF orientation applied, first frame of animations, alpha flattened onto white, 16-bit and
+    palette/CMYK converted. With ``min_side`` a large JPEG decodes in draft mode at the smallest scale that keeps
+    both sides >= min_side (a 4000 px photo for a 224 px model never decodes at full size).
+
+    Corrupt, truncated or oversized images raise PermanentError naming ``subject``.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} is over {MAX_PIXELS} pixels")
+            if min_side and img.format == "JPEG":
+                img.draft("RGB", (min_side, min_side))
+            img.seek(0)
             img.load()
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise PermanentError(
             stage, subject, f"cannot decode image ({type(exc).__name__}: {exc})", "re-upload a valid PNG/JPEG/WebP/GIF"
         ) from exc
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")  # 16-bit samples -> 8-bit, not clipped to white
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, "white")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")

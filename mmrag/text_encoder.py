@@ -62,15 +62,34 @@ class MiniLMEncoder:
     def is_warm(self) -> bool:
         return self._model is not None
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, 384) float32 unit vectors; raises RuntimeError before warm_up()."""
+    def encode(self, texts: Sequence[str], token_budget: int = 8192) -> np.ndarray:
+        """(n, 384) float32 unit vectors in input order; raises RuntimeError before warm_up().
+
+        Texts are sorted by length and packed so each forward pass holds at most ``token_budget`` padded tokens:
+        one long text cannot blow up a batch of short ones, and padding waste stays small.
+        """
         if self._model is None:
             raise RuntimeError("MiniLMEncoder.encode called before warm_up()")
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for group in self._token_batches(texts, token_budget):
+            out[group] = self._forward([texts[i] for i in group])
+        return out
+
+    def _token_batches(self, texts: Sequence[str], token_budget: int) -> list[list[int]]:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"] if texts else []
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        groups: list[list[int]] = []
+        for i in order:  # ascending length: the newest member is the longest, so it sets the padded width
+            if groups and (len(groups[-1]) + 1) * len(ids[i]) <= token_budget:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         with torch.inference_mode():
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumers.text_embedder.chunking import chunk_text
-from consumers.text_embedder.handler import decode_text
+from consumers.text_embedder.extract import decode_text
 from mmrag import protogen
 from mmrag.errors import PermanentError
 from mmrag.pb.events_pb2 import SearchHit, SearchReply

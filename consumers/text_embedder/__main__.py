@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from consumers.text_embedder.extract import TesseractOcr
 from consumers.text_embedder.handler import TextEmbedder, TextEmbedderSettings
+from mmrag.clip import ClipEncoder
 from mmrag.messages import proto_decoder
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import ObjectEvent
@@ -15,7 +17,14 @@ from mmrag.text_encoder import MiniLMEncoder
 
 
 def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
-    handler = TextEmbedder(settings, S3ObjectStore(settings, "text_embedder"), MiniLMEncoder())
+    clip = ClipEncoder(settings.clip_model_dir, threads=settings.torch_threads) if settings.clip_text else None
+    handler = TextEmbedder(
+        settings,
+        S3ObjectStore(settings, "text_embedder"),
+        MiniLMEncoder(threads=settings.torch_threads),
+        clip,
+        TesseractOcr(settings.ocr_languages, settings.ocr_timeout_s),
+    )
     decoders = {settings.topics.objects: proto_decoder(ObjectEvent, handler.stage)}
     return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=True, probes=probes)
 

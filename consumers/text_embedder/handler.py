@@ -1,47 +1,59 @@
-"""Text embedder: text objects -> chunks (MiniLM tokenizer spans) -> MiniLM vectors on embeddings.v1."""
+"""Text embedder: text, documents and images (OCR) -> pages -> chunks by the MiniLM tokenizer -> MiniLM vectors,
+plus CLIP text-tower vectors per chunk so text documents fill both halves of the joint vector."""
 
 from __future__ import annotations
 
-import codecs
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from prometheus_client import Counter, Histogram
 from pydantic import Field
 
 from consumers.text_embedder.chunking import TextChunk, chunk_text
+from consumers.text_embedder.extract import Ocr, Page, decode_text, extract_document, image_pages
+from mmrag.clip import ClipEncoder
 from mmrag.embedding_batches import deletion_output, embedding_output
 from mmrag.errors import PermanentError
 from mmrag.messages import Envelope, Output
+from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.object_store import ObjectStore
 from mmrag.pb.events_pb2 import Chunk, MediaKind, Modality, ObjectEvent
 from mmrag.runner import ItemResult
-from mmrag.settings import BaseServiceSettings, S3Settings
+from mmrag.settings import BaseServiceSettings, S3Settings, SpaceSettings
 from mmrag.text_encoder import MAX_TOKENS, MiniLMEncoder
 
 log = logging.getLogger(__name__)
 STAGE = "text_embedder"
-TEXT_KINDS = {MediaKind.MEDIA_KIND_TEXT}
+
+EXTRACT_SECONDS = Histogram("mmrag_extract_seconds", "Fetch + extraction per object", ["kind"], buckets=LATENCY_BUCKETS)
+EMBED_SECONDS = Histogram(
+    "mmrag_text_embed_seconds", "Model time per handled batch", ["model"], buckets=LATENCY_BUCKETS
+)
+CHUNKS = Counter("mmrag_text_chunks_total", "Chunks embedded")
+OCR_EMPTY = Counter("mmrag_ocr_empty_total", "Images whose OCR found no text (indexed by the vision group only)")
 
 
-class TextEmbedderSettings(BaseServiceSettings, S3Settings):
+class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     group: str = "embedder-text"
     chunk_tokens: int = Field(default=MAX_TOKENS, le=MAX_TOKENS, description="MiniLM reads at most 256 tokens")
     chunk_overlap: int = 32
+    token_budget: int = Field(default=8192, description="padded tokens per MiniLM forward pass")
+    max_chunks: int = Field(default=2000, description="an object with more chunks goes to the DLQ")
+    max_pages: int = 500
+    ocr_images: bool = True
+    ocr_languages: str = "eng"
+    ocr_timeout_s: float = 60
+    clip_text: bool = Field(default=True, description="embed chunks with CLIP's text tower too (first 77 tokens)")
 
 
-def decode_text(data: bytes, object_id: str) -> str:
-    """UTF-8 (BOM allowed) text; other encodings and binary data raise PermanentError."""
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PermanentError(
-            STAGE, object_id, f"not UTF-8 text ({exc.reason} at byte {exc.start})", "re-upload it as UTF-8"
-        ) from exc
-    if "\x00" in text:
-        raise PermanentError(STAGE, object_id, "binary data (NUL bytes) in a text object", "upload real text")
-    return text
+@dataclass(frozen=True)
+class _Pending:
+    index: int
+    event: ObjectEvent
+    chunks: list[TextChunk]
+    pages: list[int]
 
 
 class TextEmbedder:
@@ -49,56 +61,104 @@ class TextEmbedder:
 
     stage = STAGE
 
-    def __init__(self, settings: TextEmbedderSettings, store: ObjectStore, encoder: MiniLMEncoder) -> None:
+    def __init__(
+        self,
+        settings: TextEmbedderSettings,
+        store: ObjectStore,
+        encoder: MiniLMEncoder,
+        clip: ClipEncoder | None,
+        ocr: Ocr,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.encoder = encoder
+        self.clip = clip
+        self.ocr = ocr
         self.topic = settings.topics.embeddings
+        self.kinds = {MediaKind.MEDIA_KIND_TEXT, MediaKind.MEDIA_KIND_DOCUMENT}
+        if settings.ocr_images:
+            self.kinds.add(MediaKind.MEDIA_KIND_IMAGE)
 
     def warm_up(self) -> None:
         self.encoder.warm_up()
+        if self.clip is not None:
+            self.clip.warm_up()
+        warm = getattr(self.ocr, "warm_up", None)
+        if self.settings.ocr_images and warm is not None:
+            warm()
 
     def handle(self, batch: Sequence[Envelope[ObjectEvent]]) -> list[ItemResult]:
-        """One result per envelope: a batch for text objects, a deletion for tombstones, nothing for other kinds."""
+        """One result per envelope: a batch per text-bearing object, a deletion per tombstone, [] for the rest."""
         results: list[ItemResult] = []
-        pending: list[tuple[int, ObjectEvent, list[TextChunk]]] = []
+        pending: list[_Pending] = []
         for i, env in enumerate(batch):
-            if env.value is None:
-                results.append([deletion_output(env, self.topic, Modality.MODALITY_TEXT)])
-                continue
             results.append([])
-            if env.value.media_kind not in TEXT_KINDS:
-                continue  # routed to another group (vision, documents)
-            try:
-                pending.append((i, env.value, self._chunks(env.value)))
-            except PermanentError as exc:
-                results[i] = exc
+            if env.value is None:
+                results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
+            elif env.value.media_kind in self.kinds:
+                try:
+                    pending += self._chunked(i, env.value)
+                except PermanentError as exc:
+                    results[i] = exc
         self._embed(pending, results)
         return results
 
-    def _chunks(self, event: ObjectEvent) -> list[TextChunk]:
-        text = decode_text(self.store.get(event.bucket, event.key, event.version_id), event.object_id)
+    def _chunked(self, index: int, event: ObjectEvent) -> list[_Pending]:
+        started = time.perf_counter()
+        pages = self._pages(event)
         s = self.settings
-        chunks = chunk_text(text, self.encoder.load_tokenizer(), s.chunk_tokens, s.chunk_overlap)
+        chunks: list[TextChunk] = []
+        numbers: list[int] = []
+        for page in pages:
+            for c in chunk_text(page.text, self.encoder.load_tokenizer(), s.chunk_tokens, s.chunk_overlap):
+                chunks.append(TextChunk(len(chunks), c.text, c.char_start, c.char_end))
+                numbers.append(page.number)
+        EXTRACT_SECONDS.labels(MediaKind.Name(event.media_kind)).observe(time.perf_counter() - started)
+        if len(chunks) > s.max_chunks:
+            raise PermanentError(
+                STAGE,
+                event.object_id,
+                f"{len(chunks)} chunks exceed the limit of {s.max_chunks}",
+                "split the document or raise MMRAG_MAX_CHUNKS",
+            )
         if not chunks:
+            if event.media_kind == MediaKind.MEDIA_KIND_IMAGE:
+                OCR_EMPTY.inc()  # a picture without words: the vision group indexes it
+                return []
             raise PermanentError(
                 STAGE, event.object_id, "no text to index (empty or whitespace only)", "upload a document with text"
             )
-        return chunks
+        return [_Pending(index, event, chunks, numbers)]
 
-    def _embed(self, pending: list[tuple[int, ObjectEvent, list[TextChunk]]], results: list[ItemResult]) -> None:
-        texts = [c.text for _, _, chunks in pending for c in chunks]
-        vectors = iter(self.encoder.encode(texts))
-        for i, event, chunks in pending:
-            out = embedding_output(event, self.topic, Modality.MODALITY_TEXT, self.encoder.model_id, self.encoder.dim)
-            for c in chunks:
-                out.chunks.append(
-                    Chunk(
-                        index=c.index,
-                        text=c.text,
-                        char_start=c.char_start,
-                        char_end=c.char_end,
-                        vector=next(vectors).tolist(),
-                    )
+    def _pages(self, event: ObjectEvent) -> list[Page]:
+        data = self.store.get(event.bucket, event.key, event.version_id)
+        if event.media_kind == MediaKind.MEDIA_KIND_IMAGE:
+            return image_pages(data, event.object_id, self.ocr)
+        if event.media_kind == MediaKind.MEDIA_KIND_DOCUMENT:
+            return extract_document(data, event.object_id, self.ocr, self.settings.max_pages)
+        return [Page(0, decode_text(data, event.object_id))]
+
+    def _embed(self, pending: list[_Pending], results: list[ItemResult]) -> None:
+        texts = [c.text for p in pending for c in p.chunks]
+        with EMBED_SECONDS.labels("minilm").time():
+            minilm = iter(self.encoder.encode(texts, token_budget=self.settings.token_budget))
+        with EMBED_SECONDS.labels("clip-text").time():
+            clip = iter(self.clip.encode_texts(texts)) if self.clip is not None and texts else None
+        CHUNKS.inc(len(texts))
+        for p in pending:
+            out = embedding_output(p.event, self.topic, Modality.MODALITY_TEXT, self.encoder.model_id, self.encoder.dim)
+            if self.clip is not None:
+                out.clip_model_id = self.clip.model_id
+            for c, page in zip(p.chunks, p.pages, strict=True):
+                chunk = Chunk(
+                    index=c.index,
+                    text=c.text,
+                    char_start=c.char_start,
+                    char_end=c.char_end,
+                    page=page,
+                    vector=next(minilm).tolist(),
                 )
-            results[i] = [Output(self.topic, event.object_id, out)]
+                if clip is not None:
+                    chunk.clip_text_vector.extend(next(clip).tolist())
+                out.chunks.append(chunk)
+            results[p.index] = [Output(self.topic, p.event.object_id, out)]

@@ -12,13 +12,13 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from subprocess import DEVNULL, PIPE, Popen, run
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -63,7 +63,7 @@ broker.session.timeout.ms=3000
 broker.heartbeat.interval.ms=500
 """
 # Popen handles of the nodes this process launched; polling them also reaps exited ones (no zombies).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_CHILDREN: dict[int, Popen[bytes]] = {}
 
 
 def fetch_kafka_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION) -> Path:
@@ -88,7 +88,7 @@ def fetch_kafka_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION
         print(f"fetching Kafka {version} jars with Maven into {libs} ...", file=sys.stderr)
         started = time.monotonic()
         cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "dependency:copy-dependencies", "-DoutputDirectory=libs"]
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+        proc = run(cmd, cwd=root, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             said = "\n".join(proc.stdout.replace("\x1b[0m", "").splitlines()[-30:]) + proc.stderr  # no colour codes
             raise RuntimeError(
@@ -168,7 +168,7 @@ class KafkaCluster:
         os.replace(tmp, self.base_dir / STATE_FILE)
 
     def stop(self, timeout_s: float = 20) -> None:
-        """SIGTERM every node (controlled shutdown), SIGKILL those still alive after `timeout_s`; never raises."""
+        """SIGTERM every live node (controlled shutdown), SIGKILL those still alive after `timeout_s`, save state."""
         _terminate(self.nodes, signal.SIGTERM, timeout_s)
         _terminate(self.nodes, signal.SIGKILL, 10)  # only those that ignored SIGTERM are still alive
         self.save()
@@ -207,6 +207,15 @@ def stop_cluster(base_dir: Path, timeout_s: float = 20) -> bool:
     return True
 
 
+def new_cluster_id() -> str:
+    """16 random bytes, urlsafe base64 without padding, never starting with '-' (the format tool's CLI would read
+    such an id as an option; Kafka's own Uuid generator avoids it the same way)."""
+    while True:
+        candidate = secrets.token_urlsafe(16)
+        if not candidate.startswith("-"):
+            return candidate
+
+
 def _plan_cluster(base_dir: Path, nodes: int, first_port: int | None, heap_mb: int) -> KafkaCluster:
     """Describe the cluster, reusing cluster id and ports of a previous run in `base_dir` so its data stays valid."""
     previous = load_cluster(base_dir)
@@ -226,7 +235,7 @@ def _plan_cluster(base_dir: Path, nodes: int, first_port: int | None, heap_mb: i
         ports = [(free[2 * i], free[2 * i + 1]) for i in range(nodes)]
     members = [KafkaNode(i + 1, port, cport, base_dir / f"node-{i + 1}") for i, (port, cport) in enumerate(ports)]
     # 16 random bytes, urlsafe base64 unpadded: the format of `kafka-storage random-uuid`, without a JVM start.
-    cluster_id = previous.cluster_id if previous else secrets.token_urlsafe(16)
+    cluster_id = previous.cluster_id if previous else new_cluster_id()
     servers = ",".join(f"127.0.0.1:{node.port}" for node in members)
     return KafkaCluster(servers, base_dir, cluster_id, fetch_kafka_jars(), heap_mb, members)
 
@@ -246,10 +255,9 @@ def _format_storage(cluster: KafkaCluster) -> None:
         if (node.dir / "data" / "meta.properties").exists():
             continue  # formatted by an earlier run: -g would keep it too, this just skips a ~1 s JVM start
         args = ("kafka.tools.StorageTool", "format", "-t", cluster.cluster_id, "-c", str(node.properties_file), "-g")
-        out = subprocess.PIPE
-        jobs.append((node, subprocess.Popen(_java_cmd(cluster, node, *args), stdout=out, stderr=subprocess.STDOUT)))
+        jobs.append((node, Popen(_java_cmd(cluster, node, *args), stdout=PIPE, stderr=PIPE)))
     for node, proc in jobs:
-        output = proc.communicate(timeout=120)[0].decode(errors="replace")
+        output = b"".join(proc.communicate(timeout=120)).decode(errors="replace")
         if proc.returncode != 0:
             tail = "\n".join(output.splitlines()[-30:])
             raise RuntimeError(f"formatting storage of Kafka node {node.node_id} failed ({proc.returncode}):\n{tail}")
@@ -261,10 +269,9 @@ def _launch(cluster: KafkaCluster, node: KafkaNode) -> None:
         (node.dir / "server.log").replace(node.dir / "server.log.1")
     # Own session: the broker outlives the launching command and can be signalled as one process group.
     with (node.dir / "stdout.log").open("wb") as out:
-        devnull, merged = subprocess.DEVNULL, subprocess.STDOUT
-        child = subprocess.Popen(cmd, cwd=node.dir, stdin=devnull, stdout=out, stderr=merged, start_new_session=True)
-    _CHILDREN[child.pid] = child
-    node.pid = child.pid
+        proc = Popen(cmd, cwd=node.dir, stdin=DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    node.pid = proc.pid
 
 
 def _log_tail(node: KafkaNode) -> str:
@@ -281,7 +288,7 @@ def _log_tail(node: KafkaNode) -> str:
 def _answers_metadata(node: KafkaNode, brokers: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", node.port), timeout=0.5):
-            pass  # cheap probe first: no client is built (and no refused-connection noise logged) while it boots
+            pass  # cheap probe first: no Kafka client is built while the port is still closed
     except OSError:
         return False
     try:  # log_level 0: errors while it boots are expected, list_topics alone decides
@@ -385,7 +392,8 @@ def register_cli(parser: argparse.ArgumentParser) -> None:
     state_dir = Path(os.environ.get("MMRAG_STATE_DIR", ".mmrag")) / "kafka"
     for command in (start, stop, status):
         command.add_argument("--dir", type=Path, default=state_dir, help="$MMRAG_STATE_DIR/kafka, ./.mmrag/kafka")
-    parser.set_defaults(func=_run_command)
+    for command in (fetch, start, stop, status):
+        command.set_defaults(func=_run_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

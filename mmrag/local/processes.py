@@ -49,10 +49,24 @@ def stop_detached(pidfile: Path, timeout_s: float = 10) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            os.killpg(pid, 0)
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.1)
-        os.killpg(pid, signal.SIGKILL)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     pidfile.unlink()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; reaps it when it is our exited child (a zombie would look alive forever)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: the signal probe below decides
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -91,7 +91,7 @@ class Chunk(_message.Message):
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ..., clip_text_vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class EmbeddingBatch(_message.Message):
-    __slots__ = ("object_id", "version", "modality", "model_id", "dim", "chunks", "event_time_ms", "sequencer", "deleted", "media_kind", "content_type", "embedded_at_ms")
+    __slots__ = ("object_id", "version", "modality", "model_id", "dim", "chunks", "event_time_ms", "sequencer", "deleted", "media_kind", "content_type", "embedded_at_ms", "clip_model_id")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class EmbeddingBatch(_message.Message):
     MEDIA_KIND_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     object_id: str
     version: str
     modality: Modality
@@ -116,7 +117,8 @@ class EmbeddingBatch(_message.Message):
     media_kind: MediaKind
     content_type: str
     embedded_at_ms: int
-    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., model_id: _Optional[str] = ..., dim: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., event_time_ms: _Optional[int] = ..., sequencer: _Optional[str] = ..., deleted: _Optional[bool] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., content_type: _Optional[str] = ..., embedded_at_ms: _Optional[int] = ...) -> None: ...
+    clip_model_id: str
+    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., model_id: _Optional[str] = ..., dim: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., event_time_ms: _Optional[int] = ..., sequencer: _Optional[str] = ..., deleted: _Optional[bool] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., content_type: _Optional[str] = ..., embedded_at_ms: _Optional[int] = ..., clip_model_id: _Optional[str] = ...) -> None: ...
 
 class VectorRecord(_message.Message):
     __slots__ = ("vector_id", "object_id", "version", "chunk_index", "shard", "space_id", "vector", "text", "char_start", "char_end", "page", "event_time_ms", "indexed_at_ms", "has_text", "has_image")
