@@ -29,6 +29,7 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("llm.requests"),
     TopicSpec("llm.replies", partitions=4),
     TopicSpec("dlq", partitions=1),
+    TopicSpec("backfill-checkpoints", compacted=True, partitions=1),
 )
 
 
@@ -80,6 +81,10 @@ class Topics:
     @property
     def dlq(self) -> str:
         return self.name("dlq")
+
+    @property
+    def backfill_checkpoints(self) -> str:
+        return self.name("backfill-checkpoints")
 
 
 def topic_config(spec: TopicSpec, min_insync: int) -> dict[str, str]:

@@ -145,10 +145,12 @@ class ChangePublisher:
         self.batches += 1
 
     def _fault_hold(self) -> None:
-        """Fault tests only: announce the open transaction in <state_dir>/hold-<stage>, then wait (to be killed)."""
+        """Fault tests only: once the open transaction's records are on the broker, announce it in
+        <state_dir>/hold-<stage>, then wait (to be killed)."""
         hold = self.settings.fault_hold_before_commit_s
         if hold <= 0:
             return
+        self._producer.flush(30)
         marker = self.settings.state_dir / f"hold-{self.stage}"
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"committed_batches": self.batches}))

@@ -15,6 +15,7 @@ from mmrag.local.processes import free_port, spawn_detached, wait_until
 SERVICE_MODULES = {
     "sqs_bridge": "producers.sqs_bridge",
     "normalizer": "producers.normalizer",
+    "backfill": "producers.backfill",
     "text_embedder": "consumers.text_embedder",
     "vision_embedder": "consumers.vision_embedder",
     "index_updater": "index_updater",
