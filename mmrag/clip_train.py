@@ -232,7 +232,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    out_dir = write_random_clip(args.out, seed=args.seed)
+    out_dir = write_random_clip(args.out, seed=args.seed, full_size=args.full_size)
     print(f"random-init CLIP {clip_model_id(out_dir)} written to {out_dir}")
     return 0
 
@@ -252,6 +252,7 @@ def register_cli(parser: argparse.ArgumentParser) -> None:
     init = sub.add_parser("init-clip", help="write a small random-init CLIP (for tests and wiring)")
     init.add_argument("--out", type=Path, required=True, help="directory to save the model into")
     init.add_argument("--seed", type=int, default=0, help="init seed (default 0)")
+    init.add_argument("--full-size", action="store_true", help="ViT-B/32 shape (~600 MB) for throughput benchmarks")
     init.set_defaults(func=_cmd_init)
     _add_train_arguments(sub.add_parser("train-clip", help="train the demo CLIP on easy-vqa (~2 min on 2 cores)"))
 

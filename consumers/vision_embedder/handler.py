@@ -35,10 +35,10 @@ class VisionEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     group: str = "embedder-vision"
     max_batch: int = 64
     device: str | None = None
-    precision: str = Field(default="auto", description="auto = fp16 on CUDA, fp32 on CPU (measured faster here)")
+    precision: str = Field(default="auto", description="auto = fp16 on CUDA; on CPU fp32 or bf16, timed at warm-up")
     model_batch: int = Field(default=16, description="images per CLIP forward pass")
     decode_workers: int = 2
-    decode_min_side: int = Field(default=256, description="JPEG draft decoding keeps both sides at least this")
+    decode_min_side: int = Field(default=0, description="JPEG draft decoding keeps both sides >= this; 0 = model input")
 
 
 class VisionEmbedder:
@@ -52,9 +52,18 @@ class VisionEmbedder:
         self.encoder = encoder
         self.topic = settings.topics.embeddings
         self._pool: ThreadPoolExecutor | None = None
+        self._min_side = settings.decode_min_side
 
     def warm_up(self) -> None:
         self.encoder.warm_up()
+        self._min_side = self.settings.decode_min_side or self.encoder.input_size
+        log.info(
+            "CLIP %s on %s in %s; JPEG draft decoding down to %d px",
+            self.encoder.model_id,
+            self.encoder.device,
+            self.encoder.precision,
+            self._min_side,
+        )
         self._pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="decode")
 
     def handle(self, batch: Sequence[Envelope[ObjectEvent]]) -> list[ItemResult]:
@@ -78,7 +87,7 @@ class VisionEmbedder:
     def _load(self, event: ObjectEvent) -> Image.Image:
         started = time.perf_counter()
         data = self.store.get(event.bucket, event.key, event.version_id)
-        image = decode_image(data, event.object_id, STAGE, self.settings.decode_min_side)
+        image = decode_image(data, event.object_id, STAGE, self._min_side)
         DECODE_SECONDS.observe(time.perf_counter() - started)
         return image
 
