@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumers.text_embedder.chunking import chunk_text
-from consumers.text_embedder.extract import decode_text
 from mmrag import protogen
-from mmrag.errors import PermanentError
 from mmrag.pb.events_pb2 import SearchHit, SearchReply
 from mmrag.text_encoder import MiniLMEncoder
 from query_service.search import merge_top_k
@@ -36,14 +34,6 @@ def test_chunks_fit_the_window_overlap_and_point_back_into_the_text() -> None:
     assert chunks[1].char_start < chunks[0].char_end  # overlap
     assert chunks[-1].char_end == len(text)
     assert chunk_text("   ", tokenizer) == []
-
-
-def test_text_decoding_refuses_binary_and_other_encodings() -> None:
-    assert decode_text("\ufeffhello".encode(), "b/k") == "hello"
-    with pytest.raises(PermanentError, match="not UTF-8"):
-        decode_text("caf\xe9".encode("latin-1"), "b/k")
-    with pytest.raises(PermanentError, match="NUL"):
-        decode_text(b"a\x00b", "b/k")
 
 
 def test_generated_protobuf_code_is_current() -> None:
