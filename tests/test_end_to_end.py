@@ -41,6 +41,27 @@ def found_ids(port: int, **query: object) -> set[str]:
     return {r.object_id for r in search(port, **query).results}  # type: ignore[arg-type]
 
 
+def assert_dead_lettered(bootstrap: str, prefix: str, oid: str) -> None:
+    dlq = wait_for(
+        lambda: [m for m in read_topic(bootstrap, f"{prefix}dlq.v1") if m.key == oid], 30, f"{oid} on the DLQ"
+    )
+    assert dlq[0].headers["dlq-stage"] == "vision_embedder"
+    assert dlq[0].headers["dlq-error-class"] == "PermanentError"
+    assert oid in dlq[0].headers["dlq-error-message"]
+    assert dlq[0].headers["dlq-source-topic"] == f"{prefix}objects.v1"
+
+
+def assert_probes_and_metrics(services: list) -> None:  # type: ignore[type-arg]
+    """Every deployable serves its probes and metrics."""
+    for service in services:
+        assert urllib.request.urlopen(service.probe_url + "/healthz").status == 200
+        assert urllib.request.urlopen(service.probe_url + "/readyz").status == 200
+    metrics = {s.name: urllib.request.urlopen(s.probe_url + "/metrics").read().decode() for s in services}
+    assert 'mmrag_dlq_total{stage="vision_embedder"} 1.0' in metrics["vision_embedder"]
+    assert 'mmrag_messages_processed_total{stage="index_updater"}' in metrics["index_updater"]
+    assert "mmrag_search_seconds_count" in metrics["query_service"]
+
+
 def test_upload_search_delete_and_dlq(deployment, bootstrap: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from mmrag.local.stack import start_services
 
@@ -75,27 +96,8 @@ def test_upload_search_delete_and_dlq(deployment, bootstrap: str, tmp_path: Path
     by_image = search(port, image=circle).results[0]
     assert by_image.object_id == image_id and by_image.has_image and by_image.score == pytest.approx(0.6**2, abs=1e-3)
 
-    dlq = wait_for(
-        lambda: [
-            m
-            for m in read_topic(bootstrap, f"{deployment.topic_prefix}dlq.v1")
-            if m.key == f"{bucket}/images/broken.png"
-        ],
-        30,
-        "the corrupt image on the DLQ",
-    )
-    assert dlq[0].headers["dlq-stage"] == "vision_embedder"
-    assert dlq[0].headers["dlq-error-class"] == "PermanentError"
-    assert "images/broken.png" in dlq[0].headers["dlq-error-message"]
-    assert dlq[0].headers["dlq-source-topic"] == f"{deployment.topic_prefix}objects.v1"
-
-    for service in services:  # every deployable serves its metrics and probes
-        assert urllib.request.urlopen(service.probe_url + "/healthz").status == 200
-        assert urllib.request.urlopen(service.probe_url + "/readyz").status == 200
-    metrics = {s.name: urllib.request.urlopen(s.probe_url + "/metrics").read().decode() for s in services}
-    assert 'mmrag_dlq_total{stage="vision_embedder"} 1.0' in metrics["vision_embedder"]
-    assert 'mmrag_messages_processed_total{stage="index_updater"}' in metrics["index_updater"]
-    assert "mmrag_search_seconds_count" in metrics["query_service"]
+    assert_dead_lettered(bootstrap, deployment.topic_prefix, f"{bucket}/images/broken.png")
+    assert_probes_and_metrics(services)
 
     store.delete(bucket, "docs/kafka groups.md")
     wait_for(
