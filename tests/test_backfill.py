@@ -58,7 +58,7 @@ def kill_midway_and_resume(deployment, bootstrap: str, count: int, batch: int, k
     first_log, second_log = first.log_path.read_text(), second.log_path.read_text()
     assert first_log.count("events/s, ETA") >= 2  # progress throughout, not only at the end
     assert f"resumes after 'history/obj-{kill_after * batch - 1:05d}.txt'" in second_log
-    assert f"{count}/{count} objects" in second_log
+    assert f"{count:,}/{count:,} objects" in second_log
     assert f"{count - kill_after * batch} objects emitted" in second_log
 
 

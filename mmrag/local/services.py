@@ -16,6 +16,8 @@ SERVICE_MODULES = {
     "sqs_bridge": "producers.sqs_bridge",
     "normalizer": "producers.normalizer",
     "backfill": "producers.backfill",
+    "webhook": "producers.webhook",
+    "watch": "producers.watch",
     "text_embedder": "consumers.text_embedder",
     "vision_embedder": "consumers.vision_embedder",
     "index_updater": "index_updater",
