@@ -123,22 +123,9 @@ def _parse_record(record: Any, source: str) -> S3Change:
         bucket = str(record["s3"]["bucket"]["name"])
         obj: Mapping[str, Any] = record["s3"]["object"]
         key = unquote_plus(str(obj["key"]))  # S3 URL-encodes keys ('+' is a space, moto and MinIO encode '/' too)
-        size = int(obj.get("size") or 0)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PermanentError(STAGE, source, f"record lacks or mangles {exc}", "fix the publisher's records") from exc
-    return _checked(
-        S3Change(
-            bucket=bucket,
-            key=key,
-            event_name=name,
-            event_time_ms=_time_ms(record.get("eventTime")),
-            size=size,
-            etag=str(obj.get("eTag") or obj.get("etag") or "").strip('"'),
-            version_id=_version_id(obj.get("versionId")),
-            sequencer=str(obj.get("sequencer") or ""),
-        ),
-        source,
-    )
+    except (KeyError, TypeError) as exc:
+        raise PermanentError(STAGE, source, f"record lacks {exc}", "fix the publisher's records") from exc
+    return _change(bucket, key, name, record.get("eventTime"), obj, obj.get("versionId"), source)
 
 
 def _parse_eventbridge(data: Mapping[str, Any], source: str) -> S3Change:
@@ -148,8 +135,7 @@ def _parse_eventbridge(data: Mapping[str, Any], source: str) -> S3Change:
         bucket = str(detail["bucket"]["name"])
         obj: Mapping[str, Any] = detail["object"]
         key = str(obj["key"])  # EventBridge sends keys as they are (not URL-encoded)
-        size = int(obj.get("size") or 0)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError) as exc:
         raise PermanentError(STAGE, source, f"EventBridge event lacks {exc}", "fix the rule's target input") from exc
     if kind == "Object Created":
         name = f"{CREATED}:{EVENTBRIDGE_CREATED.get(str(detail.get('reason')), str(detail.get('reason') or 'Put'))}"
@@ -157,20 +143,29 @@ def _parse_eventbridge(data: Mapping[str, Any], source: str) -> S3Change:
         marker = detail.get("deletion-type") == "Delete Marker Created"
         name = f"{REMOVED}:{'DeleteMarkerCreated' if marker else 'Delete'}"
     else:
+        fix = "route only Object Created/Deleted"
+        raise PermanentError(STAGE, f"{bucket}/{key} ({source})", f"unsupported EventBridge event {kind!r}", fix)
+    return _change(bucket, key, name, data.get("time"), obj, obj.get("version-id"), source)
+
+
+def _change(
+    bucket: str, key: str, name: str, time_raw: Any, obj: Mapping[str, Any], version_id: Any, source: str
+) -> S3Change:
+    """The change from the object part both flavours share (etag is `eTag` in S3 records, `etag` in EventBridge)."""
+    try:
+        size = int(obj.get("size") or 0)
+    except (TypeError, ValueError) as exc:
         raise PermanentError(
-            STAGE,
-            f"{bucket}/{key} ({source})",
-            f"unsupported EventBridge event {kind!r}",
-            "route only Object Created/Deleted",
-        )
+            STAGE, source, f"object size {obj.get('size')!r} is no number", "fix the publisher"
+        ) from exc
     change = S3Change(
         bucket=bucket,
         key=key,
         event_name=name,
-        event_time_ms=_time_ms(data.get("time")),
+        event_time_ms=_time_ms(time_raw),
         size=size,
-        etag=str(obj.get("etag") or obj.get("eTag") or "").strip('"'),
-        version_id=_version_id(obj.get("version-id")),
+        etag=str(obj.get("eTag") or obj.get("etag") or "").strip('"'),
+        version_id=_version_id(version_id),
         sequencer=str(obj.get("sequencer") or ""),
     )
     return _checked(change, source)
