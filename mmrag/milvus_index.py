@@ -89,10 +89,10 @@ class MilvusIndex:
             ) from exc
 
     def _alias_target(self) -> str | None:
-        try:
-            return str(self.client.describe_alias(self.alias)["collection_name"])
-        except MilvusException:
+        """The collection the alias points at, or None when no collection holds it."""
+        if self.alias not in self.client.list_aliases().get("aliases", []):
             return None
+        return str(self.client.describe_alias(self.alias)["collection_name"])
 
     def _create(self) -> None:
         c = self.client

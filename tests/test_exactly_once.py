@@ -32,7 +32,7 @@ def test_kill_between_produce_and_commit(deployment, bootstrap: str) -> None:  #
     from mmrag.local.stack import start_services
 
     prefix = deployment.topic_prefix
-    start_services([deployment.service("sqs_bridge"), deployment.service("index_updater")])
+    start_services([deployment.service(n) for n in ("sqs_bridge", "normalizer", "index_updater")])
     held = deployment.service(
         "text_embedder", MMRAG_FAULT_HOLD_BEFORE_COMMIT_S="600", MMRAG_MAX_BATCH="8", MMRAG_MAX_WAIT_MS="3000"
     )
