@@ -320,8 +320,8 @@ class StageRunner(Generic[T]):
             return True
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            if not err.txn_requires_abort():
-                raise
+            if err.fatal():
+                raise  # e.g. fenced by a newer incarnation: this process must stop
             log.warning("%s: transaction aborted (%s); rewinding to the batch start", self.stage, err)
             producer.abort_transaction(30)
             self._rewind(batch)
@@ -348,12 +348,23 @@ class StageRunner(Generic[T]):
             self._rewind(batch)
             return False
         self._fault_hold(batch)
-        self._consumer.commit(offsets=batch.offsets(), asynchronous=False)
+        try:
+            self._consumer.commit(offsets=batch.offsets(), asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise
+            # Typically a rebalance: the effects are durable and idempotent, so whoever owns the partitions
+            # next redoes this batch harmlessly from the last committed offset.
+            log.warning("%s: offset commit failed (%s); the batch may be redelivered", self.stage, exc)
+            return False
         return True
 
     def _rewind(self, batch: _Batch) -> None:
         for tp in batch.first_offsets():
-            self._consumer.seek(tp)
+            try:
+                self._consumer.seek(tp)
+            except KafkaException as exc:  # revoked meanwhile: its new owner starts at the committed offset
+                log.info("%s: not rewinding %s[%d] (%s)", self.stage, tp.topic, tp.partition, exc)
 
     def _fault_hold(self, batch: _Batch) -> None:
         """Fault tests only: announce the uncommitted batch in a marker file, then wait (to be killed)."""
