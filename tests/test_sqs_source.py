@@ -107,6 +107,30 @@ def notification(bucket: str, key: str, name: str, t_ms: int, **obj: object) -> 
     return json.dumps({"Records": [record(bucket, key, name, t_ms, **obj)]})
 
 
+def envelopes_and_faults(quiet: str) -> list[tuple[str, str]]:
+    """Bodies as SQS may carry them: a redelivered duplicate, a test event, a malformed body, SNS and EventBridge
+    envelopes, and a notification from a bucket outside the allow-list."""
+    dup = notification(quiet, "dup.txt", "ObjectCreated:Put", T0, eTag="d1")
+    inner = notification(quiet, "sns.txt", "ObjectCreated:Put", T0, eTag="s1")
+    sns = {"Type": "Notification", "MessageId": "n1", "TopicArn": "arn:aws:sns:t", "Message": inner}
+    obj = {"key": "eb key+x.txt", "size": 4, "etag": "b1"}
+    eventbridge = {
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "time": "2026-11-23T12:57:34Z",
+        "detail": {"bucket": {"name": quiet}, "object": obj, "reason": "PutObject"},
+    }
+    return [
+        ("dup", dup),
+        ("dup again", dup),  # SQS redelivery
+        ("test event", json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": quiet})),
+        ("malformed", "not json {"),
+        ("sns", json.dumps(sns)),
+        ("eventbridge", json.dumps(eventbridge)),
+        ("not allowed", notification("elsewhere", "x.txt", "ObjectCreated:Put", T0, eTag="x")),
+    ]
+
+
 def test_duplicates_out_of_order_envelopes_and_malformed_bodies(deployment, bootstrap: str) -> None:  # type: ignore[no-untyped-def]
     quiet = f"quiet-{deployment.bucket}"  # no notifications: the crafted ones below are the only ones
     s3 = s3_client(deployment.s3_settings())
@@ -120,25 +144,8 @@ def test_duplicates_out_of_order_envelopes_and_malformed_bodies(deployment, boot
     def send(label: str, body: str) -> None:
         sent[label] = sqs.send_message(QueueUrl=deployment.queue_url, MessageBody=body)["MessageId"]
 
-    dup = notification(quiet, "dup.txt", "ObjectCreated:Put", T0, eTag="d1")
-    send("dup", dup)
-    send("dup again", dup)  # SQS redelivery
-    send("test event", json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": quiet}))
-    send("malformed", "not json {")
-    inner = notification(quiet, "sns.txt", "ObjectCreated:Put", T0, eTag="s1")
-    send("sns", json.dumps({"Type": "Notification", "MessageId": "n1", "TopicArn": "arn:aws:sns:t", "Message": inner}))
-    detail = {
-        "bucket": {"name": quiet},
-        "object": {"key": "eb key+x.txt", "size": 4, "etag": "b1"},
-        "reason": "PutObject",
-    }
-    send(
-        "eventbridge",
-        json.dumps(
-            {"detail-type": "Object Created", "source": "aws.s3", "time": "2026-11-23T12:57:34Z", "detail": detail}
-        ),
-    )
-    send("not allowed", notification("elsewhere", "x.txt", "ObjectCreated:Put", T0, eTag="x"))
+    for label, body in envelopes_and_faults(quiet):
+        send(label, body)
     # Out-of-order pairs: the newer change first; the older one only once the newer landed.
     send("delete", notification(quiet, "gone.txt", "ObjectRemoved:Delete", T0 + 2000))
     send("seq new", notification(quiet, "seq.txt", "ObjectCreated:Put", T0, eTag="v2", sequencer="0B"))
