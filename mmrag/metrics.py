@@ -15,6 +15,9 @@ BATCH_SIZE = Histogram(
 )
 HANDLE_SECONDS = Histogram("mmrag_handle_seconds", "Handler time per batch", ["stage"], buckets=LATENCY_BUCKETS)
 COMMIT_SECONDS = Histogram("mmrag_commit_seconds", "Produce+commit time per batch", ["stage"], buckets=LATENCY_BUCKETS)
+QUEUE_WAIT = Histogram(
+    "mmrag_queue_wait_seconds", "Kafka message timestamp to handling", ["stage"], buckets=LATENCY_BUCKETS
+)
 LAG = Gauge("mmrag_consumer_lag", "High watermark minus committed position", ["stage", "topic", "partition"])
 FRESHNESS = Histogram(
     "mmrag_freshness_seconds",

@@ -188,6 +188,9 @@ class StageRunner(Generic[T]):
         if not batch.items:
             return 0
         metrics.BATCH_SIZE.labels(self.stage).observe(len(batch.items))
+        received = now_ms()
+        for item in batch.items:
+            metrics.QUEUE_WAIT.labels(self.stage).observe(max(0, received - item.raw.timestamp_ms) / 1000)
         self._decode(batch)
         with metrics.HANDLE_SECONDS.labels(self.stage).time():
             self._handle(batch)

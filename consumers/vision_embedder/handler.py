@@ -16,7 +16,7 @@ from mmrag.clip import ClipEncoder
 from mmrag.embedding_batches import deletion_output, embedding_output
 from mmrag.errors import PermanentError
 from mmrag.images import decode_image
-from mmrag.messages import Envelope, Output, now_ms
+from mmrag.messages import Envelope, Output
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.object_store import ObjectStore
 from mmrag.pb.events_pb2 import Chunk, MediaKind, Modality, ObjectEvent
@@ -28,7 +28,6 @@ STAGE = "vision_embedder"
 
 DECODE_SECONDS = Histogram("mmrag_decode_seconds", "Fetch + decode per image", buckets=LATENCY_BUCKETS)
 MODEL_SECONDS = Histogram("mmrag_model_seconds", "CLIP forward pass per micro-batch", buckets=LATENCY_BUCKETS)
-QUEUE_WAIT = Histogram("mmrag_queue_wait_seconds", "Kafka timestamp to handling", buckets=LATENCY_BUCKETS)
 
 
 class VisionEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
@@ -69,10 +68,8 @@ class VisionEmbedder:
     def handle(self, batch: Sequence[Envelope[ObjectEvent]]) -> list[ItemResult]:
         results: list[ItemResult] = []
         todo: list[tuple[int, ObjectEvent]] = []
-        now = now_ms()
         for i, env in enumerate(batch):
             results.append([])
-            QUEUE_WAIT.observe(max(0, now - env.timestamp_ms) / 1000)
             if env.value is None:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_IMAGE)]
             elif env.value.media_kind == MediaKind.MEDIA_KIND_IMAGE:
