@@ -153,5 +153,6 @@ class ChangePublisher:
         self._producer.flush(30)
         marker = self.settings.state_dir / f"hold-{self.stage}"
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"committed_batches": self.batches}))
+        marker.with_suffix(".tmp").write_text(json.dumps({"committed_batches": self.batches}))
+        marker.with_suffix(".tmp").replace(marker)  # atomic: a reader never sees a half-written marker
         time.sleep(hold)
