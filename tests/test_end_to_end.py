@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from producers.upload import upload_files
-from tests.kafka_tools import read_topic, wait_for
+from tests.kafka_tools import Landed, read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -41,14 +41,19 @@ def found_ids(port: int, **query: object) -> set[str]:
     return {r.object_id for r in search(port, **query).results}  # type: ignore[arg-type]
 
 
+def dead_letters(bootstrap: str, prefix: str, oid: str) -> list[Landed]:
+    return [m for m in read_topic(bootstrap, f"{prefix}dlq.v1") if m.key == oid]
+
+
 def assert_dead_lettered(bootstrap: str, prefix: str, oid: str) -> None:
-    dlq = wait_for(
-        lambda: [m for m in read_topic(bootstrap, f"{prefix}dlq.v1") if m.key == oid], 30, f"{oid} on the DLQ"
-    )
-    assert dlq[0].headers["dlq-stage"] == "vision_embedder"
-    assert dlq[0].headers["dlq-error-class"] == "PermanentError"
-    assert oid in dlq[0].headers["dlq-error-message"]
-    assert dlq[0].headers["dlq-source-topic"] == f"{prefix}objects.v1"
+    """Both embedders read the corrupt image (vision for CLIP, text for OCR): each dead-letters it, once."""
+    wait_for(lambda: len(dead_letters(bootstrap, prefix, oid)) >= 2, 30, f"{oid} on the DLQ from both embedders")
+    records = dead_letters(bootstrap, prefix, oid)
+    assert sorted(m.headers["dlq-stage"] for m in records) == ["text_embedder", "vision_embedder"]
+    for m in records:
+        assert m.headers["dlq-error-class"] == "PermanentError"
+        assert oid in m.headers["dlq-error-message"] and "cannot decode image" in m.headers["dlq-error-message"]
+        assert m.headers["dlq-source-topic"] == f"{prefix}objects.v1"
 
 
 def assert_probes_and_metrics(services: list) -> None:  # type: ignore[type-arg]
