@@ -1,6 +1,6 @@
 """Embedder throughput: the bare model vs the same work end to end through Kafka, measured in one run.
 
-    uv run python bench/embedders.py [--images 160] [--texts 320] [--clip-dir DIR] [--model-batch 16]
+    uv run python -m bench.embedders [--images 320] [--texts 320] [--clip-dir DIR] [--model-batch 16]
 
 For images: (a) CLIP image tower alone on pre-decoded images at the chosen micro-batch, fp32 and bf16;
 (b) ObjectEvents on objects.v1 -> vision embedder process (fetch from S3, decode, CLIP, transaction) -> committed
