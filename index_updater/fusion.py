@@ -61,7 +61,8 @@ def _text_rows(batch: EmbeddingBatch, same: Sequence[VectorRow], space: Embeddin
     image = next((space.clip_half(r.vector) for r in same if r.has_image), None)
     rows = []
     for c in batch.chunks:
-        clip = image if image is not None else (np.asarray(c.clip_text_vector) if c.clip_text_vector else None)
+        text_clip = np.asarray(c.clip_text_vector) if c.clip_text_vector and space.clip_text_for_text else None
+        clip = image if image is not None else text_clip
         rows.append(
             VectorRow(
                 vector_id="",

@@ -74,7 +74,7 @@ class IndexUpdater:
             )
         if not batch.chunks:
             raise PermanentError(STAGE, batch.object_id, "embedding batch without chunks", "fix the embedder")
-        has_clip_text = any(c.clip_text_vector for c in batch.chunks)
+        has_clip_text = self.space.clip_text_for_text and any(c.clip_text_vector for c in batch.chunks)
         if has_clip_text and batch.clip_model_id != self.space.image_model_id:
             raise PermanentError(
                 STAGE,

@@ -35,8 +35,8 @@ CAPTIONS = (
 )
 TEXT_QUERIES = (
     "how do consumer groups share the partitions of a topic",
-    "blue triangle",
-    "red circle",
+    "a blue triangle",
+    "a red circle",
     "what happens when a producer crashes inside a transaction",
     "how to bake bread",
 )

@@ -69,6 +69,11 @@ class SpaceSettings(BaseSettings):
     # Text leans heavier because CLIP's text-image cosines run high for any text (see docs/architecture.md).
     text_weight: float = 0.8
     image_weight: float = 0.6
+    clip_text_for_text: bool = Field(
+        default=False,
+        description="fill text documents' CLIP half with CLIP's text tower; off because CLIP's text-text cosines run "
+        "far above its text-image cosines (the modality gap), which ranked every document above every image",
+    )
     torch_threads: int = 0
 
 

@@ -26,6 +26,7 @@ class EmbeddingSpace:
     image_dim: int
     text_weight: float
     image_weight: float
+    clip_text_for_text: bool = False
 
     @property
     def id(self) -> str:
@@ -80,4 +81,5 @@ def space_from_settings(settings: SpaceSettings) -> EmbeddingSpace:
         image_dim=clip_dim(settings.clip_model_dir),
         text_weight=settings.text_weight,
         image_weight=settings.image_weight,
+        clip_text_for_text=settings.clip_text_for_text,
     )

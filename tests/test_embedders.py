@@ -71,7 +71,7 @@ def processed(service) -> float:  # type: ignore[no-untyped-def]
 def test_text_embedder_extracts_every_kind_and_dead_letters_poison(deployment) -> None:  # type: ignore[no-untyped-def]
     from mmrag.local.stack import start_services
 
-    start_services([deployment.service("text_embedder")])
+    start_services([deployment.service("text_embedder", MMRAG_CLIP_TEXT_FOR_TEXT="true")])
     good = {
         "notes.md": (b"# Notes\nKafka consumer groups share partitions.", TEXT),
         "page.html": (HTML, DOC),

@@ -57,6 +57,18 @@ def test_text_and_image_arrivals_fuse_into_the_same_rows(order: str) -> None:
     assert {r.text for r in rows.values()} == {"chunk 0", "chunk 1"}
 
 
+@pytest.mark.parametrize("fill", [False, True])
+def test_clip_text_vectors_fill_the_clip_half_only_when_the_space_says_so(fill: bool) -> None:
+    space = EmbeddingSpace("text@1", 4, "clip@1", 3, 0.8, 0.6, clip_text_for_text=fill)
+    batch = text_batch(chunks=1)
+    batch.chunks[0].clip_text_vector.extend([3.0, 4.0, 0.0])
+    [row] = plan_update(batch, [], space, shards=1, now_ms=1).upserts
+    expected = [0.36, 0.48, 0.0] if fill else [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(row.vector[4:], expected, atol=1e-6)
+    assert not row.has_image
+    assert (space.id != EmbeddingSpace("text@1", 4, "clip@1", 3, 0.8, 0.6).id) == fill  # the switch is in the id
+
+
 def test_redelivery_is_harmless() -> None:
     rows: dict[str, VectorRow] = {}
     apply(rows, text_batch())

@@ -17,7 +17,7 @@ from mmrag.text_encoder import MiniLMEncoder
 
 
 def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
-    clip = ClipEncoder(settings.clip_model_dir, threads=settings.torch_threads) if settings.clip_text else None
+    clip = ClipEncoder(settings.clip_model_dir, threads=settings.torch_threads) if settings.clip_text_for_text else None
     handler = TextEmbedder(
         settings,
         S3ObjectStore(settings, "text_embedder"),

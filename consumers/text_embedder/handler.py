@@ -45,7 +45,6 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     ocr_images: bool = True
     ocr_languages: str = "eng"
     ocr_timeout_s: float = 60
-    clip_text: bool = Field(default=True, description="embed chunks with CLIP's text tower too (first 77 tokens)")
 
 
 @dataclass(frozen=True)
