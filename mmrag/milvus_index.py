@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,11 +75,13 @@ class MilvusIndex:
     def start(self) -> None:
         try:
             self._client = MilvusClient(uri=self.uri, token=self.token)
-            if not self._client.has_collection(self.collection):
-                self._create()
+            self._ensure(lambda: self.client.has_collection(self.collection), self._create)
             self._client.load_collection(self.collection)
-            if self.alias and self._alias_target() is None:
-                self._client.create_alias(self.collection, self.alias)
+            if self.alias:
+                alias = self.alias
+                self._ensure(
+                    lambda: self._alias_target() is not None, lambda: self.client.create_alias(self.collection, alias)
+                )
         except MilvusException as exc:
             raise RetryableError(
                 STAGE,
@@ -87,6 +89,17 @@ class MilvusIndex:
                 f"cannot open collection {self.collection}: {exc}",
                 "check that Milvus runs at MMRAG_MILVUS_URI",
             ) from exc
+
+    @staticmethod
+    def _ensure(exists: Callable[[], bool], create: Callable[[], object]) -> None:
+        """Creates what is missing; another process (updater, retrieval workers) winning the race is fine."""
+        if exists():
+            return
+        try:
+            create()
+        except MilvusException:
+            if not exists():
+                raise
 
     def _alias_target(self) -> str | None:
         """The collection the alias points at, or None when no collection holds it."""
