@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
 import re
 import shutil
 import tempfile
@@ -128,6 +130,8 @@ def end_to_end(dep: Deployment, service: str, keys: list[tuple[str, str]], kind:
     while not follower.assignment():
         follower.poll(0.2)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    pids = process_pids(dep, svc.proc.pid if svc.proc else 0)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.perf_counter()
     for key, etag in keys:
         event = ObjectEvent(
@@ -143,11 +147,36 @@ def end_to_end(dep: Deployment, service: str, keys: list[tuple[str, str]], kind:
     producer.flush(30)
     wanted = {object_id(dep.bucket, k) for k, _ in keys}
     _follow(follower, wanted, service)
-    rate = len(keys) / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    rate = len(keys) / elapsed
     console.print(_profile(svc.probe_url, service))
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    console.print(
+        f"[dim]CPU seconds during the {elapsed:.1f}s run (2 cores = {2 * elapsed:.1f} available): "
+        + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items())
+    )
     svc.stop()
     follower.close()
     return rate
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_pids(dep: Deployment, service_pid: int) -> dict[str, int]:
+    """The processes that share the CPU during a pipeline run: the service and the local infrastructure."""
+    state = dep.state_dir
+    pids = {
+        "service": service_pid,
+        "local S3 (moto)": json.loads((state / "moto.json").read_text())["pid"],
+        "milvus-lite": json.loads((state / "milvus.json").read_text())["pid"],
+    }
+    kafka = json.loads((state / "kafka" / "cluster.json").read_text())
+    pids["kafka broker"] = kafka["nodes"][0]["pid"]
+    return pids
 
 
 def _follow(follower: Consumer, wanted: set[str], what: str) -> None:
