@@ -22,7 +22,7 @@ def deletion_output(envelope: Envelope[ObjectEvent], topic: str, modality: int) 
     return Output(topic, oid, batch)
 
 
-def embedding_output(event: ObjectEvent, topic: str, modality: int, model_id: str, dim: int) -> EmbeddingBatch:
+def new_embedding_batch(event: ObjectEvent, modality: int, model_id: str, dim: int) -> EmbeddingBatch:
     """An empty batch for ``event`` (chunks are appended by the caller)."""
     return EmbeddingBatch(
         object_id=event.object_id,

@@ -14,7 +14,7 @@ from pydantic import Field
 from consumers.text_embedder.chunking import TextChunk, chunk_text
 from consumers.text_embedder.extract import Ocr, Page, decode_text, extract_document, image_pages
 from mmrag.clip import ClipEncoder
-from mmrag.embedding_batches import deletion_output, embedding_output
+from mmrag.embedding_batches import deletion_output, new_embedding_batch
 from mmrag.errors import PermanentError
 from mmrag.messages import Envelope, Output
 from mmrag.metrics import LATENCY_BUCKETS
@@ -145,7 +145,7 @@ class TextEmbedder:
             clip = iter(self.clip.encode_texts(texts)) if self.clip is not None and texts else None
         CHUNKS.inc(len(texts))
         for p in pending:
-            out = embedding_output(p.event, self.topic, Modality.MODALITY_TEXT, self.encoder.model_id, self.encoder.dim)
+            out = new_embedding_batch(p.event, Modality.MODALITY_TEXT, self.encoder.model_id, self.encoder.dim)
             if self.clip is not None:
                 out.clip_model_id = self.clip.model_id
             for c, page in zip(p.chunks, p.pages, strict=True):

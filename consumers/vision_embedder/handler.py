@@ -13,7 +13,7 @@ from prometheus_client import Histogram
 from pydantic import Field
 
 from mmrag.clip import ClipEncoder
-from mmrag.embedding_batches import deletion_output, embedding_output
+from mmrag.embedding_batches import deletion_output, new_embedding_batch
 from mmrag.errors import PermanentError
 from mmrag.images import decode_image
 from mmrag.messages import Envelope, Output
@@ -102,6 +102,6 @@ class VisionEmbedder:
         with MODEL_SECONDS.time():
             vectors = self.encoder.encode_images([image for _, _, image in ready])
         for (i, event, _), vector in zip(ready, vectors, strict=True):
-            out = embedding_output(event, self.topic, Modality.MODALITY_IMAGE, self.encoder.model_id, self.encoder.dim)
+            out = new_embedding_batch(event, Modality.MODALITY_IMAGE, self.encoder.model_id, self.encoder.dim)
             out.chunks.append(Chunk(index=0, vector=vector.tolist()))
             results[i] = [Output(self.topic, event.object_id, out)]
