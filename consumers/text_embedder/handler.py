@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
@@ -45,6 +46,7 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     ocr_images: bool = True
     ocr_languages: str = "eng"
     ocr_timeout_s: float = 60
+    fetch_workers: int = Field(default=4, description="objects fetched and extracted in parallel per batch")
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,13 @@ class TextEmbedder:
         self.clip = clip
         self.ocr = ocr
         self.topic = settings.topics.embeddings
+        self._pool: ThreadPoolExecutor | None = None
         self.kinds = {MediaKind.MEDIA_KIND_TEXT, MediaKind.MEDIA_KIND_DOCUMENT}
         if settings.ocr_images:
             self.kinds.add(MediaKind.MEDIA_KIND_IMAGE)
 
     def warm_up(self) -> None:
+        self._pool = ThreadPoolExecutor(self.settings.fetch_workers, thread_name_prefix="extract")
         self.encoder.warm_up()
         if self.clip is not None:
             self.clip.warm_up()
@@ -88,17 +92,21 @@ class TextEmbedder:
 
     def handle(self, batch: Sequence[Envelope[ObjectEvent]]) -> list[ItemResult]:
         """One result per envelope: a batch per text-bearing object, a deletion per tombstone, [] for the rest."""
+        assert self._pool is not None, "warm_up() starts the extraction pool"
         results: list[ItemResult] = []
-        pending: list[_Pending] = []
+        extracting: list[tuple[int, Future[list[_Pending]]]] = []
         for i, env in enumerate(batch):
             results.append([])
             if env.value is None:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
             elif env.value.media_kind in self.kinds:
-                try:
-                    pending += self._chunked(i, env.value)
-                except PermanentError as exc:
-                    results[i] = exc
+                extracting.append((i, self._pool.submit(self._chunked, i, env.value)))  # fetches overlap
+        pending: list[_Pending] = []
+        for i, future in extracting:
+            try:
+                pending += future.result()
+            except PermanentError as exc:
+                results[i] = exc
         self._embed(pending, results)
         return results
 
