@@ -97,23 +97,7 @@ def _image_rows(batch: EmbeddingBatch, same: Sequence[VectorRow], space: Embeddi
                 has_image=True,
             )
         ]
-    return [
-        VectorRow(
-            vector_id="",
-            object_id=r.object_id,
-            version=r.version,
-            chunk_index=r.chunk_index,
-            shard=0,
-            vector=space.fuse(space.text_half(r.vector), image),
-            text=r.text,
-            char_start=r.char_start,
-            char_end=r.char_end,
-            page=r.page,
-            has_text=True,
-            has_image=True,
-        )
-        for r in text_rows
-    ]
+    return [replace(r, vector=space.fuse(space.text_half(r.vector), image), has_image=True) for r in text_rows]
 
 
 def _place(row: VectorRow, batch: EmbeddingBatch, space: EmbeddingSpace, shards: int, now_ms: int) -> VectorRow:
