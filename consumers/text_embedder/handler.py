@@ -101,12 +101,17 @@ class TextEmbedder:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
             elif env.value.media_kind in self.kinds:
                 extracting.append((i, self._pool.submit(self._chunked, i, env.value)))  # fetches overlap
+        # Embed a token budget's worth as soon as it is extracted, while the pool goes on fetching the rest.
+        per_pass = max(1, self.settings.token_budget // self.settings.chunk_tokens)
         pending: list[_Pending] = []
         for i, future in extracting:
             try:
                 pending += future.result()
             except PermanentError as exc:
                 results[i] = exc
+            if sum(len(p.chunks) for p in pending) >= per_pass:
+                self._embed(pending, results)
+                pending = []
         self._embed(pending, results)
         return results
 
@@ -146,6 +151,8 @@ class TextEmbedder:
         return [Page(0, decode_text(data, event.object_id))]
 
     def _embed(self, pending: list[_Pending], results: list[ItemResult]) -> None:
+        if not pending:
+            return
         texts = [c.text for p in pending for c in p.chunks]
         with EMBED_SECONDS.labels("minilm").time():
             minilm = iter(self.encoder.encode(texts, token_budget=self.settings.token_budget))
