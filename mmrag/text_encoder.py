@@ -71,28 +71,31 @@ class MiniLMEncoder:
         if self._model is None:
             raise RuntimeError("MiniLMEncoder.encode called before warm_up()")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for group in self._token_batches(texts, token_budget):
-            out[group] = self._forward([texts[i] for i in group])
+        ids = self.tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"] if texts else []
+        for group in _token_batches([len(i) for i in ids], token_budget):
+            out[group] = self._forward([ids[i] for i in group])
         return out
 
-    def _token_batches(self, texts: Sequence[str], token_budget: int) -> list[list[int]]:
-        ids = self.tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"] if texts else []
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        groups: list[list[int]] = []
-        for i in order:  # ascending length: the newest member is the longest, so it sets the padded width
-            if groups and (len(groups[-1]) + 1) * len(ids[i]) <= token_budget:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        return groups
-
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    def _forward(self, ids: list[list[int]]) -> np.ndarray:
         import torch
 
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        # Already tokenized (once, for the packing too): only padding is left to do per forward pass.
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         with torch.inference_mode():
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.float().numpy()
+
+
+def _token_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped so each group's padded size (count x longest) stays within ``token_budget``."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:  # ascending length: the newest member is the longest, so it sets the padded width
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= token_budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
