@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
@@ -47,6 +47,11 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     ocr_languages: str = "eng"
     ocr_timeout_s: float = 60
     fetch_workers: int = Field(default=4, description="objects fetched and extracted in parallel per batch")
+    extract_overlap: bool = Field(
+        default=False,
+        description="embed extracted text while the pool extracts the rest; worth it when the model runs on an "
+        "accelerator, not on CPU, where the model already uses every core and overlap only makes them contend",
+    )
 
 
 @dataclass(frozen=True)
@@ -101,10 +106,9 @@ class TextEmbedder:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
             elif env.value.media_kind in self.kinds:
                 extracting.append((i, self._pool.submit(self._chunked, i, env.value)))  # fetches overlap
-        # Embed a token budget's worth as soon as it is extracted, while the pool goes on fetching the rest.
         per_pass = max(1, self.settings.token_budget // self.settings.chunk_tokens)
         pending: list[_Pending] = []
-        for i, future in extracting:
+        for i, future in extracting if self.settings.extract_overlap else _all_done(extracting):
             try:
                 pending += future.result()
             except PermanentError as exc:
@@ -176,3 +180,9 @@ class TextEmbedder:
                     chunk.clip_text_vector.extend(next(clip).tolist())
                 out.chunks.append(chunk)
             results[p.index] = [Output(self.topic, p.event.object_id, out)]
+
+
+def _all_done(extracting: list[tuple[int, Future[list[_Pending]]]]) -> list[tuple[int, Future[list[_Pending]]]]:
+    """The futures, once every one of them finished: extraction and the model take turns on the cores."""
+    wait([future for _, future in extracting])
+    return extracting

@@ -38,6 +38,11 @@ class VisionEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     model_batch: int = Field(default=16, description="images per CLIP forward pass")
     decode_workers: int = 2
     decode_min_side: int = Field(default=0, description="JPEG draft decoding keeps both sides >= this; 0 = model input")
+    decode_overlap: bool | None = Field(
+        default=None,
+        description="decode the next micro-batch while the model runs; default: on for CUDA, off on CPU, where the "
+        "model already uses every core and overlapped decoding only makes the two fight over them",
+    )
 
 
 class VisionEmbedder:
@@ -75,10 +80,18 @@ class VisionEmbedder:
             elif env.value.media_kind == MediaKind.MEDIA_KIND_IMAGE:
                 todo.append((i, env.value))
         assert self._pool is not None, "warm_up() starts the decode pool"
-        loads = [self._pool.submit(self._load, event) for _, event in todo]
         step = self.settings.model_batch
+        loads: list[Future[Image.Image]] = []
+        overlap = self.settings.decode_overlap
+        if overlap is None:
+            overlap = self.encoder.device.startswith("cuda")
+        if overlap:
+            loads = [self._pool.submit(self._load, event) for _, event in todo]
         for start in range(0, len(todo), step):
-            self._embed(todo[start : start + step], loads[start : start + step], results)
+            part = todo[start : start + step]
+            if not overlap:
+                loads[start : start + step] = [self._pool.submit(self._load, event) for _, event in part]
+            self._embed(part, loads[start : start + step], results)
         return results
 
     def _load(self, event: ObjectEvent) -> Image.Image:
