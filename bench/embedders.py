@@ -154,9 +154,13 @@ def end_to_end(dep: Deployment, service: str, keys: list[tuple[str, str]], kind:
     rate = len(keys) / elapsed
     console.print(_profile(svc.probe_url, service))
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    cores = os.cpu_count() or 1
+    others = sum(value for name, value in cpu.items() if name != "service")
     console.print(
-        f"[dim]CPU seconds during the {elapsed:.1f}s run (2 cores = {2 * elapsed:.1f} available): "
+        f"[dim]CPU seconds during the {elapsed:.1f}s run ({cores} cores = {cores * elapsed:.1f} available): "
         + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items())
+        + f"; the co-located infrastructure used {others / (cores * elapsed):.0%} of the machine, the service "
+        f"{1000 * cpu['service'] / len(keys):.1f} CPU-ms per item"
     )
     svc.stop()
     follower.close()
@@ -199,6 +203,7 @@ def _profile(probe_url: str, service: str) -> str:
     text = urllib.request.urlopen(probe_url + "/metrics").read().decode()
     parts = []
     for name in (
+        "mmrag_fetch_seconds",
         "mmrag_decode_seconds",
         "mmrag_model_seconds",
         "mmrag_extract_seconds",
@@ -293,6 +298,13 @@ def _report(rates: dict[str, float], args: argparse.Namespace) -> None:
         )
     if "end-to-end text" in rates:
         console.print(f"text pipeline / bare model(s): {rates['end-to-end text'] / rates[TEXT_BARE]:.2f}")
+    cores = os.cpu_count() or 1
+    bare = {"image": max(v for k, v in rates.items() if k.startswith("bare CLIP image")) if args.only != "text" else 0}
+    bare["text"] = rates.get(TEXT_BARE, 0)
+    console.print(
+        f"bare model CPU-ms per item when it uses all {cores} cores: "
+        + ", ".join(f"{kind} {1000 * cores / rate:.1f}" for kind, rate in bare.items() if rate)
+    )
 
 
 if __name__ == "__main__":

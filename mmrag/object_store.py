@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from datetime import timedelta
 from typing import Any, Protocol
 
 from mmrag.errors import PermanentError, RetryableError
@@ -37,13 +39,36 @@ def s3_client(settings: S3Settings, service: str = "s3") -> Any:
     )
 
 
+def obstore_s3(settings: S3Settings, bucket: str) -> Any:
+    """An obstore S3 store for one bucket, for the embedders' object reads: its GETs run in Rust without the GIL
+    at ~0.4 ms CPU each, where boto3 spends ~2 ms of Python (bench/embedders.py). Same endpoint and keys as boto3;
+    AWS_* variables and instance credentials apply as usual where keys are not set."""
+    from obstore.store import S3Store
+
+    endpoint = settings.s3_endpoint_url
+    return S3Store(
+        bucket,
+        endpoint=endpoint,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id.get_secret_value() or None,
+        secret_access_key=settings.s3_secret_access_key.get_secret_value() or None,
+        virtual_hosted_style_request=False if endpoint else None,
+        client_options={"allow_http": bool(endpoint and endpoint.startswith("http://")), "connect_timeout": "5s"},
+        retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
+    )
+
+
 class S3ObjectStore:
-    """Reads and writes objects by bucket/key; maps S3 errors onto Retryable/PermanentError for the runner."""
+    """Reads and writes objects by bucket/key; maps S3 errors onto Retryable/PermanentError for the runner.
+
+    Whole-object reads (`get`, the embedders' hot path) go through obstore; everything else through boto3."""
 
     def __init__(self, settings: S3Settings, stage: str) -> None:
         self.settings = settings
         self.stage = stage
         self._client: Any = None
+        self._stores: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -52,7 +77,30 @@ class S3ObjectStore:
         return self._client
 
     def get(self, bucket: str, key: str, version_id: str = "") -> bytes:
-        return self._read(bucket, key, version_id)
+        import obstore
+        from obstore.exceptions import BaseError, NotFoundError
+
+        with self._lock:
+            store = self._stores.get(bucket)
+            if store is None:
+                store = self._stores[bucket] = obstore_s3(self.settings, bucket)
+        try:
+            return bytes(obstore.get(store, key, options={"version": version_id} if version_id else None).bytes())
+        except (NotFoundError, FileNotFoundError) as exc:  # obstore raises the builtin for a 404
+            raise ObjectMissingError(
+                self.stage,
+                f"{bucket}/{key}",
+                f"not in the object store ({'version ' + version_id if version_id else 'no such key'})",
+                "it was deleted or overwritten after the event; a newer event for it follows",
+            ) from exc
+        except (BaseError, OSError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RetryableError(
+                self.stage,
+                f"{bucket}/{key}",
+                f"object store read failed: {first_line}",
+                f"check the object store at MMRAG_S3_ENDPOINT_URL={self.settings.s3_endpoint_url} and its credentials",
+            ) from exc
 
     def read_prefix(self, bucket: str, key: str, length: int, version_id: str = "") -> bytes:
         """The first ``length`` bytes (a ranged GET): enough to sniff the content type of a large object."""

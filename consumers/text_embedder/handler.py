@@ -28,7 +28,10 @@ from mmrag.text_encoder import MAX_TOKENS, MiniLMEncoder
 log = logging.getLogger(__name__)
 STAGE = "text_embedder"
 
-EXTRACT_SECONDS = Histogram("mmrag_extract_seconds", "Fetch + extraction per object", ["kind"], buckets=LATENCY_BUCKETS)
+FETCH_SECONDS = Histogram("mmrag_fetch_seconds", "Object store read per object", buckets=LATENCY_BUCKETS)
+EXTRACT_SECONDS = Histogram(
+    "mmrag_extract_seconds", "Extraction + chunking per object", ["kind"], buckets=LATENCY_BUCKETS
+)
 EMBED_SECONDS = Histogram(
     "mmrag_text_embed_seconds", "Model time per handled batch", ["model"], buckets=LATENCY_BUCKETS
 )
@@ -46,7 +49,8 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     ocr_images: bool = True
     ocr_languages: str = "eng"
     ocr_timeout_s: float = 60
-    fetch_workers: int = Field(default=4, description="objects fetched and extracted in parallel per batch")
+    fetch_workers: int = Field(default=8, description="object reads in flight (I/O: obstore holds no GIL)")
+    extract_workers: int = Field(default=2, description="objects extracted and chunked in parallel (CPU)")
     extract_overlap: bool = Field(
         default=False,
         description="embed extracted text while the pool extracts the rest; worth it when the model runs on an "
@@ -82,12 +86,14 @@ class TextEmbedder:
         self.ocr = ocr
         self.topic = settings.topics.embeddings
         self._pool: ThreadPoolExecutor | None = None
+        self._fetch_pool: ThreadPoolExecutor | None = None
         self.kinds = {MediaKind.MEDIA_KIND_TEXT, MediaKind.MEDIA_KIND_DOCUMENT}
         if settings.ocr_images:
             self.kinds.add(MediaKind.MEDIA_KIND_IMAGE)
 
     def warm_up(self) -> None:
-        self._pool = ThreadPoolExecutor(self.settings.fetch_workers, thread_name_prefix="extract")
+        self._pool = ThreadPoolExecutor(self.settings.extract_workers, thread_name_prefix="extract")
+        self._fetch_pool = ThreadPoolExecutor(self.settings.fetch_workers, thread_name_prefix="fetch")
         self.encoder.warm_up()
         if self.clip is not None:
             self.clip.warm_up()
@@ -97,31 +103,46 @@ class TextEmbedder:
 
     def handle(self, batch: Sequence[Envelope[ObjectEvent]]) -> list[ItemResult]:
         """One result per envelope: a batch per text-bearing object, a deletion per tombstone, [] for the rest."""
-        assert self._pool is not None, "warm_up() starts the extraction pool"
+        assert self._pool is not None and self._fetch_pool is not None, "warm_up() starts the pools"
         results: list[ItemResult] = []
-        extracting: list[tuple[int, Future[list[_Pending]]]] = []
+        todo: list[tuple[int, ObjectEvent, Future[bytes]]] = []
         for i, env in enumerate(batch):
             results.append([])
             if env.value is None:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
             elif env.value.media_kind in self.kinds:
-                extracting.append((i, self._pool.submit(self._chunked, i, env.value)))  # fetches overlap
+                event = env.value
+                todo.append((i, event, self._fetch_pool.submit(self._fetch, event)))  # every read in flight at once
+        # Extraction is CPU work: with overlap it runs beside the model; without, a pass's worth of objects is
+        # extracted (in parallel), then embedded, while the reads of the later objects go on arriving.
         per_pass = max(1, self.settings.token_budget // self.settings.chunk_tokens)
+        group = len(todo) if self.settings.extract_overlap else per_pass
         pending: list[_Pending] = []
-        for i, future in extracting if self.settings.extract_overlap else _all_done(extracting):
-            try:
-                pending += future.result()
-            except PermanentError as exc:
-                results[i] = exc
-            if sum(len(p.chunks) for p in pending) >= per_pass:
-                self._embed(pending, results)
-                pending = []
+        for start in range(0, len(todo), group):
+            extracting = [(i, self._pool.submit(self._chunked, i, e, f)) for i, e, f in todo[start : start + group]]
+            if not self.settings.extract_overlap:
+                wait([future for _, future in extracting])
+            for i, future in extracting:
+                try:
+                    pending += future.result()
+                except PermanentError as exc:
+                    results[i] = exc
+                if sum(len(p.chunks) for p in pending) >= per_pass:
+                    self._embed(pending, results)
+                    pending = []
         self._embed(pending, results)
         return results
 
-    def _chunked(self, index: int, event: ObjectEvent) -> list[_Pending]:
+    def _fetch(self, event: ObjectEvent) -> bytes:
         started = time.perf_counter()
-        pages = self._pages(event)
+        data = self.store.get(event.bucket, event.key, event.version_id)
+        FETCH_SECONDS.observe(time.perf_counter() - started)
+        return data
+
+    def _chunked(self, index: int, event: ObjectEvent, fetch: Future[bytes]) -> list[_Pending]:
+        data = fetch.result()
+        started = time.perf_counter()
+        pages = self._pages(event, data)
         s = self.settings
         chunks: list[TextChunk] = []
         numbers: list[int] = []
@@ -146,8 +167,7 @@ class TextEmbedder:
             )
         return [_Pending(index, event, chunks, numbers)]
 
-    def _pages(self, event: ObjectEvent) -> list[Page]:
-        data = self.store.get(event.bucket, event.key, event.version_id)
+    def _pages(self, event: ObjectEvent, data: bytes) -> list[Page]:
         if event.media_kind == MediaKind.MEDIA_KIND_IMAGE:
             return image_pages(data, event.object_id, self.ocr)
         if event.media_kind == MediaKind.MEDIA_KIND_DOCUMENT:
@@ -180,9 +200,3 @@ class TextEmbedder:
                     chunk.clip_text_vector.extend(next(clip).tolist())
                 out.chunks.append(chunk)
             results[p.index] = [Output(self.topic, p.event.object_id, out)]
-
-
-def _all_done(extracting: list[tuple[int, Future[list[_Pending]]]]) -> list[tuple[int, Future[list[_Pending]]]]:
-    """The futures, once every one of them finished: extraction and the model take turns on the cores."""
-    wait([future for _, future in extracting])
-    return extracting

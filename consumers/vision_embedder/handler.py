@@ -1,5 +1,6 @@
-"""Vision embedder: image objects -> fetch + safe decode in a thread pool -> CLIP image vectors in micro-batches
-(decoding of the next micro-batch overlaps the model's work on the current one) -> embeddings.v1."""
+"""Vision embedder: image objects -> fetch (I/O threads, all of a batch at once) -> safe decode (a CPU pool) -> CLIP
+image vectors in micro-batches -> embeddings.v1. Fetches always overlap the model; decoding overlaps it on CUDA and
+takes turns with it on CPU, where the model already uses every core."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from mmrag.settings import BaseServiceSettings, S3Settings, SpaceSettings
 log = logging.getLogger(__name__)
 STAGE = "vision_embedder"
 
-DECODE_SECONDS = Histogram("mmrag_decode_seconds", "Fetch + decode per image", buckets=LATENCY_BUCKETS)
+FETCH_SECONDS = Histogram("mmrag_fetch_seconds", "Object store read per image", buckets=LATENCY_BUCKETS)
+DECODE_SECONDS = Histogram("mmrag_decode_seconds", "Decode per image", buckets=LATENCY_BUCKETS)
 MODEL_SECONDS = Histogram("mmrag_model_seconds", "CLIP forward pass per micro-batch", buckets=LATENCY_BUCKETS)
 
 
@@ -37,6 +39,7 @@ class VisionEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     precision: str = Field(default="auto", description="auto = fp16 on CUDA; on CPU fp32 or bf16, timed at warm-up")
     model_batch: int = Field(default=16, description="images per CLIP forward pass")
     decode_workers: int = 2
+    fetch_workers: int = Field(default=8, description="object reads in flight (I/O: obstore holds no GIL)")
     decode_min_side: int = Field(default=0, description="JPEG draft decoding keeps both sides >= this; 0 = model input")
     decode_overlap: bool | None = Field(
         default=None,
@@ -56,6 +59,7 @@ class VisionEmbedder:
         self.encoder = encoder
         self.topic = settings.topics.embeddings
         self._pool: ThreadPoolExecutor | None = None
+        self._fetch_pool: ThreadPoolExecutor | None = None
         self._min_side = settings.decode_min_side
 
     def warm_up(self) -> None:
@@ -69,6 +73,7 @@ class VisionEmbedder:
             self._min_side,
         )
         self._pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="decode")
+        self._fetch_pool = ThreadPoolExecutor(self.settings.fetch_workers, thread_name_prefix="fetch")
 
     def handle(self, batch: Sequence[Envelope[ObjectEvent]]) -> list[ItemResult]:
         results: list[ItemResult] = []
@@ -79,24 +84,35 @@ class VisionEmbedder:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_IMAGE)]
             elif env.value.media_kind == MediaKind.MEDIA_KIND_IMAGE:
                 todo.append((i, env.value))
-        assert self._pool is not None, "warm_up() starts the decode pool"
-        step = self.settings.model_batch
-        loads: list[Future[Image.Image]] = []
+        assert self._pool is not None and self._fetch_pool is not None, "warm_up() starts the pools"
+        fetches = [self._fetch_pool.submit(self._fetch, event) for _, event in todo]
         overlap = self.settings.decode_overlap
         if overlap is None:
             overlap = self.encoder.device.startswith("cuda")
+        pool = self._pool
+        decodes: list[Future[Image.Image]] = []
         if overlap:
-            loads = [self._pool.submit(self._load, event) for _, event in todo]
+            decodes = [pool.submit(self._decode, event, f) for (_, event), f in zip(todo, fetches, strict=True)]
+        step = self.settings.model_batch
         for start in range(0, len(todo), step):
             part = todo[start : start + step]
             if not overlap:
-                loads[start : start + step] = [self._pool.submit(self._load, event) for _, event in part]
-            self._embed(part, loads[start : start + step], results)
+                part_fetches = fetches[start : start + step]
+                decodes += [
+                    pool.submit(self._decode, event, f) for (_, event), f in zip(part, part_fetches, strict=True)
+                ]
+            self._embed(part, decodes[start : start + step], results)
         return results
 
-    def _load(self, event: ObjectEvent) -> Image.Image:
+    def _fetch(self, event: ObjectEvent) -> tuple[bytes, float]:
         started = time.perf_counter()
         data = self.store.get(event.bucket, event.key, event.version_id)
+        return data, time.perf_counter() - started
+
+    def _decode(self, event: ObjectEvent, fetch: Future[tuple[bytes, float]]) -> Image.Image:
+        data, fetch_s = fetch.result()
+        FETCH_SECONDS.observe(fetch_s)
+        started = time.perf_counter()
         image = decode_image(data, event.object_id, STAGE, self._min_side)
         DECODE_SECONDS.observe(time.perf_counter() - started)
         return image
