@@ -180,6 +180,7 @@ def process_pids(dep: Deployment, service_pid: int) -> dict[str, int]:
         "service": service_pid,
         "local S3 (moto)": json.loads((state / "moto.json").read_text())["pid"],
         "milvus-lite": json.loads((state / "milvus.json").read_text())["pid"],
+        "bench harness": os.getpid(),
     }
     kafka = json.loads((state / "kafka" / "cluster.json").read_text())
     pids["kafka broker"] = kafka["nodes"][0]["pid"]

@@ -49,7 +49,11 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     ocr_images: bool = True
     ocr_languages: str = "eng"
     ocr_timeout_s: float = 60
-    fetch_workers: int = Field(default=8, description="object reads in flight (I/O: obstore holds no GIL)")
+    fetch_workers: int = Field(
+        default=2,
+        description="object reads in flight; more reader threads pre-empt the CPU model's threads and cost it more "
+        "than the reads save (bench/embedders.py: text 0.74 of bare with 8, 0.92 with 2)",
+    )
     extract_workers: int = Field(default=2, description="objects extracted and chunked in parallel (CPU)")
     extract_overlap: bool = Field(
         default=False,
