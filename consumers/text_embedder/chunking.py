@@ -12,6 +12,7 @@ class TextChunk:
     text: str
     char_start: int
     char_end: int
+    tokens: int = 0  # model tokens including [CLS]/[SEP]: what the chunk costs a forward pass
 
 
 def chunk_text(text: str, tokenizer: Any, max_tokens: int = 256, overlap: int = 32) -> list[TextChunk]:
@@ -28,7 +29,7 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int = 256, overlap: int = 
     while start < len(offsets):
         end = min(start + window, len(offsets))
         char_start, char_end = offsets[start][0], offsets[end - 1][1]
-        chunks.append(TextChunk(len(chunks), text[char_start:char_end], char_start, char_end))
+        chunks.append(TextChunk(len(chunks), text[char_start:char_end], char_start, char_end, end - start + 2))
         if end == len(offsets):
             break
         start = end - overlap

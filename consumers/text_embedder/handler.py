@@ -116,11 +116,11 @@ class TextEmbedder:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
             elif env.value.media_kind in self.kinds:
                 event = env.value
-                todo.append((i, event, self._fetch_pool.submit(self._fetch, event)))  # every read in flight at once
+                todo.append((i, event, self._fetch_pool.submit(self._fetch, event)))  # every read queued at once
         # Extraction is CPU work: with overlap it runs beside the model; without, a pass's worth of objects is
         # extracted (in parallel), then embedded, while the reads of the later objects go on arriving.
-        per_pass = max(1, self.settings.token_budget // self.settings.chunk_tokens)
-        group = len(todo) if self.settings.extract_overlap else per_pass
+        budget = self.settings.token_budget
+        group = len(todo) if self.settings.extract_overlap else max(1, budget // self.settings.chunk_tokens)
         pending: list[_Pending] = []
         for start in range(0, len(todo), group):
             extracting = [(i, self._pool.submit(self._chunked, i, e, f)) for i, e, f in todo[start : start + group]]
@@ -131,7 +131,8 @@ class TextEmbedder:
                     pending += future.result()
                 except PermanentError as exc:
                     results[i] = exc
-                if sum(len(p.chunks) for p in pending) >= per_pass:
+                # a forward pass is full when no further chunk of the largest size would fit
+                if sum(c.tokens for p in pending for c in p.chunks) > budget - self.settings.chunk_tokens:
                     self._embed(pending, results)
                     pending = []
         self._embed(pending, results)
@@ -152,7 +153,7 @@ class TextEmbedder:
         numbers: list[int] = []
         for page in pages:
             for c in chunk_text(page.text, self.encoder.load_tokenizer(), s.chunk_tokens, s.chunk_overlap):
-                chunks.append(TextChunk(len(chunks), c.text, c.char_start, c.char_end))
+                chunks.append(TextChunk(len(chunks), c.text, c.char_start, c.char_end, c.tokens))
                 numbers.append(page.number)
         EXTRACT_SECONDS.labels(MediaKind.Name(event.media_kind)).observe(time.perf_counter() - started)
         if len(chunks) > s.max_chunks:
