@@ -142,10 +142,10 @@ def end_to_end(dep: Deployment, service: str, keys: list[tuple[str, str]], kind:
             bucket=dep.bucket,
             key=key,
             version=etag,
-            media_kind=kind,
+            media_kind=kind,  # type: ignore[arg-type]  # protobuf enums are ints at run time
             event_time_ms=int(time.time() * 1000),
             source="bench",
-        )  # type: ignore[arg-type]
+        )
         producer.produce(f"{topics}objects.v1", key=event.object_id.encode(), value=event.SerializeToString())
     producer.flush(30)
     wanted = {object_id(dep.bucket, k) for k, _ in keys}
@@ -194,8 +194,9 @@ def _follow(follower: Consumer, wanted: set[str], what: str) -> None:
         task = progress.add_task(what, total=len(wanted))
         while not wanted <= seen:
             msg = follower.poll(0.5)
-            if msg is not None and not msg.error() and msg.key() is not None:
-                seen.add(msg.key().decode())
+            key = msg.key() if msg is not None and not msg.error() else None
+            if isinstance(key, bytes):
+                seen.add(key.decode())
                 progress.update(task, completed=len(seen & wanted))
 
 
