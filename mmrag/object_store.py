@@ -46,13 +46,15 @@ def obstore_s3(settings: S3Settings, bucket: str) -> Any:
     from obstore.store import S3Store
 
     endpoint = settings.s3_endpoint_url
+    config: dict[str, Any] = {"region": settings.s3_region}
+    if endpoint:  # MinIO, Ceph or the local S3: path-style requests to that endpoint
+        config.update(endpoint=endpoint, virtual_hosted_style_request=False)
+    keys = settings.s3_access_key_id.get_secret_value(), settings.s3_secret_access_key.get_secret_value()
+    if all(keys):
+        config.update(access_key_id=keys[0], secret_access_key=keys[1])
     return S3Store(
         bucket,
-        endpoint=endpoint,
-        region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id.get_secret_value() or None,
-        secret_access_key=settings.s3_secret_access_key.get_secret_value() or None,
-        virtual_hosted_style_request=False if endpoint else None,
+        **config,
         client_options={"allow_http": bool(endpoint and endpoint.startswith("http://")), "connect_timeout": "5s"},
         retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
     )

@@ -49,3 +49,22 @@ def test_unreachable_store_is_retryable_and_names_the_endpoint() -> None:
     store = S3ObjectStore(S3Settings(s3_endpoint_url=endpoint), "test_stage")
     with pytest.raises(RetryableError, match=f"bucket-x/k.*MMRAG_S3_ENDPOINT_URL={endpoint}"):
         store.get("bucket-x", "k")
+
+
+@pytest.mark.unit
+def test_obstore_configuration_for_local_minio_and_aws() -> None:
+    from pydantic import SecretStr
+
+    from mmrag.object_store import obstore_s3
+
+    local = obstore_s3(S3Settings(s3_endpoint_url="http://127.0.0.1:9000"), "bucket-a")
+    assert local.config["endpoint"] == "http://127.0.0.1:9000"
+    assert local.config["virtual_hosted_style_request"] == "false" and local.client_options["allow_http"] == "true"
+
+    minio = obstore_s3(S3Settings(s3_endpoint_url="https://minio.example:9000"), "bucket-a")
+    assert minio.config["endpoint"] == "https://minio.example:9000" and minio.client_options["allow_http"] == "false"
+
+    no_keys = S3Settings(s3_endpoint_url=None, s3_access_key_id=SecretStr(""), s3_secret_access_key=SecretStr(""))
+    aws = obstore_s3(no_keys, "bucket-a")  # real AWS: default endpoint, credentials from AWS_* / the instance
+    assert "endpoint" not in aws.config and "access_key_id" not in aws.config
+    assert aws.config["region"] == "us-east-1" and aws.retry_config["max_retries"] == 3
