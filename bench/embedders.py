@@ -246,6 +246,10 @@ def main() -> int:
     rates.update({name: max(first[name], second[name]) for name in first})
     shutil.rmtree(work, ignore_errors=True)
     _report(rates, args)
+    console.print(
+        "[dim]bare passes before / after the pipelines (the better one is the baseline; their spread is this "
+        "machine's noise): " + "; ".join(f"{name} {first[name]:.1f} / {second[name]:.1f}" for name in first)
+    )
     return 0
 
 
