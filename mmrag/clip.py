@@ -91,6 +91,11 @@ def _resolve_dtype(precision: str, device: str) -> torch.dtype:
 BF16_MIN_SPEEDUP = 1.25
 
 
+def cpu_precision_for(fp32_seconds: float, bf16_seconds: float) -> str:
+    """ "bf16" when it ran at least BF16_MIN_SPEEDUP times faster than fp32 on the same probe, else "fp32"."""
+    return "bf16" if fp32_seconds >= BF16_MIN_SPEEDUP * bf16_seconds else "fp32"
+
+
 def _fastest_cpu_precision(model: CLIPModel, processor: CLIPProcessor) -> tuple[CLIPModel, torch.dtype]:
     """fp32 unless bf16 runs the image tower at least BF16_MIN_SPEEDUP times faster on this CPU (bf16 wins with
     AVX512-BF16/AMX and loses without: measured here, not assumed). The margin keeps the choice stable, so the
@@ -115,7 +120,11 @@ def _fastest_cpu_precision(model: CLIPModel, processor: CLIPProcessor) -> tuple[
                 runs.append(time.perf_counter() - start)
             seconds[dtype] = min(runs)
     speedup = seconds[torch.float32] / seconds[torch.bfloat16]
-    best = torch.bfloat16 if speedup >= BF16_MIN_SPEEDUP else torch.float32
+    best = (
+        torch.bfloat16
+        if cpu_precision_for(seconds[torch.float32], seconds[torch.bfloat16]) == "bf16"
+        else torch.float32
+    )
     log.info(
         "CLIP on CPU: fp32 %.4fs, bf16 %.4fs per probe batch (bf16 speed-up %.2f, needs %.2f) -> %s",
         seconds[torch.float32],

@@ -16,7 +16,14 @@ import pytest
 import transformers
 from PIL import Image
 
-from mmrag.clip import ClipEncoder, build_clip_tokenizer, clip_dim, clip_model_id, write_random_clip
+from mmrag.clip import (
+    ClipEncoder,
+    build_clip_tokenizer,
+    clip_dim,
+    clip_model_id,
+    cpu_precision_for,
+    write_random_clip,
+)
 from mmrag.clip_train import COLOURS, SHAPES, captions_from_easy_vqa, main, recall_at_k, register_cli, train_clip
 
 pytestmark = pytest.mark.unit
@@ -195,3 +202,9 @@ def test_training_beats_random_init_and_is_cached(tmp_path: Path, capsys: pytest
 
     assert main(["--out", str(out_dir), "--epochs", "1"]) == 0  # cached: returns at once with the same report
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_auto_precision_on_cpu_takes_bf16_only_when_clearly_faster(encoder: ClipEncoder) -> None:
+    assert cpu_precision_for(1.0, 1.0) == cpu_precision_for(1.0, 0.85) == cpu_precision_for(1.0, 1.6) == "fp32"
+    assert cpu_precision_for(1.0, 0.8) == cpu_precision_for(2.0, 1.0) == "bf16"
+    assert encoder.precision in {"float32", "bfloat16"}  # the module's encoder runs "auto": timed at warm-up
