@@ -120,11 +120,7 @@ def _fastest_cpu_precision(model: CLIPModel, processor: CLIPProcessor) -> tuple[
                 runs.append(time.perf_counter() - start)
             seconds[dtype] = min(runs)
     speedup = seconds[torch.float32] / seconds[torch.bfloat16]
-    best = (
-        torch.bfloat16
-        if cpu_precision_for(seconds[torch.float32], seconds[torch.bfloat16]) == "bf16"
-        else torch.float32
-    )
+    best = _resolve_dtype(cpu_precision_for(seconds[torch.float32], seconds[torch.bfloat16]), "cpu")
     log.info(
         "CLIP on CPU: fp32 %.4fs, bf16 %.4fs per probe batch (bf16 speed-up %.2f, needs %.2f) -> %s",
         seconds[torch.float32],

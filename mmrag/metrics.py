@@ -18,6 +18,9 @@ COMMIT_SECONDS = Histogram("mmrag_commit_seconds", "Produce+commit time per batc
 QUEUE_WAIT = Histogram(
     "mmrag_queue_wait_seconds", "Kafka message timestamp to handling", ["stage"], buckets=LATENCY_BUCKETS
 )
+FETCH_SECONDS = Histogram(
+    "mmrag_fetch_seconds", "Object store read per object (whole-object GET)", ["stage"], buckets=LATENCY_BUCKETS
+)
 LAG = Gauge("mmrag_consumer_lag", "High watermark minus committed position", ["stage", "topic", "partition"])
 FRESHNESS = Histogram(
     "mmrag_freshness_seconds",

@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 from typing import Any, Protocol
 
+from mmrag import metrics
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.settings import S3Settings
 
@@ -87,14 +88,11 @@ class S3ObjectStore:
             if store is None:
                 store = self._stores[bucket] = obstore_s3(self.settings, bucket)
         try:
-            return bytes(obstore.get(store, key, options={"version": version_id} if version_id else None).bytes())
+            with metrics.FETCH_SECONDS.labels(self.stage).time():
+                got = obstore.get(store, key, options={"version": version_id} if version_id else None)
+                return bytes(got.bytes())
         except (NotFoundError, FileNotFoundError) as exc:  # obstore raises the builtin for a 404
-            raise ObjectMissingError(
-                self.stage,
-                f"{bucket}/{key}",
-                f"not in the object store ({'version ' + version_id if version_id else 'no such key'})",
-                "it was deleted or overwritten after the event; a newer event for it follows",
-            ) from exc
+            raise self._missing(bucket, key, f"version {version_id}" if version_id else "no such key") from exc
         except (BaseError, OSError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RetryableError(
@@ -103,6 +101,14 @@ class S3ObjectStore:
                 f"object store read failed: {first_line}",
                 f"check the object store at MMRAG_S3_ENDPOINT_URL={self.settings.s3_endpoint_url} and its credentials",
             ) from exc
+
+    def _missing(self, bucket: str, key: str, detail: str) -> ObjectMissingError:
+        return ObjectMissingError(
+            self.stage,
+            f"{bucket}/{key}",
+            f"not in the object store ({detail})",
+            "it was deleted or overwritten after the event; a newer event for it follows",
+        )
 
     def read_prefix(self, bucket: str, key: str, length: int, version_id: str = "") -> bytes:
         """The first ``length`` bytes (a ranged GET): enough to sniff the content type of a large object."""
@@ -119,12 +125,7 @@ class S3ObjectStore:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in MISSING_CODES:
-                raise ObjectMissingError(
-                    self.stage,
-                    f"{bucket}/{key}",
-                    f"not in the object store ({code})",
-                    "it was deleted or overwritten after the event; a newer event for it follows",
-                ) from exc
+                raise self._missing(bucket, key, code) from exc
             if code == "InvalidRange":  # a ranged read of an empty object
                 return b""
             raise RetryableError(

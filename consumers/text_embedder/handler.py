@@ -28,7 +28,6 @@ from mmrag.text_encoder import MAX_TOKENS, MiniLMEncoder
 log = logging.getLogger(__name__)
 STAGE = "text_embedder"
 
-FETCH_SECONDS = Histogram("mmrag_fetch_seconds", "Object store read per object", buckets=LATENCY_BUCKETS)
 EXTRACT_SECONDS = Histogram(
     "mmrag_extract_seconds", "Extraction + chunking per object", ["kind"], buckets=LATENCY_BUCKETS
 )
@@ -116,7 +115,8 @@ class TextEmbedder:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
             elif env.value.media_kind in self.kinds:
                 event = env.value
-                todo.append((i, event, self._fetch_pool.submit(self._fetch, event)))  # every read queued at once
+                read = self._fetch_pool.submit(self.store.get, event.bucket, event.key, event.version_id)
+                todo.append((i, event, read))  # every read queued at once
         # Extraction is CPU work: with overlap it runs beside the model; without, a pass's worth of objects is
         # extracted (in parallel), then embedded, while the reads of the later objects go on arriving.
         budget = self.settings.token_budget
@@ -137,12 +137,6 @@ class TextEmbedder:
                     pending = []
         self._embed(pending, results)
         return results
-
-    def _fetch(self, event: ObjectEvent) -> bytes:
-        started = time.perf_counter()
-        data = self.store.get(event.bucket, event.key, event.version_id)
-        FETCH_SECONDS.observe(time.perf_counter() - started)
-        return data
 
     def _chunked(self, index: int, event: ObjectEvent, fetch: Future[bytes]) -> list[_Pending]:
         data = fetch.result()

@@ -27,7 +27,6 @@ from mmrag.settings import BaseServiceSettings, S3Settings, SpaceSettings
 log = logging.getLogger(__name__)
 STAGE = "vision_embedder"
 
-FETCH_SECONDS = Histogram("mmrag_fetch_seconds", "Object store read per image", buckets=LATENCY_BUCKETS)
 DECODE_SECONDS = Histogram("mmrag_decode_seconds", "Decode per image", buckets=LATENCY_BUCKETS)
 MODEL_SECONDS = Histogram("mmrag_model_seconds", "CLIP forward pass per micro-batch", buckets=LATENCY_BUCKETS)
 
@@ -65,6 +64,7 @@ class VisionEmbedder:
         self._pool: ThreadPoolExecutor | None = None
         self._fetch_pool: ThreadPoolExecutor | None = None
         self._min_side = settings.decode_min_side
+        self._overlap = False
 
     def warm_up(self) -> None:
         self.encoder.warm_up()
@@ -77,8 +77,9 @@ class VisionEmbedder:
             self._min_side,
         )
         self._pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="decode")
-        readers = self.settings.fetch_workers or (16 if self.encoder.device.startswith("cuda") else 2)
-        self._fetch_pool = ThreadPoolExecutor(readers, thread_name_prefix="fetch")
+        on_cuda = self.encoder.device.startswith("cuda")
+        self._overlap = on_cuda if self.settings.decode_overlap is None else self.settings.decode_overlap
+        self._fetch_pool = ThreadPoolExecutor(self.settings.fetch_workers or (16 if on_cuda else 2), "fetch")
 
     def handle(self, batch: Sequence[Envelope[ObjectEvent]]) -> list[ItemResult]:
         results: list[ItemResult] = []
@@ -90,33 +91,22 @@ class VisionEmbedder:
             elif env.value.media_kind == MediaKind.MEDIA_KIND_IMAGE:
                 todo.append((i, env.value))
         assert self._pool is not None and self._fetch_pool is not None, "warm_up() starts the pools"
-        fetches = [self._fetch_pool.submit(self._fetch, event) for _, event in todo]
-        overlap = self.settings.decode_overlap
-        if overlap is None:
-            overlap = self.encoder.device.startswith("cuda")
         pool = self._pool
-        decodes: list[Future[Image.Image]] = []
-        if overlap:
-            decodes = [pool.submit(self._decode, event, f) for (_, event), f in zip(todo, fetches, strict=True)]
+        reads = [self._fetch_pool.submit(self.store.get, e.bucket, e.key, e.version_id) for _, e in todo]
         step = self.settings.model_batch
-        for start in range(0, len(todo), step):
-            part = todo[start : start + step]
-            if not overlap:
-                part_fetches = fetches[start : start + step]
-                decodes += [
-                    pool.submit(self._decode, event, f) for (_, event), f in zip(part, part_fetches, strict=True)
-                ]
-            self._embed(part, decodes[start : start + step], results)
+        parts = range(0, len(todo), step)
+
+        def decodes(start: int) -> list[Future[Image.Image]]:
+            part = zip(todo[start : start + step], reads[start : start + step], strict=True)
+            return [pool.submit(self._decode, event, read) for (_, event), read in part]
+
+        ahead = {start: decodes(start) for start in parts} if self._overlap else {}
+        for start in parts:
+            self._embed(todo[start : start + step], ahead.get(start) or decodes(start), results)
         return results
 
-    def _fetch(self, event: ObjectEvent) -> tuple[bytes, float]:
-        started = time.perf_counter()
-        data = self.store.get(event.bucket, event.key, event.version_id)
-        return data, time.perf_counter() - started
-
-    def _decode(self, event: ObjectEvent, fetch: Future[tuple[bytes, float]]) -> Image.Image:
-        data, fetch_s = fetch.result()
-        FETCH_SECONDS.observe(fetch_s)
+    def _decode(self, event: ObjectEvent, read: Future[bytes]) -> Image.Image:
+        data = read.result()
         started = time.perf_counter()
         image = decode_image(data, event.object_id, STAGE, self._min_side)
         DECODE_SECONDS.observe(time.perf_counter() - started)
