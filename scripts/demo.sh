@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/lib.sh
 export HF_HUB_OFFLINE=1
 exec uv run --frozen mmrag demo "$@"

@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
 # Installs what kafka-mmrag needs on a fresh machine and caches it: uv, the locked Python environment, the Kafka
 # broker jars (Maven Central) and the apt packages. A second run finds everything cached and takes seconds.
+# Needs beforehand: Linux with apt, Python 3.11 with pip, a JDK 17+ and Maven (see README.md).
+# MMRAG_SETUP_APT=always runs the apt step even when the packages are there (CI's fresh-machine check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
-step() { printf '\n==> %s\n' "$*"; }
+for tool in python3 java mvn; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "setup: $tool is missing -> install Python 3.11, a JDK 17+ and Maven" >&2; exit 1; }
+done
 
 if ! command -v uv >/dev/null 2>&1; then
-  step "installing uv (PyPI)"
-  python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
-  export PATH="$HOME/.local/bin:$PATH"
+  step "installing uv (PyPI) into $MMRAG_TOOLS"
+  python3 -m venv "$MMRAG_TOOLS"
+  "$MMRAG_TOOLS/bin/python" -m pip install --quiet --disable-pip-version-check uv
 fi
-
-for tool in java mvn; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "setup: $tool is missing -> install a JDK 17+ and Maven" >&2; exit 1; }
-done
+uv --version
 
 missing_apt=()
-for pkg in $(cat scripts/apt-packages.txt); do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing_apt+=("$pkg")
-done
+while read -r pkg; do
+  [ -n "$pkg" ] || continue
+  if [ "${MMRAG_SETUP_APT:-}" = always ] || ! dpkg -s "$pkg" >/dev/null 2>&1; then missing_apt+=("$pkg"); fi
+done < scripts/apt-packages.txt
 if [ ${#missing_apt[@]} -gt 0 ]; then
   step "installing apt packages: ${missing_apt[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}" >/dev/null
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}" >/dev/null
 fi
 
 step "Python environment (uv sync --frozen, from uv.lock)"

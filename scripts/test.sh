@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/lib.sh
 export HF_HUB_OFFLINE=1
 printf '\n==> ruff\n'
 uv run --frozen ruff check .
