@@ -233,27 +233,57 @@ class SearchReply(_message.Message):
     def __init__(self, correlation_id: _Optional[str] = ..., shard: _Optional[int] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., error: _Optional[str] = ..., space_id: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("correlation_id", "question", "sources", "max_tokens")
+    __slots__ = ("correlation_id", "question", "max_tokens", "instruction", "sources", "temperature", "top_p", "deadline_ms")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
-    SOURCES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     question: str
-    sources: _containers.RepeatedCompositeFieldContainer[SearchHit]
     max_tokens: int
-    def __init__(self, correlation_id: _Optional[str] = ..., question: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    instruction: str
+    sources: _containers.RepeatedCompositeFieldContainer[PromptSource]
+    temperature: float
+    top_p: float
+    deadline_ms: int
+    def __init__(self, correlation_id: _Optional[str] = ..., question: _Optional[str] = ..., max_tokens: _Optional[int] = ..., instruction: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[PromptSource, _Mapping]]] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class PromptSource(_message.Message):
+    __slots__ = ("number", "label", "text", "modality")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    label: str
+    text: str
+    modality: Modality
+    def __init__(self, number: _Optional[int] = ..., label: _Optional[str] = ..., text: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("correlation_id", "seq", "text", "final", "error")
+    __slots__ = ("correlation_id", "seq", "text", "final", "error", "prompt_tokens", "completion_tokens", "finish_reason", "model", "sources_given")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_GIVEN_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     seq: int
     text: str
     final: bool
     error: str
-    def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., text: _Optional[str] = ..., final: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    model: str
+    sources_given: int
+    def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., text: _Optional[str] = ..., final: _Optional[bool] = ..., error: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., sources_given: _Optional[int] = ...) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mmrag/pb/query.proto\x12\x08mmrag.v1\"9\n\x0bSearchQuery\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05top_k\x18\x03 \x01(\x05\"\xdf\x01\n\x0cSearchResult\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x11\n\tvector_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\x05\x12\x12\n\nchar_start\x18\x07 \x01(\x05\x12\x10\n\x08\x63har_end\x18\x08 \x01(\x05\x12\x0c\n\x04page\x18\t \x01(\x05\x12\r\n\x05shard\x18\n \x01(\x05\x12\x10\n\x08has_text\x18\x0b \x01(\x08\x12\x11\n\thas_image\x18\x0c \x01(\x08\"t\n\x0eSearchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.mmrag.v1.SearchResult\x12\x0f\n\x07partial\x18\x02 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x03 \x03(\x05\x12\x10\n\x08space_id\x18\x04 \x01(\t\"-\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"]\n\x0b\x41skResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12)\n\tcitations\x18\x02 \x03(\x0b\x32\x16.mmrag.v1.SearchResult\x12\x13\n\x0bis_degraded\x18\x03 \x01(\x08\"(\n\x13ObjectStatusRequest\x12\x11\n\tobject_id\x18\x01 \x01(\t\"`\n\x14ObjectStatusResponse\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rindexed_at_ms\x18\x04 \x01(\x03\x32\xcf\x01\n\x0cQueryService\x12\x39\n\x06Search\x12\x15.mmrag.v1.SearchQuery\x1a\x18.mmrag.v1.SearchResponse\x12\x32\n\x03\x41sk\x12\x14.mmrag.v1.AskRequest\x1a\x15.mmrag.v1.AskResponse\x12P\n\x0fGetObjectStatus\x12\x1d.mmrag.v1.ObjectStatusRequest\x1a\x1e.mmrag.v1.ObjectStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mmrag/pb/query.proto\x12\x08mmrag.v1\"9\n\x0bSearchQuery\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05top_k\x18\x03 \x01(\x05\"\xdf\x01\n\x0cSearchResult\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x11\n\tvector_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\x05\x12\x12\n\nchar_start\x18\x07 \x01(\x05\x12\x10\n\x08\x63har_end\x18\x08 \x01(\x05\x12\x0c\n\x04page\x18\t \x01(\x05\x12\r\n\x05shard\x18\n \x01(\x05\x12\x10\n\x08has_text\x18\x0b \x01(\x08\x12\x11\n\thas_image\x18\x0c \x01(\x08\"t\n\x0eSearchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.mmrag.v1.SearchResult\x12\x0f\n\x07partial\x18\x02 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x03 \x03(\x05\x12\x10\n\x08space_id\x18\x04 \x01(\t\"A\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\"\x9b\x01\n\x0b\x41skResponse\x12\'\n\x07sources\x18\x04 \x01(\x0b\x32\x14.mmrag.v1.AskSourcesH\x00\x12#\n\x05\x64\x65lta\x18\x05 \x01(\x0b\x32\x12.mmrag.v1.AskDeltaH\x00\x12#\n\x05\x66inal\x18\x06 \x01(\x0b\x32\x12.mmrag.v1.AskFinalH\x00\x42\x07\n\x05\x65ventJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"\xba\x01\n\tAskSource\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0f\n\x07snippet\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x10\n\x08modality\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x0c\n\x04page\x18\x07 \x01(\x05\x12\x12\n\nchar_start\x18\x08 \x01(\x05\x12\x10\n\x08\x63har_end\x18\t \x01(\x05\x12\x13\n\x0b\x63hunk_index\x18\n \x01(\x05\"m\n\nAskSources\x12$\n\x07sources\x18\x01 \x03(\x0b\x32\x13.mmrag.v1.AskSource\x12\x0f\n\x07partial\x18\x02 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x03 \x03(\x05\x12\x10\n\x08space_id\x18\x04 \x01(\t\"\x18\n\x08\x41skDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"K\n\nAskTimings\x12\x13\n\x0bretrieve_ms\x18\x01 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xef\x01\n\x08\x41skFinal\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12&\n\tcitations\x18\x02 \x03(\x0b\x32\x13.mmrag.v1.AskSource\x12%\n\x07timings\x18\x03 \x01(\x0b\x32\x14.mmrag.v1.AskTimings\x12\x13\n\x0bis_degraded\x18\x04 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\x05\"(\n\x13ObjectStatusRequest\x12\x11\n\tobject_id\x18\x01 \x01(\t\"`\n\x14ObjectStatusResponse\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rindexed_at_ms\x18\x04 \x01(\x03\x32\xd1\x01\n\x0cQueryService\x12\x39\n\x06Search\x12\x15.mmrag.v1.SearchQuery\x1a\x18.mmrag.v1.SearchResponse\x12\x34\n\x03\x41sk\x12\x14.mmrag.v1.AskRequest\x1a\x15.mmrag.v1.AskResponse0\x01\x12P\n\x0fGetObjectStatus\x12\x1d.mmrag.v1.ObjectStatusRequest\x1a\x1e.mmrag.v1.ObjectStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHRESPONSE']._serialized_start=319
   _globals['_SEARCHRESPONSE']._serialized_end=435
   _globals['_ASKREQUEST']._serialized_start=437
-  _globals['_ASKREQUEST']._serialized_end=482
-  _globals['_ASKRESPONSE']._serialized_start=484
-  _globals['_ASKRESPONSE']._serialized_end=577
-  _globals['_OBJECTSTATUSREQUEST']._serialized_start=579
-  _globals['_OBJECTSTATUSREQUEST']._serialized_end=619
-  _globals['_OBJECTSTATUSRESPONSE']._serialized_start=621
-  _globals['_OBJECTSTATUSRESPONSE']._serialized_end=717
-  _globals['_QUERYSERVICE']._serialized_start=720
-  _globals['_QUERYSERVICE']._serialized_end=927
+  _globals['_ASKREQUEST']._serialized_end=502
+  _globals['_ASKRESPONSE']._serialized_start=505
+  _globals['_ASKRESPONSE']._serialized_end=660
+  _globals['_ASKSOURCE']._serialized_start=663
+  _globals['_ASKSOURCE']._serialized_end=849
+  _globals['_ASKSOURCES']._serialized_start=851
+  _globals['_ASKSOURCES']._serialized_end=960
+  _globals['_ASKDELTA']._serialized_start=962
+  _globals['_ASKDELTA']._serialized_end=986
+  _globals['_ASKTIMINGS']._serialized_start=988
+  _globals['_ASKTIMINGS']._serialized_end=1063
+  _globals['_ASKFINAL']._serialized_start=1066
+  _globals['_ASKFINAL']._serialized_end=1305
+  _globals['_OBJECTSTATUSREQUEST']._serialized_start=1307
+  _globals['_OBJECTSTATUSREQUEST']._serialized_end=1347
+  _globals['_OBJECTSTATUSRESPONSE']._serialized_start=1349
+  _globals['_OBJECTSTATUSRESPONSE']._serialized_end=1445
+  _globals['_QUERYSERVICE']._serialized_start=1448
+  _globals['_QUERYSERVICE']._serialized_end=1657
 # @@protoc_insertion_point(module_scope)

@@ -57,22 +57,98 @@ class SearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("question", "top_k")
+    __slots__ = ("question", "top_k", "max_tokens")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     question: str
     top_k: int
-    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+    max_tokens: int
+    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "citations", "is_degraded")
+    __slots__ = ("sources", "delta", "final")
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    sources: AskSources
+    delta: AskDelta
+    final: AskFinal
+    def __init__(self, sources: _Optional[_Union[AskSources, _Mapping]] = ..., delta: _Optional[_Union[AskDelta, _Mapping]] = ..., final: _Optional[_Union[AskFinal, _Mapping]] = ...) -> None: ...
+
+class AskSource(_message.Message):
+    __slots__ = ("number", "object_id", "snippet", "score", "modality", "version", "page", "char_start", "char_end", "chunk_index")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    CHAR_START_FIELD_NUMBER: _ClassVar[int]
+    CHAR_END_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    object_id: str
+    snippet: str
+    score: float
+    modality: str
+    version: str
+    page: int
+    char_start: int
+    char_end: int
+    chunk_index: int
+    def __init__(self, number: _Optional[int] = ..., object_id: _Optional[str] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., modality: _Optional[str] = ..., version: _Optional[str] = ..., page: _Optional[int] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., chunk_index: _Optional[int] = ...) -> None: ...
+
+class AskSources(_message.Message):
+    __slots__ = ("sources", "partial", "missing_shards", "space_id")
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedCompositeFieldContainer[AskSource]
+    partial: bool
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    space_id: str
+    def __init__(self, sources: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ...) -> None: ...
+
+class AskDelta(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class AskTimings(_message.Message):
+    __slots__ = ("retrieve_ms", "first_token_ms", "total_ms")
+    RETRIEVE_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    retrieve_ms: float
+    first_token_ms: float
+    total_ms: float
+    def __init__(self, retrieve_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class AskFinal(_message.Message):
+    __slots__ = ("answer", "citations", "timings", "is_degraded", "degraded_reason", "model", "finish_reason", "prompt_tokens", "completion_tokens")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
     IS_DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     answer: str
-    citations: _containers.RepeatedCompositeFieldContainer[SearchResult]
+    citations: _containers.RepeatedCompositeFieldContainer[AskSource]
+    timings: AskTimings
     is_degraded: bool
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., is_degraded: _Optional[bool] = ...) -> None: ...
+    degraded_reason: str
+    model: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., timings: _Optional[_Union[AskTimings, _Mapping]] = ..., is_degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class ObjectStatusRequest(_message.Message):
     __slots__ = ("object_id",)

@@ -39,7 +39,7 @@ class QueryServiceStub:
                 request_serializer=mmrag_dot_pb_dot_query__pb2.SearchQuery.SerializeToString,
                 response_deserializer=mmrag_dot_pb_dot_query__pb2.SearchResponse.FromString,
                 _registered_method=True)
-        self.Ask = channel.unary_unary(
+        self.Ask = channel.unary_stream(
                 '/mmrag.v1.QueryService/Ask',
                 request_serializer=mmrag_dot_pb_dot_query__pb2.AskRequest.SerializeToString,
                 response_deserializer=mmrag_dot_pb_dot_query__pb2.AskResponse.FromString,
@@ -80,7 +80,7 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     request_deserializer=mmrag_dot_pb_dot_query__pb2.SearchQuery.FromString,
                     response_serializer=mmrag_dot_pb_dot_query__pb2.SearchResponse.SerializeToString,
             ),
-            'Ask': grpc.unary_unary_rpc_method_handler(
+            'Ask': grpc.unary_stream_rpc_method_handler(
                     servicer.Ask,
                     request_deserializer=mmrag_dot_pb_dot_query__pb2.AskRequest.FromString,
                     response_serializer=mmrag_dot_pb_dot_query__pb2.AskResponse.SerializeToString,
@@ -139,7 +139,7 @@ class QueryService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/mmrag.v1.QueryService/Ask',
