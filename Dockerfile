@@ -1,4 +1,5 @@
-# One image for every deployable; the command picks which (`mmrag <deployable>`).
+# One image for every deployable; the command picks which (`mmrag <deployable>`). The local stack tooling
+# (local_stack/, the `local` extra: moto, milvus-lite, easy-vqa, watchdog) and the dev group stay out of it.
 FROM python:3.11-slim
 RUN pip install --no-cache-dir uv
 WORKDIR /app
@@ -8,6 +9,7 @@ COPY producers producers
 COPY consumers consumers
 COPY index_updater index_updater
 COPY query_service query_service
+COPY operator_cli operator_cli
 RUN uv sync --frozen --no-dev
 ENV PATH="/app/.venv/bin:$PATH" HF_HUB_OFFLINE=1 MMRAG_PROBE_HOST=0.0.0.0 MMRAG_PROBE_PORT=9100
 ENTRYPOINT ["mmrag"]

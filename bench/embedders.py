@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
 from mmrag.clip import ClipEncoder, write_random_clip
 from mmrag.ids import object_id
-from mmrag.local.stack import Deployment, start_infra, start_services, stop_infra, stop_services
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import MediaKind, ObjectEvent
 from mmrag.text_encoder import MiniLMEncoder

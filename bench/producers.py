@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mmrag.local.stack import Deployment, start_infra, stop_infra
+from local_stack.stack import Deployment, start_infra, stop_infra
 from mmrag.object_store import s3_client
 from producers.backfill import BackfillSettings, run_backfill
 from producers.backfill_progress import BackfillProgress

@@ -21,7 +21,7 @@ def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def infra(infra_dir: Path) -> Iterator[object]:
-    from mmrag.local.stack import start_infra, stop_infra
+    from local_stack.stack import start_infra, stop_infra
 
     endpoints = start_infra(infra_dir)
     try:
@@ -51,8 +51,8 @@ def unique() -> str:
 @pytest.fixture
 def deployment(infra: object, clip_dir: Path, tmp_path: Path, unique: str) -> Iterator[object]:
     """A fresh namespace (topics, bucket, queue, collection) with no services started; stops what a test starts."""
-    from mmrag.local.processes import free_port
-    from mmrag.local.stack import Deployment, stop_services
+    from local_stack.processes import free_port
+    from local_stack.stack import Deployment, stop_services
 
     dep = Deployment(
         state_dir=tmp_path / "state",

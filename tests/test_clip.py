@@ -16,6 +16,7 @@ import pytest
 import transformers
 from PIL import Image
 
+from local_stack.clip_train import COLOURS, SHAPES, captions_from_easy_vqa, main, recall_at_k, register_cli, train_clip
 from mmrag.clip import (
     ClipEncoder,
     build_clip_tokenizer,
@@ -24,7 +25,6 @@ from mmrag.clip import (
     cpu_precision_for,
     write_random_clip,
 )
-from mmrag.clip_train import COLOURS, SHAPES, captions_from_easy_vqa, main, recall_at_k, register_cli, train_clip
 
 pytestmark = pytest.mark.unit
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -69,7 +69,7 @@ def processed(service) -> float:  # type: ignore[no-untyped-def]
 
 
 def test_text_embedder_extracts_every_kind_and_dead_letters_poison(deployment) -> None:  # type: ignore[no-untyped-def]
-    from mmrag.local.stack import start_services
+    from local_stack.stack import start_services
 
     start_services([deployment.service("text_embedder", MMRAG_CLIP_TEXT_FOR_TEXT="true")])
     good = {
@@ -109,7 +109,7 @@ def test_text_embedder_extracts_every_kind_and_dead_letters_poison(deployment) -
 
 
 def test_two_vision_embedders_split_partitions_and_embed_each_image_once(deployment) -> None:  # type: ignore[no-untyped-def]
-    from mmrag.local.stack import start_services
+    from local_stack.stack import start_services
 
     members = start_services([deployment.service("vision_embedder", str(i), MMRAG_MAX_BATCH="4") for i in (0, 1)])
     admin = AdminClient({"bootstrap.servers": deployment.endpoints.bootstrap_servers})
@@ -134,7 +134,7 @@ def test_two_vision_embedders_split_partitions_and_embed_each_image_once(deploym
 
 
 def test_vision_embedder_killed_mid_batch_has_exactly_once_effect(deployment) -> None:  # type: ignore[no-untyped-def]
-    from mmrag.local.stack import start_services
+    from local_stack.stack import start_services
 
     held = deployment.service("vision_embedder", MMRAG_FAULT_HOLD_BEFORE_COMMIT_S="600", MMRAG_MAX_WAIT_MS="2000")
     start_services([held])

@@ -68,7 +68,7 @@ def assert_probes_and_metrics(services: list) -> None:  # type: ignore[type-arg]
 
 
 def test_upload_search_delete_and_dlq(deployment, bootstrap: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from mmrag.local.stack import start_services
+    from local_stack.stack import start_services
 
     services = start_services(deployment.all_services())
     store = S3ObjectStore(deployment.s3_settings(), "test")

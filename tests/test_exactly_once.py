@@ -29,7 +29,7 @@ def indexed(bootstrap: str, topic: str) -> dict[str, IndexStatus]:
 
 
 def test_kill_between_produce_and_commit(deployment, bootstrap: str) -> None:  # type: ignore[no-untyped-def]
-    from mmrag.local.stack import start_services
+    from local_stack.stack import start_services
 
     prefix = deployment.topic_prefix
     start_services([deployment.service(n) for n in ("sqs_bridge", "normalizer", "index_updater")])

@@ -1,4 +1,4 @@
-"""Real Kafka brokers (jars from Maven Central, run by mmrag.local.kafka_broker): durability and failover."""
+"""Real Kafka brokers (jars from Maven Central, run by local_stack.kafka_broker): durability and failover."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from mmrag.local.kafka_broker import KafkaCluster, load_cluster, start_cluster, stop_cluster
+from local_stack.kafka_broker import KafkaCluster, load_cluster, start_cluster, stop_cluster
 
 pytestmark = [
     pytest.mark.kafka,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from local_stack.processes import free_port
 from mmrag.errors import RetryableError
-from mmrag.local.processes import free_port
 from mmrag.object_store import ObjectMissingError, S3ObjectStore, s3_client
 from mmrag.settings import S3Settings
 

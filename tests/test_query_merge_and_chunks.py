@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumers.text_embedder.chunking import chunk_text
-from mmrag import protogen
+from local_stack import protogen
 from mmrag.pb.events_pb2 import SearchHit, SearchReply
 from mmrag.text_encoder import MiniLMEncoder
 from query_service.search import merge_top_k

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from mmrag.local.processes import free_port
+from local_stack.processes import free_port
 from mmrag.object_store import s3_client
 from tests.kafka_tools import read_topic, wait_for
 from tests.object_events import dlq_records, metric, object_records

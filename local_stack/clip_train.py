@@ -3,7 +3,7 @@
 Captions come from easy-vqa's questions and answers ("a red circle": 8 colours x 3 shapes). Training is contrastive,
 seeded and run on a fixed CPU thread count, so a rerun gives byte-identical weights; the result is saved with
 `save_pretrained` and loads through `ClipEncoder` by the same code as real CLIP.
-Run: ``python -m mmrag.clip_train --out DIR [--epochs N]`` or ``mmrag models train-clip --out DIR``.
+Run: ``python -m local_stack.clip_train --out DIR [--epochs N]`` or ``mmrag models train-clip --out DIR``.
 """
 
 from __future__ import annotations
@@ -258,8 +258,8 @@ def register_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m mmrag.clip_train`; trains unless --out already holds the same model."""
-    parser = argparse.ArgumentParser(prog="python -m mmrag.clip_train", description=__doc__)
+    """Entry point of `python -m local_stack.clip_train`; trains unless --out already holds the same model."""
+    parser = argparse.ArgumentParser(prog="python -m local_stack.clip_train", description=__doc__)
     _add_train_arguments(parser)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mmrag.local.processes import free_port, spawn_detached, stop_detached, wait_until
+from local_stack.processes import free_port, spawn_detached, stop_detached, wait_until
 
 ACCOUNT = "123456789012"
 

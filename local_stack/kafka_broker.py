@@ -1,6 +1,6 @@
 """Run a real Apache Kafka KRaft cluster on loopback from Maven Central jars, for the demo and tests (Linux).
 
-`python -m mmrag.local.kafka_broker fetch|start|stop|status`; `<dir>/cluster.json` lets other processes stop it."""
+`python -m local_stack.kafka_broker fetch|start|stop|status`; `<dir>/cluster.json` lets other processes stop it."""
 
 from __future__ import annotations
 
@@ -397,8 +397,8 @@ def register_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m mmrag.local.kafka_broker`; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m mmrag.local.kafka_broker", description=__doc__)
+    """Entry point of `python -m local_stack.kafka_broker`; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m local_stack.kafka_broker", description=__doc__)
     register_cli(parser)
     args = parser.parse_args(argv)
     return int(args.func(args))

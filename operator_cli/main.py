@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmrag.local.services import SERVICE_MODULES
+from operator_cli.deployables import SERVICE_MODULES
 
 
 def _run_service(name: str, argv: Sequence[str]) -> int:
@@ -21,7 +21,7 @@ def _run_service(name: str, argv: Sequence[str]) -> int:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from mmrag.local.stack import Deployment, start_infra, start_services, stop_infra, stop_services
+    from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
 
     if args.stack_command == "down":
         stop_services(args.state_dir)
@@ -60,7 +60,7 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _proto(args: argparse.Namespace) -> int:
-    from mmrag import protogen
+    from local_stack import protogen
 
     return protogen.main(check=args.proto_command == "check")
 
@@ -74,18 +74,36 @@ def _add_stack(sub: argparse._SubParsersAction) -> None:
     stack.set_defaults(func=_stack)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mmrag import clip_train, demo
-    from mmrag.local import kafka_broker
+def _add_local_tooling(sub: argparse._SubParsersAction) -> None:
+    """The local stack's commands; a deployable image ships without the `local_stack` package, so they say so."""
+    if importlib.util.find_spec("local_stack") is None:
+        for name in ("demo", "kafka", "models", "stack"):
+            tool = sub.add_parser(name, help="(needs the local stack tooling, not installed here)")
+            tool.set_defaults(func=_tooling_missing)
+        return
+    from local_stack import clip_train, demo, kafka_broker
 
-    parser = argparse.ArgumentParser(prog="mmrag", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in SERVICE_MODULES:  # dispatched in main() so their own flags (--print-config) pass through
-        sub.add_parser(name.replace("_", "-"), help=f"run the {name} deployable (MMRAG_* settings)")
     demo.register_cli(sub.add_parser("demo", help="set up everything, index a sample corpus, query it"))
     kafka_broker.register_cli(sub.add_parser("kafka", help="fetch jars / start / stop the local Kafka"))
     clip_train.register_cli(sub.add_parser("models", help="create the CLIP models for tests and the demo"))
     _add_stack(sub)
+
+
+def _tooling_missing(args: argparse.Namespace) -> int:
+    print(
+        f"mmrag {args.command}: the local stack tooling (package local_stack, extra `local`) is not installed here; "
+        "run it from a checkout after `uv sync` (or `pip install kafka-mmrag[local]`)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmrag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SERVICE_MODULES:  # dispatched in main() so their own flags (--print-config) pass through
+        sub.add_parser(name.replace("_", "-"), help=f"run the {name} deployable (MMRAG_* settings)")
+    _add_local_tooling(sub)
     upload = sub.add_parser("upload", help="upload files to the object store (MMRAG_S3_* settings)")
     upload.add_argument("files", nargs="+", type=Path)
     upload.add_argument("--bucket", required=True)

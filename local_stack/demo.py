@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmrag.local.stack import Deployment, start_infra, start_services, stop_infra, stop_services
+from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import IndexState, IndexStatus
 from mmrag.topics import Topics
@@ -48,7 +48,7 @@ def cache_dir() -> Path:
 
 def ensure_demo_clip() -> Path:
     """The easy-vqa CLIP, trained once (~2 min on 2 cores) and cached; later runs reuse it."""
-    from mmrag import clip_train
+    from local_stack import clip_train
 
     out = cache_dir() / "models" / "clip-easyvqa"
     console.rule("[bold]demo CLIP model")
@@ -58,10 +58,10 @@ def ensure_demo_clip() -> Path:
 
 def sample_files(workdir: Path) -> list[tuple[Path, str]]:
     """(file, key) pairs: the packaged text documents and a few easy-vqa test images per caption."""
-    from mmrag.clip_train import captions_from_easy_vqa
+    from local_stack.clip_train import captions_from_easy_vqa
 
     files = []
-    for doc in sorted(resources.files("mmrag.sample_corpus").iterdir(), key=lambda p: p.name):
+    for doc in sorted(resources.files("local_stack.sample_corpus").iterdir(), key=lambda p: p.name):
         if doc.name.endswith(".md"):
             path = workdir / doc.name
             path.write_bytes(doc.read_bytes())

@@ -6,7 +6,7 @@ import socket
 import sys
 from pathlib import Path
 
-from mmrag.local.processes import free_port, spawn_detached, stop_detached, wait_until
+from local_stack.processes import free_port, spawn_detached, stop_detached, wait_until
 
 
 def _accepts(port: int) -> bool:

@@ -8,14 +8,15 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mmrag.local import kafka_broker
-from mmrag.local.milvus import start_milvus_lite, stop_milvus_lite
-from mmrag.local.processes import stop_detached
-from mmrag.local.s3 import ensure_bucket_with_queue, start_moto, stop_moto
-from mmrag.local.services import SERVICE_MODULES, Service
+from local_stack import kafka_broker
+from local_stack.milvus import start_milvus_lite, stop_milvus_lite
+from local_stack.processes import stop_detached
+from local_stack.s3 import ensure_bucket_with_queue, start_moto, stop_moto
+from local_stack.services import Service
 from mmrag.object_store import s3_client
 from mmrag.settings import S3Settings
 from mmrag.topics import Topics, ensure_topics
+from operator_cli.deployables import SERVICE_MODULES
 
 log = logging.getLogger(__name__)
 ENDPOINTS_FILE = "endpoints.json"

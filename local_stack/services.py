@@ -10,20 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmrag.local.processes import free_port, spawn_detached, wait_until
-
-SERVICE_MODULES = {
-    "sqs_bridge": "producers.sqs_bridge",
-    "normalizer": "producers.normalizer",
-    "backfill": "producers.backfill",
-    "webhook": "producers.webhook",
-    "watch": "producers.watch",
-    "text_embedder": "consumers.text_embedder",
-    "vision_embedder": "consumers.vision_embedder",
-    "index_updater": "index_updater",
-    "retrieval_worker": "consumers.retrieval_worker",
-    "query_service": "query_service",
-}
+from local_stack.processes import free_port, spawn_detached, wait_until
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The operator CLI (`mmrag`): runs the deployables by name and drives the local stack, the demo and the tools."""
