@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -57,12 +57,17 @@ class Probes:
         self._ready = False
         self._reason = "warming up"
         self._server: WSGIServer | None = None
+        self._checks: dict[str, Callable[[], tuple[bool, str]]] = {}
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
         self._ready, self._reason = ready, reason
 
     def set_dead(self, reason: str) -> None:
         self._live, self._reason = False, reason
+
+    def add_check(self, name: str, check: Callable[[], tuple[bool, str]]) -> None:
+        """A readiness part: (ok, detail). /readyz fails while one is not ok and lists every detail."""
+        self._checks[name] = check
 
     @property
     def ready(self) -> bool:
@@ -73,10 +78,13 @@ class Probes:
         if path == "/metrics":
             return make_wsgi_app()(environ, start_response)
         if path in ("/healthz", "/readyz"):
-            ok = self._live if path == "/healthz" else self._live and self._ready
+            checks = {name: check() for name, check in self._checks.items()} if path == "/readyz" else {}
+            ok = self._live if path == "/healthz" else self._live and self._ready and all(c[0] for c in checks.values())
             status = "200 OK" if ok else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain")])
-            return [f"{self.service}: {'ok' if ok else self._reason}\n".encode()]
+            lines = [f"{self.service}: {'ok' if ok else self._reason or 'a check failed'}"]
+            lines += [f"{name}: {detail}" for name, (_, detail) in checks.items()]
+            return ["\n".join(lines).encode() + b"\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"try /metrics, /healthz or /readyz\n"]
 
