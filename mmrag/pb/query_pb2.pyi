@@ -157,13 +157,33 @@ class ObjectStatusRequest(_message.Message):
     def __init__(self, object_id: _Optional[str] = ...) -> None: ...
 
 class ObjectStatusResponse(_message.Message):
-    __slots__ = ("object_id", "version", "state", "indexed_at_ms")
+    __slots__ = ("object_id", "version", "state", "indexed_at_ms", "space_id", "event_time_ms", "freshness_ms", "detail", "failed_stage", "error_class", "fix", "dlq_offset", "text_chunks", "image_vectors")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     INDEXED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    FRESHNESS_MS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]
+    FIX_FIELD_NUMBER: _ClassVar[int]
+    DLQ_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     object_id: str
     version: str
     state: str
     indexed_at_ms: int
-    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., indexed_at_ms: _Optional[int] = ...) -> None: ...
+    space_id: str
+    event_time_ms: int
+    freshness_ms: int
+    detail: str
+    failed_stage: str
+    error_class: str
+    fix: str
+    dlq_offset: int
+    text_chunks: int
+    image_vectors: int
+    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., indexed_at_ms: _Optional[int] = ..., space_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., freshness_ms: _Optional[int] = ..., detail: _Optional[str] = ..., failed_stage: _Optional[str] = ..., error_class: _Optional[str] = ..., fix: _Optional[str] = ..., dlq_offset: _Optional[int] = ..., text_chunks: _Optional[int] = ..., image_vectors: _Optional[int] = ...) -> None: ...
