@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -95,11 +96,30 @@ def topic_config(spec: TopicSpec, min_insync: int) -> dict[str, str]:
     return config
 
 
-def ensure_topics(bootstrap_servers: str, topics: Topics, replication: int = 1, vector_shards: int = 2) -> list[str]:
-    """Creates missing topics with their configs; existing topics are left as they are. Returns the names created."""
+def replication_for(brokers: int) -> int:
+    """The replication factor of the system's topics on a cluster of ``brokers``: min(3, brokers)."""
+    if brokers < 1:
+        raise ValueError(f"[topics] a cluster of {brokers} brokers: no topic can be placed -> is the broker up?")
+    return min(3, brokers)
+
+
+def min_insync_for(replication: int) -> int:
+    """``min.insync.replicas`` for ``replication``: RF-1 (writes go on with one replica down), 1 at RF 1."""
+    return max(1, replication - 1)
+
+
+def ensure_topics(
+    bootstrap_servers: str, topics: Topics, replication: int | None = None, vector_shards: int = 2
+) -> list[str]:
+    """Creates missing topics with their configs; existing topics are left as they are. Returns the names created.
+
+    ``replication`` None = the cluster's own: min(3, brokers), asked from the cluster's metadata."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    existing = set(admin.list_topics(timeout=15).topics)
-    min_insync = 2 if replication >= 3 else 1
+    metadata = admin.list_topics(timeout=15)
+    if replication is None:
+        replication = replication_for(len(metadata.brokers))
+    existing = set(metadata.topics)
+    min_insync = min_insync_for(replication)
     wanted = []
     for spec in SPECS:
         name = topics.name(spec.base)
@@ -118,5 +138,18 @@ def ensure_topics(bootstrap_servers: str, topics: Topics, replication: int = 1, 
                 raise RuntimeError(
                     f"[topics] {name}: create failed ({exc}) -> check the broker at {bootstrap_servers} is up"
                 ) from exc
-    log.info("created topics %s", created)
+    _wait_visible(admin, created, bootstrap_servers)
+    log.info("created topics %s (replication %d, min.insync.replicas %d)", created, replication, min_insync)
     return created
+
+
+def _wait_visible(admin: AdminClient, names: list[str], bootstrap_servers: str, timeout_s: float = 15) -> None:
+    """Waits until the broker's metadata lists every created topic (a created topic is not listed at once)."""
+    deadline = time.monotonic() + timeout_s
+    while not set(names) <= set(admin.list_topics(timeout=timeout_s).topics):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"[topics] created {names} but the broker at {bootstrap_servers} does not list them after "
+                f"{timeout_s:.0f}s -> check the broker's log"
+            )
+        time.sleep(0.1)

@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--prefix", default="")
     upload.set_defaults(func=_upload)
     topics = sub.add_parser("topics", help="create the topics of docs/architecture.md (idempotent)")
-    topics.add_argument("--replication", type=int, default=1)
+    topics.add_argument(
+        "--replication", type=int, default=None, help="replication factor; default min(3, brokers of the cluster)"
+    )
     topics.add_argument("--shards", type=int, default=2)
     topics.set_defaults(func=_topics)
     proto = sub.add_parser("proto", help="regenerate or check the protobuf/gRPC code")
