@@ -1,20 +1,33 @@
 """Milvus adapter of VectorIndex: one collection per embedding space, reached through the alias ``<prefix>_live``.
 
 Works against milvus-lite run as a local server and against a real Milvus deployment by URI (same code path).
+Errors are classified here, at the boundary: a request Milvus refuses for its content (a malformed row or filter)
+is the item's fault (PermanentError, naming the object); anything else means Milvus is unreachable, restarting or
+not serving the collection (RetryableError). A released collection is loaded again and a dropped connection made
+again by the adapter itself, once per call, so a restarted Milvus needs no restarted service.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import enum
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient
-from pymilvus.exceptions import MilvusException
+from pymilvus.exceptions import (
+    DataNotMatchException,
+    DataTypeNotMatchException,
+    FieldTypeException,
+    MilvusException,
+    ParamError,
+    PrimaryKeyException,
+)
 
-from mmrag.errors import RetryableError
+from mmrag.errors import PermanentError, RetryableError
 from mmrag.settings import VectorStoreSettings
 from mmrag.space import EmbeddingSpace
 from mmrag.vector_index import Hit, VectorRow
@@ -37,23 +50,104 @@ PAYLOAD_FIELDS = [
     "event_time_ms",
     "indexed_at_ms",
 ]
-MAX_TEXT = 16384
+TEXT_MAX_BYTES = 65535  # Milvus' VARCHAR limit, counted in UTF-8 bytes (milvus-lite counts characters)
+OBJECT_ID_MAX_BYTES = 2048  # an S3 key is at most 1024 bytes, a bucket name 63
+CALL_TIMEOUT_S = 10.0
+
+# Raised by pymilvus before a request is sent: the rows or the filter do not fit the schema.
+_CLIENT_INPUT_ERRORS = (
+    ParamError,
+    DataTypeNotMatchException,
+    DataNotMatchException,
+    PrimaryKeyException,
+    FieldTypeException,
+)
+# Server codes of a refused request: Milvus' parameter errors (merr 1100-1102, invalid insert data 1804) and the
+# legacy IllegalArgument family (5, 7, 11, 12; milvus-lite sends its argument errors as 6).
+_INPUT_CODES = frozenset({1100, 1101, 1102, 1804})
+_INPUT_LEGACY_CODES = frozenset({5, 6, 7, 11, 12})
+# The deployment, not the item: collection/database/alias missing or not loaded, authentication. Real Milvus marks
+# some of these as input errors (the caller named them), but no other item would fare better.
+_DEPLOYMENT_CODES = frozenset({100, 101, 103, 106, 800, 1400, 1401, 1600, 1800})
+_NOT_LOADED = 101  # after a restart a collection comes back released
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+_FILTER_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
-def _quote(value: str) -> str:
-    return json.dumps(value)  # Milvus filter strings take JSON-style escaping
+class Fault(enum.Enum):
+    ITEM = "item"  # the request's content: permanent for that item
+    NOT_LOADED = "not-loaded"  # load the collection, then try again
+    CONNECTION = "connection"  # make a new client, then try again
+    MILVUS = "milvus"  # anything else the server or the network says: retry later
+
+
+def classify(exc: Exception) -> Fault:
+    """Whose fault a pymilvus or gRPC error is, from its class and codes (never from its message)."""
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return Fault.ITEM
+        return Fault.CONNECTION if code in _UNREACHABLE else Fault.MILVUS
+    if not isinstance(exc, MilvusException):
+        return Fault.MILVUS
+    code, legacy = exc.code, exc.compatible_code
+    if code == _NOT_LOADED or legacy == _NOT_LOADED:
+        return Fault.NOT_LOADED
+    if code == 2 or code in _UNREACHABLE:  # 2: service unavailable; pymilvus' "Fail connecting" uses it too
+        return Fault.CONNECTION
+    if code in _DEPLOYMENT_CODES:
+        return Fault.MILVUS
+    if isinstance(exc, _CLIENT_INPUT_ERRORS) or exc.is_input_error:
+        return Fault.ITEM
+    return Fault.ITEM if code in _INPUT_CODES or legacy in _INPUT_LEGACY_CODES else Fault.MILVUS
+
+
+def filter_literal(value: str) -> str:
+    """``value`` as a double-quoted filter string. Escapes only what Milvus' parser and milvus-lite's both define
+    (backslash, quote, CR, LF, tab; everything else is taken verbatim by both), so any S3 key matches itself.
+
+    Why not pymilvus' filter templates (``filter_params``): milvus-lite 3.2.2 refuses ``{name}`` placeholders."""
+    return '"' + value.translate(_FILTER_ESCAPES) + '"'
+
+
+def fit_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` within ``max_bytes`` of UTF-8, never cutting a character in two."""
+    head = text[:max_bytes]  # a character is at least one byte
+    encoded = head.encode()
+    if len(encoded) <= max_bytes:
+        return head
+    return encoded[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"gRPC {exc.code().name}: {exc.details()}"
+    if isinstance(exc, MilvusException):
+        message = (exc.message or type(exc).__name__).strip().splitlines()
+        return f"{type(exc).__name__} (code {exc.code}): {message[0] if message else ''}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class MilvusIndex:
     """Cheap constructor; ``start()`` connects and creates the collection and alias when missing."""
 
-    def __init__(self, uri: str, collection: str, dim: int, token: str = "", alias: str | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        dim: int,
+        token: str = "",
+        alias: str | None = None,
+        timeout_s: float = CALL_TIMEOUT_S,
+    ) -> None:
         self.uri = uri
         self.collection = collection
         self.dim = dim
         self.token = token
         self.alias = alias
+        self.timeout_s = timeout_s
         self._client: MilvusClient | None = None
+        self._started = False
 
     @classmethod
     def for_space(cls, settings: VectorStoreSettings, space: EmbeddingSpace) -> MilvusIndex:
@@ -68,25 +162,28 @@ class MilvusIndex:
 
     @property
     def client(self) -> MilvusClient:
-        if self._client is None:
+        """The connected client; made again here after a dropped connection was let go."""
+        if not self._started:
             raise RuntimeError(f"MilvusIndex({self.collection}) used before start()")
+        if self._client is None:
+            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
         return self._client
 
     def start(self) -> None:
+        self._started = True
         try:
-            self._client = MilvusClient(uri=self.uri, token=self.token)
             self._ensure(lambda: self.client.has_collection(self.collection), self._create)
-            self._client.load_collection(self.collection)
+            self.client.load_collection(self.collection, timeout=self.timeout_s)
             if self.alias:
                 alias = self.alias
                 self._ensure(
                     lambda: self._alias_target() is not None, lambda: self.client.create_alias(self.collection, alias)
                 )
-        except MilvusException as exc:
+        except (MilvusException, grpc.RpcError) as exc:
             raise RetryableError(
                 STAGE,
                 self.uri,
-                f"cannot open collection {self.collection}: {exc}",
+                f"cannot open collection {self.collection}: {_describe(exc)}",
                 "check that Milvus runs at MMRAG_MILVUS_URI",
             ) from exc
 
@@ -112,9 +209,9 @@ class MilvusIndex:
         schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=32)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
-        schema.add_field("object_id", DataType.VARCHAR, max_length=2048)
+        schema.add_field("object_id", DataType.VARCHAR, max_length=OBJECT_ID_MAX_BYTES)
         schema.add_field("version", DataType.VARCHAR, max_length=512)
-        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT * 4)
+        schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES)
         for name in ("chunk_index", "shard", "char_start", "char_end", "page", "event_time_ms", "indexed_at_ms"):
             schema.add_field(name, DataType.INT64)
         schema.add_field("has_text", DataType.BOOL)
@@ -124,47 +221,98 @@ class MilvusIndex:
         c.create_collection(self.collection, schema=schema, index_params=index)
         log.info("created Milvus collection %s (dim %d) at %s", self.collection, self.dim, self.uri)
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MilvusException as exc:
-            raise RetryableError(
-                STAGE, self.collection, f"{what} failed: {exc}", "check Milvus health; the batch is retried"
-            ) from exc
+    def _call(self, what: str, subject: str, request: Callable[[MilvusClient], Any]) -> Any:
+        """Runs ``request``; after a released collection or a dropped connection, repairs it and runs it again
+        (each repair at most once). Raises PermanentError naming ``subject`` when Milvus refuses the request's
+        content, RetryableError when Milvus is unreachable or not serving the collection."""
+        repaired: set[Fault] = set()
+        while True:
+            try:
+                return request(self.client)
+            except (MilvusException, grpc.RpcError) as exc:
+                fault = classify(exc)
+                if fault is Fault.ITEM:
+                    raise PermanentError(
+                        STAGE,
+                        subject,
+                        f"Milvus refused the {what} in {self.collection}: {_describe(exc)}",
+                        "the item does not fit the collection's schema; fix it (or its producer) and upload it again",
+                    ) from exc
+                if fault in repaired or not self._repair(fault):
+                    raise RetryableError(
+                        STAGE,
+                        subject,
+                        f"{what} in {self.collection} at {self.uri} failed: {_describe(exc)}",
+                        "check Milvus health (MMRAG_MILVUS_URI); the batch is retried, nothing is dropped",
+                    ) from exc
+                repaired.add(fault)
+
+    def _repair(self, fault: Fault) -> bool:
+        """Loads a released collection or lets a dropped client go; True when the request is worth running again."""
+        if fault is Fault.CONNECTION:
+            log.warning("Milvus at %s unreachable; connecting again", self.uri)
+            client, self._client = self._client, None
+            if client is not None:
+                with contextlib.suppress(MilvusException, grpc.RpcError):
+                    client.close()
+            return True
+        if fault is Fault.NOT_LOADED:
+            log.warning("Milvus collection %s is not loaded (Milvus restarted?); loading it", self.collection)
+            try:
+                self.client.load_collection(self.collection, timeout=self.timeout_s)
+            except (MilvusException, grpc.RpcError) as exc:
+                log.warning("loading %s failed: %s", self.collection, _describe(exc))
+                return False
+            return True
+        return False
 
     def upsert(self, rows: Sequence[VectorRow]) -> None:
         if rows:
-            self._call("upsert", self.client.upsert, self.collection, [_to_entity(r) for r in rows])
+            entities = [_to_entity(r) for r in rows]
+            objects = ", ".join(sorted({r.object_id for r in rows}))
+            self._call("upsert", objects, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s))
 
     def delete(self, vector_ids: Sequence[str]) -> None:
         if vector_ids:
-            self._call("delete", self.client.delete, self.collection, ids=list(vector_ids))
+            ids = list(vector_ids)
+            subject = f"vector ids {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+            self._call("delete", subject, lambda c: c.delete(self.collection, ids=ids, timeout=self.timeout_s))
 
     def rows_of(self, object_id: str) -> list[VectorRow]:
         found = self._call(
             "query",
-            self.client.query,
-            self.collection,
-            filter=f"object_id == {_quote(object_id)}",
-            output_fields=[*PAYLOAD_FIELDS, "vector"],
-            consistency_level="Strong",  # read-your-writes: fusion merges into what the last upsert wrote
+            object_id,
+            lambda c: c.query(
+                self.collection,
+                filter=f"object_id == {filter_literal(object_id)}",
+                output_fields=[*PAYLOAD_FIELDS, "vector"],
+                consistency_level="Strong",  # read-your-writes: fusion merges into what the last upsert wrote
+                timeout=self.timeout_s,
+            ),
         )
         return [_to_row(e, None) for e in found]
 
     def count(self) -> int:
-        found = self._call("count", self.client.query, self.collection, filter='id != ""', output_fields=["count(*)"])
+        found = self._call(
+            "count",
+            self.collection,
+            lambda c: c.query(self.collection, filter='id != ""', output_fields=["count(*)"], timeout=self.timeout_s),
+        )
         return int(found[0]["count(*)"])
 
     def search(self, query: np.ndarray, top_k: int, shard: int | None = None) -> list[Hit]:
         found = self._call(
             "search",
-            self.client.search,
-            self.collection,
-            data=[np.asarray(query, dtype=np.float32).tolist()],
-            limit=top_k,
-            filter="" if shard is None else f"shard == {int(shard)}",
-            output_fields=PAYLOAD_FIELDS,
-            search_params={"metric_type": "IP"},
+            f"search of shard {shard}" if shard is not None else "search",
+            lambda c: c.search(
+                self.collection,
+                data=[np.asarray(query, dtype=np.float32).tolist()],
+                limit=top_k,
+                filter="" if shard is None else f"shard == {int(shard)}",
+                output_fields=PAYLOAD_FIELDS,
+                search_params={"metric_type": "IP"},
+                timeout=self.timeout_s,
+            ),
         )
         return [Hit(_to_row(h["entity"], h["id"]), float(h["distance"])) for h in found[0]]
 
@@ -175,7 +323,7 @@ def _to_entity(row: VectorRow) -> dict[str, Any]:
         "vector": np.asarray(row.vector, dtype=np.float32).tolist(),
         "object_id": row.object_id,
         "version": row.version,
-        "text": row.text[:MAX_TEXT],
+        "text": fit_utf8(row.text, TEXT_MAX_BYTES),
         "chunk_index": row.chunk_index,
         "shard": row.shard,
         "char_start": row.char_start,
