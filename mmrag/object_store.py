@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import unicodedata
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -61,10 +62,19 @@ def obstore_s3(settings: S3Settings, bucket: str) -> Any:
     )
 
 
+def obstore_reads_exactly(key: str) -> bool:
+    """Whether obstore addresses exactly ``key``. obstore parses keys as paths: it refuses empty, ``.`` and ``..``
+    segments and control characters, and strips a leading or trailing ``/`` (reading another object). All of these
+    are valid S3 keys; they are read with boto3, which sends the raw key."""
+    parts_ok = all(part not in ("", ".", "..") for part in key.split("/"))
+    return parts_ok and not any(unicodedata.category(ch) == "Cc" for ch in key)
+
+
 class S3ObjectStore:
     """Reads and writes objects by bucket/key; maps S3 errors onto Retryable/PermanentError for the runner.
 
-    Whole-object reads (`get`, the embedders' hot path) go through obstore; everything else through boto3."""
+    Whole-object reads (`get`, the embedders' hot path) go through obstore where it addresses the key exactly;
+    everything else through boto3."""
 
     def __init__(self, settings: S3Settings, stage: str) -> None:
         self.settings = settings
@@ -80,6 +90,13 @@ class S3ObjectStore:
         return self._client
 
     def get(self, bucket: str, key: str, version_id: str = "") -> bytes:
+        """The whole object (``version_id``: that version) by its raw key, whatever characters S3 allowed in it."""
+        with metrics.FETCH_SECONDS.labels(self.stage).time():
+            if obstore_reads_exactly(key):
+                return self._get_obstore(bucket, key, version_id)
+            return self._read(bucket, key, version_id)
+
+    def _get_obstore(self, bucket: str, key: str, version_id: str) -> bytes:
         import obstore
         from obstore.exceptions import BaseError, NotFoundError
 
@@ -88,9 +105,8 @@ class S3ObjectStore:
             if store is None:
                 store = self._stores[bucket] = obstore_s3(self.settings, bucket)
         try:
-            with metrics.FETCH_SECONDS.labels(self.stage).time():
-                got = obstore.get(store, key, options={"version": version_id} if version_id else None)
-                return bytes(got.bytes())
+            got = obstore.get(store, key, options={"version": version_id} if version_id else None)
+            return bytes(got.bytes())
         except (NotFoundError, FileNotFoundError) as exc:  # obstore raises the builtin for a 404
             raise self._missing(bucket, key, f"version {version_id}" if version_id else "no such key") from exc
         except (BaseError, OSError) as exc:
@@ -101,6 +117,8 @@ class S3ObjectStore:
                 f"object store read failed: {first_line}",
                 f"check the object store at MMRAG_S3_ENDPOINT_URL={self.settings.s3_endpoint_url} and its credentials",
             ) from exc
+        except ValueError:  # a path rule of obstore's that obstore_reads_exactly does not know: read the raw key
+            return self._read(bucket, key, version_id)
 
     def _missing(self, bucket: str, key: str, detail: str) -> ObjectMissingError:
         return ObjectMissingError(
