@@ -12,7 +12,9 @@ import logging
 import threading
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
+import grpc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from google.protobuf.message import DecodeError
 
@@ -163,3 +165,20 @@ def _int(text: str | None) -> int:
         return int(text or 0)
     except ValueError:
         return 0
+
+
+def answer_status(view: StatusView | None, object_id: str, context: Any) -> ObjectStatusResponse:
+    """GetObjectStatus: the view's answer, or a gRPC error that says what to do (NOT_FOUND, UNAVAILABLE)."""
+    oid = object_id.removeprefix("s3://")
+    if not oid or "/" not in oid:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"object_id {object_id!r}: give bucket/key")
+    if view is None:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "this query service runs without its status view")
+    assert view is not None
+    if not view.caught_up:
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"status view still loading ({view.read} records read); retry")
+    found = view.status_of(oid)
+    if found is None:
+        context.abort(grpc.StatusCode.NOT_FOUND, f"{oid} not seen on objects.v1, index-status.v1 or dlq.v1")
+    assert found is not None
+    return found
