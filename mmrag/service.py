@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import textwrap
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 
 from mmrag.settings import BaseServiceSettings
 from mmrag.telemetry import Probes, setup_logging
@@ -30,11 +34,37 @@ def install_stop_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
+def settings_epilog(settings_cls: type[BaseSettings]) -> str:
+    """Every setting of ``settings_cls`` as its environment variable, default and description (for --help)."""
+    prefix = str(settings_cls.model_config.get("env_prefix", ""))
+    lines = ["settings (environment variables, default in brackets):"]
+    for name, field in sorted(settings_cls.model_fields.items()):
+        if field.is_required():
+            default = "required"
+        elif field.default_factory is not None:
+            default = "computed per process"
+        elif isinstance(field.default, SecretStr):
+            default = "secret" if field.default.get_secret_value() else "unset"
+        elif field.default is None or field.default == "":
+            default = "unset"
+        else:
+            default = str(field.default)
+        lines.append(f"  {prefix}{name.upper()} [{default}]")
+        if field.description:
+            lines += textwrap.wrap(field.description, 100, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def service_main(
     name: str, settings_cls: type[S], build: Callable[[S, Probes], Runnable], argv: Sequence[str] | None = None
 ) -> int:
     """Parses ``--print-config``, validates settings from the environment, serves probes, runs until a signal."""
-    parser = argparse.ArgumentParser(prog=name, description=f"kafka-mmrag {name} (settings: MMRAG_* env vars)")
+    parser = argparse.ArgumentParser(
+        prog=name,
+        description=f"kafka-mmrag {name} (settings: MMRAG_* env vars)",
+        epilog=settings_epilog(settings_cls),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--print-config", action="store_true", help="print the settings (secrets masked) and exit")
     args = parser.parse_args(argv)
     settings = settings_cls()
