@@ -165,8 +165,8 @@ class MilvusIndex:
         """The connected client; made again here after a dropped connection was let go."""
         if not self._started:
             raise RuntimeError(f"MilvusIndex({self.collection}) used before start()")
-        if self._client is None:
-            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
+        if self._client is None:  # dedicated: closing it really drops the channel (a shared one stays in backoff)
+            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s, dedicated=True)
         return self._client
 
     def start(self) -> None:
