@@ -7,6 +7,7 @@ import io
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmrag.errors import PermanentError
+from mmrag.svg import looks_like_svg, rasterize_svg
 
 MAX_PIXELS = 64_000_000  # decompression-bomb limit: larger images are refused, not decoded
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own check, for callers that open images elsewhere
@@ -17,8 +18,11 @@ def decode_image(data: bytes, subject: str, stage: str, min_side: int = 0) -> Im
     palette/CMYK converted. With ``min_side`` a large JPEG decodes in draft mode at the smallest scale that keeps
     both sides >= min_side (a 4000 px photo for a 224 px model never decodes at full size).
 
+    An SVG is rasterized first (sanitized: no scripts, no references outside the document; see mmrag.svg).
     Corrupt, truncated or oversized images raise PermanentError naming ``subject``.
     """
+    if looks_like_svg(data):
+        data = rasterize_svg(data, subject, stage)
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_PIXELS:

@@ -1,5 +1,10 @@
 """What an object holds, decided from its first bytes (magic numbers via puremagic, then a text check), never from
-the key's extension alone: a `.txt` holding a PNG is an image, an `.md` holding an ELF binary is unsupported."""
+the key's extension alone: a `.txt` holding a PNG is an image, an `.md` holding an ELF binary is unsupported.
+
+Text is any Unicode encoding with a byte-order mark (UTF-8, UTF-16, UTF-32), UTF-8 without one, or a legacy
+charset (cp1252, cp1251, Shift-JIS, ...) detected by charset-normalizer; the charset travels in the content type.
+Markup is routed by its root element: HTML is a document (its visible text is extracted), SVG is an image
+(rasterized, never indexed as markup or scripts), other XML, JSON, CSV and YAML are text."""
 
 from __future__ import annotations
 
@@ -8,12 +13,22 @@ from dataclasses import dataclass
 import puremagic
 
 from mmrag.pb.events_pb2 import MediaKind
+from mmrag.text_decoding import bom_charset, has_stray_controls, is_html, markup_root
 
 SNIFF_BYTES = 8192
 ZIP_MAGIC = b"PK\x03\x04"
 DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--")
-TEXT_CONTROL_OK = {9, 10, 12, 13, 27}  # tab, newline, form feed, carriage return, escape
+SVG_MIME = "image/svg+xml"
+PREFERRED_LEGACY = "cp1252"  # Western European: what most legacy text is, and what its lookalikes are read as
+# Textual formats whose words sit among control words: indexing them raw would index the markup.
+REFUSED_TEXT = (("{\\rtf", "RTF (save it as DOCX or PDF)"), ("%!PS", "PostScript (save it as PDF)"))
+UNICODE_NAMES = {
+    "utf-8": "utf-8",
+    "utf-16-le": "utf-16le",
+    "utf-16-be": "utf-16be",
+    "utf-32-le": "utf-32le",
+    "utf-32-be": "utf-32be",
+}
 
 
 @dataclass(frozen=True)
@@ -30,7 +45,14 @@ class Sniffed:
 def sniff(head: bytes) -> Sniffed:
     """Routes an object by its first bytes: text, image, document (PDF, HTML, DOCX) or unsupported (with why)."""
     if not head:
-        return Sniffed(MediaKind.MEDIA_KIND_UNSUPPORTED, "", "the object is empty")
+        return _unsupported("", "the object is empty")
+    bom = bom_charset(head)
+    if bom is not None:  # before the magic numbers: puremagic calls UTF-16 text binary
+        codec, start = bom
+        text = _decoded_head(head[start:], codec)
+        if text is None:
+            return _unsupported("application/octet-stream", f"binary content after a {codec} byte-order mark")
+        return _text_kind(text, UNICODE_NAMES[codec])
     mime = _magic_mime(head)
     if mime.startswith("image/") and "svg" not in mime:
         return Sniffed(MediaKind.MEDIA_KIND_IMAGE, mime)
@@ -39,13 +61,34 @@ def sniff(head: bytes) -> Sniffed:
     if head.startswith(ZIP_MAGIC):
         if b"word/" in head:
             return Sniffed(MediaKind.MEDIA_KIND_DOCUMENT, DOCX_MIME)
-        return Sniffed(MediaKind.MEDIA_KIND_UNSUPPORTED, "application/zip", "a ZIP archive that is not a DOCX")
-    if _is_text(head):
-        if head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(HTML_STARTS):
-            return Sniffed(MediaKind.MEDIA_KIND_DOCUMENT, "text/html")
-        return Sniffed(MediaKind.MEDIA_KIND_TEXT, "text/plain; charset=utf-8")
+        return _unsupported("application/zip", "a ZIP archive that is not a DOCX")
+    text = _decoded_head(head, "utf-8")
+    if text is not None:
+        return _text_kind(text, "utf-8")
+    legacy = _legacy_charset(head)
+    if legacy is not None:
+        return _text_kind(head.decode(legacy, errors="replace"), legacy)
     kind = mime or "application/octet-stream"
-    return Sniffed(MediaKind.MEDIA_KIND_UNSUPPORTED, kind, f"binary content ({kind}) that is no image, PDF or DOCX")
+    return _unsupported(kind, f"binary content ({kind}) that is no image, PDF or DOCX")
+
+
+def _unsupported(content_type: str, reason: str) -> Sniffed:
+    return Sniffed(MediaKind.MEDIA_KIND_UNSUPPORTED, content_type, reason)
+
+
+def _text_kind(text: str, charset: str) -> Sniffed:
+    """Text by its markup: SVG is an image, HTML a document, anything else (XML, JSON, CSV, prose) text."""
+    for prefix, name in REFUSED_TEXT:
+        if text.lstrip("\ufeff \t\r\n").startswith(prefix):
+            return _unsupported("application/octet-stream", f"{name}: its words sit among control words")
+    root = markup_root(text)
+    suffix = "" if charset == "utf-8" else f"; charset={charset}"
+    if root == "svg":
+        return Sniffed(MediaKind.MEDIA_KIND_IMAGE, SVG_MIME + suffix)
+    if is_html(root):
+        return Sniffed(MediaKind.MEDIA_KIND_DOCUMENT, "text/html" + suffix)
+    subtype = "application/xml" if root else "text/plain"
+    return Sniffed(MediaKind.MEDIA_KIND_TEXT, f"{subtype}; charset={charset}")
 
 
 def _magic_mime(head: bytes) -> str:
@@ -55,14 +98,29 @@ def _magic_mime(head: bytes) -> str:
         return ""
 
 
-def _is_text(head: bytes) -> bool:
-    """UTF-8 without NULs or stray control bytes; a multi-byte character cut at the sniff boundary is fine."""
+def _decoded_head(head: bytes, codec: str) -> str | None:
+    """The head as text in ``codec`` without NULs or stray control bytes; a character cut at the end is fine."""
     for cut in range(4):
         try:
-            text = head[: len(head) - cut].decode("utf-8")
+            text = head[: len(head) - cut].decode(codec)
             break
         except UnicodeDecodeError:
             continue
     else:
-        return False
-    return not any(ord(ch) < 32 and ord(ch) not in TEXT_CONTROL_OK for ch in text)
+        return None
+    return None if has_stray_controls(text) else text
+
+
+def _legacy_charset(head: bytes) -> str | None:
+    """A single- or multi-byte legacy charset for text that is not UTF-8: cp1252 whenever charset-normalizer counts
+    it among the candidates (short Western texts are ambiguous between cp125x pages), else its best guess. UTF-16/32
+    without a byte-order mark is not guessed: binary data too often passes for it."""
+    if any(byte < 32 and chr(byte) not in "\t\n\x0c\r\x1b" for byte in head):
+        return None
+    import charset_normalizer
+
+    matches = [m for m in charset_normalizer.from_bytes(head) if not m.encoding.startswith(("utf_16", "utf_32"))]
+    if not matches:
+        return None
+    candidates = {m.encoding for m in matches} | set(matches[0].could_be_from_charset)
+    return PREFERRED_LEGACY if PREFERRED_LEGACY in candidates else matches[0].encoding

@@ -5,15 +5,18 @@ from __future__ import annotations
 import pytest
 
 from consumers.text_embedder.extract import (
+    Budget,
+    Extractor,
+    Limits,
+    Page,
     TesseractOcr,
     decode_text,
     document_kind,
-    extract_document,
     html_text,
-    image_pages,
 )
 from mmrag.errors import PermanentError
 from mmrag.images import decode_image
+from mmrag.pb.events_pb2 import MediaKind
 from tests.documents import HTML, bomb_png, docx_bytes, pdf_bytes, png_bytes, words_image
 
 pytestmark = pytest.mark.unit
@@ -24,6 +27,21 @@ def ocr() -> TesseractOcr:
     engine = TesseractOcr()
     engine.warm_up()
     return engine
+
+
+def extract_document(data: bytes, subject: str, ocr: TesseractOcr, max_pages: int) -> list[Page]:
+    pages = Extractor(ocr, Limits(max_pages=max_pages)).pages(
+        MediaKind.MEDIA_KIND_DOCUMENT, data, subject, "", budget()
+    )
+    return list(pages)
+
+
+def image_pages(data: bytes, subject: str, ocr: TesseractOcr) -> list[Page]:
+    return list(Extractor(ocr, Limits()).pages(MediaKind.MEDIA_KIND_IMAGE, data, subject, "", budget()))
+
+
+def budget() -> Budget:
+    return Budget("b/x", 600)
 
 
 def test_html_keeps_visible_text_only() -> None:

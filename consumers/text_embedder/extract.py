@@ -1,21 +1,30 @@
-"""Text extraction per content kind: plain text/markdown, HTML (visible text), PDF (text layer, OCR for pages
-without one), DOCX, and images (OCR). Bad bytes raise PermanentError naming the object; nothing crashes the loop."""
+"""Text extraction per content kind: plain text in any Unicode encoding, HTML (visible text), PDF (text layer, OCR
+for pages without one), DOCX, and images, SVG included (OCR of the picture). Pages come one at a time so the caller
+can stop at its chunk cap; every step checks the object's time budget and the limits below. Bad bytes or an object
+over a limit raise PermanentError naming the object, the limit and the setting; nothing crashes the loop."""
 
 from __future__ import annotations
 
 import io
-import re
+import math
+import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from consumers.text_embedder.docx_reader import docx_paragraphs
+from consumers.text_embedder.markup import html_visible_text
 from mmrag.errors import PermanentError
 from mmrag.images import decode_image
+from mmrag.pb.events_pb2 import MediaKind
+from mmrag.text_decoding import charset_of, is_html, markup_root
+from mmrag.text_decoding import decode_text as decode_any_text
 
 STAGE = "text_embedder"
 PDF_MAGIC = b"%PDF-"
 ZIP_MAGIC = b"PK\x03\x04"
-INVISIBLE_TAGS = ("script", "style", "noscript", "template", "head", "svg")
+OCR_DPI = 200
 
 
 @dataclass(frozen=True)
@@ -26,75 +35,50 @@ class Page:
     text: str
 
 
-class Ocr(Protocol):
-    def image_text(self, image: Any) -> str: ...
+@dataclass(frozen=True)
+class Limits:
+    """What one object may cost extraction; each has a setting of the same name (MMRAG_...)."""
+
+    max_pages: int = 500
+    max_text_chars: int = 8_000_000
+    max_unpacked_bytes: int = 64 << 20
+    max_ocr_pixels: int = 12_000_000
 
 
-def decode_text(data: bytes, object_id: str) -> str:
-    """UTF-8 (BOM allowed) text; other encodings and binary data raise PermanentError."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PermanentError(
-            STAGE, object_id, f"not UTF-8 text ({exc.reason} at byte {exc.start})", "re-upload it as UTF-8"
-        ) from exc
-    if "\x00" in text:
-        raise PermanentError(STAGE, object_id, "binary data (NUL bytes) in a text object", "upload real text")
-    return text
+class Budget:
+    """The time one object may take to extract and chunk; ``check`` raises PermanentError once it is spent."""
 
+    def __init__(self, subject: str, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.subject = subject
+        self.seconds = seconds
+        self._clock = clock
+        self._deadline = clock() + seconds
 
-def html_text(data: bytes, object_id: str) -> str:
-    """The visible text of an HTML page, one block per line (scripts, styles and head left out)."""
-    from bs4 import BeautifulSoup
+    def remaining(self) -> float:
+        return max(0.0, self._deadline - self._clock())
 
-    soup = BeautifulSoup(data, "html.parser")
-    for tag in soup(INVISIBLE_TAGS):
-        tag.decompose()
-    lines = (re.sub(r"\s+", " ", line).strip() for line in soup.get_text("\n").splitlines())
-    return "\n".join(line for line in lines if line)
-
-
-def docx_text(data: bytes, object_id: str) -> str:
-    """Paragraphs and table cells of a Word document, in document order per kind."""
-    import docx
-
-    try:
-        document = docx.Document(io.BytesIO(data))
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise PermanentError(STAGE, object_id, f"not a readable DOCX ({exc})", "re-save it as .docx") from exc
-    parts = [p.text for p in document.paragraphs if p.text.strip()]
-    for table in document.tables:
-        parts += [cell.text for row in table.rows for cell in row.cells if cell.text.strip()]
-    return "\n".join(parts)
-
-
-def pdf_pages(data: bytes, object_id: str, ocr: Ocr, max_pages: int) -> list[Page]:
-    """Each page's text layer; a page without one is rendered (200 dpi) and OCR'd."""
-    import pypdfium2 as pdfium
-
-    try:
-        pdf = pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        raise PermanentError(STAGE, object_id, f"not a readable PDF ({exc})", "re-export the PDF") from exc
-    try:
-        if len(pdf) > max_pages:
+    def check(self) -> None:
+        if self._clock() > self._deadline:
             raise PermanentError(
                 STAGE,
-                object_id,
-                f"{len(pdf)} pages exceed the limit of {max_pages}",
-                "split the document or raise MMRAG_MAX_PAGES",
+                self.subject,
+                f"extraction took longer than its budget of {self.seconds:g}s",
+                "split the document or raise MMRAG_EXTRACT_BUDGET_S",
             )
-        pages = []
-        for number, page in enumerate(pdf, start=1):
-            text = page.get_textpage().get_text_range()
-            if not text.strip():
-                text = ocr.image_text(page.render(scale=200 / 72).to_pil())
-            pages.append(Page(number, text))
-        return pages
-    finally:
-        pdf.close()
+
+
+class Ocr(Protocol):
+    def image_text(self, image: Any, subject: str, timeout_s: float | None = None) -> str: ...
+
+
+def decode_text(data: bytes, object_id: str, charset: str | None = None) -> str:
+    """Text in any Unicode encoding with a byte-order mark, else ``charset``, else UTF-8; PermanentError otherwise."""
+    return decode_any_text(data, object_id, STAGE, charset)
+
+
+def html_text(data: bytes, object_id: str, charset: str | None = None, check: Callable[[], None] | None = None) -> str:
+    """The visible text of an HTML page, one block per line (scripts, styles, head and SVG left out)."""
+    return html_visible_text(decode_text(data, object_id, charset), object_id, check)
 
 
 def document_kind(data: bytes) -> str:
@@ -108,21 +92,111 @@ def document_kind(data: bytes) -> str:
     return "html"
 
 
-def extract_document(data: bytes, object_id: str, ocr: Ocr, max_pages: int) -> list[Page]:
-    try:
-        kind = document_kind(data)
-    except zipfile.BadZipFile as exc:
-        raise PermanentError(STAGE, object_id, f"corrupt ZIP container ({exc})", "re-upload the file") from exc
-    if kind == "pdf":
-        return pdf_pages(data, object_id, ocr, max_pages)
-    if kind == "docx":
-        return [Page(0, docx_text(data, object_id))]
-    return [Page(0, html_text(data, object_id))]
+class Extractor:
+    """Pages of text from an object's bytes, bounded by ``limits`` and a per-object ``Budget``."""
 
+    def __init__(self, ocr: Ocr, limits: Limits) -> None:
+        self.ocr = ocr
+        self.limits = limits
 
-def image_pages(data: bytes, object_id: str, ocr: Ocr) -> list[Page]:
-    """OCR text of an image, so words in diagrams and screenshots become searchable."""
-    return [Page(0, ocr.image_text(decode_image(data, object_id, STAGE)))]
+    def pages(self, kind: int, data: bytes, subject: str, content_type: str, budget: Budget) -> Iterator[Page]:
+        """The object's pages, lazily: a caller that stops early never extracts the rest."""
+        charset = charset_of(content_type)
+        if kind == MediaKind.MEDIA_KIND_IMAGE:
+            yield Page(0, self.image_text(data, subject, budget))
+        elif kind == MediaKind.MEDIA_KIND_DOCUMENT:
+            yield from self._document(data, subject, charset, budget)
+        else:
+            yield Page(0, self._text(data, subject, charset, budget))
+
+    def _text(self, data: bytes, subject: str, charset: str | None, budget: Budget) -> str:
+        text = decode_text(data, subject, charset)
+        root = markup_root(text)
+        if root == "svg":  # an image: its markup and scripts are never text to index
+            raise PermanentError(
+                STAGE, subject, "SVG markup labelled as text", "upload it again: SVG is indexed as an image"
+            )
+        if is_html(root):
+            text = html_visible_text(text, subject, budget.check)
+        return self._capped(text, subject)
+
+    def _document(self, data: bytes, subject: str, charset: str | None, budget: Budget) -> Iterator[Page]:
+        try:
+            kind = document_kind(data)
+        except zipfile.BadZipFile as exc:
+            raise PermanentError(STAGE, subject, f"corrupt ZIP container ({exc})", "re-upload the file") from exc
+        if kind == "pdf":
+            yield from self.pdf_pages(data, subject, budget)
+        elif kind == "docx":
+            yield Page(0, self._docx(data, subject, budget))
+        else:
+            yield Page(0, self._capped(html_text(data, subject, charset, budget.check), subject))
+
+    def _docx(self, data: bytes, subject: str, budget: Budget) -> str:
+        parts: list[str] = []
+        size = 0
+        for paragraph in docx_paragraphs(data, subject, self.limits.max_unpacked_bytes, budget.check):
+            parts.append(paragraph)
+            size += len(paragraph) + 1
+            self._capped_size(size, subject)
+        return "\n".join(parts)
+
+    def pdf_pages(self, data: bytes, subject: str, budget: Budget) -> Iterator[Page]:
+        """Each page's text layer; a page without one is rendered (200 dpi, at most max_ocr_pixels) and OCR'd.
+        The page count is checked before any page is read."""
+        import pypdfium2 as pdfium
+
+        try:
+            pdf = pdfium.PdfDocument(data)
+        except pdfium.PdfiumError as exc:
+            raise PermanentError(STAGE, subject, f"not a readable PDF ({exc})", "re-export the PDF") from exc
+        try:
+            if len(pdf) > self.limits.max_pages:
+                raise PermanentError(
+                    STAGE,
+                    subject,
+                    f"{len(pdf)} pages exceed the limit of {self.limits.max_pages}",
+                    "split the document or raise MMRAG_MAX_PAGES",
+                )
+            for number in range(1, len(pdf) + 1):
+                budget.check()
+                yield Page(number, self._pdf_page(pdf[number - 1], subject, budget))
+        finally:
+            pdf.close()
+
+    def _pdf_page(self, page: Any, subject: str, budget: Budget) -> str:
+        textpage = page.get_textpage()
+        text = str(textpage.get_text_range())
+        textpage.close()
+        if not text.strip():
+            width, height = page.get_size()  # points (1/72 inch)
+            scale = min(OCR_DPI / 72, math.sqrt(self.limits.max_ocr_pixels / max(1.0, width * height)))
+            image = page.render(scale=scale).to_pil()
+            text = self.ocr.image_text(image, subject, budget.remaining())
+        page.close()
+        return text
+
+    def image_text(self, data: bytes, subject: str, budget: Budget) -> str:
+        """OCR text of an image (SVG rasterized first), scaled down to at most max_ocr_pixels."""
+        image = decode_image(data, subject, STAGE)
+        pixels = image.width * image.height
+        if pixels > self.limits.max_ocr_pixels:
+            factor = math.sqrt(self.limits.max_ocr_pixels / pixels)
+            image = image.resize((max(1, int(image.width * factor)), max(1, int(image.height * factor))))
+        return self.ocr.image_text(image, subject, budget.remaining())
+
+    def _capped(self, text: str, subject: str) -> str:
+        self._capped_size(len(text), subject)
+        return text
+
+    def _capped_size(self, size: int, subject: str) -> None:
+        if size > self.limits.max_text_chars:
+            raise PermanentError(
+                STAGE,
+                subject,
+                f"more than {self.limits.max_text_chars} characters of text",
+                "split the document or raise MMRAG_MAX_TEXT_CHARS",
+            )
 
 
 class TesseractOcr:
@@ -140,15 +214,22 @@ class TesseractOcr:
         except pytesseract.TesseractNotFoundError as exc:
             raise RuntimeError("tesseract is not installed -> `apt-get install tesseract-ocr`") from exc
 
-    def image_text(self, image: Any) -> str:
+    def image_text(self, image: Any, subject: str, timeout_s: float | None = None) -> str:
+        """The words in ``image``; PermanentError naming ``subject`` when OCR runs past its timeout (the setting, or
+        what is left of the object's budget when that is less)."""
         import pytesseract
 
+        timeout = self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s)
+        if timeout <= 0:
+            raise PermanentError(
+                STAGE, subject, "no time left of its extraction budget for OCR", "raise MMRAG_EXTRACT_BUDGET_S"
+            )
         try:
-            return str(pytesseract.image_to_string(image, lang=self.languages, timeout=self.timeout_s))
+            return str(pytesseract.image_to_string(image, lang=self.languages, timeout=timeout))
         except RuntimeError as exc:  # pytesseract raises RuntimeError on its timeout
             raise PermanentError(
                 STAGE,
-                "image",
-                f"OCR gave up after {self.timeout_s}s ({exc})",
-                "raise MMRAG_OCR_TIMEOUT_S or upload a smaller image",
+                subject,
+                f"OCR gave up after {timeout:g}s ({exc})",
+                "raise MMRAG_OCR_TIMEOUT_S / MMRAG_EXTRACT_BUDGET_S or upload a smaller image",
             ) from exc

@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
-from consumers.text_embedder.chunking import TextChunk, chunk_text
-from consumers.text_embedder.extract import Ocr, Page, decode_text, extract_document, image_pages
+from consumers.text_embedder.chunking import TextChunk, TooManyChunks, chunk_text
+from consumers.text_embedder.extract import Budget, Extractor, Limits, Ocr
 from mmrag.clip import ClipEncoder
 from mmrag.embedding_batches import deletion_output, new_embedding_batch
 from mmrag.errors import PermanentError
@@ -21,6 +21,7 @@ from mmrag.messages import Envelope, Output
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.object_store import ObjectStore
 from mmrag.pb.events_pb2 import Chunk, MediaKind, Modality, ObjectEvent
+from mmrag.read_ahead import ReadAhead
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, S3Settings, SpaceSettings
 from mmrag.text_encoder import MAX_TOKENS, MiniLMEncoder
@@ -43,8 +44,20 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     chunk_tokens: int = Field(default=MAX_TOKENS, le=MAX_TOKENS, description="MiniLM reads at most 256 tokens")
     chunk_overlap: int = 32
     token_budget: int = Field(default=8192, description="padded tokens per MiniLM forward pass")
-    max_chunks: int = Field(default=2000, description="an object with more chunks goes to the DLQ")
-    max_pages: int = 500
+    max_chunks: int = Field(default=2000, description="an object with more chunks goes to the DLQ (counted lazily)")
+    max_pages: int = Field(default=500, description="a PDF with more pages goes to the DLQ before any is read")
+    max_text_bytes: int = Field(default=8 << 20, description="text objects over this size (the event's) are refused")
+    max_document_bytes: int = Field(default=64 << 20, description="PDF/DOCX/HTML over this size are refused")
+    max_image_bytes: int = Field(default=32 << 20, description="images to OCR over this size are refused")
+    max_text_chars: int = Field(default=8_000_000, description="extracted text beyond this many characters: refused")
+    max_unpacked_bytes: int = Field(default=64 << 20, description="a DOCX body unpacking to more is refused")
+    max_ocr_pixels: int = Field(default=12_000_000, description="pages and images are scaled down to this for OCR")
+    extract_budget_s: float = Field(
+        default=120.0, description="time one object may take to extract and chunk; over it -> DLQ naming the budget"
+    )
+    fetch_budget_bytes: int = Field(
+        default=256 << 20, description="bytes of a batch's objects read ahead and not yet extracted (event sizes)"
+    )
     ocr_images: bool = True
     ocr_languages: str = "eng"
     ocr_timeout_s: float = 60
@@ -59,6 +72,16 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
         description="embed extracted text while the pool extracts the rest; worth it when the model runs on an "
         "accelerator, not on CPU, where the model already uses every core and overlap only makes them contend",
     )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_pages, self.max_text_chars, self.max_unpacked_bytes, self.max_ocr_pixels)
+
+    def max_bytes(self, kind: int) -> int:
+        """The size limit of an object of this media kind (checked from its event, before it is read)."""
+        if kind == MediaKind.MEDIA_KIND_IMAGE:
+            return self.max_image_bytes
+        return self.max_document_bytes if kind == MediaKind.MEDIA_KIND_DOCUMENT else self.max_text_bytes
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,7 @@ class TextEmbedder:
         self.encoder = encoder
         self.clip = clip
         self.ocr = ocr
+        self.extractor = Extractor(ocr, settings.limits)
         self.topic = settings.topics.embeddings
         self._pool: ThreadPoolExecutor | None = None
         self._fetch_pool: ThreadPoolExecutor | None = None
@@ -108,22 +132,28 @@ class TextEmbedder:
         """One result per envelope: a batch per text-bearing object, a deletion per tombstone, [] for the rest."""
         assert self._pool is not None and self._fetch_pool is not None, "warm_up() starts the pools"
         results: list[ItemResult] = []
-        todo: list[tuple[int, ObjectEvent, Future[bytes]]] = []
+        todo: list[tuple[int, ObjectEvent]] = []
         for i, env in enumerate(batch):
             results.append([])
             if env.value is None:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
             elif env.value.media_kind in self.kinds:
-                event = env.value
-                read = self._fetch_pool.submit(self.store.get, event.bucket, event.key, event.version_id)
-                todo.append((i, event, read))  # every read queued at once
+                refused = self._over_size(env.value)
+                if refused is None:
+                    todo.append((i, env.value))
+                else:
+                    results[i] = refused
+        reads = self._read_ahead([event for _, event in todo])
         # Extraction is CPU work: with overlap it runs beside the model; without, a pass's worth of objects is
         # extracted (in parallel), then embedded, while the reads of the later objects go on arriving.
         budget = self.settings.token_budget
         group = len(todo) if self.settings.extract_overlap else max(1, budget // self.settings.chunk_tokens)
         pending: list[_Pending] = []
         for start in range(0, len(todo), group):
-            extracting = [(i, self._pool.submit(self._chunked, i, e, f)) for i, e, f in todo[start : start + group]]
+            extracting = [
+                (i, self._pool.submit(self._chunked, i, event, reads, start + n))
+                for n, (i, event) in enumerate(todo[start : start + group])
+            ]
             if not self.settings.extract_overlap:
                 wait([future for _, future in extracting])
             for i, future in extracting:
@@ -138,25 +168,38 @@ class TextEmbedder:
         self._embed(pending, results)
         return results
 
-    def _chunked(self, index: int, event: ObjectEvent, fetch: Future[bytes]) -> list[_Pending]:
-        data = fetch.result()
-        started = time.perf_counter()
-        pages = self._pages(event, data)
-        s = self.settings
-        chunks: list[TextChunk] = []
-        numbers: list[int] = []
-        for page in pages:
-            for c in chunk_text(page.text, self.encoder.load_tokenizer(), s.chunk_tokens, s.chunk_overlap):
-                chunks.append(TextChunk(len(chunks), c.text, c.char_start, c.char_end, c.tokens))
-                numbers.append(page.number)
-        EXTRACT_SECONDS.labels(MediaKind.Name(event.media_kind)).observe(time.perf_counter() - started)
-        if len(chunks) > s.max_chunks:
-            raise PermanentError(
-                STAGE,
-                event.object_id,
-                f"{len(chunks)} chunks exceed the limit of {s.max_chunks}",
-                "split the document or raise MMRAG_MAX_CHUNKS",
-            )
+    def _read_ahead(self, events: list[ObjectEvent]) -> ReadAhead:
+        """Reads of the batch's objects, queued in order within MMRAG_FETCH_BUDGET_BYTES."""
+        assert self._fetch_pool is not None, "warm_up() starts the pools"
+        return ReadAhead(
+            self._fetch_pool,
+            lambda n: self.store.get(events[n].bucket, events[n].key, events[n].version_id),
+            [event.size for event in events],
+            self.settings.fetch_budget_bytes,
+        )
+
+    def _over_size(self, event: ObjectEvent) -> PermanentError | None:
+        """Refuses an object by its event's size before any byte of it is read."""
+        limit = self.settings.max_bytes(event.media_kind)
+        if event.size <= limit:
+            return None
+        kind = MediaKind.Name(event.media_kind).removeprefix("MEDIA_KIND_").lower()
+        setting = {"image": "MMRAG_MAX_IMAGE_BYTES", "document": "MMRAG_MAX_DOCUMENT_BYTES"}.get(kind)
+        return PermanentError(
+            STAGE,
+            event.object_id,
+            f"{event.size} bytes is over the {kind} limit of {limit}; not read",
+            f"split the object or raise {setting or 'MMRAG_MAX_TEXT_BYTES'}",
+        )
+
+    def _chunked(self, index: int, event: ObjectEvent, reads: ReadAhead, n: int) -> list[_Pending]:
+        try:
+            data = reads.result(n)
+            started = time.perf_counter()
+            chunks, numbers = self._chunks(event, data)
+            EXTRACT_SECONDS.labels(MediaKind.Name(event.media_kind)).observe(time.perf_counter() - started)
+        finally:
+            reads.release(n)
         if not chunks:
             if event.media_kind == MediaKind.MEDIA_KIND_IMAGE:
                 OCR_EMPTY.inc()  # a picture without words: the vision group indexes it
@@ -166,12 +209,30 @@ class TextEmbedder:
             )
         return [_Pending(index, event, chunks, numbers)]
 
-    def _pages(self, event: ObjectEvent, data: bytes) -> list[Page]:
-        if event.media_kind == MediaKind.MEDIA_KIND_IMAGE:
-            return image_pages(data, event.object_id, self.ocr)
-        if event.media_kind == MediaKind.MEDIA_KIND_DOCUMENT:
-            return extract_document(data, event.object_id, self.ocr, self.settings.max_pages)
-        return [Page(0, decode_text(data, event.object_id))]
+    def _chunks(self, event: ObjectEvent, data: bytes) -> tuple[list[TextChunk], list[int]]:
+        """Chunks and their page numbers, page by page; stops (PermanentError) at the chunk cap or the time budget,
+        before the rest of the object is extracted or tokenized."""
+        s = self.settings
+        budget = Budget(event.object_id, s.extract_budget_s)
+        tokenizer = self.encoder.load_tokenizer()
+        chunks: list[TextChunk] = []
+        numbers: list[int] = []
+        for page in self.extractor.pages(event.media_kind, data, event.object_id, event.content_type, budget):
+            room = s.max_chunks - len(chunks)
+            try:
+                found = chunk_text(page.text, tokenizer, s.chunk_tokens, s.chunk_overlap, room, budget.check)
+            except TooManyChunks as exc:
+                raise PermanentError(
+                    STAGE,
+                    event.object_id,
+                    f"more than the limit of {s.max_chunks} chunks (stopped at page {page.number}, "
+                    f"{exc.tokens} tokens into it)",
+                    "split the document or raise MMRAG_MAX_CHUNKS",
+                ) from exc
+            for c in found:
+                chunks.append(TextChunk(len(chunks), c.text, c.char_start, c.char_end, c.tokens))
+                numbers.append(page.number)
+        return chunks, numbers
 
     def _embed(self, pending: list[_Pending], results: list[ItemResult]) -> None:
         if not pending:
