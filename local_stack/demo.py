@@ -5,7 +5,6 @@ indexed, then runs text, image and cross-modal queries over gRPC and prints the 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from rich.table import Table
 from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import IndexState, IndexStatus
+from mmrag.settings import default_clip_model_dir
 from mmrag.topics import Topics
 
 console = Console()
@@ -42,15 +42,11 @@ TEXT_QUERIES = (
 )
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MMRAG_CACHE_DIR") or Path.home() / ".cache" / "kafka-mmrag")
-
-
 def ensure_demo_clip() -> Path:
     """The easy-vqa CLIP, trained once (~2 min on 2 cores) and cached; later runs reuse it."""
     from local_stack import clip_train
 
-    out = cache_dir() / "models" / "clip-easyvqa"
+    out = default_clip_model_dir()
     console.rule("[bold]demo CLIP model")
     clip_train.main(["--out", str(out)])
     return out

@@ -58,6 +58,15 @@ def stop_detached(pidfile: Path, timeout_s: float = 10) -> None:
     pidfile.unlink()
 
 
+def alive_pid(pidfile: Path) -> int | None:
+    """The pid a pidfile names while that process runs; None when there is no pidfile or the process is gone."""
+    try:
+        pid = int(json.loads(pidfile.read_text())["pid"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    return pid if _alive(pid) else None
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` still runs; reaps it when it is our exited child (a zombie would look alive forever)."""
     try:
@@ -67,6 +76,7 @@ def _alive(pid: int) -> bool:
         pass  # not our child: the signal probe below decides
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return state != "Z"  # a zombie whose parent has not reaped it yet has exited all the same

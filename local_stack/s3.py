@@ -10,6 +10,7 @@ from typing import Any
 from local_stack.processes import free_port, spawn_detached, stop_detached, wait_until
 
 ACCOUNT = "123456789012"
+_EVENTS = ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
 
 
 def start_moto(state_dir: Path, port: int | None = None) -> str:
@@ -42,14 +43,21 @@ def ensure_bucket_with_queue(s3: Any, sqs: Any, bucket: str, queue: str) -> str:
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if bucket not in existing:
         s3.create_bucket(Bucket=bucket)
-    queue_url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    queue_url = str(sqs.create_queue(QueueName=queue)["QueueUrl"])
+    connect_bucket(s3, sqs, bucket, queue_url)
+    return queue_url
+
+
+def connect_bucket(s3: Any, sqs: Any, bucket: str, queue_url: str) -> bool:
+    """Sends an existing bucket's created/removed events to the queue, keeping its other notification targets.
+
+    Returns False when it was connected already. A missing bucket raises the client's NoSuchBucket error."""
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]},
-            ]
-        },
-    )
-    return str(queue_url)
+    config = s3.get_bucket_notification_configuration(Bucket=bucket)
+    config.pop("ResponseMetadata", None)
+    queues = config.setdefault("QueueConfigurations", [])
+    if any(q.get("QueueArn") == arn and set(_EVENTS) <= set(q.get("Events", [])) for q in queues):
+        return False
+    queues.append({"QueueArn": arn, "Events": list(_EVENTS)})
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_stack.processes import free_port, spawn_detached, wait_until
+
+_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback)\b|\w+(Error|Exception):")
+
+
+def last_error_line(log: Path, tail_bytes: int = 65536) -> str:
+    """The last line of ``log`` that reports an error (ERROR/CRITICAL, a traceback, an exception); '' when none."""
+    if not log.exists():
+        return ""
+    with open(log, "rb") as handle:
+        handle.seek(max(0, log.stat().st_size - tail_bytes))
+        lines = handle.read().decode(errors="replace").splitlines()
+    errors = [line.strip() for line in lines if _ERROR_LINE.search(line)]
+    return errors[-1][:240] if errors else ""
 
 
 @dataclass
@@ -47,6 +61,10 @@ class Service:
     @property
     def pidfile(self) -> Path:
         return self.log_dir / f"{self.name}.pid.json"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

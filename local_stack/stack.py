@@ -10,7 +10,7 @@ from pathlib import Path
 
 from local_stack import kafka_broker
 from local_stack.milvus import start_milvus_lite, stop_milvus_lite
-from local_stack.processes import stop_detached
+from local_stack.processes import alive_pid, stop_detached
 from local_stack.s3 import ensure_bucket_with_queue, start_moto, stop_moto
 from local_stack.services import Service
 from mmrag.object_store import s3_client
@@ -39,20 +39,34 @@ class Endpoints:
         return cls(**json.loads(path.read_text())) if path.exists() else None
 
 
-def start_infra(state_dir: Path, nodes: int = 1) -> Endpoints:
-    """Starts (or, when running already, reuses) Kafka, the local S3 and milvus-lite under ``state_dir``."""
+def start_infra(
+    state_dir: Path,
+    nodes: int = 1,
+    kafka_port: int | None = None,
+    s3_port: int | None = None,
+    milvus_port: int | None = None,
+) -> Endpoints:
+    """Starts Kafka, the local S3 and milvus-lite under ``state_dir``; each one already running there is reused.
+
+    Ports: free ones unless given (Kafka: the first broker port; a restarted cluster keeps its earlier ports)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     kafka_broker.fetch_kafka_jars()
     cluster = kafka_broker.load_cluster(state_dir / "kafka")
     if cluster is None or not cluster.is_running():
-        cluster = kafka_broker.start_cluster(state_dir / "kafka", nodes)
-    running = Endpoints.load(state_dir)
-    if running is not None and (state_dir / "moto.json").exists() and (state_dir / "milvus.json").exists():
-        endpoints = Endpoints(cluster.bootstrap_servers, running.s3_endpoint_url, running.milvus_uri)
-    else:
-        endpoints = Endpoints(cluster.bootstrap_servers, start_moto(state_dir), start_milvus_lite(state_dir))
+        ready_s = 60 * nodes  # several JVMs booting on a busy small machine take their time
+        cluster = kafka_broker.start_cluster(state_dir / "kafka", nodes, first_port=kafka_port, ready_timeout_s=ready_s)
+    s3 = _running_url(state_dir / "moto.json", "url") or start_moto(state_dir, s3_port)
+    milvus = _running_url(state_dir / "milvus.json", "uri") or start_milvus_lite(state_dir, milvus_port)
+    endpoints = Endpoints(cluster.bootstrap_servers, s3, milvus)
     endpoints.save(state_dir)
     return endpoints
+
+
+def _running_url(pidfile: Path, key: str) -> str | None:
+    """The address a pidfile records while its process runs (None when it is gone: start it again)."""
+    if alive_pid(pidfile) is None:
+        return None
+    return str(json.loads(pidfile.read_text())[key])
 
 
 def stop_infra(state_dir: Path) -> None:

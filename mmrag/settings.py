@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,17 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mmrag.topics import Topics
+
+
+def cache_dir() -> Path:
+    """The project's per-user cache (Kafka jars, models, the local stack): $MMRAG_CACHE_DIR or ~/.cache/kafka-mmrag."""
+    return Path(os.environ.get("MMRAG_CACHE_DIR") or Path.home() / ".cache" / "kafka-mmrag")
+
+
+def default_clip_model_dir() -> Path:
+    """Where the services look for CLIP unless MMRAG_CLIP_MODEL_DIR says otherwise, and where the demo and
+    `mmrag stack up` put the demo CLIP: one place for both."""
+    return cache_dir() / "models" / "clip-easyvqa"
 
 
 class BaseServiceSettings(BaseSettings):
@@ -64,7 +76,7 @@ class SpaceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
 
-    clip_model_dir: Path = Path(".mmrag/models/clip-easyvqa")
+    clip_model_dir: Path = Field(default_factory=default_clip_model_dir)
     # w_t² + w_i² = 1: a record with both halves is a unit vector, so its inner product is a weighted cosine.
     # Text leans heavier because CLIP's text-image cosines run high for any text (see docs/architecture.md).
     text_weight: float = 0.8
