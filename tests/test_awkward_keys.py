@@ -219,7 +219,6 @@ def deployment_index(deployment: Deployment) -> MilvusIndex:
 
 
 @pytest.mark.kafka
-@pytest.mark.slow
 def test_awkward_keys_indexed_then_deleted_end_to_end(deployment: Deployment, bootstrap: str) -> None:
     from local_stack.stack import start_services
 
