@@ -1,4 +1,4 @@
-"""Object reads of a poll batch kept in flight up to a byte budget.
+"""Object reads of a poll batch kept in flight up to a byte budget, and objects refused by size before any read.
 
 The sizes come from the events, so a batch of large objects is never all in memory at once: reads are queued in
 order while the bytes read and not yet released stay within the budget (always at least one read, so an object
@@ -10,6 +10,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
+
+from mmrag.errors import PermanentError
+from mmrag.object_store import ObjectStore
+from mmrag.pb.events_pb2 import MediaKind, ObjectEvent
+
+
+def size_refusal(event: ObjectEvent, limit: int, stage: str, setting: str) -> PermanentError | None:
+    """The error for an object whose event says it is over ``limit`` bytes (``setting`` names the knob), else None:
+    decided from the event, so not one byte of it is read."""
+    if event.size <= limit:
+        return None
+    kind = MediaKind.Name(event.media_kind).removeprefix("MEDIA_KIND_").lower()
+    return PermanentError(
+        stage,
+        event.object_id,
+        f"{event.size} bytes is over the {kind} limit of {limit} bytes; not read",
+        f"split the object or raise {setting}",
+    )
 
 
 class ReadAhead:
@@ -59,3 +77,13 @@ class ReadAhead:
         self._reads[i] = self._pool.submit(self._read, i)
         self._held += self._sizes[i]
         self._next += 1
+
+
+def object_reads(pool: Executor, store: ObjectStore, events: Sequence[ObjectEvent], budget_bytes: int) -> ReadAhead:
+    """The events' objects (the versions they name), read ahead in order within ``budget_bytes``."""
+    return ReadAhead(
+        pool,
+        lambda n: store.get(events[n].bucket, events[n].key, events[n].version_id),
+        [event.size for event in events],
+        budget_bytes,
+    )

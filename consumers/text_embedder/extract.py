@@ -170,8 +170,7 @@ class Extractor:
         textpage.close()
         if not text.strip():
             width, height = page.get_size()  # points (1/72 inch)
-            scale = min(OCR_DPI / 72, math.sqrt(self.limits.max_ocr_pixels / max(1.0, width * height)))
-            image = page.render(scale=scale).to_pil()
+            image = page.render(scale=min(OCR_DPI / 72, _fit_scale(width, height, self.limits.max_ocr_pixels))).to_pil()
             text = self.ocr.image_text(image, subject, budget.remaining())
         page.close()
         return text
@@ -197,6 +196,13 @@ class Extractor:
                 f"more than {self.limits.max_text_chars} characters of text",
                 "split the document or raise MMRAG_MAX_TEXT_CHARS",
             )
+
+
+def _fit_scale(width: float, height: float, max_pixels: int) -> float:
+    """The largest scale whose rendering (each side rounded up) stays within ``max_pixels``:
+    (w*s + 1)(h*s + 1) <= max_pixels, solved for s."""
+    w, h = max(width, 1.0), max(height, 1.0)
+    return (-(w + h) + math.sqrt((w + h) ** 2 + 4 * w * h * (max_pixels - 1))) / (2 * w * h)
 
 
 class TesseractOcr:

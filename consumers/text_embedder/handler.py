@@ -21,7 +21,7 @@ from mmrag.messages import Envelope, Output
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.object_store import ObjectStore
 from mmrag.pb.events_pb2 import Chunk, MediaKind, Modality, ObjectEvent
-from mmrag.read_ahead import ReadAhead
+from mmrag.read_ahead import ReadAhead, object_reads, size_refusal
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, S3Settings, SpaceSettings
 from mmrag.text_encoder import MAX_TOKENS, MiniLMEncoder
@@ -171,26 +171,13 @@ class TextEmbedder:
     def _read_ahead(self, events: list[ObjectEvent]) -> ReadAhead:
         """Reads of the batch's objects, queued in order within MMRAG_FETCH_BUDGET_BYTES."""
         assert self._fetch_pool is not None, "warm_up() starts the pools"
-        return ReadAhead(
-            self._fetch_pool,
-            lambda n: self.store.get(events[n].bucket, events[n].key, events[n].version_id),
-            [event.size for event in events],
-            self.settings.fetch_budget_bytes,
-        )
+        return object_reads(self._fetch_pool, self.store, events, self.settings.fetch_budget_bytes)
 
     def _over_size(self, event: ObjectEvent) -> PermanentError | None:
         """Refuses an object by its event's size before any byte of it is read."""
-        limit = self.settings.max_bytes(event.media_kind)
-        if event.size <= limit:
-            return None
-        kind = MediaKind.Name(event.media_kind).removeprefix("MEDIA_KIND_").lower()
-        setting = {"image": "MMRAG_MAX_IMAGE_BYTES", "document": "MMRAG_MAX_DOCUMENT_BYTES"}.get(kind)
-        return PermanentError(
-            STAGE,
-            event.object_id,
-            f"{event.size} bytes is over the {kind} limit of {limit}; not read",
-            f"split the object or raise {setting or 'MMRAG_MAX_TEXT_BYTES'}",
-        )
+        kind = event.media_kind
+        setting = {MediaKind.MEDIA_KIND_IMAGE: "IMAGE", MediaKind.MEDIA_KIND_DOCUMENT: "DOCUMENT"}.get(kind, "TEXT")
+        return size_refusal(event, self.settings.max_bytes(kind), STAGE, f"MMRAG_MAX_{setting}_BYTES")
 
     def _chunked(self, index: int, event: ObjectEvent, reads: ReadAhead, n: int) -> list[_Pending]:
         try:

@@ -21,6 +21,7 @@ from mmrag.messages import Envelope, Output
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.object_store import ObjectStore
 from mmrag.pb.events_pb2 import Chunk, MediaKind, Modality, ObjectEvent
+from mmrag.read_ahead import ReadAhead, object_reads, size_refusal
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, S3Settings, SpaceSettings
 
@@ -37,6 +38,10 @@ class VisionEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     device: str | None = None
     precision: str = Field(default="auto", description="auto = fp16 on CUDA; on CPU fp32 or bf16, timed at warm-up")
     model_batch: int = Field(default=16, description="images per CLIP forward pass")
+    max_image_bytes: int = Field(default=32 << 20, description="images over this size (the event's) are refused")
+    fetch_budget_bytes: int = Field(
+        default=256 << 20, description="bytes of a batch's images read ahead and not yet decoded (event sizes)"
+    )
     decode_workers: int = 2
     fetch_workers: int | None = Field(
         default=None,
@@ -89,26 +94,36 @@ class VisionEmbedder:
             if env.value is None:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_IMAGE)]
             elif env.value.media_kind == MediaKind.MEDIA_KIND_IMAGE:
-                todo.append((i, env.value))
+                refused = size_refusal(env.value, self.settings.max_image_bytes, STAGE, "MMRAG_MAX_IMAGE_BYTES")
+                if refused is None:
+                    todo.append((i, env.value))
+                else:
+                    results[i] = refused
         assert self._pool is not None and self._fetch_pool is not None, "warm_up() starts the pools"
         pool = self._pool
-        reads = [self._fetch_pool.submit(self.store.get, e.bucket, e.key, e.version_id) for _, e in todo]
+        events = [event for _, event in todo]
+        reads = object_reads(self._fetch_pool, self.store, events, self.settings.fetch_budget_bytes)
         step = self.settings.model_batch
         parts = range(0, len(todo), step)
 
         def decodes(start: int) -> list[Future[Image.Image]]:
-            part = zip(todo[start : start + step], reads[start : start + step], strict=True)
-            return [pool.submit(self._decode, event, read) for (_, event), read in part]
+            return [
+                pool.submit(self._decode, event, reads, start + n)
+                for n, event in enumerate(events[start : start + step])
+            ]
 
         ahead = {start: decodes(start) for start in parts} if self._overlap else {}
         for start in parts:
             self._embed(todo[start : start + step], ahead.get(start) or decodes(start), results)
         return results
 
-    def _decode(self, event: ObjectEvent, read: Future[bytes]) -> Image.Image:
-        data = read.result()
-        started = time.perf_counter()
-        image = decode_image(data, event.object_id, STAGE, self._min_side)
+    def _decode(self, event: ObjectEvent, reads: ReadAhead, n: int) -> Image.Image:
+        try:
+            data = reads.result(n)
+            started = time.perf_counter()
+            image = decode_image(data, event.object_id, STAGE, self._min_side)
+        finally:
+            reads.release(n)
         DECODE_SECONDS.observe(time.perf_counter() - started)
         return image
 
