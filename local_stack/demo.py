@@ -22,6 +22,7 @@ from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import IndexState, IndexStatus
 from mmrag.settings import default_clip_model_dir
 from mmrag.topics import Topics
+from operator_cli.ask import stream_answer
 
 console = Console()
 IMAGES_PER_CAPTION = 2
@@ -40,6 +41,8 @@ TEXT_QUERIES = (
     "what happens when a producer crashes inside a transaction",
     "how to bake bread",
 )
+
+QUESTION = "How do Kafka consumer groups share the partitions of a topic?"
 
 
 def ensure_demo_clip() -> Path:
@@ -178,6 +181,8 @@ def _upload_and_query(dep: Deployment) -> None:
         wait_indexed(dep, {f"{dep.bucket}/{key}" for _, key in files})
         console.print(f"indexed in {time.monotonic() - t0:.1f}s")
         run_queries(dep.grpc_port, next(p for p, k in files if "blue-triangle" in k))
+        console.rule(f"[bold]ask: {QUESTION}")
+        stream_answer(f"127.0.0.1:{dep.grpc_port}", QUESTION, top_k=8, timeout_s=120, console=console)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

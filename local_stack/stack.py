@@ -122,7 +122,15 @@ class Deployment:
         return Service(label, SERVICE_MODULES[name], env, self.state_dir / "logs")
 
     def all_services(self) -> list[Service]:
-        names = ["sqs_bridge", "normalizer", "text_embedder", "vision_embedder", "index_updater", "query_service"]
+        names = [
+            "sqs_bridge",
+            "normalizer",
+            "text_embedder",
+            "vision_embedder",
+            "index_updater",
+            "query_service",
+            "llm_worker",
+        ]
         services = [self.service(n) for n in names]
         services += [self.service("retrieval_worker", str(k), MMRAG_SHARD=str(k)) for k in range(self.shards)]
         return services

@@ -7,15 +7,20 @@ import threading
 
 from mmrag.clip import ClipEncoder
 from mmrag.kafka_clients import make_producer
+from mmrag.pb.events_pb2 import GenerateChunk, SearchReply
 from mmrag.request_reply import FAST_PRODUCER
 from mmrag.service import service_main
 from mmrag.space import space_from_settings
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
+from query_service.ask import Asker, AskLimits
+from query_service.generation import GenerationClient
+from query_service.llm_breaker import LlmBreaker, WorkerPresence
 from query_service.query_encoder import QueryEncoder
-from query_service.reply_router import ReplyRouter
+from query_service.reply_client import RequestReplyClient
 from query_service.search import ShardedSearch
 from query_service.server import QueryServicer, QueryServiceSettings, serve
+from query_service.status_view import StatusView
 
 
 class QueryService:
@@ -30,14 +35,37 @@ class QueryService:
             space, MiniLMEncoder(threads=s.torch_threads), ClipEncoder(s.clip_model_dir, threads=s.torch_threads)
         )
         encoder.warm_up()
-        router = ReplyRouter(s.bootstrap_servers, s.topics.search_replies, s.reply_partition, s.instance_id)
-        router.start()
+        t = s.topics
+        replies = RequestReplyClient(
+            s.bootstrap_servers,
+            {t.search_replies: SearchReply, t.llm_replies: GenerateChunk},
+            s.reply_partition,
+            s.instance_id,
+        )
+        replies.start()
+        presence = WorkerPresence(s.bootstrap_servers, s.llm_group, t.llm_requests, s.llm_presence_interval_s)
+        presence.start()
+        breaker = LlmBreaker(s.llm_breaker_fail_max, s.llm_breaker_reset_s)
+        self.probes.add_check("replies", replies.health)
+        self.probes.add_check("llm", lambda: (True, f"{breaker.detail()}, llm workers: {presence.workers}"))
         producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
-        search = ShardedSearch(producer, router, s.topics.search_requests, space.id, s.shards)
+        search = ShardedSearch(producer, replies, t.search_requests, t.search_replies, space.id, s.shards)
+        generation = GenerationClient(
+            producer, replies, t.llm_requests, t.llm_replies, s.llm_first_token_timeout_s, s.llm_stall_timeout_s
+        )
+        limits = AskLimits(
+            s.search_timeout_s, s.ask_timeout_s, s.ask_max_sources, s.ask_chunks_per_source, s.ask_max_tokens
+        )
+        asker = Asker(limits, encoder, search, generation, breaker, presence)
+        status_view = StatusView(s.bootstrap_servers, t, s.instance_id)
+        status_view.start()
+        self.probes.add_check("status-view", status_view.health)
         try:
-            serve(s, QueryServicer(s, encoder, search), self.probes, stop)
+            serve(s, QueryServicer(s, encoder, search, asker, status_view), self.probes, stop)
         finally:
-            router.close()
+            status_view.close()
+            presence.close()
+            replies.close()
             producer.flush(5)
 
 

@@ -17,7 +17,7 @@ from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
 from mmrag.producing import produce_outputs
 from mmrag.request_reply import ReplyAddress
 from mmrag.telemetry import inject_context
-from query_service.reply_router import ReplyRouter
+from query_service.reply_client import RequestReplyClient
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,19 @@ def merge_top_k(replies: list[SearchReply], top_k: int) -> list[ShardHit]:
 
 
 class ShardedSearch:
-    def __init__(self, producer: Any, router: ReplyRouter, requests_topic: str, space_id: str, shards: int) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        replies: RequestReplyClient,
+        requests_topic: str,
+        replies_topic: str,
+        space_id: str,
+        shards: int,
+    ) -> None:
         self.producer = producer
-        self.router = router
+        self.replies = replies
         self.requests_topic = requests_topic
+        self.replies_topic = replies_topic
         self.space_id = space_id
         self.shards = shards
 
@@ -66,14 +75,21 @@ class ShardedSearch:
         """Never raises for slow shards: whatever answered in time is merged and the rest listed as missing."""
         start = time.monotonic()
         cid = uuid.uuid4().hex
-        address = ReplyAddress(cid, self.router.topic, self.router.partition, now_ms() + int(timeout_s * 1000))
+        address = ReplyAddress(cid, self.replies_topic, self.replies.partition, now_ms() + int(timeout_s * 1000))
         request = SearchRequest(
             correlation_id=cid, space_id=self.space_id, query_vector=vector.tolist(), top_k=top_k, query_text=query_text
         )
-        pending = self.router.expect(cid, self.shards)
-        produce_outputs(self.producer, [Output(self.requests_topic, cid, request, inject_context(address.headers()))])
-        self.producer.poll(0)
-        replies = self.router.wait(cid, pending, start + timeout_s)
+        replies: list[SearchReply] = []
+        with self.replies.expect(cid) as pending:
+            produce_outputs(
+                self.producer, [Output(self.requests_topic, cid, request, inject_context(address.headers()))]
+            )
+            self.producer.poll(0)
+            while len(replies) < self.shards:
+                reply = pending.next(start + timeout_s)
+                if reply is None:
+                    break
+                replies.append(reply)  # type: ignore[arg-type]
         answered = {r.shard for r in replies if not r.error}
         outcome = SearchOutcome(
             hits=merge_top_k([r for r in replies if not r.error], top_k),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
@@ -16,8 +17,10 @@ from mmrag.errors import PermanentError
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
 from mmrag.telemetry import Probes
+from query_service.ask import Asker, RetrievalUnavailableError
 from query_service.query_encoder import QueryEncoder
 from query_service.search import ShardedSearch
+from query_service.status_view import StatusView, answer_status
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
@@ -31,13 +34,33 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     default_top_k: int = 10
     max_top_k: int = 100
     grpc_workers: int = 8
+    # Ask: sources, generation through llm.requests.v1, the breaker and the degraded answer
+    ask_timeout_s: float = Field(default=60.0, description="an Ask's whole budget when the client sets no deadline")
+    ask_max_sources: int = Field(default=5, ge=1, description="numbered sources (one per object) given to the LLM")
+    ask_chunks_per_source: int = Field(default=2, ge=1, description="best chunks of one object joined in a source")
+    ask_max_tokens: int = Field(default=256, ge=1)
+    llm_group: str = "llm-workers"
+    llm_first_token_timeout_s: float = Field(default=5.0, description="slower counts as a failure: degrade")
+    llm_stall_timeout_s: float = Field(default=5.0, description="longest gap between two answer chunks")
+    llm_breaker_fail_max: int = Field(default=3, ge=1, description="consecutive LLM failures that open the breaker")
+    llm_breaker_reset_s: float = Field(default=15.0, description="open this long, then requests probe (half-open)")
+    llm_presence_interval_s: float = Field(default=1.0, description="how often the LLM workers' group is looked at")
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    def __init__(self, settings: QueryServiceSettings, encoder: QueryEncoder, search: ShardedSearch) -> None:
+    def __init__(
+        self,
+        settings: QueryServiceSettings,
+        encoder: QueryEncoder,
+        search: ShardedSearch,
+        asker: Asker | None = None,
+        status_view: StatusView | None = None,
+    ) -> None:
         self.settings = settings
         self.encoder = encoder
         self.sharded = search
+        self.asker = asker
+        self.status_view = status_view
 
     def Search(self, request: query_pb2.SearchQuery, context: Any) -> query_pb2.SearchResponse:  # noqa: N802
         top_k = request.top_k or self.settings.default_top_k
@@ -73,13 +96,27 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             )
         return response
 
-    def Ask(self, request: query_pb2.AskRequest, context: Any) -> query_pb2.AskResponse:  # noqa: N802
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Ask arrives with the LLM workers; use Search meanwhile")
-        raise AssertionError("context.abort raises")
+    def Ask(self, request: query_pb2.AskRequest, context: Any) -> Iterator[query_pb2.AskResponse]:  # noqa: N802
+        """Streams the sources, the answer deltas, then the final message (see query_service/ask.py)."""
+        asker = self.asker
+        if asker is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Ask needs the LLM path; this server was built without it")
+            return
+        top_k = request.top_k or self.settings.default_top_k
+        if not request.question.strip() or not 0 < top_k <= self.settings.max_top_k:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a question and top_k 1..{self.settings.max_top_k}")
+        try:
+            yield from asker.ask(request.question, top_k, request.max_tokens, context.time_remaining())
+        except RetrievalUnavailableError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except (ValueError, PermanentError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"question: {exc}")
 
-    def GetObjectStatus(self, request: Any, context: Any) -> query_pb2.ObjectStatusResponse:  # noqa: N802
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetObjectStatus is not served yet; read index-status.v1")
-        raise AssertionError("context.abort raises")
+    def GetObjectStatus(  # noqa: N802
+        self, request: query_pb2.ObjectStatusRequest, context: Any
+    ) -> query_pb2.ObjectStatusResponse:
+        """Is it searchable yet: from the status view (query_service/status_view.py)."""
+        return answer_status(self.status_view, request.object_id, context)
 
 
 def serve(settings: QueryServiceSettings, servicer: QueryServicer, probes: Probes, stop: threading.Event) -> None:

@@ -1,0 +1,30 @@
+"""Settings of the LLM worker deployable (MMRAG_ prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from consumers.llm_worker.models import DEFAULT_MODEL, MODELS
+from mmrag.settings import BaseServiceSettings
+
+
+class LlmWorkerSettings(BaseServiceSettings):
+    group: str = "llm-workers"
+    llm_backend: Literal["llamacpp", "openai"] = "llamacpp"
+    llm_model: str = Field(default=DEFAULT_MODEL, description=f"packaged GGUF for llamacpp: one of {list(MODELS)}")
+    llm_model_path: Path | None = Field(default=None, description="a GGUF file instead of a packaged model")
+    llm_threads: int = Field(default=2, ge=0, description="llama.cpp threads; 0 = llama.cpp's default")
+    llm_context_tokens: int = Field(default=2048, ge=256, description="context window the prompt is trimmed to")
+    llm_max_tokens: int = Field(default=256, ge=1, description="answer length cap (requests may ask for less)")
+    llm_base_url: str = Field(default="http://127.0.0.1:8000/v1", description="openai backend: the /v1 base URL")
+    llm_api_key: SecretStr = SecretStr("")
+    llm_server_model: str = Field(default="", description="openai backend: model name; empty = the first listed")
+    llm_http_timeout_s: float = 60.0
+    llm_system_role: bool = Field(
+        default=True, description="False: the instruction opens the user turn (templates without a system turn)"
+    )
+    llm_chat_format: str | None = Field(default=None, description="with llm_model_path: a llama-cpp-python format")
+    llm_http_concurrency: int = Field(default=4, ge=1, description="openai backend: generations in flight at once")

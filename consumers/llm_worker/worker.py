@@ -1,0 +1,196 @@
+"""The LLM worker's loop: takes requests as the model has room, generates beside the poll loop (a thread per
+generation slot), streams GenerateChunks to each requester's reply partition.
+
+Requests are interactive: a request's offset is committed when it is taken, so a crashed worker's requests are not
+generated twice; their requesters' deadlines turn them into degraded answers (and a redelivered request would be
+past its deadline anyway). While every slot is busy the assignment is paused and the loop keeps polling."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from consumers.llm_worker.generator import Delta, GenerationError, GenerationParams, Generator
+from consumers.llm_worker.prompt import build_prompt
+from consumers.llm_worker.settings import LlmWorkerSettings
+from mmrag.dlq import Origin, dead_letter
+from mmrag.errors import PermanentError
+from mmrag.kafka_clients import decode_headers, make_consumer, make_producer
+from mmrag.messages import Output, proto_decoder
+from mmrag.metrics import LATENCY_BUCKETS
+from mmrag.pb.events_pb2 import GenerateChunk, GenerateRequest
+from mmrag.producing import Deliveries, flush_or_raise, produce_outputs
+from mmrag.request_reply import CORRELATION_ID, FAST_CONSUMER, FAST_PRODUCER, ReplyAddress, reply_address
+from mmrag.telemetry import Probes, extract_context, inject_context, setup_tracing
+
+log = logging.getLogger(__name__)
+STAGE = "llm_worker"
+EXPIRED = Counter("mmrag_llm_requests_expired_total", "Generate requests dropped unworked: their deadline had passed")
+GENERATIONS = Counter("mmrag_llm_generations_total", "Generations by finish reason", ["finish_reason"])
+FIRST_TOKEN = Histogram("mmrag_llm_first_token_seconds", "Request taken to first token", buckets=LATENCY_BUCKETS)
+GENERATION_SECONDS = Histogram("mmrag_llm_generation_seconds", "Request taken to final chunk", buckets=LATENCY_BUCKETS)
+TOKENS = Counter("mmrag_llm_tokens_total", "Tokens by kind (prompt, completion)", ["kind"])
+BUSY = Gauge("mmrag_llm_busy_slots", "Generations running now")
+
+
+@dataclass(frozen=True)
+class Job:
+    request: GenerateRequest
+    address: ReplyAddress
+    headers: dict[str, str]
+
+
+class LlmWorker:
+    def __init__(self, settings: LlmWorkerSettings, generator: Generator, probes: Probes) -> None:
+        self.settings = settings
+        self.generator = generator
+        self.probes = probes
+        self._decode = proto_decoder(GenerateRequest, STAGE)
+        self._tracer = setup_tracing(STAGE)
+        self._running: list[Future[None]] = []
+        self._stop = threading.Event()
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._paused = False
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self.generator.warm_up()
+        s = self.settings
+        self._consumer = make_consumer(s.bootstrap_servers, s.group, **FAST_CONSUMER)
+        self._producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
+        pool = ThreadPoolExecutor(self.generator.concurrency, thread_name_prefix="generate")
+        self._consumer.subscribe([s.topics.llm_requests])
+        self.probes.set_ready(True)
+        log.info("llm worker ready: model %s, %d slot(s)", self.generator.model, self.generator.concurrency)
+        try:
+            while not stop.is_set():
+                self.step(pool)
+        finally:
+            self.probes.set_ready(False, "stopping")
+            pool.shutdown(wait=True)  # generations see ``stop`` and finish their stream early
+            self._producer.flush(10)
+            self._consumer.close()
+
+    def step(self, pool: ThreadPoolExecutor) -> None:
+        """One turn of the loop: take as many requests as there are free slots, else keep polling paused."""
+        self._running = [f for f in self._running if not f.done()]
+        room = self.generator.concurrency - len(self._running)
+        assignment = self._consumer.assignment()
+        if room <= 0:
+            self._consumer.pause(assignment)  # again each turn: a rebalance may have added partitions
+            self._paused = True
+            msg = self._consumer.poll(0.05)
+            if msg is not None and not msg.error():  # fetched before the pause took: read it again later
+                self._consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            self._producer.poll(0)
+            return
+        if self._paused:
+            self._consumer.resume(assignment)
+            self._paused = False
+        for msg in self._consumer.consume(num_messages=room, timeout=0.05):
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("llm worker consumer: %s", msg.error())
+                continue
+            job = self._take(msg)
+            self._consumer.commit(
+                offsets=[TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)], asynchronous=True
+            )
+            if job is not None:
+                self._running.append(pool.submit(self._generate, job))
+        self._producer.poll(0)
+
+    def _take(self, msg: Any) -> Job | None:
+        """The job of a request, or None when it is expired (counted) or bad (dead-lettered, durably)."""
+        headers = decode_headers(msg.headers())
+        address = reply_address(headers)
+        try:
+            request = self._decode(msg.value(), headers)
+            if address is None or request is None:
+                raise PermanentError(
+                    STAGE,
+                    f"request {msg.key()!r}",
+                    "no reply address headers or empty body",
+                    "send correlation_id, reply_topic, reply_partition and deadline_ms headers with a GenerateRequest",
+                )
+        except PermanentError as exc:
+            origin = Origin(msg.topic(), msg.partition(), msg.offset())
+            key = msg.key().decode(errors="replace") if msg.key() else None
+            deliveries = Deliveries()
+            dlq = dead_letter(
+                self.settings.topics.dlq, key, msg.value(), headers, stage=STAGE, error=exc, origin=origin
+            )
+            produce_outputs(self._producer, [dlq], deliveries)
+            flush_or_raise(self._producer, deliveries)
+            return None
+        if address.expired:
+            EXPIRED.inc()
+            log.info("request %s expired before it was taken: dropped", address.correlation_id)
+            return None
+        return Job(request, address, headers)
+
+    def _generate(self, job: Job) -> None:
+        """Streams one answer; every way it ends sends a final chunk (the requester may still be listening)."""
+        BUSY.inc()
+        start = time.monotonic()
+        with self._tracer.start_as_current_span("generate", context=extract_context(job.headers)):
+            try:
+                self._stream(job, start)
+            except (GenerationError, ValueError) as exc:
+                log.warning("generation %s failed: %s", job.address.correlation_id, exc)
+                self._send(job, GenerateChunk(final=True, error=str(exc), finish_reason="error"))
+                GENERATIONS.labels("error").inc()
+            except Exception as exc:  # a bug must not kill the slot silently: the requester hears of it
+                log.exception("generation %s crashed", job.address.correlation_id)
+                self._send(job, GenerateChunk(final=True, error=f"{type(exc).__name__}: {exc}", finish_reason="error"))
+                GENERATIONS.labels("error").inc()
+            finally:
+                BUSY.dec()
+                GENERATION_SECONDS.observe(time.monotonic() - start)
+
+    def _stream(self, job: Job, start: float) -> None:
+        req, s, gen = job.request, self.settings, self.generator
+        max_tokens = min(req.max_tokens or s.llm_max_tokens, s.llm_max_tokens)
+        prompt = build_prompt(req, max_tokens, gen.context_tokens, gen.count_tokens)
+        params = GenerationParams(max_tokens, req.temperature, req.top_p)
+        cancel = threading.Event()
+        seq, last = 0, Delta("")
+        for delta in gen.stream(prompt.messages, params, cancel):
+            if delta.text:
+                if seq == 0:
+                    FIRST_TOKEN.observe(time.monotonic() - start)
+                self._send(job, GenerateChunk(seq=seq, text=delta.text))
+                seq += 1
+            last = delta if delta.finish_reason else last
+            if self._stop.is_set() or job.address.expired:
+                cancel.set()
+        finish = "deadline" if job.address.expired and last.finish_reason == "cancelled" else last.finish_reason
+        final = GenerateChunk(
+            seq=seq,
+            final=True,
+            finish_reason=finish,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+            model=gen.model,
+            sources_given=prompt.sources_given,
+        )
+        self._send(job, final)
+        GENERATIONS.labels(finish).inc()
+        TOKENS.labels("prompt").inc(last.prompt_tokens)
+        TOKENS.labels("completion").inc(last.completion_tokens)
+
+    def _send(self, job: Job, chunk: GenerateChunk) -> None:
+        cid = job.address.correlation_id
+        chunk.correlation_id = cid
+        headers = inject_context({CORRELATION_ID: cid})
+        produce_outputs(
+            self._producer, [Output(job.address.topic, cid, chunk, headers, partition=job.address.partition)]
+        )

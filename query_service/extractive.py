@@ -1,0 +1,103 @@
+"""The degraded answer: the sentences of the top sources that best match the question, each cited."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from query_service.sources import Source
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"[a-z0-9]+")
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "their",
+        "there",
+        "these",
+        "this",
+        "to",
+        "was",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+    ]
+)
+MIN_WORDS = 4
+
+
+def terms(text: str) -> set[str]:
+    """Content words, lower-cased, a plural "s" dropped ("partitions" meets "partition")."""
+    found = set()
+    for word in _WORD.findall(text.lower()):
+        if word in _STOPWORDS or len(word) < 2:
+            continue
+        found.add(word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word)
+    return found
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences of prose; markdown headings, bullets' markers and fragments under MIN_WORDS words are left out."""
+    found = []
+    for part in _SENTENCE_END.split(text):
+        sentence = part.strip().lstrip("-*• ").strip()
+        if sentence.startswith("#") or len(sentence.split()) < MIN_WORDS:
+            continue
+        found.append(sentence)
+    return found
+
+
+def extractive_answer(question: str, sources: Sequence[Source], max_sentences: int = 3, top_sources: int = 3) -> str:
+    """Up to ``max_sentences`` sentences of the ``top_sources`` best sources, scored by question-term overlap
+    (length-normalized), in source order, each followed by its citation; the top source's first sentence when
+    nothing overlaps; an empty string without sources."""
+    wanted = terms(question)
+    scored: list[tuple[float, int, int, str]] = []
+    for rank, source in enumerate(sources[:top_sources]):
+        for position, sentence in enumerate(sentences(source.text)):
+            words = terms(sentence)
+            overlap = len(wanted & words)
+            if overlap:
+                scored.append((overlap / math.sqrt(len(words)), rank, position, sentence))
+    best = sorted(scored, key=lambda s: (-s[0], s[1], s[2]))[:max_sentences]
+    if not best:
+        for source in sources:
+            first = sentences(source.text)
+            if first:
+                return f"{first[0]} [{source.number}]"
+        return ""
+    picked = sorted(best, key=lambda s: (s[1], s[2]))
+    return " ".join(f"{sentence} [{sources[rank].number}]" for _, rank, _, sentence in picked)
