@@ -194,6 +194,25 @@ def test_object_store_round_trips_every_awkward_key(deployment: Deployment) -> N
     assert {key: store.read_prefix(bucket, key, 7) for key in bodies} == {k: b[:7] for k, b in bodies.items()}
 
 
+@pytest.mark.kafka
+def test_listings_and_change_records_keep_every_awkward_key(deployment: Deployment) -> None:
+    """The backfill's and the watch's ListObjectsV2 listings give the raw keys, and a listed change survives the
+    canonical record on s3-events.v1 (URL-encoded, then decoded by the normalizer) unchanged."""
+    from producers.backfill import listed_change
+    from producers.s3_events import parse_notification
+    from producers.watch import bucket_etags
+
+    client = s3_client(deployment.s3_settings())
+    bucket = f"{deployment.bucket}-list"
+    client.create_bucket(Bucket=bucket)
+    for key in AWKWARD_KEYS:
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    assert sorted(bucket_etags(client, bucket, "")) == sorted(AWKWARD_KEYS)
+    listed = client.list_objects_v2(Bucket=bucket)["Contents"]
+    changes = [parse_notification(listed_change(bucket, obj).to_body(), "test")[0] for obj in listed]
+    assert sorted(c.object_id for c in changes) == sorted(f"{bucket}/{key}" for key in AWKWARD_KEYS)
+
+
 def in_state(bootstrap: str, topic: str, bucket: str, state: int) -> set[str]:
     """Objects of ``bucket`` whose latest index status is ``state``."""
     latest = {}
