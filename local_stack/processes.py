@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 
@@ -43,19 +44,26 @@ def spawn_detached(
 
 def stop_detached(pidfile: Path, timeout_s: float = 10) -> None:
     """SIGTERM the process group a pidfile names (SIGKILL after timeout); no error when it is gone already."""
-    if not pidfile.exists():
-        return
-    pid = int(json.loads(pidfile.read_text())["pid"])
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
+    stop_all_detached([pidfile], timeout_s)
+
+
+def stop_all_detached(pidfiles: list[Path], timeout_s: float = 10) -> None:
+    """``stop_detached`` for several at once: all get SIGTERM together, so they finish in parallel."""
+    pids = {}
+    for pidfile in pidfiles:
+        if pidfile.exists():  # the whole process group: what the process started goes too
+            pids[pidfile] = int(json.loads(pidfile.read_text())["pid"])
+            with suppress(ProcessLookupError):
+                os.killpg(pids[pidfile], signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids.values()):
+        time.sleep(0.1)
+    for pid in pids.values():
         if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    pidfile.unlink()
+            with suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    for pidfile in pidfiles:
+        pidfile.unlink(missing_ok=True)
 
 
 def alive_pid(pidfile: Path) -> int | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from local_stack import kafka_broker
 from local_stack.milvus import start_milvus_lite, stop_milvus_lite
-from local_stack.processes import alive_pid, stop_detached
+from local_stack.processes import alive_pid, stop_all_detached
 from local_stack.s3 import ensure_bucket_with_queue, start_moto, stop_moto
 from local_stack.services import Service
 from mmrag.object_store import s3_client
@@ -147,5 +147,4 @@ def start_services(services: list[Service], timeout_s: float = 180) -> list[Serv
 
 def stop_services(state_dir: Path) -> None:
     """Stops every service a stack under ``state_dir`` started (their pidfiles), even from another process."""
-    for pidfile in sorted((state_dir / "logs").glob("*.pid.json")):
-        stop_detached(pidfile, timeout_s=20)
+    stop_all_detached(sorted((state_dir / "logs").glob("*.pid.json")), timeout_s=20)
