@@ -121,12 +121,21 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
 def serve(settings: QueryServiceSettings, servicer: QueryServicer, probes: Probes, stop: threading.Event) -> None:
     """Serves until ``stop``; gRPC health turns SERVING with readiness, reflection lets grpcurl discover it."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.grpc_workers))
+    # No SO_REUSEPORT: by default gRPC shares a taken port silently, and a second server would take half the calls.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.grpc_workers), options=[("grpc.so_reuseport", 0)]
+    )
     query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    try:
+        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"[query service] gRPC port {settings.grpc_host}:{settings.grpc_port} is taken ({exc}) -> stop what "
+            "listens there (another query service?) or set MMRAG_GRPC_PORT"
+        ) from exc
     server.start()
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
