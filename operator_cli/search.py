@@ -54,7 +54,11 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError('give a text, an --image FILE, or both: mmrag search "a red circle" --image circle.png')
     reply = search(target, args.text, image, args.top_k, args.timeout)
     if args.json:
-        print_json(json_format.MessageToDict(reply, preserving_proto_field_name=True))
+        print_json(
+            json_format.MessageToDict(
+                reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
     else:
         console().print(results_table(reply))
     return 0

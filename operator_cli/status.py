@@ -6,7 +6,6 @@ import argparse
 import time
 
 import grpc
-from google.protobuf import json_format
 from rich.table import Table
 
 from mmrag.pb import query_pb2, query_pb2_grpc
@@ -70,6 +69,13 @@ def status_table(s: query_pb2.ObjectStatusResponse) -> Table:
     return table
 
 
+def as_dict(s: query_pb2.ObjectStatusResponse) -> dict[str, object]:
+    """Every field with its plain value (numbers stay numbers); ``dlq_offset`` None unless a failure names one."""
+    data = {field.name: getattr(s, field.name) for field in s.DESCRIPTOR.fields}
+    data["dlq_offset"] = s.dlq_offset if s.HasField("dlq_offset") else None
+    return data
+
+
 @friendly
 def _run(args: argparse.Namespace) -> int:
     target = args.target or OperatorSettings().target
@@ -86,10 +92,7 @@ def _run(args: argparse.Namespace) -> int:
             break
         time.sleep(0.5)
     if args.json:
-        data = json_format.MessageToDict(
-            found, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
-        print_json(data)
+        print_json(as_dict(found))
     else:
         console().print(status_table(found))
     return 0
