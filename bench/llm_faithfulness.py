@@ -3,8 +3,9 @@
 Each question comes with two or three numbered sources, built into the prompt exactly as the LLM worker builds
 it (same instruction, same trimming). Most facts are invented, so a model can only get them from the sources,
 not from what it learned; the right source is not always [1]; two questions have no answer in their sources.
-Scored per question: the answer holds the expected words, cites the right source, and cites nothing else; for
-the unanswerable ones, it says the sources do not tell and cites nothing. Greedy decoding, so a run repeats."""
+Scored per question: the answer holds the expected words and is backed by the right source and no other (its
+citations, else the sources Ask attributes its sentences to); for the unanswerable ones, it says the sources do
+not tell and no source backs it. Greedy decoding, so a run repeats; timings depend on how busy the machine is."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from consumers.llm_worker.generator import GenerationParams
 from consumers.llm_worker.llama_cpp_generator import LlamaCppGenerator
 from consumers.llm_worker.models import MODELS
 from consumers.llm_worker.prompt import build_prompt
-from mmrag.pb.events_pb2 import GenerateRequest, PromptSource
-from query_service.sources import INSTRUCTION, cited_numbers
+from mmrag.pb.events_pb2 import GenerateRequest, PromptSource, SearchHit
+from query_service.extractive import supporting_sources
+from query_service.sources import INSTRUCTION, Source, cited_numbers
 
 DISTRACTORS = {
     "bread": "Sourdough bread rises with a starter of wild yeast and lactic acid bacteria; the dough ferments slowly.",
@@ -112,21 +114,25 @@ _REFUSAL = re.compile(r"\b(not|no|don't|doesn't|cannot|can't|unable|unknown)\b",
 class Scored:
     faithful: bool
     right_words: bool
-    right_citation: bool
-    stray_citation: bool
+    model_cites: bool
+    right_source: bool
+    stray_source: bool
     first_token_s: float
     tokens_per_s: float
 
 
-def score(case: Case, answer: str) -> tuple[bool, bool, bool, bool]:
-    """(faithful, has the expected words, cites the right source, cites another source)."""
+def score(case: Case, answer: str) -> tuple[bool, bool, bool, bool, bool]:
+    """(faithful, expected words / refusal, the model cited at all, the right source backs it, another does).
+    Sources are what the answer cites, else what Ask attributes its sentences to (supporting_sources)."""
     cited = cited_numbers(answer, len(case.sources))
+    given = [Source(n, SearchHit(), text, "text") for n, text in enumerate(case.sources, 1)]
+    backing = cited or supporting_sources(answer, given)
     if case.right == 0:
-        refused = bool(_REFUSAL.search(answer)) and not cited
-        return refused, refused, not cited, bool(cited)
+        refused = bool(_REFUSAL.search(answer)) and not backing
+        return refused, refused, bool(cited), not backing, bool(backing)
     words = all(w in answer.lower() for w in case.answer_words)
-    right, stray = case.right in cited, any(n != case.right for n in cited)
-    return words and right and not stray, words, right, stray
+    right, stray = case.right in backing, any(n != case.right for n in backing)
+    return words and right and not stray, words, bool(cited), right, stray
 
 
 def run_case(generator: LlamaCppGenerator, case: Case, max_tokens: int) -> tuple[str, Scored]:
@@ -162,21 +168,23 @@ def bench_model(model: str, threads: int, max_tokens: int, show: bool) -> list[S
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--show", action="store_true", help="print every answer")
     args = parser.parse_args()
     answerable = sum(1 for c in CASES if c.right)
     print(f"{len(CASES)} questions ({answerable} answerable from one source, {len(CASES) - answerable} not at all)")
-    header = ("model", "faithful", "words", "cites right", "stray cites", "1st tok s", "tok/s")
-    print(f"{header[0]:<14} " + " ".join(f"{h:>{w}}" for h, w in zip(header[1:], (9, 6, 12, 12, 10, 6), strict=True)))
+    header = ("model", "faithful", "words", "model cites", "right source", "other source", "1st tok s", "tok/s")
+    widths = (9, 6, 12, 13, 13, 10, 6)
+    print(f"{header[0]:<14} " + " ".join(f"{h:>{w}}" for h, w in zip(header[1:], widths, strict=True)))
     for model in MODELS:
         r = bench_model(model, args.threads, args.max_tokens, args.show)
         n = len(r)
         print(
             f"{model:<14} {sum(s.faithful for s in r):>5}/{n:<3} {sum(s.right_words for s in r):>6} "
-            f"{sum(s.right_citation for s in r):>12} {sum(s.stray_citation for s in r):>12} "
-            f"{sorted(s.first_token_s for s in r)[n // 2]:>10.2f} {sorted(s.tokens_per_s for s in r)[n // 2]:>6.1f}"
+            f"{sum(s.model_cites for s in r):>12} {sum(s.right_source for s in r):>13} "
+            f"{sum(s.stray_source for s in r):>13} {sorted(s.first_token_s for s in r)[n // 2]:>10.2f} "
+            f"{sorted(s.tokens_per_s for s in r)[n // 2]:>6.1f}"
         )
 
 

@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import GenerateRequest
 from mmrag.pb.query_pb2 import AskDelta, AskFinal, AskResponse, AskSources, AskTimings
-from query_service.extractive import extractive_answer
+from query_service.extractive import extractive_answer, supporting_sources
 from query_service.generation import GenerationClient
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError, WorkerPresence
 from query_service.query_encoder import QueryEncoder
@@ -168,8 +168,11 @@ class Asker:
         final = answer.final
         final.answer = answer.text
         by_number = {s.number: s for s in answer.sources}
-        final.citations.extend(
-            by_number[n].ask_source() for n in cited_numbers(answer.text, answer.sources_given or len(answer.sources))
-        )
+        given = answer.sources[: answer.sources_given or len(answer.sources)]
+        numbers = cited_numbers(answer.text, len(given))
+        if not numbers and not final.is_degraded:
+            numbers = supporting_sources(answer.text, given)
+            final.citations_inferred = bool(numbers)
+        final.citations.extend(by_number[n].ask_source() for n in numbers)
         final.timings.CopyFrom(answer.timings())
         return final

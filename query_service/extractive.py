@@ -101,3 +101,19 @@ def extractive_answer(question: str, sources: Sequence[Source], max_sentences: i
         return ""
     picked = sorted(best, key=lambda s: (s[1], s[2]))
     return " ".join(f"{sentence} [{sources[rank].number}]" for _, rank, _, sentence in picked)
+
+
+def supporting_sources(answer: str, sources: Sequence[Source], min_share: float = 0.6) -> list[int]:
+    """The sources an answer's sentences came from, for a model that cites nothing (small models copy rather than
+    cite): a sentence belongs to the source holding the largest share of its content words, when that share is at
+    least ``min_share``; numbers in first-supported order."""
+    found: list[int] = []
+    source_terms = [(s.number, terms(s.text)) for s in sources]
+    for part in _SENTENCE_END.split(answer):
+        words = terms(part)
+        if len(words) < 2 or not source_terms:
+            continue
+        number, share = max(((n, len(words & t) / len(words)) for n, t in source_terms), key=lambda x: x[1])
+        if share >= min_share and number not in found:
+            found.append(number)
+    return found

@@ -40,7 +40,7 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     ask_chunks_per_source: int = Field(default=2, ge=1, description="best chunks of one object joined in a source")
     ask_max_tokens: int = Field(default=256, ge=1)
     llm_group: str = "llm-workers"
-    llm_first_token_timeout_s: float = Field(default=5.0, description="slower counts as a failure: degrade")
+    llm_first_token_timeout_s: float = Field(default=10.0, description="slower counts as a failure: degrade")
     llm_stall_timeout_s: float = Field(default=5.0, description="longest gap between two answer chunks")
     llm_breaker_fail_max: int = Field(default=3, ge=1, description="consecutive LLM failures that open the breaker")
     llm_breaker_reset_s: float = Field(default=15.0, description="open this long, then requests probe (half-open)")

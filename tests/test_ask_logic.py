@@ -8,7 +8,7 @@ import pytest
 
 from consumers.llm_worker.prompt import build_prompt, trim_to_tokens
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource, SearchHit
-from query_service.extractive import extractive_answer, sentences
+from query_service.extractive import extractive_answer, sentences, supporting_sources
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError
 from query_service.search import ShardHit
 from query_service.sources import cited_numbers, select_sources
@@ -76,6 +76,20 @@ def test_extractive_answer_takes_the_best_matching_sentences_cited() -> None:
     assert extractive_answer("zebra migration", sources).endswith("[1]")  # nothing overlaps: the top sentence
     assert extractive_answer("anything", []) == ""
     assert sentences("# Title\n- a bullet with four words\nshort one") == ["a bullet with four words"]
+
+
+def test_an_answer_without_citations_is_attributed_to_the_sources_it_copies() -> None:
+    sources = select_sources(
+        [
+            hit("b/choir", 0.9, "The Orrin Valley choir has 42 members and rehearses every Thursday evening."),
+            hit("b/bread", 0.8, "Sourdough bread rises with a starter of wild yeast."),
+        ],
+        max_sources=5,
+        chunks_per_source=1,
+    )
+    assert supporting_sources("The Orrin Valley choir has 42 members. It uses wild yeast starter.", sources) == [1, 2]
+    assert supporting_sources("The capital of Zentara is New Zentra.", sources) == []
+    assert supporting_sources("Yes.", sources) == []
 
 
 def test_prompt_keeps_sources_in_order_and_cuts_the_one_that_does_not_fit() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from consumers.llm_worker.generator import ChatMessage, Delta, GenerationError, GenerationParams, Generator
 from consumers.llm_worker.llama_cpp_generator import LlamaCppGenerator
-from consumers.llm_worker.models import DEFAULT_MODEL, gguf_path
+from consumers.llm_worker.models import DEFAULT_MODEL, gguf_path, packaged_model
 from consumers.llm_worker.openai_generator import OpenAIGenerator
 from local_stack.processes import free_port, wait_until
 from query_service.sources import INSTRUCTION
@@ -40,7 +40,9 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path(DEFAULT_MODEL))]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
+    chat_format = packaged_model(DEFAULT_MODEL).chat_format
+    cmd += ["--chat_format", chat_format] if chat_format else []
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
@@ -55,9 +57,10 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module", params=["llamacpp", "openai"])
 def generator(request: pytest.FixtureRequest) -> Generator:
     if request.param == "llamacpp":
-        gen: Generator = LlamaCppGenerator(DEFAULT_MODEL, threads=2, context_tokens=2048)
+        gen: Generator = LlamaCppGenerator(DEFAULT_MODEL, threads=1, context_tokens=2048)
     else:
-        gen = OpenAIGenerator(request.getfixturevalue("llama_server"), "", "", 2048, timeout_s=60)
+        system_role = packaged_model(DEFAULT_MODEL).system_role
+        gen = OpenAIGenerator(request.getfixturevalue("llama_server"), "", "", 2048, 60, system_role=system_role)
     gen.warm_up()
     return gen
 

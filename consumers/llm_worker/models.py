@@ -51,8 +51,9 @@ MODELS = {
     "gemma3-270m": PackagedModel(_gemma3, "gemma", system_role=False),
     "smollm2-135m": PackagedModel(_smollm2, None, system_role=True),
 }
-# Chosen by bench/llm_faithfulness.py on its question set (see docs/architecture.md "Answers").
-DEFAULT_MODEL = "gemma3-270m"
+# Chosen by bench/llm_faithfulness.py on its question set (docs/architecture.md "Answers"): SmolLM2 is instruction
+# tuned and answers from the sources; the packaged Gemma 3 270M is the base model and only continues the prompt.
+DEFAULT_MODEL = "smollm2-135m"
 
 
 def packaged_model(name: str) -> PackagedModel:

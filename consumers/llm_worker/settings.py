@@ -16,7 +16,12 @@ class LlmWorkerSettings(BaseServiceSettings):
     llm_backend: Literal["llamacpp", "openai"] = "llamacpp"
     llm_model: str = Field(default=DEFAULT_MODEL, description=f"packaged GGUF for llamacpp: one of {list(MODELS)}")
     llm_model_path: Path | None = Field(default=None, description="a GGUF file instead of a packaged model")
-    llm_threads: int = Field(default=2, ge=0, description="llama.cpp threads; 0 = llama.cpp's default")
+    llm_threads: int = Field(
+        default=1,
+        ge=0,
+        description="llama.cpp threads (0 = its default); more only on cores of its own: on a shared 2-core box a "
+        "second thread spinning at llama.cpp's barriers made generation 8x slower (bench.llm_faithfulness --threads)",
+    )
     llm_context_tokens: int = Field(default=2048, ge=256, description="context window the prompt is trimmed to")
     llm_max_tokens: int = Field(default=256, ge=1, description="answer length cap (requests may ask for less)")
     llm_base_url: str = Field(default="http://127.0.0.1:8000/v1", description="openai backend: the /v1 base URL")
