@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 WEIGHTS_FILE = "model.safetensors"
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # a property of the embedding space, never chosen per process
 _ENCODE_BATCH = 64  # bounds activation memory for long inputs; real CLIP at 224 px uses ~1 GB at this size
 _HASH_BLOCK = 1 << 20
 _SMALL_IMAGE_SIZE = 64
@@ -58,11 +58,14 @@ def _config_path(model_dir: Path) -> Path:
     return config
 
 
-def clip_model_id(model_dir: Path) -> str:
-    """``clip:<dir name>@<sha256(config.json + model.safetensors)[:12]>``; no torch import, no weight load.
+def clip_model_id(model_dir: Path, precision: str = "fp32") -> str:
+    """``clip:<dir name>@<sha256(config.json + model.safetensors)[:12]>``, plus ``+<precision>`` unless fp32 (so
+    fp32 ids stay what they always were); no torch import, no weight load. Vectors in bf16 or fp16 differ from fp32
+    ones in the third decimal, so the precision is part of the model's, and so the space's, identity.
 
-    Raises ValueError when config.json or the safetensors weights are missing.
+    Raises ValueError when config.json or the safetensors weights are missing, or for an unknown precision.
     """
+    _check_precision(precision)
     config = _config_path(model_dir)
     weights = Path(model_dir) / WEIGHTS_FILE
     if not weights.is_file():
@@ -72,7 +75,13 @@ def clip_model_id(model_dir: Path) -> str:
         # streamed: real CLIP weights are ~600 MB
         for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
             digest.update(block)
-    return f"clip:{Path(model_dir).name}@{digest.hexdigest()[:12]}"
+    suffix = "" if precision == "fp32" else f"+{precision}"
+    return f"clip:{Path(model_dir).name}@{digest.hexdigest()[:12]}{suffix}"
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"CLIP precision {precision!r} is not one of {PRECISIONS} (MMRAG_PRECISION)")
 
 
 def clip_dim(model_dir: Path) -> int:
@@ -80,11 +89,9 @@ def clip_dim(model_dir: Path) -> int:
     return int(json.loads(_config_path(model_dir).read_text())["projection_dim"])
 
 
-def _resolve_dtype(precision: str, device: str) -> torch.dtype:
+def _resolve_dtype(precision: str) -> torch.dtype:
     import torch
 
-    if precision == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
@@ -92,44 +99,9 @@ BF16_MIN_SPEEDUP = 1.25
 
 
 def cpu_precision_for(fp32_seconds: float, bf16_seconds: float) -> str:
-    """ "bf16" when it ran at least BF16_MIN_SPEEDUP times faster than fp32 on the same probe, else "fp32"."""
+    """ "bf16" when it ran at least BF16_MIN_SPEEDUP times faster than fp32 on the same probe, else "fp32": a hint
+    for choosing a new space's MMRAG_PRECISION (bench/embedders.py prints it), never applied at start-up."""
     return "bf16" if fp32_seconds >= BF16_MIN_SPEEDUP * bf16_seconds else "fp32"
-
-
-def _fastest_cpu_precision(model: CLIPModel, processor: CLIPProcessor) -> tuple[CLIPModel, torch.dtype]:
-    """fp32 unless bf16 runs the image tower at least BF16_MIN_SPEEDUP times faster on this CPU (bf16 wins with
-    AVX512-BF16/AMX and loses without: measured here, not assumed). The margin keeps the choice stable, so the
-    replicas of a group on one kind of machine agree and timing noise never flips it."""
-    import copy
-    import time
-
-    import torch
-    from PIL import Image as PILImage
-
-    pixels = processor.image_processor([PILImage.new("RGB", (224, 224))] * 8, return_tensors="pt")["pixel_values"]
-    bf16 = copy.deepcopy(model).to(torch.bfloat16)  # type: ignore[arg-type]  # transformers' decorated .to
-    candidates = {torch.float32: model, torch.bfloat16: bf16}
-    seconds = {}
-    with torch.inference_mode():
-        for dtype, candidate in candidates.items():
-            candidate.get_image_features(pixel_values=pixels.to(dtype))  # first call pays one-off set-up
-            runs = []
-            for _ in range(3):
-                start = time.perf_counter()
-                candidate.get_image_features(pixel_values=pixels.to(dtype))
-                runs.append(time.perf_counter() - start)
-            seconds[dtype] = min(runs)
-    speedup = seconds[torch.float32] / seconds[torch.bfloat16]
-    best = _resolve_dtype(cpu_precision_for(seconds[torch.float32], seconds[torch.bfloat16]), "cpu")
-    log.info(
-        "CLIP on CPU: fp32 %.4fs, bf16 %.4fs per probe batch (bf16 speed-up %.2f, needs %.2f) -> %s",
-        seconds[torch.float32],
-        seconds[torch.bfloat16],
-        speedup,
-        BF16_MIN_SPEEDUP,
-        best,
-    )
-    return candidates[best], best
 
 
 class ClipEncoder:
@@ -138,9 +110,8 @@ class ClipEncoder:
     The constructor only stores settings; `warm_up()` loads the model. Encoding before warm-up raises RuntimeError.
     """
 
-    def __init__(self, model_dir: Path, device: str | None = None, precision: str = "auto", threads: int = 0) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"CLIP precision {precision!r} is not one of {PRECISIONS}")
+    def __init__(self, model_dir: Path, device: str | None = None, precision: str = "fp32", threads: int = 0) -> None:
+        _check_precision(precision)
         if threads < 0:
             raise ValueError(f"CLIP threads must be >= 0 (0 keeps torch's default), got {threads}")
         self._model_dir = Path(model_dir)
@@ -150,15 +121,14 @@ class ClipEncoder:
         self._model_id: str | None = None
         self._dim: int | None = None
         self._device = device or "auto"
-        self._dtype: torch.dtype | None = None
         self._model: CLIPModel | None = None
         self._processor: CLIPProcessor | None = None
 
     @property
     def model_id(self) -> str:
-        """The id of the weights in the directory (of the loaded ones once warm)."""
+        """The id of the weights in the directory (of the loaded ones once warm) and of the precision."""
         if self._model_id is None:
-            self._model_id = clip_model_id(self._model_dir)
+            self._model_id = clip_model_id(self._model_dir, self._precision)
         return self._model_id
 
     @property
@@ -175,8 +145,8 @@ class ClipEncoder:
 
     @property
     def precision(self) -> str:
-        """The dtype in use once warm (``auto`` resolved), else the requested precision."""
-        return str(self._dtype).removeprefix("torch.") if self._dtype is not None else self._precision
+        """fp32, bf16 or fp16: the space's, on every device."""
+        return self._precision
 
     @property
     def input_size(self) -> int:
@@ -201,19 +171,17 @@ class ClipEncoder:
         from PIL import Image as PILImage
         from transformers import AutoProcessor, CLIPModel
 
-        self._model_id = clip_model_id(self._model_dir)
+        self._model_id = clip_model_id(self._model_dir, self._precision)
         self._dim = clip_dim(self._model_dir)
         if self._threads > 0:
             torch.set_num_threads(self._threads)
         device = self._requested_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = _resolve_dtype(self._precision, device)
+        dtype = _resolve_dtype(self._precision)
         # transformers types `.to` through a decorator that mypy reads as taking the model, not a device
         model = CLIPModel.from_pretrained(self._model_dir, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
         processor = AutoProcessor.from_pretrained(self._model_dir)
-        if self._precision == "auto" and device == "cpu":
-            model, dtype = _fastest_cpu_precision(model, processor)
         # set together, after both loaded: is_warm must never see half a model
-        self._model, self._processor, self._device, self._dtype = model, processor, device, dtype
+        self._model, self._processor, self._device = model, processor, device
         self.encode_images([PILImage.new("RGB", (224, 224))])  # any size: the processor resizes it
         self.encode_texts(["warm up"])
 
@@ -242,7 +210,8 @@ class ClipEncoder:
     def _image_features(self, images: list[Image]) -> torch.Tensor:
         assert self._model is not None and self._processor is not None  # guarded by _encode
         pixels = self._processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        output = self._model.get_image_features(pixel_values=pixels.to(self._device, self._dtype))
+        dtype = _resolve_dtype(self._precision)
+        output = self._model.get_image_features(pixel_values=pixels.to(self._device, dtype))
         return output.pooler_output
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:

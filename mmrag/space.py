@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mmrag.clip import clip_dim, clip_model_id
+from mmrag.clip import ClipEncoder, clip_dim, clip_model_id
 from mmrag.settings import SpaceSettings
 from mmrag.text_encoder import MiniLMEncoder, minilm_model_id
 
@@ -73,13 +73,20 @@ def _weighted_half(vec: np.ndarray | None, dim: int, weight: float, name: str) -
 
 
 def space_from_settings(settings: SpaceSettings) -> EmbeddingSpace:
-    """The space the configured models define; cheap (reads model metadata, loads no weights)."""
+    """The space the configured models define; cheap (reads model metadata, loads no weights). The CLIP model id
+    names the precision (unless fp32), so the space id changes with MMRAG_PRECISION."""
     return EmbeddingSpace(
         text_model_id=minilm_model_id(),
         text_dim=MiniLMEncoder.dim,
-        image_model_id=clip_model_id(settings.clip_model_dir),
+        image_model_id=clip_model_id(settings.clip_model_dir, settings.precision),
         image_dim=clip_dim(settings.clip_model_dir),
         text_weight=settings.text_weight,
         image_weight=settings.image_weight,
         clip_text_for_text=settings.clip_text_for_text,
     )
+
+
+def space_clip_encoder(settings: SpaceSettings, device: str | None = None) -> ClipEncoder:
+    """The CLIP encoder of the space (its model directory and precision): what every process of a space (vision
+    and text embedders, the query service) builds, so they all encode alike; not loaded until ``warm_up()``."""
+    return ClipEncoder(settings.clip_model_dir, device, settings.precision, settings.torch_threads)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 import threading
 
-from mmrag.clip import ClipEncoder
 from mmrag.kafka_clients import make_producer
 from mmrag.pb.events_pb2 import GenerateChunk, SearchReply
 from mmrag.request_reply import FAST_PRODUCER
 from mmrag.service import service_main
-from mmrag.space import space_from_settings
+from mmrag.space import space_clip_encoder, space_from_settings
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
 from query_service.ask import Asker, AskLimits
@@ -31,9 +30,7 @@ class QueryService:
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         space = space_from_settings(s)
-        encoder = QueryEncoder(
-            space, MiniLMEncoder(threads=s.torch_threads), ClipEncoder(s.clip_model_dir, threads=s.torch_threads)
-        )
+        encoder = QueryEncoder(space, MiniLMEncoder(threads=s.torch_threads), space_clip_encoder(s))
         encoder.warm_up()
         t = s.topics
         replies = RequestReplyClient(

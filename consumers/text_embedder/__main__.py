@@ -6,18 +6,18 @@ import sys
 
 from consumers.text_embedder.extract import TesseractOcr
 from consumers.text_embedder.handler import TextEmbedder, TextEmbedderSettings
-from mmrag.clip import ClipEncoder
 from mmrag.messages import proto_decoder
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import ObjectEvent
 from mmrag.runner import StageRunner
 from mmrag.service import service_main
+from mmrag.space import space_clip_encoder
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
 
 
 def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
-    clip = ClipEncoder(settings.clip_model_dir, threads=settings.torch_threads) if settings.clip_text_for_text else None
+    clip = space_clip_encoder(settings) if settings.clip_text_for_text else None
     handler = TextEmbedder(
         settings,
         S3ObjectStore(settings, "text_embedder"),

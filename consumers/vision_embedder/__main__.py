@@ -5,17 +5,17 @@ from __future__ import annotations
 import sys
 
 from consumers.vision_embedder.handler import VisionEmbedder, VisionEmbedderSettings
-from mmrag.clip import ClipEncoder
 from mmrag.messages import proto_decoder
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import ObjectEvent
 from mmrag.runner import StageRunner
 from mmrag.service import service_main
+from mmrag.space import space_clip_encoder
 from mmrag.telemetry import Probes
 
 
 def build(settings: VisionEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
-    encoder = ClipEncoder(settings.clip_model_dir, settings.device, settings.precision, settings.torch_threads)
+    encoder = space_clip_encoder(settings, settings.device)
     handler = VisionEmbedder(settings, S3ObjectStore(settings, "vision_embedder"), encoder)
     decoders = {settings.topics.objects: proto_decoder(ObjectEvent, handler.stage)}
     return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=True, probes=probes)

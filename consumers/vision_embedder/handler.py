@@ -36,7 +36,6 @@ class VisionEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     group: str = "embedder-vision"
     max_batch: int = 64
     device: str | None = None
-    precision: str = Field(default="auto", description="auto = fp16 on CUDA; on CPU fp32 or bf16, timed at warm-up")
     model_batch: int = Field(default=16, description="images per CLIP forward pass")
     max_image_bytes: int = Field(default=32 << 20, description="images over this size (the event's) are refused")
     fetch_budget_bytes: int = Field(
