@@ -42,7 +42,9 @@ def rasterize_svg(data: bytes, subject: str, stage: str, max_side: int = MAX_SID
             monospace_family="DejaVu Sans Mono",
         )
         return bytes(png)
-    except (ValueError, RuntimeError) as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pyo3 raises a Rust panic as PanicException, a BaseException
         raise PermanentError(stage, subject, f"cannot render SVG ({exc})", "re-export the SVG or upload a PNG") from exc
 
 

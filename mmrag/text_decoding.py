@@ -68,10 +68,11 @@ def decode_text(data: bytes, subject: str, stage: str, charset: str | None = Non
     return text
 
 
-def markup_root(text: str) -> str:
+def markup_root(text: str, head_chars: int | None = 8192) -> str:
     """The lower-case local name of the first element of a markup text ("html", "svg", "div", ...), the doctype's
-    name when it comes first, or "" when the text does not start with markup. Reads only the head of ``text``."""
-    head = text[:8192].lstrip("\ufeff \t\r\n")
+    name when it comes first, or "" when the text does not start with markup. Reads the first ``head_chars``
+    characters (None: all of it, so a long leading comment cannot hide the root)."""
+    head = (text if head_chars is None else text[:head_chars]).lstrip("\ufeff \t\r\n")
     for _ in range(64):  # declarations, processing instructions and comments before the root
         doctype = _DOCTYPE.match(head)
         if doctype:

@@ -138,6 +138,10 @@ def test_svg_is_an_image_whose_script_is_never_text() -> None:
     assert "script" not in clean and "foreignObject" not in clean and "passwd" not in clean and "secret" not in clean
     with pytest.raises(PermanentError, match="SVG markup labelled as text"):
         pages(SVG, TEXT)
+    hidden = b"<!--" + b"x" * 9000 + b"-->" + SVG[SVG.index(b"<svg") :]  # its root past the sniffed 8 KiB
+    assert sniff(hidden[:8192]).media_kind == TEXT
+    with pytest.raises(PermanentError, match="SVG markup labelled as text"):
+        pages(hidden, TEXT)
     with pytest.raises(PermanentError, match="not a well-formed SVG"):
         decode_image(b"<svg><g></svg>", "b/bad.svg", "test")
 

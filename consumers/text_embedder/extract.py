@@ -111,10 +111,13 @@ class Extractor:
 
     def _text(self, data: bytes, subject: str, charset: str | None, budget: Budget) -> str:
         text = decode_text(data, subject, charset)
-        root = markup_root(text)
+        root = markup_root(text, head_chars=None)
         if root == "svg":  # an image: its markup and scripts are never text to index
             raise PermanentError(
-                STAGE, subject, "SVG markup labelled as text", "upload it again: SVG is indexed as an image"
+                STAGE,
+                subject,
+                "SVG markup labelled as text (SVG is indexed as an image, never as markup)",
+                "upload it again, without anything long before its <svg> root, or as PNG",
             )
         if is_html(root):
             text = html_visible_text(text, subject, budget.check)
