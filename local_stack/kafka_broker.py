@@ -23,6 +23,8 @@ from subprocess import DEVNULL, PIPE, Popen, run
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from mmrag.settings import cache_dir as project_cache_dir
+
 KAFKA_VERSION = "4.3.1"
 # kafka_2.13 4.3.1 brings slf4j-api 1.7.36 and log4j 2.25.4 (`mvn dependency:tree`): the binding must match both.
 LOG4J_VERSION = "2.25.4"
@@ -70,7 +72,7 @@ def fetch_kafka_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION
     """`<cache_dir>/kafka-<version>/libs` with the broker jars (cache_dir: $MMRAG_CACHE_DIR or ~/.cache/kafka-mmrag).
 
     Runs Maven only until it once succeeds; RuntimeError if `mvn` is missing or fails (no Maven Central, proxy)."""
-    cache = cache_dir or Path(os.environ.get("MMRAG_CACHE_DIR") or Path.home() / ".cache" / "kafka-mmrag")
+    cache = cache_dir or project_cache_dir()
     root = cache / f"kafka-{version}"
     libs = root / "libs"
     if (root / _MARKER).exists():

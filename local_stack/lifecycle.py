@@ -16,6 +16,7 @@ from local_stack.state import STACK_FILE, ServiceRecord, StackRecord, stack_lock
 from local_stack.supervisor import start_supervisor, stop_supervisor, supervisor_pid
 
 DEFAULT_GRPC_PORT = 50051
+CRASH_LOOP_RESTARTS = 3  # `stack up` gives up waiting for a service that crashed this often (1 + 2 + 4 s of backoff)
 
 
 class StackRunningError(RuntimeError):
@@ -115,6 +116,13 @@ def wait_ready(state_dir: Path, timeout_s: float) -> list[ProcessStatus]:
             return rows
         if supervisor_pid(state_dir) is None:
             raise RuntimeError(f"the supervisor of {state_dir} stopped -> see {state_dir / 'logs' / 'supervisor.log'}")
+        crashing = [row for row in waiting if row.restarts >= CRASH_LOOP_RESTARTS]
+        if crashing:
+            detail = "; ".join(f"{r.name} ({r.restarts} restarts): {r.last_error or r.detail}" for r in crashing)
+            raise RuntimeError(
+                f"crashing at start: {detail} -> see the logs in {state_dir / 'logs'}; the supervisor keeps "
+                "restarting them until `mmrag stack down`"
+            )
         if time.monotonic() > deadline:
             detail = "; ".join(f"{r.name}: {r.detail} {r.last_error}".strip() for r in waiting)
             raise TimeoutError(

@@ -10,9 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from local_stack.services import Service
 from mmrag.settings import cache_dir
+
+if TYPE_CHECKING:
+    from local_stack.stack import Deployment
 
 STACK_FILE = "stack.json"
 
@@ -69,6 +73,23 @@ class StackRecord:
             return None
         data = json.loads(path.read_text())
         return cls(**{**data, "services": [ServiceRecord(**s) for s in data["services"]]})
+
+    def deployment(self) -> Deployment:
+        """The recorded deployment (topics, bucket, queue, endpoints) as the object the stack started from."""
+        from local_stack.stack import Deployment, Endpoints
+
+        env = self.settings
+        return Deployment(
+            state_dir=Path(self.state_dir),
+            endpoints=Endpoints(env["MMRAG_BOOTSTRAP_SERVERS"], env["MMRAG_S3_ENDPOINT_URL"], env["MMRAG_MILVUS_URI"]),
+            clip_model_dir=Path(env["MMRAG_CLIP_MODEL_DIR"]),
+            topic_prefix=env["MMRAG_TOPIC_PREFIX"],
+            bucket=self.bucket,
+            queue=env["MMRAG_SQS_QUEUE_URL"].rsplit("/", 1)[-1],
+            shards=int(env["MMRAG_SHARDS"]),
+            grpc_port=int(env["MMRAG_GRPC_PORT"]),
+            queue_url=env["MMRAG_SQS_QUEUE_URL"],
+        )
 
     def client_env(self) -> dict[str, str]:
         """The MMRAG_* variables a client of this stack needs (`mmrag stack env`), in a stable order."""

@@ -67,6 +67,17 @@ def test_stack_record_round_trip_and_client_env(tmp_path: Path) -> None:
     }
 
 
+def test_stack_record_gives_back_the_deployment_it_was_made_from(tmp_path: Path) -> None:
+    from local_stack.stack import Deployment, Endpoints
+
+    endpoints = Endpoints("127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
+    dep = Deployment(tmp_path, endpoints, tmp_path / "clip", "p.", "bkt", "q", 3, 50123, "http://127.0.0.1:2/1234/q")
+    record = StackRecord(str(tmp_path), dep.env(), dep.bucket, [])
+    record.save()
+    loaded = StackRecord.load(tmp_path)
+    assert loaded is not None and loaded.deployment() == dep
+
+
 def test_service_selection_and_ports() -> None:
     assert _selected("retrieval_worker-1", ("retrieval_worker",))
     assert _selected("normalizer", ())
