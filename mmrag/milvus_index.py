@@ -1,4 +1,5 @@
-"""Milvus adapter of VectorIndex: one collection per embedding space, reached through the alias ``<prefix>_live``.
+"""Milvus adapter of the vector index ports (writer and searcher): one collection per embedding space, reached
+through the alias ``<prefix>_live``.
 
 Works against milvus-lite run as a local server and against a real Milvus deployment by URI (same code path).
 Errors are classified here, at the boundary: a request Milvus refuses for its content (a malformed row or filter)
@@ -30,7 +31,7 @@ from pymilvus.exceptions import (
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.settings import VectorStoreSettings
 from mmrag.space import EmbeddingSpace
-from mmrag.vector_index import Hit, VectorRow
+from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,18 @@ def filter_literal(value: str) -> str:
 
     Why not pymilvus' filter templates (``filter_params``): milvus-lite 3.2.2 refuses ``{name}`` placeholders."""
     return '"' + value.translate(_FILTER_ESCAPES) + '"'
+
+
+def filter_expression(shard: int | None, where: SearchFilter) -> str:
+    """The Milvus boolean expression of a shard and a filter ('' = every row)."""
+    terms = [] if shard is None else [f"shard == {int(shard)}"]
+    if where.object_ids is not None:
+        terms.append(f"object_id in [{', '.join(filter_literal(o) for o in sorted(where.object_ids))}]")
+    for name in ("has_text", "has_image"):
+        wanted = getattr(where, name)
+        if wanted is not None:
+            terms.append(f"{name} == {'true' if wanted else 'false'}")
+    return " and ".join(terms)
 
 
 def fit_utf8(text: str, max_bytes: int) -> str:
@@ -300,7 +313,11 @@ class MilvusIndex:
         )
         return int(found[0]["count(*)"])
 
-    def search(self, query: np.ndarray, top_k: int, shard: int | None = None) -> list[Hit]:
+    def search(
+        self, query: np.ndarray, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER
+    ) -> list[Hit]:
+        if where.object_ids is not None and not where.object_ids:
+            return []  # "in []" matches nothing; Milvus need not be asked
         found = self._call(
             "search",
             f"search of shard {shard}" if shard is not None else "search",
@@ -308,7 +325,7 @@ class MilvusIndex:
                 self.collection,
                 data=[np.asarray(query, dtype=np.float32).tolist()],
                 limit=top_k,
-                filter="" if shard is None else f"shard == {int(shard)}",
+                filter=filter_expression(shard, where),
                 output_fields=PAYLOAD_FIELDS,
                 search_params={"metric_type": "IP"},
                 timeout=self.timeout_s,

@@ -1,0 +1,318 @@
+"""Faiss adapter of the vector index ports: an in-memory ``IndexIDMap2`` over flat, HNSW or IVF storage.
+
+Flat (exact) below ``MMRAG_FAISS_ANN_THRESHOLD`` live rows, then the approximate kind ``MMRAG_FAISS_ANN`` (hnsw or
+ivf), rebuilt from the live vectors when the threshold is crossed. Internal ids are a counter assigned in apply
+order, so replicas applying the same records build the same index. A delete or an overwrite only marks the old id
+dead (HNSW cannot remove, flat removal moves the whole array): searches exclude dead ids with an ``IDSelector`` and
+the index is rebuilt from its live rows once dead ones exceed ``MMRAG_FAISS_COMPACT_FRACTION`` of it.
+Thread-safe: one lock around every call (searches are short; the materializing thread takes turns with them).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mmrag.errors import PermanentError
+from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
+
+STAGE = "faiss"
+_faiss: Any = faiss  # the bundled stubs lack parts of the SWIG API (HNSW search parameters, IVF's nprobe)
+Kind = Literal["flat", "hnsw", "ivf"]
+
+
+class FaissSettings(BaseSettings):
+    """How a Faiss shard indexes its rows (every replica of a shard needs the same values to answer alike)."""
+
+    model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
+
+    faiss_ann: Literal["hnsw", "ivf"] = Field(default="hnsw", description="the approximate kind above the threshold")
+    faiss_ann_threshold: int = Field(default=20000, ge=1, description="live rows from which a shard is approximate")
+    faiss_hnsw_m: int = 32
+    faiss_hnsw_ef_construction: int = 64
+    faiss_hnsw_ef_search: int = Field(default=128, description="HNSW search breadth (at least top_k)")
+    faiss_ivf_nlist: int = Field(default=0, ge=0, description="IVF lists; 0 = 4*sqrt(rows) when it is built")
+    faiss_ivf_nprobe: int = Field(default=32, ge=1, description="IVF lists visited per search")
+    faiss_compact_fraction: float = Field(default=0.25, gt=0, le=1, description="dead share that triggers a rebuild")
+    faiss_gpu: Literal["auto", "off"] = Field(
+        default="auto", description="search flat shards on a CUDA device when a faiss GPU build finds one"
+    )
+
+
+@dataclass
+class _Columns:
+    """Per internal id: live, shard and halves, as arrays the search filters become bitmaps of."""
+
+    live: np.ndarray
+    shard: np.ndarray
+    text: np.ndarray
+    image: np.ndarray
+
+    @classmethod
+    def empty(cls, capacity: int = 1024) -> _Columns:
+        return cls(*(np.zeros(capacity, dtype=t) for t in (bool, np.int32, bool, bool)))
+
+    def ensure(self, capacity: int) -> None:
+        if capacity <= len(self.live):
+            return
+        size = max(capacity, 2 * len(self.live))
+        for name in ("live", "shard", "text", "image"):
+            old = getattr(self, name)
+            grown = np.zeros(size, dtype=old.dtype)
+            grown[: len(old)] = old
+            setattr(self, name, grown)
+
+
+class FaissIndex:
+    """Writer and searcher over one in-memory Faiss index (any number of shards; a worker holds one)."""
+
+    def __init__(self, dim: int, settings: FaissSettings | None = None) -> None:
+        self.dim = dim
+        self.settings = settings or FaissSettings()
+        self.kind: Kind = "flat"
+        self._lock = threading.RLock()
+        self._index: Any = self._empty("flat", None)
+        self._rows: dict[int, VectorRow] = {}  # payload without the vector (Faiss holds it)
+        self._ids: dict[str, int] = {}
+        self._by_object: dict[str, set[int]] = {}
+        self._cols = _Columns.empty()
+        self._next_id = 0
+        self._dead = 0
+        self._version = 0  # bumps on every change: cached selector bitmaps are for one version
+        self._bitmaps: dict[tuple[Any, ...], Any] = {}
+        self._gpu: Any = None  # a GPU copy of a flat index, made again after changes
+
+    def start(self) -> None:
+        """Nothing to connect: the index lives in this process."""
+
+    # -- writer side ---------------------------------------------------------------------------------------------
+
+    def upsert(self, rows: Sequence[VectorRow]) -> None:
+        """Adds rows; an existing vector_id is overwritten (its old vector marked dead)."""
+        if not rows:
+            return
+        vectors = np.stack([self._checked(r) for r in rows])
+        with self._lock:
+            latest = {r.vector_id: i for i, r in enumerate(rows)}  # a batch naming one id twice keeps the last
+            keep = sorted(latest.values())
+            for i in keep:
+                self._forget(rows[i].vector_id)
+            ids = np.arange(self._next_id, self._next_id + len(keep), dtype=np.int64)
+            self._next_id += len(keep)
+            self._cols.ensure(self._next_id)
+            for internal, i in zip(ids.tolist(), keep, strict=True):
+                self._remember(internal, rows[i])
+            self._index.add_with_ids(vectors[keep], ids)
+            self._changed()
+
+    def delete(self, vector_ids: Sequence[str]) -> None:
+        with self._lock:
+            if any([self._forget(v) for v in vector_ids]):
+                self._changed()
+
+    def rows_of(self, object_id: str) -> list[VectorRow]:
+        with self._lock:
+            ids = sorted(self._by_object.get(object_id, ()))
+            return [replace(self._rows[i], vector=self._index.reconstruct(i)) for i in ids]
+
+    # -- searcher side -------------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def search(
+        self, query: np.ndarray, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER
+    ) -> list[Hit]:
+        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if q.shape[1] != self.dim:
+            raise PermanentError(STAGE, "query", f"{q.shape[1]} dims, the index has {self.dim}", "fix the query")
+        with self._lock:
+            k = min(top_k, len(self._rows))
+            selector = self._selector(shard, where)
+            if k <= 0 or selector is False:
+                return []
+            scores, ids = self._run_search(q, k, selector)
+            hits = [Hit(self._rows[int(i)], float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        return sorted(hits, key=lambda h: (-h.score, h.row.vector_id))
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def _checked(self, row: VectorRow) -> np.ndarray:
+        vector = np.asarray(row.vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise PermanentError(
+                STAGE,
+                row.object_id,
+                f"vector {row.vector_id} has {vector.shape[0]} dims, the index has {self.dim}",
+                "index it with the space the index was built for",
+            )
+        return vector
+
+    def _remember(self, internal: int, row: VectorRow) -> None:
+        self._rows[internal] = replace(row, vector=np.empty(0, dtype=np.float32))
+        self._ids[row.vector_id] = internal
+        self._by_object.setdefault(row.object_id, set()).add(internal)
+        c = self._cols
+        c.live[internal], c.shard[internal], c.text[internal], c.image[internal] = (
+            True,
+            row.shard,
+            row.has_text,
+            row.has_image,
+        )
+
+    def _forget(self, vector_id: str) -> bool:
+        internal = self._ids.pop(vector_id, None)
+        if internal is None:
+            return False
+        row = self._rows.pop(internal)
+        siblings = self._by_object[row.object_id]
+        siblings.discard(internal)
+        if not siblings:
+            del self._by_object[row.object_id]
+        self._cols.live[internal] = False
+        self._dead += 1
+        return True
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._bitmaps.clear()
+        self._gpu = None
+        live = len(self._rows)
+        wanted: Kind = self.settings.faiss_ann if live >= self.settings.faiss_ann_threshold else self.kind
+        if wanted != self.kind or self._dead > self.settings.faiss_compact_fraction * max(1, self._index.ntotal):
+            self._rebuild(wanted)
+
+    def _rebuild(self, kind: Kind) -> None:
+        """A new index of ``kind`` over the live rows, renumbered 0..n-1 in their old order (deterministic)."""
+        old_ids = np.array(sorted(self._rows), dtype=np.int64)
+        vectors = self._index.reconstruct_batch(old_ids) if len(old_ids) else np.empty((0, self.dim), np.float32)
+        rows = [self._rows[i] for i in old_ids.tolist()]
+        self._rows, self._ids, self._by_object = {}, {}, {}
+        self._cols = _Columns.empty(max(1024, len(rows)))
+        for new, row in enumerate(rows):
+            self._remember(new, row)
+        self.kind = kind
+        self._index = self._empty(kind, vectors)
+        self._index.add_with_ids(vectors, np.arange(len(rows), dtype=np.int64))
+        self._next_id, self._dead = len(rows), 0
+
+    def _empty(self, kind: Kind, training: np.ndarray | None) -> Any:
+        s = self.settings
+        base: Any
+        if kind == "hnsw":
+            base = faiss.IndexHNSWFlat(self.dim, s.faiss_hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = s.faiss_hnsw_ef_construction
+        elif kind == "ivf":
+            assert training is not None, "an IVF index is built from rows"
+            nlist = s.faiss_ivf_nlist or max(1, int(4 * math.sqrt(len(training))))
+            nlist = min(nlist, max(1, len(training) // 39))  # k-means wants >= 39 points per list
+            base = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            base.make_direct_map()  # rows_of and rebuilds reconstruct vectors
+            base.train(training)
+        else:
+            base = faiss.IndexFlatIP(self.dim)
+        return faiss.IndexIDMap2(base)
+
+    # -- search helpers ------------------------------------------------------------------------------------------
+
+    def _selector(self, shard: int | None, where: SearchFilter) -> Any:
+        """None: every id is eligible; False: none is; else an IDSelectorBitmap of the eligible internal ids."""
+        n = self._next_id
+        if where.object_ids is not None:
+            ids = [i for o in where.object_ids for i in self._by_object.get(o, ())]
+            mask = np.zeros(n, dtype=bool)
+            mask[ids] = True
+            return self._bitmap(mask & self._mask(shard, where)[:n]) if ids else False
+        key = (shard, where.has_text, where.has_image)
+        if key not in self._bitmaps:
+            mask = self._mask(shard, where)[:n]
+            everything = self._dead == 0 and bool(mask.all())
+            self._bitmaps[key] = None if everything else (self._bitmap(mask) if mask.any() else False)
+        return self._bitmaps[key]
+
+    def _mask(self, shard: int | None, where: SearchFilter) -> np.ndarray:
+        c = self._cols
+        mask = c.live.copy()
+        if shard is not None:
+            mask &= c.shard == shard
+        if where.has_text is not None:
+            mask &= c.text == where.has_text
+        if where.has_image is not None:
+            mask &= c.image == where.has_image
+        return mask
+
+    @staticmethod
+    def _bitmap(mask: np.ndarray) -> Any:
+        packed = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(packed))
+        selector.packed = packed  # type: ignore[attr-defined]  # keeps the bits alive as long as the selector
+        return selector
+
+    def _params(self, selector: Any, k: int) -> Any:
+        extra: dict[str, Any] = {} if selector is None else {"sel": selector}
+        if self.kind == "hnsw":
+            return _faiss.SearchParametersHNSW(efSearch=max(k, self.settings.faiss_hnsw_ef_search), **extra)
+        if self.kind == "ivf":
+            return _faiss.SearchParametersIVF(nprobe=self.settings.faiss_ivf_nprobe, **extra)
+        return faiss.SearchParameters(**extra) if extra else None
+
+    def _run_search(self, q: np.ndarray, k: int, selector: Any) -> tuple[np.ndarray, np.ndarray]:
+        """On the CPU index, or on a GPU copy of a flat one searched without a selector (GPU flat takes none)."""
+        if selector is not None or self.kind != "flat" or not gpu_available(self.settings):
+            scores, ids = self._index.search(q, k, params=self._params(selector, k))
+            return scores, ids
+        if self._gpu is None:  # the flat storage only; positions map to ids through the IDMap's table
+            base = faiss.index_cpu_to_gpu(_gpu_resources(), 0, faiss.downcast_index(self._index.index))
+            self._gpu = (base, faiss.vector_to_array(self._index.id_map))
+        base, id_map = self._gpu
+        scores, positions = base.search(q, k)
+        return scores, np.where(positions >= 0, id_map[np.maximum(positions, 0)], -1)
+
+    # -- snapshots (used by mmrag.faiss_snapshot) -----------------------------------------------------------------
+
+    def state(self) -> tuple[bytes, list[VectorRow], dict[str, Any]]:
+        """The index bytes, the payload rows in internal-id order and the counters: what a snapshot stores."""
+        with self._lock:
+            raw = faiss.serialize_index(self._index).tobytes()
+            ids = sorted(self._rows)
+            meta = {"kind": self.kind, "next_id": self._next_id, "dead": self._dead, "ids": ids, "dim": self.dim}
+            return raw, [self._rows[i] for i in ids], meta
+
+    @classmethod
+    def restored(
+        cls, raw: bytes, rows: Iterable[VectorRow], meta: dict[str, Any], settings: FaissSettings | None = None
+    ) -> FaissIndex:
+        """The index ``state()`` described, exactly (same ids, same kind, same dead marks)."""
+        index = cls(int(meta["dim"]), settings)
+        index._index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+        index.kind = meta["kind"]
+        index._next_id, index._dead = int(meta["next_id"]), int(meta["dead"])
+        index._cols.ensure(index._next_id)
+        for internal, row in zip(meta["ids"], rows, strict=True):
+            index._remember(int(internal), row)
+        return index
+
+
+_resources: Any = None
+
+
+def gpu_available(settings: FaissSettings) -> bool:
+    """True when GPU search is allowed and this faiss build sees a CUDA device (faiss-cpu never does)."""
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return settings.faiss_gpu == "auto" and get_num_gpus is not None and get_num_gpus() > 0
+
+
+def _gpu_resources() -> Any:
+    global _resources
+    if _resources is None:
+        _resources = faiss.StandardGpuResources()
+    return _resources
