@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
+from local_stack.stack import Deployment
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import IndexState, IndexStatus
 from mmrag.settings import default_clip_model_dir
@@ -138,33 +138,33 @@ def run_queries(port: int, image_query: Path) -> None:
 
 def run_demo(state_dir: Path, keep: bool) -> int:
     """Sets up, indexes the sample corpus, queries it; stops everything unless ``keep``."""
+    from local_stack.lifecycle import StackOptions, stack_down, stack_up
+
     started = time.monotonic()
-    stop_services(state_dir)
-    stop_infra(state_dir)
+    state_dir = state_dir.absolute()
+    stack_down(state_dir)
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh corpus each run; the caches (jars, models, venv) stay
     clip_dir = ensure_demo_clip()
-    console.rule("[bold]infrastructure")
-    dep = Deployment(state_dir=state_dir, endpoints=start_infra(state_dir), clip_model_dir=clip_dir)
-    dep.prepare()
-    console.print(
-        f"Kafka {dep.endpoints.bootstrap_servers}, S3 {dep.endpoints.s3_endpoint_url}, "
-        f"Milvus {dep.endpoints.milvus_uri}; logs in {state_dir / 'logs'}"
-    )
+    console.rule("[bold]infrastructure and services")
     try:
-        console.rule("[bold]services")
-        services = dep.all_services()
-        with console.status("starting " + ", ".join(s.name for s in services)):
-            start_services(services)
+        with console.status("starting Kafka, S3, Milvus and every service (supervised)"):
+            dep = stack_up(state_dir, StackOptions(clip_model_dir=clip_dir)).deployment()
+        console.print(
+            f"Kafka {dep.endpoints.bootstrap_servers}, S3 {dep.endpoints.s3_endpoint_url}, "
+            f"Milvus {dep.endpoints.milvus_uri}, gRPC 127.0.0.1:{dep.grpc_port}; logs in {state_dir / 'logs'}"
+        )
         console.rule("[bold]upload and index")
         _upload_and_query(dep)
         console.print(f"[green]demo finished in {time.monotonic() - started:.0f}s")
         return 0
     finally:
         if keep:
-            console.print(f"stack left running; stop it with `mmrag stack down --state-dir {state_dir}`")
+            console.print(
+                f"stack left running: `export MMRAG_STATE_DIR={state_dir}` points every mmrag command at it; "
+                f"`mmrag stack down --state-dir {state_dir}` stops it"
+            )
         else:
-            stop_services(state_dir)
-            stop_infra(state_dir)
+            stack_down(state_dir)
 
 
 def _upload_and_query(dep: Deployment) -> None:
