@@ -1,10 +1,11 @@
-"""`python -m index_updater`: fuses embeddings per object and upserts them into Milvus."""
+"""`python -m index_updater`: fuses embeddings per object and upserts them into Milvus and/or vectors.v1."""
 
 from __future__ import annotations
 
 import sys
 
 from index_updater.handler import IndexUpdater, IndexUpdaterSettings
+from mmrag.changelog import ChangelogReader
 from mmrag.messages import proto_decoder
 from mmrag.milvus_index import MilvusIndex
 from mmrag.pb.events_pb2 import EmbeddingBatch
@@ -12,12 +13,24 @@ from mmrag.runner import StageRunner
 from mmrag.service import service_main
 from mmrag.space import space_from_settings
 from mmrag.telemetry import Probes
+from mmrag.vector_index import IndexWriter
+from mmrag.vector_log import VectorLogTable
 
 
 def build(settings: IndexUpdaterSettings, probes: Probes) -> StageRunner[EmbeddingBatch]:
     space = space_from_settings(settings)
-    index = MilvusIndex.for_space(settings, space)
-    handler = IndexUpdater(settings, space, index)
+    changelog = ChangelogReader(settings.bootstrap_servers, "index_updater")
+    topics = settings.topics
+    index: IndexWriter
+    if settings.index_backend == "faiss":
+        index = VectorLogTable(
+            lambda: changelog.read(topics.vectors, range(changelog.partition_count(topics.vectors))),
+            lambda: changelog.partition_count(topics.embeddings),
+            space.id,
+        )
+    else:
+        index = MilvusIndex.for_space(settings, space)
+    handler = IndexUpdater(settings, space, index, lambda: changelog.partition_count(topics.vectors))
     decoders = {settings.topics.embeddings: proto_decoder(EmbeddingBatch, handler.stage)}
     return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=False, probes=probes)
 

@@ -1,23 +1,29 @@
 """Joint index updater: embeddings.v1 -> fused rows upserted into the vector index -> index-status.v1.
 
 A sink stage: the upsert/delete is durable before the runner commits offsets; redelivery is harmless because rows
-are keyed by vector_id.
+are keyed by vector_id. With Faiss (``MMRAG_INDEX_BACKEND`` faiss or both) the rows and tombstones also go to
+vectors.v1 as outputs of the batch, which the runner flushes before it commits, like index-status.v1.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from pydantic import Field
 
 from index_updater.fusion import plan_update
 from mmrag import metrics
 from mmrag.errors import PermanentError
+from mmrag.ids import shard_for
 from mmrag.messages import Envelope, Output, now_ms
 from mmrag.pb.events_pb2 import EmbeddingBatch, Modality
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
 from mmrag.space import EmbeddingSpace
-from mmrag.vector_index import VectorIndex
+from mmrag.vector_index import IndexWriter
+from mmrag.vector_log import VectorLogTable, vector_outputs
 
 log = logging.getLogger(__name__)
 STAGE = "index_updater"
@@ -25,19 +31,58 @@ STAGE = "index_updater"
 
 class IndexUpdaterSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings):
     group: str = "index-updater"
+    index_backend: Literal["milvus", "faiss", "both"] = Field(
+        default="milvus",
+        description="where rows go: Milvus, vectors.v1 (for Faiss retrieval workers), or both; with faiss alone the "
+        "updater keeps its objects' rows in memory, restored from vectors.v1 on assignment",
+    )
+
+    @property
+    def produces_vectors(self) -> bool:
+        return self.index_backend != "milvus"
 
 
 class IndexUpdater:
     stage = STAGE
 
-    def __init__(self, settings: IndexUpdaterSettings, space: EmbeddingSpace, index: VectorIndex) -> None:
+    def __init__(
+        self,
+        settings: IndexUpdaterSettings,
+        space: EmbeddingSpace,
+        index: IndexWriter,
+        vector_partitions: Callable[[], int] | None = None,
+    ) -> None:
+        """``index`` is Milvus, or a VectorLogTable with Faiss alone; ``vector_partitions`` counts vectors.v1's
+        partitions (checked against MMRAG_SHARDS at warm-up) when the updater produces vectors."""
         self.settings = settings
         self.space = space
         self.index = index
         self.status_topic = settings.topics.index_status
+        self.vectors_topic = settings.topics.vectors if settings.produces_vectors else None
+        self.vector_partitions = vector_partitions
 
     def warm_up(self) -> None:
         self.index.start()
+        if self.vectors_topic and self.vector_partitions is not None:
+            found = self.vector_partitions()
+            if found != self.settings.shards:
+                raise RuntimeError(
+                    f"[{STAGE}] {self.vectors_topic} has {found} partitions but MMRAG_SHARDS={self.settings.shards} "
+                    "(partition = shard) -> recreate the topic with one partition per shard, or set MMRAG_SHARDS"
+                )
+
+    def on_assign(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """With Faiss alone: the rows of the assigned partitions' objects, read back from vectors.v1."""
+        if isinstance(self.index, VectorLogTable):
+            self.index.restore(p for topic, p in partitions if topic == self.settings.topics.embeddings)
+
+    def on_commit(self) -> None:
+        if isinstance(self.index, VectorLogTable):
+            self.index.commit()
+
+    def on_abort(self) -> None:
+        if isinstance(self.index, VectorLogTable):
+            self.index.abort()
 
     def handle(self, batch: Sequence[Envelope[EmbeddingBatch]]) -> list[ItemResult]:
         """Applies batches in order (a later item may build on an earlier one of the same object)."""
@@ -59,7 +104,13 @@ class IndexUpdater:
         self.index.delete(plan.deletes)
         if plan.upserts and batch.event_time_ms:
             metrics.FRESHNESS.labels(STAGE).observe(max(0, plan.status.indexed_at_ms - batch.event_time_ms) / 1000)
-        return [Output(self.status_topic, batch.object_id, plan.status)]
+        outputs = []
+        if self.vectors_topic:
+            shard = shard_for(batch.object_id, self.settings.shards)
+            outputs = vector_outputs(
+                self.vectors_topic, plan.upserts, plan.deletes, batch.object_id, shard, self.space.id
+            )
+        return [*outputs, Output(self.status_topic, batch.object_id, plan.status)]
 
     def _check_space(self, batch: EmbeddingBatch) -> None:
         if batch.deleted:

@@ -14,6 +14,7 @@ SERVICE_MODULES = {
     "vision_embedder": "consumers.vision_embedder",
     "index_updater": "index_updater",
     "retrieval_worker": "consumers.retrieval_worker",
+    "faiss_worker": "consumers.faiss_worker",
     "llm_worker": "consumers.llm_worker",
     "query_service": "query_service",
 }

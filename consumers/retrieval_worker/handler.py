@@ -14,7 +14,7 @@ from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
 from mmrag.request_reply import CORRELATION_ID, reply_address
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
-from mmrag.vector_index import Hit, VectorIndex
+from mmrag.vector_index import Hit, IndexSearcher
 
 log = logging.getLogger(__name__)
 STAGE = "retrieval_worker"
@@ -51,7 +51,7 @@ def to_hit(hit: Hit) -> SearchHit:
 class RetrievalWorker:
     stage = STAGE
 
-    def __init__(self, settings: RetrievalWorkerSettings, space_id: str, index: VectorIndex) -> None:
+    def __init__(self, settings: RetrievalWorkerSettings, space_id: str, index: IndexSearcher) -> None:
         self.settings = settings
         self.space_id = space_id
         self.index = index

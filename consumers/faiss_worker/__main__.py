@@ -1,0 +1,86 @@
+"""`python -m consumers.faiss_worker`: answers search requests for one shard (MMRAG_SHARD) from a Faiss index it
+materializes from that shard's partition of vectors.v1 (group retrieval-shard-<k>, like the Milvus workers)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from pydantic import Field
+
+from consumers.faiss_worker.shard import FaissShard
+from consumers.retrieval_worker.handler import RetrievalWorker, RetrievalWorkerSettings
+from mmrag.faiss_index import FaissSettings
+from mmrag.messages import proto_decoder
+from mmrag.pb.events_pb2 import SearchRequest
+from mmrag.request_reply import FAST_CONSUMER, FAST_PRODUCER
+from mmrag.runner import StageRunner
+from mmrag.service import service_main
+from mmrag.space import space_from_settings
+from mmrag.telemetry import Probes
+
+
+class FaissWorkerSettings(RetrievalWorkerSettings, FaissSettings):
+    faiss_snapshot_dir: Path | None = Field(default=None, description="where snapshots go; unset = <state_dir>/faiss")
+    faiss_snapshot_interval_s: float = Field(default=60.0, gt=0, description="seconds between snapshots")
+    faiss_snapshot_max_age_s: float = Field(
+        default=12 * 3600.0,
+        description="an older snapshot is not loaded (the shard is rebuilt from the log): vectors.v1 keeps "
+        "tombstones for delete.retention.ms (1 day), a snapshot older than that could miss deletes",
+    )
+
+    @property
+    def snapshot_root(self) -> Path:
+        return self.faiss_snapshot_dir or self.state_dir / "faiss"
+
+
+class FaissWorker:
+    """The request loop, with the shard closed (last snapshot) when it ends."""
+
+    def __init__(self, runner: StageRunner[SearchRequest], shard: FaissShard) -> None:
+        self.runner = runner
+        self.shard = shard
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            self.runner.run(stop)
+        finally:
+            self.shard.close()
+
+
+def build(settings: FaissWorkerSettings, probes: Probes) -> FaissWorker:
+    space = space_from_settings(settings)
+    shard = FaissShard(
+        settings.bootstrap_servers,
+        settings.topics.vectors,
+        settings.shard,
+        space.id,
+        space.dim,
+        settings,
+        settings.snapshot_root,
+        settings.faiss_snapshot_interval_s,
+        settings.faiss_snapshot_max_age_s,
+    )
+    probes.add_check("vectors", shard.readiness)
+    handler = RetrievalWorker(settings, space.id, shard)
+    decoders = {settings.topics.search_requests: proto_decoder(SearchRequest, handler.stage)}
+    runner = StageRunner(
+        settings,
+        handler,
+        group=settings.group,
+        decoders=decoders,
+        transactional=False,
+        probes=probes,
+        consumer_overrides=FAST_CONSUMER,
+        producer_overrides=FAST_PRODUCER,
+    )
+    return FaissWorker(runner, shard)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main("faiss_worker", FaissWorkerSettings, build, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

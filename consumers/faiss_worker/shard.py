@@ -1,0 +1,245 @@
+"""One Faiss shard: its vectors.v1 partition materialized into an in-memory index, searched by the worker.
+
+The partition is assigned directly (no group, nothing committed): the position lives in the snapshots. ``start()``
+loads the newest snapshot, reads from its offset to the end offset seen at start and only then returns, so the
+worker turns ready with no half-built index; a thread keeps applying new records and snapshots every
+``MMRAG_FAISS_SNAPSHOT_INTERVAL_S``. Replicas apply the same records in the same order and hold the same index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter, Gauge
+
+from consumers.faiss_worker.snapshot import SnapshotMark, load_latest, write_snapshot
+from mmrag.errors import PermanentError
+from mmrag.faiss_index import FaissIndex, FaissSettings
+from mmrag.kafka_clients import consumer_config
+from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
+from mmrag.vector_log import decode_record, from_record
+
+log = logging.getLogger(__name__)
+STAGE = "faiss_worker"
+APPLIED = Counter("mmrag_vector_records_applied_total", "vectors.v1 records applied to a Faiss shard", ["shard"])
+SKIPPED = Counter(
+    "mmrag_vector_records_skipped_total", "vectors.v1 records a Faiss shard could not apply", ["shard", "reason"]
+)
+ROWS = Gauge("mmrag_faiss_rows", "Live rows of a Faiss shard", ["shard"])
+SNAPSHOT_SECONDS = Gauge("mmrag_faiss_snapshot_seconds", "Time the last snapshot took", ["shard"])
+
+
+class FaissShard:
+    """IndexSearcher over one shard's partition of vectors.v1."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        shard: int,
+        space_id: str,
+        dim: int,
+        settings: FaissSettings,
+        snapshot_dir: Path,
+        snapshot_interval_s: float,
+        snapshot_max_age_s: float,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.shard = shard
+        self.space_id = space_id
+        self.dim = dim
+        self.settings = settings
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_interval_s = snapshot_interval_s
+        self.snapshot_max_age_s = snapshot_max_age_s
+        self.index = FaissIndex(dim, settings)
+        self.next_offset = 0
+        self.target = 0  # the end offset seen at start: ready once read up to it
+        self.snapshot_offset = -1
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure = ""
+        self._consumer: Consumer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Loads the newest snapshot, then applies the partition up to its end offset as of now (blocks until)."""
+        self._load_snapshot()
+        consumer = Consumer(
+            consumer_config(
+                self.bootstrap_servers,
+                f"{STAGE}-{self.shard}-{uuid.uuid4().hex[:8]}",  # never joins or commits: the assignment is explicit
+                **{"enable.partition.eof": True, "fetch.wait.max.ms": 50},
+            )
+        )
+        self._consumer = consumer
+        low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, self.shard), timeout=30)
+        if self.next_offset < low:  # what the snapshot lacks was deleted from the log: rebuild from the start
+            log.warning("%s: snapshot at %d precedes the log start %d; rebuilding", STAGE, self.next_offset, low)
+            self.index, self.next_offset = FaissIndex(self.dim, self.settings), 0
+        self.target = high
+        start = self.next_offset if self.next_offset > 0 else OFFSET_BEGINNING
+        consumer.assign([TopicPartition(self.topic, self.shard, start)])
+        if self.next_offset >= high:
+            self.caught_up.set()
+        self._thread = threading.Thread(target=self._run, name=f"faiss-shard-{self.shard}", daemon=True)
+        self._thread.start()
+        while not self.caught_up.wait(0.5):
+            if not self._thread.is_alive():
+                raise RuntimeError(f"[{STAGE}] shard {self.shard}: materializing stopped: {self._failure}")
+        log.info(
+            "%s: shard %d caught up to offset %d (%d rows, %s)",
+            STAGE,
+            self.shard,
+            self.next_offset,
+            self.index.count(),
+            self.index.kind,
+        )
+
+    def close(self, snapshot: bool = True) -> None:
+        """Stops applying; takes a last snapshot when anything changed since the previous one."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        if snapshot and self.caught_up.is_set() and self.next_offset != self.snapshot_offset:
+            self.snapshot()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def readiness(self) -> tuple[bool, str]:
+        """For /readyz: caught up and still applying."""
+        alive = self._thread is not None and self._thread.is_alive()
+        detail = (
+            f"{self.topic}[{self.shard}] at {self.next_offset} (start target {self.target}), "
+            f"{self.index.count()} rows, {self.index.kind}"
+        )
+        if not alive:
+            return False, f"not applying {self.topic}[{self.shard}]: {self._failure or 'not started'}"
+        return self.caught_up.is_set(), detail
+
+    # -- searcher port -----------------------------------------------------------------------------------------
+
+    def search(
+        self, query: np.ndarray, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER
+    ) -> list[Hit]:
+        if shard is not None and shard != self.shard:
+            raise ValueError(f"[{STAGE}] asked for shard {shard}, this worker holds shard {self.shard}")
+        return self.index.search(query, top_k, None, where)
+
+    def count(self) -> int:
+        return self.index.count()
+
+    # -- materializing -----------------------------------------------------------------------------------------
+
+    def snapshot(self) -> None:
+        began = time.monotonic()
+        offset = self.next_offset
+        path = write_snapshot(
+            self.snapshot_dir, self.index, SnapshotMark(self.topic, self.shard, offset, self.space_id)
+        )
+        self.snapshot_offset = offset
+        SNAPSHOT_SECONDS.labels(str(self.shard)).set(time.monotonic() - began)
+        log.info("%s: shard %d snapshot at offset %d -> %s", STAGE, self.shard, offset, path)
+
+    def _load_snapshot(self) -> None:
+        found = load_latest(
+            self.snapshot_dir,
+            self.topic,
+            self.shard,
+            self.space_id,
+            self.settings,
+            int(self.snapshot_max_age_s * 1000),
+        )
+        if found is not None:
+            self.index, mark = found
+            self.next_offset = self.snapshot_offset = mark.next_offset
+            log.info("%s: shard %d loaded snapshot at offset %d", STAGE, self.shard, mark.next_offset)
+
+    def _run(self) -> None:
+        last_snapshot = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self._step()
+                due = time.monotonic() - last_snapshot >= self.snapshot_interval_s
+                if due and self.caught_up.is_set() and self.next_offset != self.snapshot_offset:
+                    self.snapshot()
+                    last_snapshot = time.monotonic()
+        except Exception as exc:
+            self._failure = f"{type(exc).__name__}: {exc}"
+            log.exception("%s: shard %d stopped applying %s", STAGE, self.shard, self.topic)
+
+    def _step(self) -> None:
+        assert self._consumer is not None
+        records: list[Message] = []
+        for msg in self._consumer.consume(1000, 0.2):
+            err = msg.error()
+            if err is None:
+                records.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self.caught_up.set()  # at the end now, which is at or past the end seen at start
+            elif err.fatal():
+                raise RuntimeError(f"fatal consumer error on {self.topic}[{self.shard}]: {err}")
+            else:
+                log.warning("%s: consumer error %s", STAGE, err)
+        if records:
+            self._apply(records)
+            self.next_offset = int(records[-1].offset() or 0) + 1
+            if self.next_offset >= self.target:
+                self.caught_up.set()
+
+    def _apply(self, records: Sequence[Message]) -> None:
+        """Applies records in offset order: runs of upserts go in together, a tombstone deletes its vector id."""
+        pending: list[VectorRow] = []
+        for msg in records:
+            key = msg.key()
+            vid = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+            value = msg.value()
+            if value is None:
+                self._upsert(pending)
+                pending = []
+                self.index.delete([vid])
+            else:
+                row = self._decoded(value if isinstance(value, bytes) else value.encode(), int(msg.offset() or 0))
+                if row is not None:
+                    pending.append(row)
+        self._upsert(pending)
+        APPLIED.labels(str(self.shard)).inc(len(records))
+        ROWS.labels(str(self.shard)).set(self.index.count())
+
+    def _upsert(self, rows: list[VectorRow]) -> None:
+        try:
+            self.index.upsert(rows)
+        except PermanentError:  # one row of a wrong size: apply the others one by one, count the bad one
+            for row in rows:
+                try:
+                    self.index.upsert([row])
+                except PermanentError as exc:
+                    SKIPPED.labels(str(self.shard), "dimension").inc()
+                    log.error("%s: %s", STAGE, exc)
+
+    def _decoded(self, value: bytes, offset: int) -> VectorRow | None:
+        try:
+            record = decode_record(value)
+        except DecodeError as exc:
+            SKIPPED.labels(str(self.shard), "undecodable").inc()
+            log.error("%s: %s[%d]@%d is not a VectorRecord (%s): skipped", STAGE, self.topic, self.shard, offset, exc)
+            return None
+        if record.space_id != self.space_id:
+            SKIPPED.labels(str(self.shard), "other-space").inc()
+            log.warning(
+                "%s: %s@%d is of space %s, not %s", STAGE, record.object_id, offset, record.space_id, self.space_id
+            )
+            return None
+        return from_record(record)
