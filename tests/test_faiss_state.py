@@ -1,0 +1,115 @@
+"""Faiss shard state without a broker: snapshots restore the exact index (ids, kind, dead marks, payload), kinds
+switch at the threshold and rebuild deterministically, and the updater's vectors.v1 table undoes aborted batches."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consumers.faiss_worker.snapshot import SnapshotMark, load_latest, write_snapshot
+from mmrag.changelog import LoggedRecord
+from mmrag.faiss_index import FaissIndex, FaissSettings
+from mmrag.kafka_clients import key_partition
+from mmrag.vector_index import VectorRow
+from mmrag.vector_log import VectorLogTable, from_record, to_record, vector_outputs
+
+pytestmark = pytest.mark.unit
+DIM = 8
+
+
+def rows(n: int, seed: int = 0, prefix: str = "v") -> list[VectorRow]:
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((n, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return [
+        VectorRow(f"{prefix}{i}", f'b/o\t{i % 7}"ü', "v1", i, 0, vecs[i], text=f"t{i} \\ \n", has_text=True)
+        for i in range(n)
+    ]
+
+
+def flat(found: list[VectorRow]) -> list[tuple[str, str, list[float]]]:
+    return [(r.vector_id, r.text, r.vector.tolist()) for r in found]
+
+
+def answers(index: FaissIndex, queries: np.ndarray) -> list[list[tuple[str, float]]]:
+    return [[(h.row.vector_id, h.score) for h in index.search(q, 5)] for q in queries]
+
+
+@pytest.mark.parametrize("ann", ["hnsw", "ivf"])
+def test_snapshot_restores_the_same_index_and_kind_switches_at_the_threshold(tmp_path: Path, ann: str) -> None:
+    settings = FaissSettings(faiss_ann=ann, faiss_ann_threshold=300, faiss_gpu="off")  # type: ignore[arg-type]
+    index = FaissIndex(DIM, settings)
+    data = rows(400)
+    index.upsert(data[:250])
+    assert index.kind == "flat"
+    index.upsert(data[250:])
+    assert index.kind == ann
+    index.delete([r.vector_id for r in data[:20]])
+    index.upsert([replace(data[30], text="new")])
+    mark = SnapshotMark("vectors.v1", 2, 1234, "space")
+    write_snapshot(tmp_path, index, mark)
+    restored, got = load_latest(tmp_path, "vectors.v1", 2, "space", settings, max_age_ms=60_000)  # type: ignore[misc]
+    assert (got.next_offset, got.partition, restored.kind, restored.count()) == (1234, 2, ann, 380)
+    queries = np.stack([r.vector for r in rows(6, seed=9)])
+    assert answers(restored, queries) == answers(index, queries)
+    assert flat(restored.rows_of(data[30].object_id)) == flat(index.rows_of(data[30].object_id))
+    assert next(r for r in restored.rows_of(data[30].object_id) if r.vector_id == "v30").text == "new"
+    assert load_latest(tmp_path, "vectors.v1", 2, "other-space", settings, 60_000) is None
+    assert load_latest(tmp_path, "vectors.v1", 1, "space", settings, 60_000) is None
+
+
+def test_newest_snapshot_wins_old_ones_pruned_and_too_old_ones_refused(tmp_path: Path) -> None:
+    index = FaissIndex(DIM)
+    index.upsert(rows(5))
+    for offset in (5, 9, 12):
+        write_snapshot(tmp_path, index, SnapshotMark("t", 0, offset, "s"))
+    kept = sorted(p.name for p in (tmp_path / "t-0").iterdir())
+    assert kept == [f"{9:020d}", f"{12:020d}"]
+    assert load_latest(tmp_path, "t", 0, "s", FaissSettings(), 60_000)[1].next_offset == 12  # type: ignore[index]
+    assert load_latest(tmp_path, "t", 0, "s", FaissSettings(), max_age_ms=-1) is None
+
+
+def test_rebuilds_after_deletes_are_deterministic() -> None:
+    settings = FaissSettings(faiss_compact_fraction=0.2, faiss_gpu="off")
+    a, b = FaissIndex(DIM, settings), FaissIndex(DIM, settings)
+    data = rows(100)
+    for index in (a, b):
+        index.upsert(data)
+        index.delete([r.vector_id for r in data[::3]])  # 34 dead > 20%: rebuilt
+        index.upsert(data[::6])
+    assert a.state()[2] == b.state()[2]
+    assert (a.state()[2]["dead"], a.state()[2]["next_id"]) == (0, 83)  # rebuilt once, renumbered 0..65
+    queries = np.stack([r.vector for r in rows(4, seed=3)])
+    assert answers(a, queries) == answers(b, queries)
+    assert a.count() == 100 - 34 + 17
+
+
+def test_vector_log_table_restores_its_partitions_and_undoes_aborted_batches() -> None:
+    data = rows(30)
+    outs = vector_outputs("vectors.v1", data, [], "ignored", 0, "space")
+    log = [
+        LoggedRecord(0, i, o.key, to_record(r, "space").SerializeToString(), {})
+        for i, (o, r) in enumerate(zip(outs, data, strict=True))
+    ]
+    log.append(LoggedRecord(0, 30, "v3", None, {}))  # a tombstone
+    log.append(LoggedRecord(0, 31, "x", to_record(replace(data[4], vector_id="x"), "other").SerializeToString(), {}))
+    table = VectorLogTable(lambda: iter(log), lambda: 3, "space")
+    mine = {key_partition(r.object_id, 3) for r in data[:2]}
+    table.restore(mine)
+    expected = {r.vector_id for r in data if key_partition(r.object_id, 3) in mine} - {"v3"}
+    kept = {r.vector_id for oid in {r.object_id for r in data} for r in table.rows_of(oid)}
+    assert kept == expected and expected
+    oid = data[0].object_id
+    before = table.rows_of(oid)
+    table.upsert([replace(data[0], text="changed"), replace(data[0], vector_id="new")])
+    table.delete([before[1].vector_id])
+    table.abort()
+    assert [(r.vector_id, r.text) for r in table.rows_of(oid)] == [(r.vector_id, r.text) for r in before]
+    table.upsert([replace(data[0], text="changed")])
+    table.commit()
+    table.abort()
+    assert next(r.text for r in table.rows_of(oid) if r.vector_id == data[0].vector_id) == "changed"
+    assert from_record(to_record(data[0], "s")).text == data[0].text
