@@ -171,13 +171,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--show", action="store_true", help="print every answer")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
     answerable = sum(1 for c in CASES if c.right)
     print(f"{len(CASES)} questions ({answerable} answerable from one source, {len(CASES) - answerable} not at all)")
     header = ("model", "faithful", "words", "model cites", "right source", "other source", "1st tok s", "tok/s")
     widths = (9, 6, 12, 13, 13, 10, 6)
     print(f"{header[0]:<14} " + " ".join(f"{h:>{w}}" for h, w in zip(header[1:], widths, strict=True)))
-    for model in MODELS:
+    for model in args.models:
         r = bench_model(model, args.threads, args.max_tokens, args.show)
         n = len(r)
         print(

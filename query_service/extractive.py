@@ -103,7 +103,7 @@ def extractive_answer(question: str, sources: Sequence[Source], max_sentences: i
     return " ".join(f"{sentence} [{sources[rank].number}]" for _, rank, _, sentence in picked)
 
 
-def supporting_sources(answer: str, sources: Sequence[Source], min_share: float = 0.6) -> list[int]:
+def supporting_sources(answer: str, sources: Sequence[Source], min_share: float = 0.5) -> list[int]:
     """The sources an answer's sentences came from, for a model that cites nothing (small models copy rather than
     cite): a sentence belongs to the source holding the largest share of its content words, when that share is at
     least ``min_share``; numbers in first-supported order."""

@@ -32,7 +32,8 @@ CORPUS = {
     "tide-pools.md": "Tide pools are rocky pools on the seashore that the sea fills at high tide. Sea anemones, "
     "starfish, crabs and small fish live in them and survive the hours when the tide is out.",
 }
-QUESTION = "What does a sourdough starter contain?"
+QUESTION = "Which animals live in tide pools?"
+ANSWERING = "tide-pools.md"
 
 
 @dataclass
@@ -57,6 +58,12 @@ def ask(port: int, question: str, timeout_s: float = 60) -> Asked:
             else:
                 asked.final = event.final
     return asked
+
+
+def searched_objects(port: int, text: str) -> set[str]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = query_pb2_grpc.QueryServiceStub(channel).Search(query_pb2.SearchQuery(text=text, top_k=5), timeout=10)
+    return {r.object_id for r in reply.results}
 
 
 def llm_worker(deployment, instance: str = "0") -> Service:  # type: ignore[no-untyped-def]
@@ -92,8 +99,8 @@ def assert_answered_from_sources(asked: Asked, source_key: str) -> None:
 def assert_degraded(asked: Asked, reasons: set[str]) -> query_pb2.AskFinal:
     final = asked.final
     assert final is not None and final.is_degraded and final.degraded_reason in reasons, final
-    assert asked.sources and asked.sources[0].object_id.endswith("sourdough.md")
-    assert "starter" in final.answer and "[1]" in final.answer, "an extractive answer cites the top source"
+    assert asked.sources and asked.sources[0].object_id.endswith(ANSWERING)
+    assert "crabs" in final.answer and "[1]" in final.answer, "an extractive answer cites the top source"
     assert [c.number for c in final.citations][:1] == [1]
     return final
 
@@ -131,9 +138,9 @@ def test_ask_streams_cited_answers_degrades_without_workers_and_recovers(  # typ
         (tmp_path / name).write_text(text)
     upload_files(S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket, [tmp_path / n for n in CORPUS])
     port = deployment.grpc_port
-    wait_for(lambda: len(ask(port, "tide pools sea anemones").sources) == 3, 120, "the corpus to be searchable")
+    wait_for(lambda: len(searched_objects(port, "tide pools sea anemones")) == 3, 120, "the corpus to be searchable")
 
-    assert_answered_from_sources(ask(port, QUESTION), "sourdough.md")
+    assert_answered_from_sources(ask(port, QUESTION), ANSWERING)
 
     late = send_expired_request(bootstrap, deployment.topic_prefix)
     wait_for(lambda: metric(worker, "mmrag_llm_requests_expired_total") >= 1, 30, "the expired request to be dropped")
@@ -155,4 +162,4 @@ def test_ask_streams_cited_answers_degrades_without_workers_and_recovers(  # typ
         60,
         "the breaker to close once a worker is back",
     )
-    assert_answered_from_sources(recovered, "sourdough.md")
+    assert_answered_from_sources(recovered, ANSWERING)

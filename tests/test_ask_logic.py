@@ -110,7 +110,7 @@ def test_prompt_keeps_sources_in_order_and_cuts_the_one_that_does_not_fit() -> N
     assert system.role == "system" and system.content == "answer from the sources"
     assert "[1] b/one\nshort source one" in user and "[2] b/two\nw0 w1" in user and "three" not in user
     assert words(user) + words(system.content) <= 400 - 50
-    assert user.rstrip().endswith("citing them as [n].") and "Question: what is w1?" in user
+    assert user.endswith("Question: what is w1?\nAnswer:")
     with pytest.raises(ValueError, match="context"):
         build_prompt(request, max_tokens=390, context_tokens=400, count=words)
 

@@ -46,7 +46,7 @@ def source_block(number: int, label: str, text: str) -> str:
 def build_prompt(request: GenerateRequest, max_tokens: int, context_tokens: int, count: CountTokens) -> Prompt:
     """Sources in the order given (best first); the ones that do not fit the context are dropped from the end,
     the last one that partly fits is cut. Raises ValueError when not even the question fits."""
-    question = f"Question: {request.question.strip()}\nAnswer using the sources above, citing them as [n]."
+    question = f"Question: {request.question.strip()}\nAnswer:"
     budget = context_tokens - max_tokens - TEMPLATE_TOKENS - count(request.instruction) - count(question)
     if budget < 0:
         raise ValueError(f"the question alone needs more than the model's {context_tokens}-token context")
