@@ -75,15 +75,20 @@ class OpenAIGenerator:
                 if response.status_code >= 400:
                     response.read()
                     raise GenerationError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:300]}")
-                yield from self._events(response.iter_lines(), cancel)
+                yield from self._events(
+                    response.iter_lines(), cancel, sum(self.count_tokens(m.content) for m in messages)
+                )
         except httpx.HTTPError as exc:
             raise GenerationError(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise GenerationError(f"{self.base_url}: malformed stream event ({exc})") from exc
 
-    def _events(self, lines: Iterator[str], cancel: threading.Event | None) -> Iterator[Delta]:
+    def _events(self, lines: Iterator[str], cancel: threading.Event | None, prompt_estimate: int) -> Iterator[Delta]:
+        """Deltas of the SSE stream; token counts from the server's usage event, else (servers that send none,
+        like llama_cpp.server) content events counted and the prompt estimated."""
         finish = "stop"
         usage: dict[str, Any] = {}
+        pieces = 0
         for line in lines:
             if not line.startswith("data:"):
                 continue  # SSE comments, keep-alives and blank separators
@@ -95,9 +100,12 @@ class OpenAIGenerator:
             for choice in event.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content") or ""
                 if piece:
+                    pieces += 1
                     yield Delta(piece)
                 finish = choice.get("finish_reason") or finish
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
-        yield Delta("", finish, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        yield Delta(
+            "", finish, int(usage.get("prompt_tokens", prompt_estimate)), int(usage.get("completion_tokens", pieces))
+        )
