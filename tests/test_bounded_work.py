@@ -8,6 +8,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.kafka
 PEAK_RSS_BOUND = 2 << 30  # an unbounded 60 MB text once drove this process to 11.5 GB
 
 
-def publish_in_one_partition(deployment, objects: dict[str, bytes]) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def publish_in_one_partition(deployment: Any, objects: dict[str, bytes]) -> dict[str, str]:
     """Uploads each object and puts its ObjectEvent, sniffed as the normalizer does, on objects.v1 partition 0 in
     the given order; returns key -> object_id."""
     store = S3ObjectStore(deployment.s3_settings(), "test")
@@ -95,7 +96,7 @@ def _descends(ppid: int, ancestor: int) -> bool:
     return False
 
 
-def test_over_limit_objects_go_to_the_dlq_while_the_partition_keeps_flowing(deployment) -> None:  # type: ignore[no-untyped-def]
+def test_over_limit_objects_go_to_the_dlq_while_the_partition_keeps_flowing(deployment: Any) -> None:
     from local_stack.stack import start_services
 
     [embedder] = start_services(
