@@ -70,3 +70,20 @@ def bomb_png(side: int = 20000) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
+
+
+def zip_bomb_docx(body_mib: int) -> bytes:
+    """A real DOCX whose word/document.xml is replaced by ``body_mib`` MiB of highly compressible text: a small
+    file that would unpack to a huge body."""
+    import zipfile
+
+    real = zipfile.ZipFile(io.BytesIO(docx_bytes(["Quarterly report"], ["cell"])))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for info in real.infolist():
+            if info.filename != "word/document.xml":
+                bomb.writestr(info, real.read(info))
+        with bomb.open("word/document.xml", "w") as body:
+            for _ in range(body_mib):
+                body.write(b"<w:p>" + b"a" * (1 << 20))
+    return buf.getvalue()

@@ -4,9 +4,7 @@ and the process's peak memory stays bounded."""
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from mmrag.ids import object_id
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import EmbeddingBatch, ObjectEvent
 from producers.content_sniffing import sniff
-from tests.documents import docx_bytes
+from tests.documents import zip_bomb_docx
 from tests.kafka_tools import read_topic, wait_for
 from tests.test_odd_inputs import NESTED_HTML, SVG
 
@@ -53,19 +51,6 @@ def publish_in_one_partition(deployment: Any, objects: dict[str, bytes]) -> dict
         )
     assert producer.flush(10) == 0
     return ids
-
-
-def zip_bomb_docx() -> bytes:
-    real = zipfile.ZipFile(io.BytesIO(docx_bytes(["Quarterly report"], ["cell"])))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as bomb:
-        for info in real.infolist():
-            if info.filename != "word/document.xml":
-                bomb.writestr(info, real.read(info))
-        with bomb.open("word/document.xml", "w") as body:
-            for _ in range(80):
-                body.write(b"<w:p>" + b"a" * (1 << 20))
-    return buf.getvalue()
 
 
 def peak_rss(pid: int) -> int:
@@ -106,7 +91,7 @@ def test_over_limit_objects_go_to_the_dlq_while_the_partition_keeps_flowing(depl
     over = {
         "long.txt": (words * 18_000).encode(),  # 1.5 MB: under the size limit, far over 30 chunks
         "huge.txt": (words * 30_000).encode(),  # 2.5 MB: over MMRAG_MAX_TEXT_BYTES, never read
-        "bomb.docx": zip_bomb_docx(),  # an 80 MB body in a small file
+        "bomb.docx": zip_bomb_docx(80),  # an 80 MB body in a small file
     }
     good = {
         "small.md": b"# Tide pools\nSea anemones and starfish live in them.",

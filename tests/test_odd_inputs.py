@@ -4,11 +4,9 @@ decided before the object is materialized (tracemalloc peaks bounded, not timing
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 import tracemalloc
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +24,7 @@ from mmrag.read_ahead import ReadAhead
 from mmrag.svg import sanitized_svg
 from mmrag.text_encoder import MiniLMEncoder
 from producers.content_sniffing import sniff
-from tests.documents import docx_bytes, pdf_bytes, png_bytes, words_image
+from tests.documents import pdf_bytes, png_bytes, words_image, zip_bomb_docx
 
 pytestmark = pytest.mark.unit
 
@@ -169,16 +167,7 @@ def test_over_token_text_stops_counting_at_the_cap_without_tokenizing_it_whole()
 
 
 def test_zip_bomb_docx_is_refused_from_its_directory_before_unpacking() -> None:
-    real = zipfile.ZipFile(io.BytesIO(docx_bytes(["Quarterly report"], ["cell"])))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as bomb:
-        for info in real.infolist():
-            if info.filename != "word/document.xml":
-                bomb.writestr(info, real.read(info))
-        with bomb.open("word/document.xml", "w") as body:
-            for _ in range(96):
-                body.write(b"<w:p>" + b"a" * (1 << 20))
-    data = buf.getvalue()
+    data = zip_bomb_docx(96)
     assert len(data) < 1 << 20  # ~96 MB of body in well under 1 MB
     tracemalloc.start()
     try:
