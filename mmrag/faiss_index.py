@@ -39,9 +39,12 @@ class FaissSettings(BaseSettings):
     faiss_hnsw_m: int = 32
     faiss_hnsw_ef_construction: int = 64
     faiss_hnsw_ef_search: int = Field(default=128, description="HNSW search breadth (at least top_k)")
-    faiss_ivf_nlist: int = Field(default=0, ge=0, description="IVF lists; 0 = 4*sqrt(rows) when it is built")
+    faiss_ivf_nlist: int = Field(default=0, ge=0, description="IVF lists; 0 = sqrt(rows) when it is built")
     faiss_ivf_nprobe: int = Field(default=32, ge=1, description="IVF lists visited per search")
     faiss_compact_fraction: float = Field(default=0.25, gt=0, le=1, description="dead share that triggers a rebuild")
+    faiss_threads: int = Field(
+        default=0, ge=0, description="OpenMP threads of Faiss in this process; 0 = Faiss' default (every core)"
+    )
     faiss_gpu: Literal["auto", "off"] = Field(
         default="auto", description="search flat shards on a CUDA device when a faiss GPU build finds one"
     )
@@ -91,7 +94,9 @@ class FaissIndex:
         self._gpu: Any = None  # a GPU copy of a flat index, made again after changes
 
     def start(self) -> None:
-        """Nothing to connect: the index lives in this process."""
+        """Nothing to connect (the index lives in this process); applies MMRAG_FAISS_THREADS, process-wide."""
+        if self.settings.faiss_threads:
+            faiss.omp_set_num_threads(self.settings.faiss_threads)
 
     # -- writer side ---------------------------------------------------------------------------------------------
 
@@ -213,11 +218,11 @@ class FaissIndex:
             base.hnsw.efConstruction = s.faiss_hnsw_ef_construction
         elif kind == "ivf":
             assert training is not None, "an IVF index is built from rows"
-            nlist = s.faiss_ivf_nlist or max(1, int(4 * math.sqrt(len(training))))
-            nlist = min(nlist, max(1, len(training) // 39))  # k-means wants >= 39 points per list
+            n = len(training)
+            nlist = min(s.faiss_ivf_nlist or max(1, int(math.sqrt(n))), max(1, n // 39))  # k-means: >= 39 per list
             base = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             base.make_direct_map()  # rows_of and rebuilds reconstruct vectors
-            base.train(training)
+            base.train(training[:: max(1, n // (64 * nlist))])  # an even sample of ~64 rows per list: deterministic
         else:
             base = faiss.IndexFlatIP(self.dim)
         return faiss.IndexIDMap2(base)

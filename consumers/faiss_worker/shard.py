@@ -75,6 +75,7 @@ class FaissShard:
 
     def start(self) -> None:
         """Loads the newest snapshot, then applies the partition up to its end offset as of now (blocks until)."""
+        self.index.start()
         self._load_snapshot()
         consumer = Consumer(
             consumer_config(
