@@ -205,8 +205,8 @@ class FaissIndex:
         self._cols = _Columns.empty(max(1024, len(rows)))
         for new, row in enumerate(rows):
             self._remember(new, row)
-        self.kind = kind
-        self._index = self._empty(kind, vectors)
+        self.kind = "flat" if kind == "ivf" and not rows else kind  # nothing to train lists on: flat until the next
+        self._index = self._empty(self.kind, vectors)
         self._index.add_with_ids(vectors, np.arange(len(rows), dtype=np.int64))
         self._next_id, self._dead = len(rows), 0
 

@@ -113,3 +113,15 @@ def test_vector_log_table_restores_its_partitions_and_undoes_aborted_batches() -
     table.abort()
     assert next(r.text for r in table.rows_of(oid) if r.vector_id == data[0].vector_id) == "changed"
     assert from_record(to_record(data[0], "s")).text == data[0].text
+
+
+def test_an_ivf_shard_emptied_by_deletes_keeps_working() -> None:
+    settings = FaissSettings(faiss_ann="ivf", faiss_ann_threshold=50, faiss_gpu="off")
+    index = FaissIndex(DIM, settings)
+    data = rows(60)
+    index.upsert(data)
+    assert index.kind == "ivf"
+    index.delete([r.vector_id for r in data])
+    assert (index.count(), index.kind, index.search(data[0].vector, 3)) == (0, "flat", [])
+    index.upsert(data[:60])
+    assert index.kind == "ivf" and [h.row.vector_id for h in index.search(data[7].vector, 1)] == ["v7"]
