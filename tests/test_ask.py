@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from confluent_kafka import Producer
+from rich.console import Console
 
 from local_stack.services import Service
 from mmrag.kafka_clients import encode_headers
@@ -19,6 +20,7 @@ from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource
 from mmrag.request_reply import ReplyAddress
+from operator_cli.ask import stream_answer
 from producers.upload import upload_files
 from tests.kafka_tools import read_topic, wait_for
 
@@ -163,3 +165,9 @@ def test_ask_streams_cited_answers_degrades_without_workers_and_recovers(  # typ
         "the breaker to close once a worker is back",
     )
     assert_answered_from_sources(recovered, ANSWERING)
+
+    terminal = Console(record=True, width=200)
+    final = stream_answer(f"127.0.0.1:{port}", QUESTION, top_k=5, timeout_s=60, console=terminal)
+    shown = terminal.export_text()
+    assert "[1]" in shown and ANSWERING in shown and final.answer.strip()[:20] in shown.replace("\n", " ")
+    assert f"cited: [{final.citations[0].number}] {final.citations[0].object_id}" in shown, shown
