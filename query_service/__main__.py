@@ -16,7 +16,7 @@ from query_service.ask import Asker, AskLimits
 from query_service.generation import GenerationClient
 from query_service.llm_breaker import LlmBreaker, WorkerPresence
 from query_service.query_encoder import QueryEncoder
-from query_service.reply_client import RequestReplyClient
+from query_service.reply_client import RequestReplyClient, Route
 from query_service.search import ShardedSearch
 from query_service.server import QueryServicer, QueryServiceSettings, serve
 from query_service.status_view import StatusView
@@ -46,10 +46,9 @@ class QueryService:
         self.probes.add_check("replies", replies.health)
         self.probes.add_check("llm", lambda: (True, f"{breaker.detail()}, llm workers: {presence.workers}"))
         producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
-        search = ShardedSearch(producer, replies, t.search_requests, t.search_replies, space.id, s.shards)
-        generation = GenerationClient(
-            producer, replies, t.llm_requests, t.llm_replies, s.llm_first_token_timeout_s, s.llm_stall_timeout_s
-        )
+        search = ShardedSearch(Route(producer, t.search_requests, t.search_replies, replies), space.id, s.shards)
+        llm_route = Route(producer, t.llm_requests, t.llm_replies, replies)
+        generation = GenerationClient(llm_route, s.llm_first_token_timeout_s, s.llm_stall_timeout_s)
         limits = AskLimits(
             s.search_timeout_s, s.ask_timeout_s, s.ask_max_sources, s.ask_chunks_per_source, s.ask_max_tokens
         )

@@ -5,31 +5,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
-from mmrag.messages import Output, now_ms
+from mmrag.messages import now_ms
 from mmrag.pb.events_pb2 import GenerateChunk, GenerateRequest
-from mmrag.producing import produce_outputs
-from mmrag.request_reply import ReplyAddress
-from mmrag.telemetry import inject_context
 from query_service.llm_breaker import LlmUnavailableError
-from query_service.reply_client import RequestReplyClient
+from query_service.reply_client import Route
 
 
 class GenerationClient:
-    def __init__(
-        self,
-        producer: Any,
-        replies: RequestReplyClient,
-        requests_topic: str,
-        replies_topic: str,
-        first_token_timeout_s: float,
-        stall_timeout_s: float,
-    ) -> None:
-        self.producer = producer
-        self.replies = replies
-        self.requests_topic = requests_topic
-        self.replies_topic = replies_topic
+    def __init__(self, route: Route, first_token_timeout_s: float, stall_timeout_s: float) -> None:
+        self.route = route
         self.first_token_timeout_s = first_token_timeout_s
         self.stall_timeout_s = stall_timeout_s
 
@@ -37,14 +22,8 @@ class GenerationClient:
         """Chunks in seq order, the final one last. LlmUnavailableError: ``llm-timeout`` (no first chunk within the
         first-token timeout), ``llm-interrupted`` (the stream stalled or the deadline passed), ``llm-error``."""
         cid = request.correlation_id
-        deadline_ms = now_ms() + int(max(0.0, deadline - time.monotonic()) * 1000)
-        request.deadline_ms = deadline_ms
-        address = ReplyAddress(cid, self.replies_topic, self.replies.partition, deadline_ms)
-        with self.replies.expect(cid) as pending:
-            produce_outputs(
-                self.producer, [Output(self.requests_topic, cid, request, inject_context(address.headers()))]
-            )
-            self.producer.poll(0)
+        request.deadline_ms = now_ms() + int(max(0.0, deadline - time.monotonic()) * 1000)
+        with self.route.send(cid, request, request.deadline_ms) as pending:
             wait_until = min(deadline, time.monotonic() + self.first_token_timeout_s)
             expected = 0
             while True:

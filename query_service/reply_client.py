@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -20,7 +21,10 @@ from google.protobuf.message import DecodeError, Message
 from prometheus_client import Counter
 
 from mmrag.kafka_clients import consumer_config, decode_headers
-from mmrag.request_reply import CORRELATION_ID, FAST_CONSUMER
+from mmrag.messages import Output
+from mmrag.producing import produce_outputs
+from mmrag.request_reply import CORRELATION_ID, FAST_CONSUMER, ReplyAddress
+from mmrag.telemetry import inject_context
 
 log = logging.getLogger(__name__)
 LATE = Counter("mmrag_late_replies_total", "Replies that arrived after their request returned (dropped)", ["topic"])
@@ -131,3 +135,23 @@ class RequestReplyClient:
             self._thread.join(5)
         if self._consumer is not None:
             self._consumer.close()
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where requests of one kind go and where their replies come back (this replica's partition)."""
+
+    producer: Any
+    requests_topic: str
+    replies_topic: str
+    replies: RequestReplyClient
+
+    @contextmanager
+    def send(self, correlation_id: str, request: Message, deadline_ms: int) -> Iterator[PendingReplies]:
+        """Registers the request's queue, then sends the request with its reply address and trace context."""
+        address = ReplyAddress(correlation_id, self.replies_topic, self.replies.partition, deadline_ms)
+        with self.replies.expect(correlation_id) as pending:
+            output = Output(self.requests_topic, correlation_id, request, inject_context(address.headers()))
+            produce_outputs(self.producer, [output])
+            self.producer.poll(0)
+            yield pending

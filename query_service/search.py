@@ -6,18 +6,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from mmrag.messages import Output, now_ms
+from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
-from mmrag.producing import produce_outputs
-from mmrag.request_reply import ReplyAddress
-from mmrag.telemetry import inject_context
-from query_service.reply_client import RequestReplyClient
+from query_service.reply_client import Route
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +51,8 @@ def merge_top_k(replies: list[SearchReply], top_k: int) -> list[ShardHit]:
 
 
 class ShardedSearch:
-    def __init__(
-        self,
-        producer: Any,
-        replies: RequestReplyClient,
-        requests_topic: str,
-        replies_topic: str,
-        space_id: str,
-        shards: int,
-    ) -> None:
-        self.producer = producer
-        self.replies = replies
-        self.requests_topic = requests_topic
-        self.replies_topic = replies_topic
+    def __init__(self, route: Route, space_id: str, shards: int) -> None:
+        self.route = route
         self.space_id = space_id
         self.shards = shards
 
@@ -75,16 +60,11 @@ class ShardedSearch:
         """Never raises for slow shards: whatever answered in time is merged and the rest listed as missing."""
         start = time.monotonic()
         cid = uuid.uuid4().hex
-        address = ReplyAddress(cid, self.replies_topic, self.replies.partition, now_ms() + int(timeout_s * 1000))
         request = SearchRequest(
             correlation_id=cid, space_id=self.space_id, query_vector=vector.tolist(), top_k=top_k, query_text=query_text
         )
         replies: list[SearchReply] = []
-        with self.replies.expect(cid) as pending:
-            produce_outputs(
-                self.producer, [Output(self.requests_topic, cid, request, inject_context(address.headers()))]
-            )
-            self.producer.poll(0)
+        with self.route.send(cid, request, now_ms() + int(timeout_s * 1000)) as pending:
             while len(replies) < self.shards:
                 reply = pending.next(start + timeout_s)
                 if reply is None:
