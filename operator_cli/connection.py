@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -97,6 +98,8 @@ def friendly(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             message = str(kafka_problem(exc, settings))
         except grpc.RpcError as exc:
             message = str(grpc_problem(exc, getattr(args, "target", None) or settings.target))
+        except TimeoutError:
+            message = f"Kafka at {settings.bootstrap_servers} did not answer in time -> check the cluster, then retry"
         except KeyboardInterrupt:
             message = "interrupted"
         print(f"error: {message}", file=sys.stderr)
@@ -131,8 +134,9 @@ def format_ms(ms: int) -> str:
 
 
 def console() -> Console:
-    """A rich console; piped output gets wide lines instead of 80 columns, so names are not cut."""
-    return Console(width=None if sys.stdout.isatty() else 160)
+    """A rich console; piped output gets wide lines instead of 80 columns (unless COLUMNS says), so names are not
+    cut."""
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
 def print_json(data: Any) -> None:

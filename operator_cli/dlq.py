@@ -140,7 +140,7 @@ def _purge(args: argparse.Namespace) -> int:
             raise CommandError("not confirmed; nothing purged")
     futures = admin.delete_records([TopicPartition(topic, p, before) for p in partitions], request_timeout=30)
     for tp, future in futures.items():
-        low = future.result().low_watermark
+        low = future.result(timeout=60).low_watermark
         print(f"{topic}[{tp.partition}]: records below offset {low} deleted (the purge watermark)")
     return 0
 

@@ -127,7 +127,7 @@ def _ensure_marker_topic(settings: OperatorSettings) -> None:
         return
     config = {"cleanup.policy": "compact"}
     try:
-        admin.create_topics([NewTopic(topic, 1, replication_factor=-1, config=config)])[topic].result()
+        admin.create_topics([NewTopic(topic, 1, replication_factor=-1, config=config)])[topic].result(timeout=30)
     except KafkaException as exc:
         if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -37,7 +38,7 @@ class GroupOffsets:
 
 
 def list_group_ids(admin: AdminClient) -> list[str]:
-    result = admin.list_consumer_groups(request_timeout=TIMEOUT_S).result()
+    result = admin.list_consumer_groups(request_timeout=TIMEOUT_S).result(timeout=2 * TIMEOUT_S)
     return sorted(g.group_id for g in result.valid)
 
 
@@ -47,24 +48,30 @@ def describe_groups(admin: AdminClient, group_ids: Iterable[str], topics: set[st
     if not ids:
         return {}
     described = admin.describe_consumer_groups(ids, request_timeout=TIMEOUT_S)
-    offsets = {g: _committed(admin, g) for g in ids}
+    metadata = admin.list_topics(timeout=TIMEOUT_S).topics
+    partitions = {t: sorted(metadata[t].partitions) for t in topics if t in metadata}
     groups = {}
     for group_id, future in described.items():
-        desc = future.result()
-        members = [
-            Member(
-                m.client_id,
-                m.host,
-                tuple(sorted((tp.topic, tp.partition) for tp in m.assignment.topic_partitions if tp.topic in topics)),
-            )
-            for m in desc.members
-        ]
-        committed: dict[Partition, int | None] = {tp: off for tp, off in offsets[group_id].items() if tp[0] in topics}
-        for member in members:
-            for tp in member.partitions:
-                committed.setdefault(tp, None)
+        desc = future.result(timeout=2 * TIMEOUT_S)
+        members = [_member(m, topics) for m in desc.members]
+        committed: dict[Partition, int | None] = {
+            tp: off for tp, off in _committed(admin, group_id).items() if tp[0] in topics
+        }
+        for tp in (tp for member in members for tp in member.partitions):
+            committed.setdefault(tp, None)
+        # A partition the group never committed is read from the earliest offset when it starts (every consumer
+        # here resets to earliest), so its whole content is lag: a stopped group would hide it otherwise.
+        for topic in {t for t, _ in committed}:
+            for partition in partitions.get(topic, ()):
+                committed.setdefault((topic, partition), None)
         groups[group_id] = GroupOffsets(group_id, desc.state.name.lower(), members, committed)
     return groups
+
+
+def _member(description: Any, topics: set[str]) -> Member:
+    assigned = description.assignment.topic_partitions
+    mine = tuple(sorted((tp.topic, tp.partition) for tp in assigned if tp.topic in topics))
+    return Member(description.client_id, description.host, mine)
 
 
 def project_groups(admin: AdminClient, topics: set[str], only: str | None = None) -> list[GroupOffsets]:
@@ -81,7 +88,9 @@ def project_groups(admin: AdminClient, topics: set[str], only: str | None = None
 
 def _committed(admin: AdminClient, group: str) -> dict[Partition, int]:
     request = [ConsumerGroupTopicPartitions(group)]
-    result = admin.list_consumer_group_offsets(request, require_stable=True, request_timeout=TIMEOUT_S)[group].result()
+    result = admin.list_consumer_group_offsets(request, require_stable=True, request_timeout=TIMEOUT_S)[group].result(
+        timeout=2 * TIMEOUT_S
+    )
     return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or [] if tp.offset >= 0}
 
 
@@ -97,7 +106,7 @@ def end_offsets(
     ends = {}
     for tp, future in futures.items():
         try:
-            ends[(tp.topic, tp.partition)] = future.result().offset
+            ends[(tp.topic, tp.partition)] = future.result(timeout=2 * TIMEOUT_S).offset
         except KafkaException as exc:
             raise CommandError(
                 f"{tp.topic}[{tp.partition}]: end offset unknown ({exc}) -> is the topic there?"

@@ -74,7 +74,8 @@ def plan_reset(settings: OperatorSettings, group: str, spec: OffsetSpec, topics:
 
 def apply_reset(settings: OperatorSettings, group: str, moves: list[Move]) -> None:
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(m.topic, m.partition, m.target) for m in moves])
-    settings.admin().alter_consumer_group_offsets([request], request_timeout=15)[group].result()
+    admin = settings.admin()  # kept alive until the result: a collected client never completes its futures
+    admin.alter_consumer_group_offsets([request], request_timeout=15)[group].result(timeout=30)
 
 
 def moves_table(group: str, to: str, moves: list[Move], dry_run: bool) -> Table:
