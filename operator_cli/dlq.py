@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from confluent_kafka import TopicPartition
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from operator_cli.connection import (
     CommandError,
@@ -58,9 +60,8 @@ def list_table(dead_letters: list[DeadLetter], topic: str) -> Table:
     for d in dead_letters:
         attempts = f"{d.attempts} (replay of {d.replay_of})" if d.replay_of else str(d.attempts)
         message = d.message if len(d.message) <= 100 else d.message[:97] + "..."
-        table.add_row(
-            str(d.offset), format_ms(d.failed_ms), d.stage, d.error_class, d.record.key or "-", attempts, message
-        )
+        cells = (str(d.offset), format_ms(d.failed_ms)[:-5] + "Z", d.stage, d.error_class, d.record.key or "-")
+        table.add_row(*map(Text, (*cells, attempts, message)))
     return table
 
 
@@ -84,14 +85,14 @@ def _show(args: argparse.Namespace) -> int:
         print_json({**summary(d), "headers": d.record.headers, "value": value})
         return 0
     table = Table(
-        title=f"{settings.topics.dlq}[{d.record.partition}]@{d.offset}  key {d.record.key}", show_header=False
+        title=escape(f"{settings.topics.dlq}[{d.record.partition}]@{d.offset}  key {d.record.key}"), show_header=False
     )
     table.add_column("header", style="bold")
     table.add_column("value", overflow="fold")
     for name, text in sorted(d.record.headers.items()):
         shown = format_ms(int(text)) + f" ({text})" if name.endswith("-ms") and text.isdigit() else text
-        table.add_row(name, shown)
-    table.add_row("value", value)
+        table.add_row(name, Text(shown))
+    table.add_row("value", Text(value))
     console().print(table)
     return 0
 
@@ -103,7 +104,7 @@ def verdicts_table(verdicts: list[Verdict], dry_run: bool) -> Table:
     for v in verdicts:
         d = v.dead_letter
         verdict = ("would replay" if dry_run else "replayed") if v.replay else f"skipped: {v.reason}"
-        table.add_row(str(d.offset), d.stage, d.record.key or "-", d.source_topic, verdict)
+        table.add_row(*map(Text, (str(d.offset), d.stage, d.record.key or "-", d.source_topic, verdict)))
     return table
 
 
@@ -121,7 +122,10 @@ def _replay(args: argparse.Namespace) -> int:
         print_json({"dry_run": args.dry_run, "replayed": sent, "dead_letters": rows})
     else:
         console().print(verdicts_table(verdicts, args.dry_run))
-        print(f"{sent} replayed, {sum(1 for v in verdicts if not v.replay)} skipped")
+        chosen = sum(1 for v in verdicts if v.replay)
+        print(
+            f"{f'{chosen} would be replayed' if args.dry_run else f'{sent} replayed'}, {len(verdicts) - chosen} skipped"
+        )
     return 0
 
 

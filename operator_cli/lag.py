@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 from rich.table import Table
+from rich.text import Text
 
 from mmrag.kafka_clients import consumer_config
 from operator_cli.connection import OperatorSettings, add_json_flag, console, friendly, print_json
@@ -153,7 +154,7 @@ def lag_table(groups: list[GroupLag]) -> Table:
             head = (g.group, g.state, str(len(g.members))) if i == 0 else ("", "", "")
             committed = "-" if p.committed is None else str(p.committed)
             lag = str(p.lag) if p.exact else f"~{p.lag}"
-            table.add_row(*head, p.topic, str(p.partition), committed, str(p.end), lag)
+            table.add_row(*map(Text, (*head, p.topic, str(p.partition), committed, str(p.end), lag)))
         table.add_row("", "", "", "", "", "", "[bold]total", f"[bold]{g.total}", end_section=True)
     return table
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 from rich.table import Table
+from rich.text import Text
 
 from operator_cli.connection import (
     CommandError,
@@ -86,7 +87,7 @@ def moves_table(group: str, to: str, moves: list[Move], dry_run: bool) -> Table:
     for m in moves:
         current = "-" if m.current is None else str(m.current)
         change = "" if m.current is None else f"{m.target - m.current:+d}"
-        table.add_row(m.topic, str(m.partition), current, str(m.target), change)
+        table.add_row(Text(m.topic), str(m.partition), current, str(m.target), change)
     return table
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 from rich.table import Table
+from rich.text import Text
 
 from mmrag.pb import query_pb2, query_pb2_grpc
 from operator_cli.connection import CommandError, OperatorSettings, add_json_flag, console, friendly, print_json
@@ -37,7 +38,7 @@ def results_table(reply: query_pb2.SearchResponse) -> Table:
     for column in ("#", "score", "object", "kind", "snippet"):
         table.add_column(column, justify="right" if column in ("#", "score") else "left")
     for rank, r in enumerate(reply.results, 1):
-        table.add_row(str(rank), f"{r.score:.3f}", r.object_id, kind(r), snippet(r))
+        table.add_row(str(rank), f"{r.score:.3f}", Text(r.object_id), kind(r), Text(snippet(r)))
     return table
 
 

@@ -6,7 +6,9 @@ import argparse
 import time
 
 import grpc
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mmrag.pb import query_pb2, query_pb2_grpc
 from operator_cli.connection import (
@@ -44,11 +46,10 @@ def object_status(target: str, object_id: str, timeout_s: float) -> query_pb2.Ob
 
 
 def status_table(s: query_pb2.ObjectStatusResponse) -> Table:
-    table = Table(title=f"s3://{s.object_id}", title_justify="left", show_header=False)
+    table = Table(title=escape(f"s3://{s.object_id}"), title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    style = STATE_STYLE.get(s.state, "")
-    rows = [("state", f"[{style}]{s.state}" if style else s.state), ("version", s.version or "-")]
+    rows = [("version", s.version or "-")]
     if s.space_id:
         rows.append(("embedding space", s.space_id))
     rows += [("event time", format_ms(s.event_time_ms)), ("indexed at", format_ms(s.indexed_at_ms))]
@@ -64,8 +65,9 @@ def status_table(s: query_pb2.ObjectStatusResponse) -> Table:
         rows.append(("fix", s.fix))
     if s.HasField("dlq_offset"):
         rows.append(("dead letter", f"mmrag dlq show {s.dlq_offset}"))
+    table.add_row("state", Text(s.state, style=STATE_STYLE.get(s.state, "")))
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, Text(value))
     return table
 
 
