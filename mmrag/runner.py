@@ -2,28 +2,35 @@
 
 Consume-transform-produce stages run each batch in a Kafka transaction whose offsets commit with it; sink stages
 (effects outside Kafka) make their effect durable inside the handler, flush what they produced, then commit.
+
+Failure rule (docs/architecture.md "Delivery guarantees"): a RetryableError means the world is broken, not the item:
+after a few quick retries the stage backs off (readiness red with the reason, assignment paused, batch rewound,
+polling on) and tries again, for as long as it takes; nothing goes to the DLQ for it. Any other failure is the
+item's: a failing batch is isolated item by item and only items that fail alone are dead-lettered.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 from opentelemetry import trace
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from mmrag import metrics
+from mmrag.delivery import Delivery, Encoded, NotDeliveredError, RejectedOutputsError, encode
 from mmrag.dlq import Origin, dead_letter
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.kafka_clients import decode_headers, make_consumer, make_producer
 from mmrag.messages import Envelope, Output, now_ms
-from mmrag.producing import Deliveries, flush_or_raise, produce_outputs
+from mmrag.poll_keeper import PollKeeper
 from mmrag.settings import BaseServiceSettings
 from mmrag.telemetry import Probes, extract_context, inject_context, setup_tracing
 
@@ -35,13 +42,22 @@ ItemResult = Sequence[Output] | Exception
 
 
 class BatchHandler(Protocol[T]):
-    """A stage's logic over decoded messages: one result per envelope, either outputs or the item's error."""
+    """A stage's logic over decoded messages: one result per envelope, either outputs or the item's error.
+
+    Optional hooks, for handlers with state that must move with the committed offsets: ``on_assign(partitions)``
+    restores state for the full assignment (run by the loop on paused partitions, never inside the rebalance
+    callback), ``on_commit()`` after a batch's outputs and offsets committed, ``on_abort()`` when a batch's
+    effects were dropped (retry, aborted transaction, rewind): state changed by that batch must be undone."""
 
     stage: str
 
     def warm_up(self) -> None: ...
 
     def handle(self, batch: Sequence[Envelope[T]]) -> Sequence[ItemResult]: ...
+
+
+class OutageError(Exception):
+    """A batch could not be handled because a dependency is down (its RetryableError is the cause)."""
 
 
 @dataclass(frozen=True)
@@ -127,41 +143,41 @@ class StageRunner(Generic[T]):
         self.tracer = setup_tracing(self.stage)
         self.consumer_overrides = dict(consumer_overrides or {})
         self.producer_overrides = dict(producer_overrides or {})
+        self.outages = 0  # consecutive batches that met a broken dependency
+        self._suspects: set[tuple[str, int, int]] = set()  # inputs whose output Kafka refused in a shared request
         self._consumer: Any = None
         self._producer: Any = None
+        self._keeper: PollKeeper | None = None
+        self._delivery: Delivery | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connects clients, subscribes and warms the handler up; readiness turns green afterwards."""
         s = self.settings
-        self._consumer = make_consumer(s.bootstrap_servers, self.group, **self.consumer_overrides)
+        consumer_extra = {"max.poll.interval.ms": s.max_poll_interval_ms, **self.consumer_overrides}
+        self._consumer = make_consumer(s.bootstrap_servers, self.group, **consumer_extra)
         txn_id = f"{self.group}.{s.instance_id}" if self.transactional else None
-        producer_extra = dict(self.producer_overrides)
+        producer_extra: dict[str, Any] = {"message.max.bytes": s.max_message_bytes, **self.producer_overrides}
         if txn_id:
             producer_extra["transaction.timeout.ms"] = s.transaction_timeout_ms
         self._producer = make_producer(s.bootstrap_servers, txn_id, **producer_extra)
         if self.transactional:
             # Fences a previous incarnation with the same id and aborts whatever it left open.
             self._producer.init_transactions(30)
-        self._consumer.subscribe(list(self.decoders), **self._rebalance_callbacks())
+        self._delivery = Delivery(
+            self._producer, transactional=self.transactional, stage=self.stage, commit_deadline_s=s.commit_deadline_s
+        )
+        keeper = self._keeper = PollKeeper(self._consumer, self.stage)
+        restore = callable(getattr(self.handler, "on_assign", None))
+        self._consumer.subscribe(
+            list(self.decoders),
+            on_assign=lambda consumer, tps: keeper.on_assign(consumer, tps, restore),
+            on_revoke=keeper.on_revoke,
+        )
         self.handler.warm_up()
         self.probes.set_ready(True)
-        log.info(
-            "%s: group %s consuming %s (transactional=%s)",
-            self.stage,
-            self.group,
-            list(self.decoders),
-            self.transactional,
-        )
-
-    def _rebalance_callbacks(self) -> dict[str, Any]:
-        """A handler with ``on_assign(partitions)`` restores its per-partition state there, before their first batch
-        (the full assignment as (topic, partition) pairs; called inside the poll, so keep it within max.poll)."""
-        on_assign = getattr(self.handler, "on_assign", None)
-        if on_assign is None:
-            return {}
-        return {"on_assign": lambda _consumer, tps: on_assign([(tp.topic, tp.partition) for tp in tps])}
+        log.info("%s: group %s consuming %s (transactional=%s)", self.stage, self.group, list(self.decoders), txn_id)
 
     def run(self, stop: threading.Event) -> None:
         """Processes batches until ``stop`` is set; fatal Kafka errors propagate (the supervisor restarts us)."""
@@ -174,15 +190,24 @@ class StageRunner(Generic[T]):
 
     def close(self) -> None:
         self.probes.set_ready(False, "stopping")
+        if self._keeper is not None:
+            self._keeper.close()
         if self._consumer is not None:
             self._consumer.close()
         if self._producer is not None:
             self._producer.flush(10)
 
+    @property
+    def keeper(self) -> PollKeeper:
+        assert self._keeper is not None, "start() first"
+        return self._keeper
+
     # -- one batch -------------------------------------------------------------------------------------------
 
     def step(self) -> int:
-        """Polls one batch and carries it through to a commit. Returns how many messages it consumed."""
+        """Polls one batch and carries it through to a commit. Returns how many messages it committed (0 when the
+        batch was rewound because a dependency is down: it comes again after the back-off)."""
+        self._restore_assigned()
         raw = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_ms / 1000)
         batch = _Batch([_Item(_Consumed.of(m)) for m in raw if not self._is_transport_error(m)])
         if not batch.items:
@@ -192,13 +217,29 @@ class StageRunner(Generic[T]):
         for item in batch.items:
             metrics.QUEUE_WAIT.labels(self.stage).observe(max(0, received - item.raw.timestamp_ms) / 1000)
         self._decode(batch)
-        with metrics.HANDLE_SECONDS.labels(self.stage).time():
-            self._handle(batch)
-        with metrics.COMMIT_SECONDS.labels(self.stage).time():
-            committed = self._commit(batch)
-        if committed:
-            self._record(batch)
+        try:
+            with metrics.HANDLE_SECONDS.labels(self.stage).time():
+                self.keeper.run(lambda: self._handle(batch))
+            with metrics.COMMIT_SECONDS.labels(self.stage).time():
+                self._commit(batch)
+        except (OutageError, NotDeliveredError) as exc:
+            self._back_off(batch, exc)
+            return 0
+        self._recovered()
+        self._record(batch)
         return len(batch.items)
+
+    def _restore_assigned(self) -> None:
+        """Restores handler state for newly assigned partitions while they stay paused and the consumer polls."""
+        keeper = self.keeper
+        if not keeper.to_restore:
+            return
+        revocations = keeper.revocations
+        partitions = sorted(keeper.assigned)
+        keeper.run(lambda: self.handler.on_assign(partitions), quiet_s=0)  # type: ignore[attr-defined]
+        if keeper.revocations == revocations:  # else the assignment changed meanwhile: restore again
+            keeper.to_restore.clear()
+            keeper.resume_ready()
 
     def _is_transport_error(self, msg: Message) -> bool:
         err = msg.error()
@@ -228,7 +269,8 @@ class StageRunner(Generic[T]):
             )
 
     def _handle(self, batch: _Batch) -> None:
-        """Runs the handler with bounded jittered retries; a batch that fails otherwise is retried item by item."""
+        """Runs the handler with a few quick jittered retries of a RetryableError (then OutageError); a batch failing
+        otherwise is retried item by item, so only the items that fail alone carry an error."""
         todo = [item for item in batch.items if item.envelope is not None]
         if not todo:
             return
@@ -246,10 +288,15 @@ class StageRunner(Generic[T]):
             for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    results = self.handler.handle([item.envelope for item in todo])  # type: ignore[misc]
+                    if attempts > 1:
+                        self._hook("on_abort")  # the failed attempt's state changes
+                    results = _outage_checked(self.handler.handle([item.envelope for item in todo]))  # type: ignore[misc]
+        except RetryableError as exc:
+            raise OutageError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - a failure becomes DLQ records, never a crash of the loop
-            if len(todo) == 1 or isinstance(exc, RetryableError):
-                results = [exc] * len(todo)
+            self._hook("on_abort")
+            if len(todo) == 1:
+                results = [exc]
             else:
                 log.warning("%s: batch of %d failed (%s); isolating items", self.stage, len(todo), exc)
                 results = [self._handle_one(item) for item in todo]
@@ -262,38 +309,92 @@ class StageRunner(Generic[T]):
 
     def _handle_one(self, item: _Item) -> ItemResult:
         try:
-            return self.handler.handle([item.envelope])[0]  # type: ignore[list-item]
+            return _outage_checked(self.handler.handle([item.envelope]))[0]  # type: ignore[list-item]
+        except RetryableError as exc:
+            raise OutageError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - every failure of an isolated item becomes its DLQ record
             return exc
 
+    def _hook(self, name: str) -> None:
+        hook = getattr(self.handler, name, None)
+        if callable(hook):
+            hook()
+
     # -- produce and commit ----------------------------------------------------------------------------------
 
-    def _outputs(self, batch: _Batch) -> list[Output]:
-        outputs: list[Output] = []
-        for item in batch.items:
-            if item.error is not None:
-                outputs.append(self._dead_letter(item))
+    def _commit(self, batch: _Batch) -> None:
+        """Delivers outputs (and, in a transaction, the offsets); an item whose output Kafka refuses for itself
+        (too large) is dead-lettered and the batch delivered again. Raises NotDeliveredError when Kafka is away."""
+        assert self._delivery is not None
+        refused_before = False
+        for _ in range(8):
+            encoded, owners = self._encoded(batch)
+            alone = {i for i, owner in enumerate(owners) if _position(owner) in self._suspects}
+            try:
+                self._delivery.deliver(
+                    encoded,
+                    batch.offsets() if self.transactional else (),
+                    self._consumer.consumer_group_metadata() if self.transactional else None,
+                    before_commit=lambda: self._fault_hold(batch),
+                    alone=alone,
+                )
+            except NotDeliveredError:
+                if not refused_before:
+                    raise
+                time.sleep(0.5)  # after a refused record the producer bumps its epoch; a transaction meanwhile fails
                 continue
-            for out in item.outputs:
-                headers = dict(out.headers)
-                if item.span is not None:
-                    inject_context(headers, trace.set_span_in_context(item.span))
-                outputs.append(Output(out.topic, out.key, out.value, headers, out.partition))
-        return outputs
+            except RejectedOutputsError as exc:
+                refused_before = True
+                for index, reason in exc.refused.items():
+                    if index in alone or len(exc.refused) == 1:
+                        owners[index].error = self._refused(owners[index], reason)
+                    else:  # refused together with others: which one is too large shows when each goes alone
+                        self._suspects.add(_position(owners[index]))
+                continue
+            self._suspects.clear()
+            if not self.transactional:
+                self._commit_offsets(batch)
+            self._hook("on_commit")
+            return
+        raise NotDeliveredError(f"{self.stage}: Kafka kept refusing records of this batch")
+
+    def _encoded(self, batch: _Batch) -> tuple[list[Encoded], list[_Item]]:
+        """Every output of the batch serialized once, with the item that made it; an item whose output is over
+        MMRAG_MAX_MESSAGE_BYTES is dead-lettered instead (Kafka would refuse it however often it is sent)."""
+        encoded: list[Encoded] = []
+        owners: list[_Item] = []
+        for item in batch.items:
+            if item.error is None:
+                mine = [encode(self._traced(item, out)) for out in item.outputs]
+                too_big = max((e.size for e in mine), default=0)
+                if too_big > self.settings.max_message_bytes:
+                    item.error = self._refused(item, f"output of {too_big} bytes")
+            if item.error is not None:
+                mine = [encode(self._dead_letter(item))]
+            encoded += mine
+            owners += [item] * len(mine)
+        return encoded, owners
+
+    def _refused(self, item: _Item, reason: str) -> PermanentError:
+        return PermanentError(
+            self.stage,
+            item.raw.key or f"{item.raw.topic}[{item.raw.partition}]@{item.raw.offset}",
+            f"Kafka refuses its output ({reason}; limit MMRAG_MAX_MESSAGE_BYTES={self.settings.max_message_bytes})",
+            "raise MMRAG_MAX_MESSAGE_BYTES (and the topic's max.message.bytes via `mmrag topics`), or split the input",
+        )
+
+    def _traced(self, item: _Item, out: Output) -> Output:
+        headers = dict(out.headers)
+        if item.span is not None:
+            inject_context(headers, trace.set_span_in_context(item.span))
+        return Output(out.topic, out.key, out.value, headers, out.partition)
 
     def _dead_letter(self, item: _Item) -> Output:
         assert item.error is not None
         metrics.FAILED.labels(self.stage, type(item.error).__name__).inc()
         metrics.DLQ.labels(self.stage).inc()
-        log.error(
-            "%s: to DLQ %s[%d]@%d: %s",
-            self.stage,
-            item.raw.topic,
-            item.raw.partition,
-            item.raw.offset,
-            item.error,
-        )
         raw = item.raw
+        log.error("%s: to DLQ %s[%d]@%d: %s", self.stage, raw.topic, raw.partition, raw.offset, item.error)
         return dead_letter(
             self.settings.topics.dlq,
             raw.key,
@@ -302,55 +403,11 @@ class StageRunner(Generic[T]):
             stage=self.stage,
             error=item.error,
             origin=Origin(raw.topic, raw.partition, raw.offset),
-            attempts=item.attempts,
+            attempts=item.attempts + _attempts_before(raw.headers),
             first_failure_ms=item.first_failure_ms,
         )
 
-    def _commit(self, batch: _Batch) -> bool:
-        outputs = self._outputs(batch)
-        if self.transactional:
-            return self._commit_transaction(batch, outputs)
-        return self._commit_after_flush(batch, outputs)
-
-    def _commit_transaction(self, batch: _Batch, outputs: list[Output]) -> bool:
-        producer = self._producer
-        try:
-            producer.begin_transaction()
-            produce_outputs(producer, outputs)
-            self._fault_hold(batch)
-            producer.send_offsets_to_transaction(batch.offsets(), self._consumer.consumer_group_metadata(), 30)
-            self._commit_with_retries()
-            return True
-        except KafkaException as exc:
-            err: KafkaError = exc.args[0]
-            if err.fatal():
-                raise  # e.g. fenced by a newer incarnation: this process must stop
-            log.warning("%s: transaction aborted (%s); rewinding to the batch start", self.stage, err)
-            producer.abort_transaction(30)
-            self._rewind(batch)
-            return False
-
-    def _commit_with_retries(self) -> None:
-        for _ in range(10):
-            try:
-                self._producer.commit_transaction(30)
-                return
-            except KafkaException as exc:
-                if not exc.args[0].retriable():
-                    raise
-                time.sleep(0.5)
-        self._producer.commit_transaction(30)
-
-    def _commit_after_flush(self, batch: _Batch, outputs: list[Output]) -> bool:
-        deliveries = Deliveries()
-        produce_outputs(self._producer, outputs, deliveries)
-        try:
-            flush_or_raise(self._producer, deliveries)
-        except RuntimeError as exc:
-            log.error("%s: outputs not delivered (%s); rewinding, nothing committed", self.stage, exc)
-            self._rewind(batch)
-            return False
-        self._fault_hold(batch)
+    def _commit_offsets(self, batch: _Batch) -> None:
         try:
             self._consumer.commit(offsets=batch.offsets(), asynchronous=False)
         except KafkaException as exc:
@@ -359,8 +416,30 @@ class StageRunner(Generic[T]):
             # Typically a rebalance: the effects are durable and idempotent, so whoever owns the partitions
             # next redoes this batch harmlessly from the last committed offset.
             log.warning("%s: offset commit failed (%s); the batch may be redelivered", self.stage, exc)
-            return False
-        return True
+
+    # -- back-pressure -----------------------------------------------------------------------------------------
+
+    def _back_off(self, batch: _Batch, cause: Exception) -> None:
+        """A dependency is down: drop the batch's effects, rewind to its start, turn readiness red with the reason
+        and wait (polling, assignment paused) with growing jittered back-off. Lag grows; nothing is dead-lettered."""
+        self._hook("on_abort")
+        self._rewind(batch)
+        self._end_spans(batch, f"backed off: {cause}")
+        self.outages += 1
+        s = self.settings
+        delay = random.uniform(0.5, 1.0) * min(s.backoff_max_s, s.retry_initial_s * 2 ** min(self.outages, 20))
+        metrics.BACKPRESSURE.labels(self.stage).set(1)
+        metrics.OUTAGES.labels(self.stage).inc()
+        self.probes.set_ready(False, f"dependency unavailable, backing off ({self.outages}x): {cause}")
+        log.warning("%s: %s; batch rewound, retrying in %.1fs (outage %d)", self.stage, cause, delay, self.outages)
+        self.keeper.wait(delay)
+
+    def _recovered(self) -> None:
+        if self.outages:
+            log.info("%s: dependency back after %d back-off(s); ready again", self.stage, self.outages)
+            self.outages = 0
+            metrics.BACKPRESSURE.labels(self.stage).set(0)
+            self.probes.set_ready(True)
 
     def _rewind(self, batch: _Batch) -> None:
         for tp in batch.first_offsets():
@@ -379,13 +458,40 @@ class StageRunner(Generic[T]):
         marker.write_text(json.dumps([[tp.topic, tp.partition, tp.offset] for tp in batch.offsets()]))
         time.sleep(hold)
 
+    def _end_spans(self, batch: _Batch, error: str | None = None) -> None:
+        for item in batch.items:
+            if item.span is None:
+                continue
+            if error or item.error is not None:
+                item.span.set_status(trace.Status(trace.StatusCode.ERROR, error or str(item.error)))
+            item.span.end()
+            item.span = None
+
     def _record(self, batch: _Batch) -> None:
         ok = sum(1 for item in batch.items if item.error is None)
         metrics.INGESTED.labels(self.stage).inc(ok)
-        for item in batch.items:
-            if item.span is not None:
-                item.span.end()
+        self._end_spans(batch)
         for tp in batch.offsets():
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
                 metrics.LAG.labels(self.stage, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def _outage_checked(results: Sequence[ItemResult]) -> Sequence[ItemResult]:
+    """A RetryableError returned as one item's result is an outage of the whole batch, like one raised."""
+    for result in results:
+        if isinstance(result, RetryableError):
+            raise result
+    return results
+
+
+def _position(item: _Item) -> tuple[str, int, int]:
+    return item.raw.topic, item.raw.partition, item.raw.offset
+
+
+def _attempts_before(headers: Mapping[str, str]) -> int:
+    """Attempts a replayed DLQ record already had (`mmrag dlq replay` carries them in dlq-attempts)."""
+    try:
+        return int(headers.get("dlq-attempts", "0") or 0)
+    except ValueError:
+        return 0

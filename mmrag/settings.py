@@ -38,11 +38,20 @@ class BaseServiceSettings(BaseSettings):
     log_level: str = "INFO"
     max_batch: int = 32
     max_wait_ms: int = 200
-    retry_attempts: int = 5
-    retry_max_total_s: float = 60.0
+    retry_attempts: int = Field(default=4, description="quick retries of a batch before the stage backs off")
+    retry_max_total_s: float = Field(default=10.0, description="time for those quick retries")
     retry_initial_s: float = 0.2
-    retry_max_s: float = 5.0
+    retry_max_s: float = 2.0
+    backoff_max_s: float = Field(
+        default=30.0, description="longest back-off while a dependency is down (the stage pauses, never DLQs)"
+    )
     transaction_timeout_ms: int = 30000
+    max_poll_interval_ms: int = Field(default=300000, description="the consumer's max.poll.interval.ms")
+    max_message_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        description="largest record a stage produces (producer message.max.bytes, topics' max.message.bytes); "
+        "fits an EmbeddingBatch at the text embedder's chunk cap; an item whose output is larger goes to the DLQ",
+    )
     fault_hold_before_commit_s: float = Field(
         default=0.0, description="fault tests only: write <state_dir>/hold-<stage> and wait before committing"
     )
@@ -51,6 +60,12 @@ class BaseServiceSettings(BaseSettings):
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def commit_deadline_s(self) -> float:
+        """Bound on producing, flushing and committing one batch: half of the shorter of the transaction timeout
+        and max.poll.interval.ms, so a slow commit is given up (and the batch retried) before either passes."""
+        return min(self.transaction_timeout_ms, self.max_poll_interval_ms) / 2000
 
     def printable(self) -> str:
         """The settings as JSON with secrets masked (for --print-config)."""

@@ -73,6 +73,11 @@ class Probes:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def reason(self) -> str:
+        """Why the service is not ready (or not live); empty when it is."""
+        return self._reason
+
     def _app(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":

@@ -116,6 +116,14 @@ class Normalizer:
             self.table.restore(record.headers, record.key, record.value is None)
         log.info("%s: restored %d objects from %s partitions %s", STAGE, len(self.table), self.topics.objects, mine)
 
+    def on_commit(self) -> None:
+        """The batch's objects.v1 records are committed: what it decided becomes the table's state."""
+        self.table.commit()
+
+    def on_abort(self) -> None:
+        """The batch's records were not committed (retry, aborted transaction, back-off): forget its decisions."""
+        self.table.abort()
+
     def handle(self, batch: Sequence[Envelope[RawChanges]]) -> list[ItemResult]:
         """In order: a later change of an object in the batch is judged against an earlier one's outcome."""
         results: list[ItemResult] = []

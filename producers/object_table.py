@@ -51,16 +51,31 @@ def compare(change: S3Change, seen: Seen) -> int:
 
 
 class ObjectTable:
-    """object_id -> Seen, for the partitions this normalizer owns."""
+    """object_id -> Seen, for the partitions this normalizer owns. What a batch records is staged: it becomes the
+    table's state only when the batch's transaction commits (``commit``) and is dropped when it aborts (``abort``),
+    so the table never holds a change that objects.v1 does not."""
 
     def __init__(self) -> None:
         self._seen: dict[str, Seen] = {}
+        self._staged: dict[str, Seen] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def clear(self) -> None:
         self._seen.clear()
+        self._staged.clear()
+
+    @property
+    def staged(self) -> int:
+        return len(self._staged)
+
+    def commit(self) -> None:
+        self._seen.update(self._staged)
+        self._staged.clear()
+
+    def abort(self) -> None:
+        self._staged.clear()
 
     def restore(self, headers: Mapping[str, str], key: str | None, tombstone: bool) -> None:
         """Replays one objects.v1 record (its identity headers) into the table."""
@@ -77,7 +92,7 @@ class ObjectTable:
 
     def verdict(self, change: S3Change, origin: Origin) -> Verdict:
         """Whether ``change`` is news for objects.v1, and if not, why."""
-        prev = self._seen.get(change.object_id)
+        prev = self._staged.get(change.object_id) or self._seen.get(change.object_id)
         if prev is None or prev.origin == origin:
             # Never seen, or this very record set it and is handled again (a retry, or a batch whose
             # transaction aborted): what was emitted then is not committed, so emit it again.
@@ -93,8 +108,8 @@ class ObjectTable:
         return Verdict.EMIT
 
     def record(self, change: S3Change, origin: Origin, live: bool) -> None:
-        """Notes what was emitted for ``change`` (``live`` = an ObjectEvent, not a tombstone)."""
-        self._seen[change.object_id] = Seen(
+        """Stages what was emitted for ``change`` (``live`` = an ObjectEvent, not a tombstone)."""
+        self._staged[change.object_id] = Seen(
             version=change.version,
             event_time_ms=change.event_time_ms,
             sequencer=change.sequencer,

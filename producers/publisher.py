@@ -15,14 +15,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaException
-
 from mmrag import metrics
+from mmrag.delivery import Delivery, NotDeliveredError, RejectedOutputsError, encode
 from mmrag.dlq import Origin, dead_letter
 from mmrag.errors import PermanentError
 from mmrag.kafka_clients import make_producer
 from mmrag.messages import Output
-from mmrag.producing import Deliveries, flush_or_raise, produce_outputs
 from mmrag.settings import BaseServiceSettings
 from mmrag.telemetry import Probes, inject_context, setup_tracing
 from producers.event_source import EventSource, Notification, SourceBatch
@@ -30,10 +28,6 @@ from producers.s3_events import parse_notification
 
 log = logging.getLogger(__name__)
 NOTIFICATION_SCHEMA = "s3-notification"
-
-
-class NotDeliveredError(Exception):
-    """Kafka did not take a batch: the source must not acknowledge it."""
 
 
 class ChangePublisher:
@@ -55,13 +49,23 @@ class ChangePublisher:
         self.tracer = setup_tracing(stage)
         self.batches = 0
         self._producer: Any = None
+        self._delivery: Delivery | None = None
 
     def start(self) -> None:
         """Connects (a transactional producer fences an earlier incarnation first), then starts the source."""
-        extra = {"transaction.timeout.ms": self.settings.transaction_timeout_ms} if self.transactional_id else {}
-        self._producer = make_producer(self.settings.bootstrap_servers, self.transactional_id, **extra)
+        s = self.settings
+        extra: dict[str, Any] = {"message.max.bytes": s.max_message_bytes}
+        if self.transactional_id:
+            extra["transaction.timeout.ms"] = s.transaction_timeout_ms
+        self._producer = make_producer(s.bootstrap_servers, self.transactional_id, **extra)
         if self.transactional_id:
             self._producer.init_transactions(30)
+        self._delivery = Delivery(
+            self._producer,
+            transactional=bool(self.transactional_id),
+            stage=self.stage,
+            commit_deadline_s=s.commit_deadline_s,
+        )
         self.source.start()
         self.probes.set_ready(True)
 
@@ -86,7 +90,7 @@ class ChangePublisher:
         outputs, problems = self._outputs(batch)
         try:
             self._deliver(outputs + ([batch.checkpoint] if batch.checkpoint else []))
-        except NotDeliveredError as exc:
+        except NotDeliveredError as exc:  # Kafka did not take the batch: the source must not acknowledge it
             log.error("%s: Kafka did not take %d notifications (%s)", self.stage, len(batch.notifications), exc)
             self.source.release(batch, str(exc))
             return 0
@@ -124,23 +128,13 @@ class ChangePublisher:
         return [Output(topics.s3_events, c.object_id, c.to_body(), headers) for c in changes], None
 
     def _deliver(self, outputs: Sequence[Output]) -> None:
-        if not self.transactional_id:
-            deliveries = Deliveries()
-            produce_outputs(self._producer, outputs, deliveries)
-            try:
-                flush_or_raise(self._producer, deliveries)
-            except RuntimeError as exc:
-                raise NotDeliveredError(str(exc)) from exc
-            return
+        """Through the runtime's one delivery component (same abort and commit rules as the stage run loop). A
+        refused record cannot be isolated to one notification here, and cannot happen for bodies that size-checked
+        sources bound far below MMRAG_MAX_MESSAGE_BYTES: the source re-offers the batch."""
+        assert self._delivery is not None, "start() first"
         try:
-            self._producer.begin_transaction()
-            produce_outputs(self._producer, outputs)
-            self._fault_hold()
-            self._producer.commit_transaction(60)
-        except KafkaException as exc:
-            if not exc.args[0].txn_requires_abort():
-                raise  # fatal (e.g. fenced by a newer incarnation): stop, the supervisor or the user restarts
-            self._producer.abort_transaction(30)
+            self._delivery.deliver([encode(o) for o in outputs], before_commit=self._fault_hold)
+        except (NotDeliveredError, RejectedOutputsError) as exc:
             raise NotDeliveredError(str(exc)) from exc
         self.batches += 1
 
@@ -150,7 +144,6 @@ class ChangePublisher:
         hold = self.settings.fault_hold_before_commit_s
         if hold <= 0:
             return
-        self._producer.flush(30)
         marker = self.settings.state_dir / f"hold-{self.stage}"
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.with_suffix(".tmp").write_text(json.dumps({"committed_batches": self.batches}))

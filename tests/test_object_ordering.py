@@ -126,3 +126,19 @@ def test_sniffing_routes_by_bytes(head: bytes, kind: int, content_type: str) -> 
 def test_unsupported_content_says_why(head: bytes, why: str) -> None:
     found = sniff(head)
     assert not found.supported and why in found.reason
+
+
+def test_decisions_become_state_only_when_their_batch_commits() -> None:
+    """A batch whose transaction aborts leaves no state behind: its changes are news again when redelivered;
+    once committed they are duplicates."""
+    table = ObjectTable()
+    table.record(put(100, "v1"), (0, 1, 0), live=True)
+    assert table.staged == 1 and len(table) == 0
+    table.abort()
+    assert table.staged == 0 and len(table) == 0
+    assert table.verdict(put(100, "v1"), (0, 9, 0)) == Verdict.EMIT, "the aborted decision is forgotten"
+    table.record(put(100, "v1"), (0, 9, 0), live=True)
+    assert table.verdict(put(100, "v1"), (0, 10, 0)) == Verdict.DUPLICATE, "staged decisions count within the batch"
+    table.commit()
+    assert table.staged == 0 and len(table) == 1
+    assert table.verdict(put(100, "v1"), (0, 11, 0)) == Verdict.DUPLICATE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -156,16 +157,105 @@ def test_retryable_errors_are_retried_then_succeed(bootstrap: str, unique: str, 
     assert read_topic(bootstrap, dlq_topic, idle_s=0.5) == []
 
 
-def test_retries_are_bounded_then_dlq(bootstrap: str, unique: str, topics: tuple[str, str, str]) -> None:
+def test_an_outage_backs_off_and_never_dead_letters(bootstrap: str, unique: str, topics: tuple[str, str, str]) -> None:
+    """Retries used up -> the batch is rewound, readiness turns red with the reason, and it comes again after a
+    back-off, as often as it takes; the DLQ stays empty and the output is produced once the dependency is back."""
     in_topic, out_topic, dlq_topic = topics
     produce(bootstrap, in_topic, [b"one"])
-    handler = Echo(out_topic, transient_failures=100)
-    run_until_drained(make_runner(bootstrap, unique, handler, in_topic, True, retry_attempts=3), 1)
-    assert handler.calls == 3
+    handler = Echo(out_topic, transient_failures=7)
+    runner = make_runner(bootstrap, unique, handler, in_topic, True, retry_attempts=3, backoff_max_s=0.2)
+    runner.start()
+    readiness: list[tuple[bool, str]] = []
+    committed_total = 0
+    for _ in range(100):
+        committed_total += runner.step()
+        readiness.append((runner.probes.ready, runner.probes.reason))
+        if committed_total:
+            break
+    runner.close()
+    assert committed_total == 1 and handler.calls == 8, "3 + 3 failed calls in two back-offs, then 1 failed, 1 ok"
+    red = [reason for ready, reason in readiness if not ready]
+    assert len(set(red)) == 2 and all("store timeout" in reason for reason in red), "red from the 1st back-off on"
+    assert readiness[-1][0] is True, "ready again once the dependency answers"
+    assert read_topic(bootstrap, dlq_topic, idle_s=0.5) == []
+    assert len(read_topic(bootstrap, out_topic, idle_s=1)) == 1
+    assert committed(bootstrap, f"g{unique}", in_topic) == 1
+
+
+class Big(Echo):
+    """Echo whose output for "big" is larger than any limit the tests set (random text: lz4 can't shrink it)."""
+
+    def handle(self, batch: Sequence[Envelope[str]]) -> list[ItemResult]:
+        return [
+            [
+                Output(
+                    self.out_topic,
+                    env.key,
+                    GenerateChunk(text=secrets.token_urlsafe(50_000) if env.value == "big" else env.value),
+                )
+            ]
+            for env in batch
+        ]
+
+
+@pytest.mark.parametrize("who_refuses", ["producer", "topic"])
+def test_an_output_kafka_refuses_dead_letters_its_item_only(
+    bootstrap: str, unique: str, topics: tuple[str, str, str], who_refuses: str
+) -> None:
+    """MSG_SIZE_TOO_LARGE is the item's problem, not an abortable transaction to retry forever: the item goes to the
+    DLQ with the reason and the rest of its batch is delivered, whether our limit or the topic's refuses it."""
+    in_topic, out_topic, dlq_topic = topics
+    if who_refuses == "topic":
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+        resource = ConfigResource(
+            "TOPIC",
+            out_topic,
+            incremental_configs=[
+                ConfigEntry("max.message.bytes", "10000", incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result()
+    produce(bootstrap, in_topic, [b"a", b"big", b"c"], same_key=True)
+    limit = 20_000 if who_refuses == "producer" else 1_000_000
+    runner = make_runner(bootstrap, unique, Big(out_topic), in_topic, True, max_wait_ms=1500, max_message_bytes=limit)
+    run_until_drained(runner, 3)
+    out = []
+    for m in read_topic(bootstrap, out_topic, idle_s=1):
+        chunk = GenerateChunk()
+        chunk.ParseFromString(m.value or b"")
+        out.append(chunk.text)
+    assert sorted(out) == ["a", "c"]
     dlq = read_topic(bootstrap, dlq_topic, idle_s=1)
-    assert [m.headers["dlq-attempts"] for m in dlq] == ["3"]
-    assert dlq[0].headers["dlq-error-class"] == "RetryableError"
-    assert read_topic(bootstrap, out_topic, idle_s=0.5) == []
+    assert [m.value for m in dlq] == [b"big"]
+    assert "Kafka refuses its output" in dlq[0].headers["dlq-error-message"]
+    assert committed(bootstrap, f"g{unique}", in_topic) == 3
+
+
+class Slow(Echo):
+    def handle(self, batch: Sequence[Envelope[str]]) -> list[ItemResult]:
+        import time
+
+        time.sleep(9)
+        return super().handle(batch)
+
+
+def test_a_batch_longer_than_max_poll_interval_keeps_its_partitions(
+    bootstrap: str, unique: str, topics: tuple[str, str, str]
+) -> None:
+    """The handler runs beside a loop that keeps polling (assignment paused), so a batch that takes longer than
+    max.poll.interval.ms still commits: the member never leaves the group."""
+    in_topic, out_topic, dlq_topic = topics
+    produce(bootstrap, in_topic, [b"one", b"two"], same_key=True)
+    runner = make_runner(
+        bootstrap, unique, Slow(out_topic), in_topic, True, max_wait_ms=1500, max_poll_interval_ms=6000
+    )
+    runner.consumer_overrides = {"session.timeout.ms": 6000}
+    run_until_drained(runner, 2)
+    assert len(read_topic(bootstrap, out_topic, idle_s=1)) == 2
+    assert committed(bootstrap, f"g{unique}", in_topic) == 2
 
 
 def test_a_batch_failure_is_isolated_to_its_item(bootstrap: str, unique: str, topics: tuple[str, str, str]) -> None:

@@ -1,0 +1,193 @@
+"""One delivery component for every loop (the stage run loop and the source publisher): produce a batch's outputs,
+make them durable, and commit what was consumed, with one rule for what an error means.
+
+- Fatal (e.g. fenced by a newer incarnation of the same transactional.id): raised; the process must stop and its
+  supervisor restarts it.
+- A record Kafka refuses for itself (too large, invalid): ``RejectedOutputsError`` names which outputs; the caller turns
+  the items that made them into DLQ records and delivers again. Retrying the same record cannot help.
+- Anything else (broker away, abortable transaction, commit retries used up): ``NotDeliveredError``; the transaction is
+  aborted, nothing was committed, and the caller rewinds or re-offers the batch later (back-pressure, never DLQ).
+
+Commit retries are bounded by ``commit_deadline_s``, which the settings keep below both the transaction timeout and
+max.poll.interval.ms, so a slow commit never gets the consumer thrown out of its group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
+
+from mmrag.kafka_clients import encode_headers
+from mmrag.messages import Output, output_headers, serialize
+
+log = logging.getLogger(__name__)
+
+# Per-record refusals: the broker or the client will refuse this record however often it is sent.
+RECORD_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+    }
+)
+
+
+class NotDeliveredError(Exception):
+    """Kafka did not take the batch (nothing committed); re-offer it later."""
+
+
+class RejectedOutputsError(Exception):
+    """Kafka refused these outputs themselves (by index into the delivered list), e.g. over the size limit."""
+
+    def __init__(self, refused: dict[int, str]) -> None:
+        self.refused = refused
+        super().__init__(f"{len(refused)} record(s) refused: {sorted(set(refused.values()))[:3]}")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An output serialized once: what produce() sends."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    partition: int | None
+
+    @property
+    def size(self) -> int:
+        return len(self.value or b"") + len(self.key or b"") + sum(len(k) + len(v) for k, v in self.headers)
+
+
+def encode(output: Output) -> Encoded:
+    return Encoded(
+        output.topic,
+        output.key.encode() if output.key is not None else None,
+        serialize(output.value),
+        encode_headers(output_headers(output)),
+        output.partition,
+    )
+
+
+class _Reports:
+    """Delivery reports by output index."""
+
+    def __init__(self) -> None:
+        self.failures: dict[int, KafkaError] = {}
+
+    def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self.failures[index] = err
+
+        return report
+
+
+class Delivery:
+    """Delivers batches through one producer, transactional or not (see the module docstring for the rules)."""
+
+    def __init__(self, producer: Any, *, transactional: bool, stage: str, commit_deadline_s: float) -> None:
+        self.producer = producer
+        self.transactional = transactional
+        self.stage = stage
+        self.commit_deadline_s = commit_deadline_s
+
+    def deliver(
+        self,
+        outputs: Sequence[Encoded],
+        offsets: Sequence[Any] = (),
+        group_metadata: Any = None,
+        before_commit: Callable[[], None] | None = None,
+        alone: Collection[int] = (),
+    ) -> None:
+        """Makes ``outputs`` durable; in a transaction, commits ``offsets`` with them. Outputs whose index is in
+        ``alone`` travel in a produce request of their own (a broker refuses a whole request batch, so this tells
+        which record it refuses). Raises NotDeliveredError, RejectedOutputsError or (fatal) KafkaException; nothing
+        is committed unless it returns."""
+        if not self.transactional:
+            self._produce_and_flush(outputs, alone)
+            if before_commit is not None:
+                before_commit()
+            return
+        try:
+            self.producer.begin_transaction()
+            self._produce_and_flush(outputs, alone)
+            if before_commit is not None:
+                before_commit()
+            if offsets:
+                self.producer.send_offsets_to_transaction(list(offsets), group_metadata, self.commit_deadline_s)
+            self._commit()
+        except (NotDeliveredError, RejectedOutputsError, KafkaException) as exc:
+            self._abort(exc)
+            if isinstance(exc, KafkaException):
+                raise NotDeliveredError(f"transaction aborted: {exc.args[0]}") from exc
+            raise
+
+    def _produce_and_flush(self, outputs: Sequence[Encoded], alone: Collection[int]) -> None:
+        reports = _Reports()
+        for index, out in enumerate(outputs):
+            if index in alone:
+                self.producer.flush(self.commit_deadline_s)
+            self._produce(out, reports.callback(index))
+            if index in alone:
+                self.producer.flush(self.commit_deadline_s)
+                if reports.failures:
+                    break  # a transaction takes no more records after a failure: report this one
+        left = self.producer.flush(self.commit_deadline_s)
+        refused = {i: err.str() for i, err in reports.failures.items() if err.code() in RECORD_ERRORS}
+        if refused:
+            raise RejectedOutputsError(refused)
+        if left or reports.failures:
+            errors = sorted({err.str() for err in reports.failures.values()})[:3]
+            raise NotDeliveredError(f"{left} record(s) still queued, {len(reports.failures)} failed: {errors}")
+
+    def _produce(self, out: Encoded, report: Callable[[KafkaError | None, Message], None]) -> None:
+        kwargs: dict[str, Any] = {"key": out.key, "value": out.value, "headers": out.headers, "on_delivery": report}
+        if out.partition is not None:
+            kwargs["partition"] = out.partition
+        while True:
+            try:
+                self.producer.produce(out.topic, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.1)  # local queue full: let deliveries drain, then retry
+            except KafkaException as exc:  # refused before sending, e.g. over message.max.bytes
+                err: KafkaError = exc.args[0]
+                if err.code() in RECORD_ERRORS:
+                    report(err, None)  # type: ignore[arg-type]
+                    return
+                raise
+
+    def _commit(self) -> None:
+        """commit_transaction, retried while Kafka says it may succeed, within the commit deadline."""
+        deadline = time.monotonic() + self.commit_deadline_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self.producer.commit_transaction(max(1.0, left))
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.fatal() or err.txn_requires_abort() or not err.retriable() or left <= 1.0:
+                    raise
+                log.warning("%s: commit not confirmed yet (%s); retrying", self.stage, err)
+                time.sleep(0.5)
+
+    def _abort(self, cause: Exception) -> None:
+        """Aborts the open transaction; a fatal error (fenced) propagates: this incarnation must stop."""
+        if isinstance(cause, KafkaException) and cause.args[0].fatal():
+            raise cause
+        log.warning("%s: aborting the transaction (%s)", self.stage, cause)
+        try:
+            self.producer.abort_transaction(self.commit_deadline_s)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise
+            raise NotDeliveredError(f"abort failed too: {exc.args[0]}") from exc
