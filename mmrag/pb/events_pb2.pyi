@@ -28,6 +28,7 @@ class IndexState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INDEX_STATE_DELETED: _ClassVar[IndexState]
     INDEX_STATE_SKIPPED: _ClassVar[IndexState]
     INDEX_STATE_FAILED: _ClassVar[IndexState]
+    INDEX_STATE_EXPIRED: _ClassVar[IndexState]
 MEDIA_KIND_UNSPECIFIED: MediaKind
 MEDIA_KIND_TEXT: MediaKind
 MEDIA_KIND_IMAGE: MediaKind
@@ -41,6 +42,7 @@ INDEX_STATE_INDEXED: IndexState
 INDEX_STATE_DELETED: IndexState
 INDEX_STATE_SKIPPED: IndexState
 INDEX_STATE_FAILED: IndexState
+INDEX_STATE_EXPIRED: IndexState
 
 class ObjectEvent(_message.Message):
     __slots__ = ("object_id", "bucket", "key", "version", "version_id", "etag", "sequencer", "size", "content_type", "media_kind", "event_time_ms", "source", "event_name")
@@ -91,7 +93,7 @@ class Chunk(_message.Message):
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ..., clip_text_vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class EmbeddingBatch(_message.Message):
-    __slots__ = ("object_id", "version", "modality", "model_id", "dim", "chunks", "event_time_ms", "sequencer", "deleted", "media_kind", "content_type", "embedded_at_ms", "clip_model_id")
+    __slots__ = ("object_id", "version", "modality", "model_id", "dim", "chunks", "event_time_ms", "sequencer", "deleted", "media_kind", "content_type", "embedded_at_ms", "clip_model_id", "expired")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +107,7 @@ class EmbeddingBatch(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     CLIP_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
     object_id: str
     version: str
     modality: Modality
@@ -118,7 +121,8 @@ class EmbeddingBatch(_message.Message):
     content_type: str
     embedded_at_ms: int
     clip_model_id: str
-    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., model_id: _Optional[str] = ..., dim: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., event_time_ms: _Optional[int] = ..., sequencer: _Optional[str] = ..., deleted: _Optional[bool] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., content_type: _Optional[str] = ..., embedded_at_ms: _Optional[int] = ..., clip_model_id: _Optional[str] = ...) -> None: ...
+    expired: bool
+    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., model_id: _Optional[str] = ..., dim: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., event_time_ms: _Optional[int] = ..., sequencer: _Optional[str] = ..., deleted: _Optional[bool] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., content_type: _Optional[str] = ..., embedded_at_ms: _Optional[int] = ..., clip_model_id: _Optional[str] = ..., expired: _Optional[bool] = ...) -> None: ...
 
 class VectorRecord(_message.Message):
     __slots__ = ("vector_id", "object_id", "version", "chunk_index", "shard", "space_id", "vector", "text", "char_start", "char_end", "page", "event_time_ms", "indexed_at_ms", "has_text", "has_image")
