@@ -42,8 +42,13 @@ def plan_update(
         status.state = IndexState.INDEX_STATE_SKIPPED
         status.detail = "older than the indexed version; ignored"
         return IndexPlan([], [], status)
+    if batch.deleted and batch.expired and (not existing or any(r.version != batch.version for r in existing)):
+        status.state = IndexState.INDEX_STATE_SKIPPED  # deleted or replaced since the pruning job looked
+        status.detail = "TTL expiry of a version no longer indexed; ignored"
+        return IndexPlan([], [], status)
     if batch.deleted:
-        status.state = IndexState.INDEX_STATE_DELETED
+        status.state = IndexState.INDEX_STATE_EXPIRED if batch.expired else IndexState.INDEX_STATE_DELETED
+        status.detail = "not updated within the TTL: deleted from the index by pruning" if batch.expired else ""
         return IndexPlan([], [r.vector_id for r in existing], status)
     same = [r for r in existing if r.version == batch.version]
     rows = (

@@ -15,6 +15,7 @@ SERVICE_MODULES = {
     "index_updater": "index_updater",
     "retrieval_worker": "consumers.retrieval_worker",
     "faiss_worker": "consumers.faiss_worker",
+    "ttl_pruning": "index_updater.pruning",
     "llm_worker": "consumers.llm_worker",
     "query_service": "query_service",
 }
