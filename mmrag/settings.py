@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mmrag.topics import Topics
+from mmrag.topics import MAX_MESSAGE_BYTES, Topics
 
 
 def cache_dir() -> Path:
@@ -48,7 +48,7 @@ class BaseServiceSettings(BaseSettings):
     transaction_timeout_ms: int = 30000
     max_poll_interval_ms: int = Field(default=300000, description="the consumer's max.poll.interval.ms")
     max_message_bytes: int = Field(
-        default=16 * 1024 * 1024,
+        default=MAX_MESSAGE_BYTES,
         description="largest record a stage produces (producer message.max.bytes, topics' max.message.bytes); "
         "fits an EmbeddingBatch at the text embedder's chunk cap; an item whose output is larger goes to the DLQ",
     )

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,13 @@ class Topics:
         return self.name("backfill-checkpoints")
 
 
-def topic_config(spec: TopicSpec, min_insync: int) -> dict[str, str]:
-    config = {"min.insync.replicas": str(min_insync)}
+# Largest record of the system (producers' message.max.bytes, topics' max.message.bytes): an EmbeddingBatch at the
+# text embedder's chunk cap fits. MMRAG_MAX_MESSAGE_BYTES defaults to it.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def topic_config(spec: TopicSpec, min_insync: int, max_message_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, str]:
+    config = {"min.insync.replicas": str(min_insync), "max.message.bytes": str(max_message_bytes)}
     if spec.compacted:
         # Compaction keeps the latest value per key; tombstones live a day so replays still see deletes.
         config.update({"cleanup.policy": "compact", "delete.retention.ms": "86400000"})
@@ -109,9 +114,14 @@ def min_insync_for(replication: int) -> int:
 
 
 def ensure_topics(
-    bootstrap_servers: str, topics: Topics, replication: int | None = None, vector_shards: int = 2
+    bootstrap_servers: str,
+    topics: Topics,
+    replication: int | None = None,
+    vector_shards: int = 2,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> list[str]:
-    """Creates missing topics with their configs; existing topics are left as they are. Returns the names created.
+    """Creates missing topics with their configs; existing topics keep theirs except ``max.message.bytes``, which is
+    set to ``max_message_bytes`` (records up to the producers' limit must fit). Returns the names created.
 
     ``replication`` None = the cluster's own: min(3, brokers), asked from the cluster's metadata."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
@@ -125,7 +135,11 @@ def ensure_topics(
         name = topics.name(spec.base)
         partitions = vector_shards if spec.base == "vectors" else spec.partitions
         if name not in existing:
-            wanted.append(NewTopic(name, partitions, replication, config=topic_config(spec, min_insync)))
+            config = topic_config(spec, min_insync, max_message_bytes)
+            wanted.append(NewTopic(name, partitions, replication, config=config))
+    _set_max_message_bytes(
+        admin, [topics.name(s.base) for s in SPECS if topics.name(s.base) in existing], max_message_bytes
+    )
     if not wanted:
         return []
     created = []
@@ -141,6 +155,18 @@ def ensure_topics(
     _wait_visible(admin, created, bootstrap_servers)
     log.info("created topics %s (replication %d, min.insync.replicas %d)", created, replication, min_insync)
     return created
+
+
+def _set_max_message_bytes(admin: AdminClient, names: list[str], max_message_bytes: int) -> None:
+    if not names:
+        return
+    entry = ConfigEntry("max.message.bytes", str(max_message_bytes), incremental_operation=AlterConfigOpType.SET)
+    resources = [ConfigResource("TOPIC", name, incremental_configs=[entry]) for name in names]
+    for name, future in admin.incremental_alter_configs(resources).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise RuntimeError(f"[topics] {name}: cannot set max.message.bytes ({exc}) -> check the broker") from exc
 
 
 def _wait_visible(admin: AdminClient, names: list[str], bootstrap_servers: str, timeout_s: float = 15) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from mmrag.topics import SPECS, Topics, ensure_topics
+from mmrag.topics import MAX_MESSAGE_BYTES, SPECS, Topics, ensure_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -22,7 +22,9 @@ def test_topics_are_created_once_with_compaction_and_shard_partitions(bootstrap:
     assert len(metadata[topics.objects].partitions) == 3
     resources = [ConfigResource(ConfigResource.Type.TOPIC, topics.name(spec.base)) for spec in SPECS]
     for resource, future in admin.describe_configs(resources).items():
-        policy = future.result()["cleanup.policy"].value
+        config = future.result()
+        policy = config["cleanup.policy"].value
+        assert int(config["max.message.bytes"].value) == MAX_MESSAGE_BYTES, "records up to the producers' limit fit"
         compacted = resource.name in {
             topics.objects,
             topics.vectors,
