@@ -23,6 +23,7 @@ from mmrag.changelog import ChangelogReader, LoggedRecord
 from mmrag.kafka_clients import producer_config
 from mmrag.messages import CONTENT_TYPE_PROTOBUF, now_ms
 from mmrag.pb.events_pb2 import EmbeddingBatch, IndexState, IndexStatus
+from mmrag.service import settings_epilog
 from mmrag.settings import BaseServiceSettings
 from mmrag.telemetry import setup_logging
 
@@ -96,11 +97,20 @@ def prune(settings: PruningSettings, dry_run: bool = False) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ttl_pruning", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="ttl_pruning",
+        description=__doc__.split("\n")[0],
+        epilog=settings_epilog(PruningSettings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--ttl-days", type=float, help="overrides MMRAG_TTL_DAYS")
     parser.add_argument("--dry-run", action="store_true", help="list what would expire, send nothing")
+    parser.add_argument("--print-config", action="store_true", help="print the settings (secrets masked) and exit")
     args = parser.parse_args(argv)
     settings = PruningSettings(**({"ttl_days": args.ttl_days} if args.ttl_days is not None else {}))
+    if args.print_config:
+        print(settings.printable())
+        return 0
     setup_logging(settings.log_level)
     expired = prune(settings, args.dry_run)
     for oid in expired:
