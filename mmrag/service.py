@@ -42,7 +42,7 @@ def settings_epilog(settings_cls: type[BaseSettings]) -> str:
         if field.is_required():
             default = "required"
         elif field.default_factory is not None:
-            default = "computed per process"
+            default = f"{field.default_factory()} here"  # type: ignore[call-arg]
         elif isinstance(field.default, SecretStr):
             default = "secret" if field.default.get_secret_value() else "unset"
         elif field.default is None or field.default == "":

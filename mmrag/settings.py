@@ -30,22 +30,22 @@ class BaseServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic_prefix: str = ""
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers (host:port,...)")
+    topic_prefix: str = Field(default="", description="prefix of every topic name (one deployment per prefix)")
     instance_id: str = Field(default_factory=socket.gethostname, description="stable per replica: transactional.id")
-    probe_host: str = "127.0.0.1"
+    probe_host: str = Field(default="127.0.0.1", description="address the probe/metrics HTTP server binds")
     probe_port: int = Field(default=0, description="HTTP /metrics, /healthz, /readyz; 0 = any free port")
-    log_level: str = "INFO"
-    max_batch: int = 32
-    max_wait_ms: int = 200
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    max_batch: int = Field(default=32, description="most messages one poll batch takes")
+    max_wait_ms: int = Field(default=200, description="longest wait to fill a poll batch")
     retry_attempts: int = Field(default=4, description="quick retries of a batch before the stage backs off")
     retry_max_total_s: float = Field(default=10.0, description="time for those quick retries")
-    retry_initial_s: float = 0.2
-    retry_max_s: float = 2.0
+    retry_initial_s: float = Field(default=0.2, description="first quick-retry wait (jittered, doubling)")
+    retry_max_s: float = Field(default=2.0, description="longest quick-retry wait")
     backoff_max_s: float = Field(
         default=30.0, description="longest back-off while a dependency is down (the stage pauses, never DLQs)"
     )
-    transaction_timeout_ms: int = 30000
+    transaction_timeout_ms: int = Field(default=30000, description="Kafka transaction.timeout.ms of the stage")
     max_poll_interval_ms: int = Field(default=300000, description="the consumer's max.poll.interval.ms")
     max_message_bytes: int = Field(
         default=MAX_MESSAGE_BYTES,
@@ -55,7 +55,7 @@ class BaseServiceSettings(BaseSettings):
     fault_hold_before_commit_s: float = Field(
         default=0.0, description="fault tests only: write <state_dir>/hold-<stage> and wait before committing"
     )
-    state_dir: Path = Path(".mmrag")
+    state_dir: Path = Field(default=Path(".mmrag"), description="local state (fault-test markers, stack files)")
 
     @property
     def topics(self) -> Topics:
@@ -80,10 +80,12 @@ class S3Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
 
-    s3_endpoint_url: str | None = "http://127.0.0.1:9000"
-    s3_region: str = "us-east-1"
-    s3_access_key_id: SecretStr = SecretStr("mmrag")
-    s3_secret_access_key: SecretStr = SecretStr("mmrag-secret")
+    s3_endpoint_url: str | None = Field(
+        default="http://127.0.0.1:9000", description="S3/MinIO endpoint; unset for AWS S3 itself"
+    )
+    s3_region: str = Field(default="us-east-1", description="S3 region")
+    s3_access_key_id: SecretStr = Field(default=SecretStr("mmrag"), description="S3 access key id")
+    s3_secret_access_key: SecretStr = Field(default=SecretStr("mmrag-secret"), description="S3 secret key")
 
 
 class SpaceSettings(BaseSettings):
@@ -91,11 +93,13 @@ class SpaceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
 
-    clip_model_dir: Path = Field(default_factory=default_clip_model_dir)
+    clip_model_dir: Path = Field(
+        default_factory=default_clip_model_dir, description="CLIP directory (save_pretrained layout)"
+    )
     # w_t² + w_i² = 1: a record with both halves is a unit vector, so its inner product is a weighted cosine.
     # Text leans heavier because CLIP's text-image cosines run high for any text (see docs/architecture.md).
-    text_weight: float = 0.8
-    image_weight: float = 0.6
+    text_weight: float = Field(default=0.8, description="fusion weight of the MiniLM half")
+    image_weight: float = Field(default=0.6, description="fusion weight of the CLIP half")
     clip_text_for_text: bool = Field(
         default=False,
         description="fill text documents' CLIP half with CLIP's text tower; off because CLIP's text-text cosines run "
@@ -106,7 +110,7 @@ class SpaceSettings(BaseSettings):
         description="CLIP's precision in every process of the space, on any device (part of the space id unless "
         "fp32); never timed per process: bf16 vectors differ from fp32 ones in the third decimal",
     )
-    torch_threads: int = 0
+    torch_threads: int = Field(default=0, description="torch intra-op threads; 0 = torch's default")
 
 
 class VectorStoreSettings(BaseSettings):
@@ -114,9 +118,9 @@ class VectorStoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
 
-    milvus_uri: str = "http://127.0.0.1:19530"
-    milvus_token: SecretStr = SecretStr("")
-    collection_prefix: str = "mmrag"
+    milvus_uri: str = Field(default="http://127.0.0.1:19530", description="Milvus (or milvus-lite server) URI")
+    milvus_token: SecretStr = Field(default=SecretStr(""), description="Milvus token (user:password), if any")
+    collection_prefix: str = Field(default="mmrag", description="collections are <prefix>_<space id>")
     shards: int = Field(default=2, ge=1, description="retrieval shards: one retrieval-worker group each")
 
     def collection_for(self, space_id: str) -> str:
