@@ -27,13 +27,13 @@ SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 
 
 class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings):
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 50051
+    grpc_host: str = Field(default="127.0.0.1", description="address the gRPC server binds (0.0.0.0 for all)")
+    grpc_port: int = Field(default=50051, description="gRPC port; taken = an error at start")
     reply_partition: int = Field(default=0, ge=0, description="the reply partition this replica owns")
-    search_timeout_s: float = 2.0
-    default_top_k: int = 10
-    max_top_k: int = 100
-    grpc_workers: int = 8
+    search_timeout_s: float = Field(default=2.0, description="deadline for the shards' replies (then partial)")
+    default_top_k: int = Field(default=10, description="hits when a query asks for 0")
+    max_top_k: int = Field(default=100, description="largest top_k a query may ask for")
+    grpc_workers: int = Field(default=8, description="gRPC server threads (concurrent calls)")
     # Ask: sources, generation through llm.requests.v1, the breaker and the degraded answer
     ask_timeout_s: float = Field(default=60.0, description="an Ask's whole budget when the client sets no deadline")
     ask_max_sources: int = Field(default=5, ge=1, description="numbered sources (one per object) given to the LLM")
