@@ -21,7 +21,14 @@ from operator_cli.connection import (
     print_json,
 )
 
-STATE_STYLE = {"indexed": "green", "pending": "yellow", "skipped": "cyan", "failed": "red", "deleted": "dim"}
+STATE_STYLE = {
+    "indexed": "green",
+    "pending": "yellow",
+    "skipped": "cyan",
+    "failed": "red",
+    "deleted": "dim",
+    "expired": "dim",
+}
 
 
 def object_id_of(text: str) -> str:

@@ -144,6 +144,7 @@ _STATE_NAMES = {
     IndexState.INDEX_STATE_DELETED: "deleted",
     IndexState.INDEX_STATE_SKIPPED: "skipped",
     IndexState.INDEX_STATE_FAILED: "failed",
+    IndexState.INDEX_STATE_EXPIRED: "expired",  # the TTL pruning job removed an old version
 }
 
 

@@ -93,6 +93,11 @@ def test_tombstones_rejected_deleted_and_delete_in_flight() -> None:
     assert resolve(OID, in_flight, now_ms=2_000).state == "deleted"
 
 
+def test_a_version_removed_by_the_ttl_job_is_expired() -> None:
+    record = ObjectRecord(seen=seen("v1"), status=status("v1", IndexState.INDEX_STATE_EXPIRED, 9_000))
+    assert resolve(OID, record, now_ms=10_000).state == "expired"
+
+
 def test_unknown_object_is_none() -> None:
     assert resolve(OID, ObjectRecord(), now_ms=1) is None
 
