@@ -101,27 +101,29 @@ class FaissIndex:
     # -- writer side ---------------------------------------------------------------------------------------------
 
     def upsert(self, rows: Sequence[VectorRow]) -> None:
-        """Adds rows; an existing vector_id is overwritten (its old vector marked dead)."""
+        """Adds rows in order; an existing vector_id is overwritten (its old vector marked dead)."""
         if not rows:
             return
         vectors = np.stack([self._checked(r) for r in rows])
         with self._lock:
-            latest = {r.vector_id: i for i, r in enumerate(rows)}  # a batch naming one id twice keeps the last
-            keep = sorted(latest.values())
-            for i in keep:
-                self._forget(rows[i].vector_id)
-            ids = np.arange(self._next_id, self._next_id + len(keep), dtype=np.int64)
-            self._next_id += len(keep)
-            self._cols.ensure(self._next_id)
-            for internal, i in zip(ids.tolist(), keep, strict=True):
-                self._remember(internal, rows[i])
-            self._index.add_with_ids(vectors[keep], ids)
+            pending: dict[int, int] = {}  # position in ``rows`` -> internal id, not yet in Faiss: added together
+            for position, row in enumerate(rows):
+                self._forget(row.vector_id)
+                pending[position] = self._next_id
+                self._remember(self._next_id, row)
+                if self._rebuild_due(self._index.ntotal + len(pending)):
+                    self._add_pending(vectors, pending)
+                    pending = {}
+                    self._rebuild(self._wanted())
+            self._add_pending(vectors, pending)
             self._changed()
 
     def delete(self, vector_ids: Sequence[str]) -> None:
         with self._lock:
-            if any([self._forget(v) for v in vector_ids]):
-                self._changed()
+            for vid in vector_ids:
+                if self._forget(vid) and self._rebuild_due(self._index.ntotal):
+                    self._rebuild(self._wanted())
+            self._changed()
 
     def rows_of(self, object_id: str) -> list[VectorRow]:
         with self._lock:
@@ -163,6 +165,8 @@ class FaissIndex:
         return vector
 
     def _remember(self, internal: int, row: VectorRow) -> None:
+        self._next_id = max(self._next_id, internal + 1)
+        self._cols.ensure(self._next_id)
         self._rows[internal] = replace(row, vector=np.empty(0, dtype=np.float32))
         self._ids[row.vector_id] = internal
         self._by_object.setdefault(row.object_id, set()).add(internal)
@@ -191,10 +195,18 @@ class FaissIndex:
         self._version += 1
         self._bitmaps.clear()
         self._gpu = None
-        live = len(self._rows)
-        wanted: Kind = self.settings.faiss_ann if live >= self.settings.faiss_ann_threshold else self.kind
-        if wanted != self.kind or self._dead > self.settings.faiss_compact_fraction * max(1, self._index.ntotal):
-            self._rebuild(wanted)
+
+    def _add_pending(self, vectors: np.ndarray, pending: dict[int, int]) -> None:
+        if pending:
+            self._add(vectors[list(pending)], np.fromiter(pending.values(), dtype=np.int64, count=len(pending)))
+
+    def _wanted(self) -> Kind:
+        return self.settings.faiss_ann if len(self._rows) >= self.settings.faiss_ann_threshold else self.kind
+
+    def _rebuild_due(self, ntotal: int) -> bool:
+        """Decided after every record, never per batch: replicas reading the same records in other poll batches
+        rebuild at the same record and so hold the same index (an IVF trained on the same rows)."""
+        return self._wanted() != self.kind or self._dead > self.settings.faiss_compact_fraction * max(1, ntotal)
 
     def _rebuild(self, kind: Kind) -> None:
         """A new index of ``kind`` over the live rows, renumbered 0..n-1 in their old order (deterministic)."""
@@ -207,8 +219,23 @@ class FaissIndex:
             self._remember(new, row)
         self.kind = "flat" if kind == "ivf" and not rows else kind  # nothing to train lists on: flat until the next
         self._index = self._empty(self.kind, vectors)
-        self._index.add_with_ids(vectors, np.arange(len(rows), dtype=np.int64))
+        self._add(vectors, np.arange(len(rows), dtype=np.int64))
         self._next_id, self._dead = len(rows), 0
+
+    def _add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Adds to the index. HNSW one point at a time on one thread: a batch is inserted level by level and threads
+        race on the links, so the graph would depend on batch boundaries and scheduling; this way replicas (and a
+        worker restarted from a snapshot) that apply the same records hold the same graph."""
+        if self.kind != "hnsw":
+            self._index.add_with_ids(vectors, ids)
+            return
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            for i in range(len(ids)):
+                self._index.add_with_ids(vectors[i : i + 1], ids[i : i + 1])
+        finally:
+            faiss.omp_set_num_threads(threads)
 
     def _empty(self, kind: Kind, training: np.ndarray | None) -> Any:
         s = self.settings
