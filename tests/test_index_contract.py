@@ -1,5 +1,6 @@
 """One contract for every vector index adapter (Haystack's shared DocumentStore tests are the model): Faiss flat,
-HNSW and IVF, and Milvus on the session's milvus-lite server. Writer side: upsert, overwrite, delete, rows of an
+HNSW and IVF, Faiss flat on a GPU (marker gpu, in the GPU environment), and Milvus on the session's milvus-lite
+server. Writer side: upsert, overwrite, delete, rows of an
 object, idempotent replay; searcher side: top-k per shard equal to an exact search on small data, filters, count;
 awkward object ids and texts round-trip unchanged."""
 
@@ -35,7 +36,15 @@ def _faiss(ann: str, threshold: int) -> FaissIndex:
     return FaissIndex(DIM, settings)
 
 
-@pytest.fixture(params=["faiss-flat", "faiss-hnsw", "faiss-ivf", pytest.param("milvus", marks=pytest.mark.kafka)])
+@pytest.fixture(
+    params=[
+        "faiss-flat",
+        "faiss-hnsw",
+        "faiss-ivf",
+        pytest.param("faiss-gpu", marks=pytest.mark.gpu),
+        pytest.param("milvus", marks=pytest.mark.kafka),
+    ]
+)
 def index(request: pytest.FixtureRequest, unique: str) -> Iterator[VectorIndex]:
     if request.param == "milvus":
         from mmrag.milvus_index import MilvusIndex
@@ -44,6 +53,13 @@ def index(request: pytest.FixtureRequest, unique: str) -> Iterator[VectorIndex]:
         made: VectorIndex = MilvusIndex(infra.milvus_uri, f"contract{unique}", DIM, alias=f"contract{unique}_live")
     elif request.param == "faiss-flat":
         made = _faiss("hnsw", 10**9)
+    elif request.param == "faiss-gpu":  # flat on a CUDA device: run where a faiss GPU build is installed (-m gpu)
+        from mmrag.faiss_index import gpu_available
+
+        settings = FaissSettings(faiss_ann_threshold=10**9, faiss_gpu="auto")
+        if not gpu_available(settings):
+            pytest.skip("no faiss GPU build or no CUDA device here")
+        made = FaissIndex(DIM, settings)
     else:  # approximate from the first row on; small data is searched exactly all the same
         made = _faiss(request.param.removeprefix("faiss-"), 1)
     made.start()
