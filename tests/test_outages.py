@@ -1,0 +1,435 @@
+"""Fault drills on the real pipeline (real broker, milvus-lite server, local S3): a dependency that is down is
+back-pressure, never a dead letter; a bad item is dead-lettered alone.
+
+- Milvus stopped longer than the retry budget while uploads go on: zero DLQ records, the updater's readiness red
+  naming Milvus, then every object indexed once and Search answering after milvus-lite restarts on the same port and
+  data dir, with no service restarted.
+- The local S3 unreachable when the embedders read the objects of events already in Kafka: the same. moto keeps
+  its data in memory only, so the store is cut off by a TCP link in front of a private moto (port refusing, open
+  connections reset: what a client sees when the store stops) and mended on the same port.
+- One batch with poison items among good ones through the index updater: one DLQ record for each poison item, naming
+  it; the good ones indexed.
+- (slow) A 3-broker cluster with topics at RF 3: one broker SIGKILLed under upload load; every object indexed, no
+  deployable dead.
+
+Each drill prints its figures (pytest -s): objects, DLQ records, lost, duplicated status records, outage length,
+time to recover after the dependency returned, peak RSS of each process.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from local_stack.services import Service
+from local_stack.stack import Deployment, Endpoints, start_services
+from mmrag.object_store import S3ObjectStore
+from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, MediaKind, Modality
+from tests.kafka_tools import read_topic
+from tests.tcp_link import TcpLink
+from tests.test_awkward_keys import deployment_index
+from tests.test_bounded_work import peak_rss
+from tests.test_end_to_end import red_circle_png, search
+
+pytestmark = pytest.mark.kafka
+INDEXED = IndexState.INDEX_STATE_INDEXED
+BACKOFF = {"MMRAG_BACKOFF_MAX_S": "4"}  # the default 30 s would only make the drills slower to recover
+TOPICS = [
+    "sourdough bread rises with a starter of flour and water",
+    "tide pools shelter sea anemones and starfish at low tide",
+    "volcanoes erupt molten lava and clouds of ash",
+    "bees make honey from the nectar of flowers",
+    "glaciers carve deep valleys out of solid rock",
+    "jazz musicians improvise over chord changes",
+    "tomato plants need full sun and steady watering",
+    "comets have icy nuclei and long glowing tails",
+    "origami folds a square of paper into a crane",
+    "lighthouses guide ships safely along the coast",
+    "chess players open with the sicilian defence",
+    "owls hunt mice at night with silent wings",
+]
+
+
+def note(n: int) -> bytes:
+    return f"# Note {n}\nThis note is about {TOPICS[n % len(TOPICS)]}.\n".encode()
+
+
+class Figures:
+    """What a drill measured, printed as one JSON line for the closing note."""
+
+    def __init__(self, drill: str) -> None:
+        self.drill = drill
+        self.values: dict[str, Any] = {}
+        self.rss: dict[str, int] = {}
+
+    def sample_rss(self, named_pids: Iterable[tuple[str, int | None]]) -> None:
+        """Keeps the highest peak RSS (MiB) seen per process name (a restarted process starts a new peak)."""
+        for name, pid in named_pids:
+            if pid is not None:
+                self.rss[name] = max(self.rss.get(name, 0), peak_rss(pid) >> 20)
+
+    def print(self) -> None:
+        print(f"\nDRILL {self.drill}: " + json.dumps({**self.values, "peak_rss_mib": self.rss}, sort_keys=True))
+
+
+def readiness(service: Service) -> tuple[int, str]:
+    """The /readyz status code and body."""
+    try:
+        with urllib.request.urlopen(service.probe_url + "/readyz", timeout=2) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def is_ready(service: Service) -> bool:
+    return readiness(service)[0] == 200
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float, interval_s: float = 0.5) -> Any:
+    """``check()``'s first truthy value, or its last value after ``timeout_s`` (the caller asserts)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(interval_s)
+
+
+def red_because(service: Service, *words: str) -> str:
+    """The /readyz body while ``service`` backs off from an outage whose reason names ``words``; '' otherwise."""
+    code, body = readiness(service)
+    backing_off = code == 503 and "dependency unavailable" in body
+    return body if backing_off and all(w.lower() in body.lower() for w in words) else ""
+
+
+def statuses(deployment: Deployment) -> dict[str, list[IndexStatus]]:
+    """Every index-status record per object of the deployment's bucket, in order."""
+    found: dict[str, list[IndexStatus]] = {}
+    topic = f"{deployment.topic_prefix}index-status.v1"
+    for m in read_topic(deployment.endpoints.bootstrap_servers, topic, idle_s=1.0):
+        if m.key and m.key.startswith(f"{deployment.bucket}/"):
+            found.setdefault(m.key, []).append(IndexStatus.FromString(m.value or b""))
+    return found
+
+
+def indexed(deployment: Deployment) -> set[str]:
+    return {oid for oid, s in statuses(deployment).items() if s[-1].state == INDEXED}
+
+
+def dead_letters(deployment: Deployment) -> list[tuple[str | None, dict[str, str]]]:
+    records = read_topic(deployment.endpoints.bootstrap_servers, f"{deployment.topic_prefix}dlq.v1", idle_s=1.0)
+    return [(m.key, m.headers) for m in records]
+
+
+def delivery_figures(figures: Figures, deployment: Deployment, oids: set[str], dlq: list[Any]) -> None:
+    """Objects, DLQ records, lost (never indexed) and duplicated (INDEXED status records beyond one per object)."""
+    found = statuses(deployment)
+    done = {oid for oid, s in found.items() if s[-1].state == INDEXED}
+    figures.values.update(
+        objects=len(oids),
+        dlq_records=len(dlq),
+        lost=len(oids - done),
+        duplicated_status=sum(max(0, sum(s.state == INDEXED for s in found.get(o, [])) - 1) for o in oids),
+    )
+
+
+def assert_rows(deployment: Deployment, expected: dict[str, tuple[int, bool]]) -> None:
+    """Each object has exactly its expected rows (count, has_image) in the deployment's index, nothing else."""
+    index = deployment_index(deployment)
+    for oid, (count, image) in expected.items():
+        rows = index.rows_of(oid)
+        assert len(rows) == count and len({r.vector_id for r in rows}) == count, (oid, rows)
+        assert all(r.object_id == oid and r.has_image == image for r in rows), oid
+    assert index.count() == sum(count for count, _ in expected.values())
+
+
+def assert_all_serving(services: list[Service]) -> None:
+    """No deployable died, and each is ready again (an outage leaves readiness red only while it lasts)."""
+    for service in services:
+        assert service.alive(), f"{service.name} died:\n{service.log_tail()}"
+        ready = wait_until(partial(is_ready, service), 30)
+        assert ready, f"{service.name} not ready after the outage: {readiness(service)}"
+
+
+def upload(store: S3ObjectStore, bucket: str, objects: dict[str, bytes]) -> set[str]:
+    for key, data in objects.items():
+        store.put(bucket, key, data, "image/png" if key.endswith(".png") else "text/markdown")
+    return {f"{bucket}/{key}" for key in objects}
+
+
+def test_milvus_down_longer_than_the_retry_budget_is_back_pressure(
+    deployment: Deployment, infra: Endpoints, tmp_path: Path
+) -> None:
+    from local_stack.milvus import start_milvus_lite, stop_milvus_lite
+    from local_stack.processes import alive_pid, free_port
+
+    milvus_dir, port = tmp_path / "milvus-private", free_port()
+    uri = start_milvus_lite(milvus_dir, port)  # private: the session's milvus-lite keeps serving other tests
+    figures = Figures("milvus-stopped")
+    try:
+        deployment.endpoints = Endpoints(infra.bootstrap_servers, infra.s3_endpoint_url, uri)
+        names = ["sqs_bridge", "normalizer", "text_embedder", "index_updater", "query_service"]
+        services = [deployment.service(n, **BACKOFF) for n in names]
+        services += [deployment.service("retrieval_worker", str(k), MMRAG_SHARD=str(k), **BACKOFF) for k in (0, 1)]
+        start_services(services)
+        updater = services[3]
+
+        def processes() -> list[tuple[str, int | None]]:
+            return [(s.name, s.pid) for s in services] + [("milvus-lite", alive_pid(milvus_dir / "milvus.json"))]
+
+        store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
+        before = upload(store, bucket, {f"notes/{n:02d}.md": note(n) for n in range(3)})
+        assert wait_until(lambda: before <= indexed(deployment), 120), "the pipeline indexes before the outage"
+
+        figures.sample_rss(processes())
+        stop_milvus_lite(milvus_dir)
+        stopped = time.monotonic()
+        during: set[str] = set()
+        searches: list[str] = []
+        for n in range(3, 12):  # uploads go on, one every ~2 s; searches meet the outage too
+            during |= upload(store, bucket, {f"notes/{n:02d}.md": note(n)})
+            searches.append(_search_outcome(deployment.grpc_port, TOPICS[n]))
+            time.sleep(1)
+        figures.values["search_while_down"] = sorted(set(searches))
+        reason = wait_until(lambda: red_because(updater, "milvus"), 90)
+        assert reason, f"updater readiness while Milvus is down: {readiness(updater)}"
+        figures.values["readyz_while_down"] = reason.strip()[:300]
+        time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))  # well past the ~10 s retry budget
+        assert red_because(updater, "milvus"), "readiness stays red for as long as Milvus is down"
+
+        start_milvus_lite(milvus_dir, port)
+        back = time.monotonic()
+        figures.values["outage_s"] = round(back - stopped, 1)
+        oids = before | during
+        all_in = wait_until(lambda: oids <= indexed(deployment), 180)
+        figures.values["recover_index_s"] = round(time.monotonic() - back, 1)
+        probe = f"{bucket}/notes/07.md"  # uploaded while Milvus was down
+        answered = wait_until(lambda: _answers(deployment.grpc_port, TOPICS[7], probe), 60)
+        figures.values["recover_search_s"] = round(time.monotonic() - back, 1)
+        dlq = dead_letters(deployment)
+        delivery_figures(figures, deployment, oids, dlq)
+        figures.sample_rss(processes())
+        figures.print()
+
+        assert dlq == [], "an outage dead-letters nothing"
+        assert all_in, f"not indexed after Milvus returned: {sorted(oids - indexed(deployment))}"
+        assert answered, "Search does not answer after Milvus returned"
+        assert_rows(deployment, dict.fromkeys(oids, (1, False)))
+        assert_all_serving(services)
+    finally:
+        stop_milvus_lite(milvus_dir)
+
+
+def _search_outcome(port: int, text: str) -> str:
+    """What a Search returns: full, partial (missing shards named) or the gRPC error code."""
+    try:
+        reply = search(port, text=text)
+    except grpc.RpcError as exc:
+        return f"error {exc.code().name}"
+    return f"partial, missing shards {list(reply.missing_shards)}" if reply.partial else "full"
+
+
+def _answers(port: int, text: str, oid: str) -> bool:
+    """A full (not partial) Search answer that ranks ``oid`` first."""
+    try:
+        reply = search(port, text=text)
+    except Exception:  # noqa: BLE001 - not answering yet
+        return False
+    return not reply.partial and bool(reply.results) and reply.results[0].object_id == oid
+
+
+def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra: Endpoints, tmp_path: Path) -> None:
+    from local_stack.s3 import start_moto, stop_moto
+
+    moto_dir = tmp_path / "s3-private"
+    moto_dir.mkdir()
+    moto_url = start_moto(moto_dir)
+    link = TcpLink(int(moto_url.rsplit(":", 1)[1])).mend()
+    figures = Figures("s3-unreachable")
+    try:
+        deployment.endpoints = Endpoints(infra.bootstrap_servers, link.url, infra.milvus_uri)
+        deployment.prepare()  # bucket and queue on the private store
+        front = start_services(
+            [deployment.service(n, **BACKOFF) for n in ("sqs_bridge", "normalizer", "index_updater")]
+        )
+        store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
+        objects = {f"notes/{n:02d}.md": note(n) for n in range(4)} | {
+            f"img/circle-{n}.png": red_circle_png() for n in range(2)
+        }
+        oids = upload(store, bucket, objects)
+        events = f"{deployment.topic_prefix}objects.v1"
+        in_kafka = wait_until(
+            lambda: oids <= {m.key for m in read_topic(infra.bootstrap_servers, events, idle_s=1)}, 90
+        )
+        assert in_kafka, "every upload's event on objects.v1 before the store goes away"
+
+        link.cut()
+        cut = time.monotonic()
+        embedders = [deployment.service(n, **BACKOFF).start() for n in ("text_embedder", "vision_embedder")]
+        for embedder in embedders:
+            reason = wait_until(partial(red_because, embedder, "object store"), 120)
+            assert reason, f"{embedder.name} readiness while the store is away: {readiness(embedder)}"
+            figures.values[f"readyz_{embedder.name}"] = reason.strip()[:300]
+        figures.values["alive_while_down"] = {s.name: s.alive() for s in front}
+        time.sleep(max(0.0, 25 - (time.monotonic() - cut)))
+        assert all(red_because(e, "object store") for e in embedders), "red for as long as the store is away"
+
+        link.mend()
+        back = time.monotonic()
+        figures.values["outage_s"] = round(back - cut, 1)
+        all_in = wait_until(lambda: oids <= indexed(deployment), 180)
+        figures.values["recover_index_s"] = round(time.monotonic() - back, 1)
+        dlq = dead_letters(deployment)
+        delivery_figures(figures, deployment, oids, dlq)
+        figures.sample_rss((s.name, s.pid) for s in front + embedders)
+        figures.print()
+
+        assert dlq == [], "an unreachable store dead-letters nothing"
+        assert all_in, f"not indexed after the store returned: {sorted(oids - indexed(deployment))}"
+        expected = {f"{bucket}/{k}": (1, k.endswith(".png")) for k in objects}
+        assert_rows(deployment, expected)
+        assert_all_serving(front + embedders)
+    finally:
+        link.cut()
+        stop_moto(moto_dir)
+
+
+def embedding_batch(deployment: Deployment, key: str, n: int, dims: int | None = None, version: str = "") -> bytes:
+    """A text EmbeddingBatch as the text embedder writes it (the space's model, one chunk)."""
+    from mmrag.settings import SpaceSettings
+    from mmrag.space import space_from_settings
+
+    space = space_from_settings(SpaceSettings(clip_model_dir=deployment.clip_model_dir))
+    text = note(n).decode()
+    vector = np.random.default_rng(n).standard_normal(dims or space.text_dim).astype(np.float32)
+    return EmbeddingBatch(
+        object_id=f"{deployment.bucket}/{key}",
+        version=version or f"v{n}",
+        modality=Modality.MODALITY_TEXT,
+        model_id=space.text_model_id,
+        dim=space.text_dim,
+        chunks=[Chunk(index=0, text=text, char_start=0, char_end=len(text), page=1, vector=vector.tolist())],
+        event_time_ms=1000 + n,
+        media_kind=MediaKind.MEDIA_KIND_TEXT,
+    ).SerializeToString()
+
+
+def test_poison_items_in_a_batch_are_dead_lettered_alone(deployment: Deployment) -> None:
+    """Two kinds of poison in one batch of the updater: a vector of the wrong size (an unexpected error: the batch
+    fails and is isolated item by item) and a version Milvus refuses (the adapter's PermanentError for that item)."""
+    good = {f"good/{n:02d}.md": embedding_batch(deployment, f"good/{n:02d}.md", n) for n in range(6)}
+    poison = {
+        "poison/wrong-size.md": embedding_batch(deployment, "poison/wrong-size.md", 90, dims=3),
+        "poison/long-version.md": embedding_batch(deployment, "poison/long-version.md", 91, version="v" * 600),
+    }
+    producer = Producer({"bootstrap.servers": deployment.endpoints.bootstrap_servers})
+    keys = list(good)
+    for key in [*keys[:3], "poison/wrong-size.md", *keys[3:5], "poison/long-version.md", keys[5]]:
+        value = {**good, **poison}[key]
+        producer.produce(
+            f"{deployment.topic_prefix}embeddings.v1", key=f"{deployment.bucket}/{key}", value=value, partition=0
+        )
+    assert producer.flush(10) == 0
+    updater = deployment.service("index_updater", MMRAG_MAX_WAIT_MS="2000").start()  # all 8 arrive as one batch
+    oids = {f"{deployment.bucket}/{k}" for k in good}
+    all_in = wait_until(lambda: oids <= indexed(deployment), 120)
+    wait_until(lambda: len(dead_letters(deployment)) >= 2, 30)
+    dlq = dead_letters(deployment)
+
+    assert all_in, f"good items not indexed: {sorted(oids - indexed(deployment))}"
+    assert "isolating items" in updater.log_path.read_text(), "the poison items and the good ones met in one batch"
+    by_key = {key: headers for key, headers in dlq}
+    assert len(dlq) == 2 and set(by_key) == {f"{deployment.bucket}/{k}" for k in poison}, dlq
+    wrong_size = by_key[f"{deployment.bucket}/poison/wrong-size.md"]
+    assert wrong_size["dlq-stage"] == "index_updater" and "3 dims" in wrong_size["dlq-error-message"]
+    long_version = by_key[f"{deployment.bucket}/poison/long-version.md"]
+    assert long_version["dlq-error-class"] == "PermanentError"
+    assert f"{deployment.bucket}/poison/long-version.md" in long_version["dlq-error-message"]
+    assert all(h["dlq-source-topic"] == f"{deployment.topic_prefix}embeddings.v1" for h in by_key.values())
+    assert_rows(deployment, dict.fromkeys(oids, (1, False)))
+    found = statuses(deployment)
+    assert {oid: [s.state for s in found[oid]] for oid in oids} == {oid: [INDEXED] for oid in oids}
+    assert set(found) == oids, "no status for a dead-lettered item"
+
+
+def busiest_broker(bootstrap: str, prefix: str) -> int:
+    """The broker that leads the most partitions of the deployment's topics (the kill that hurts most)."""
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=15).topics
+    leaders = [p.leader for name, t in topics.items() if name.startswith(prefix) for p in t.partitions.values()]
+    replicas = {len(p.replicas) for name, t in topics.items() if name.startswith(prefix) for p in t.partitions.values()}
+    assert replicas == {3}, f"topics of a 3-broker stack are created at RF 3, found {replicas}"
+    return max(set(leaders), key=leaders.count)
+
+
+def upload_steadily(store: S3ObjectStore, bucket: str, objects: dict[str, bytes], third: threading.Event) -> None:
+    """Uploads one object every 0.3 s; sets ``third`` once a third of them went up."""
+    for n, (key, data) in enumerate(objects.items()):
+        upload(store, bucket, {key: data})
+        if n + 1 >= len(objects) // 3:
+            third.set()
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_a_broker_killed_under_upload_load_loses_nothing(
+    infra: Endpoints, clip_dir: Path, tmp_path: Path, unique: str
+) -> None:
+    from local_stack import kafka_broker
+    from local_stack.processes import free_port
+    from local_stack.stack import stop_services
+
+    cluster = kafka_broker.start_cluster(tmp_path / "kafka3", 3, ready_timeout_s=240)
+    endpoints = Endpoints(cluster.bootstrap_servers, infra.s3_endpoint_url, infra.milvus_uri)
+    prefix = f"t{unique}."
+    dep = Deployment(
+        tmp_path / "state", endpoints, clip_dir, prefix, f"bucket-{unique}", f"queue-{unique}", 2, free_port()
+    )
+    figures = Figures("broker-killed")
+    try:
+        dep.prepare()
+        names = ("sqs_bridge", "normalizer", "text_embedder", "vision_embedder", "index_updater")
+        services = start_services([dep.service(n) for n in names], timeout_s=240)
+        victim = busiest_broker(cluster.bootstrap_servers, prefix)
+        objects = {f"notes/{n:02d}.md": note(n) for n in range(30)} | {
+            f"img/{n:02d}.png": red_circle_png() for n in range(10)
+        }
+        third = threading.Event()
+        store = S3ObjectStore(dep.s3_settings(), "test")
+        uploader = threading.Thread(target=upload_steadily, args=(store, dep.bucket, objects, third))
+        uploader.start()
+        assert third.wait(60), "uploads under way"
+        figures.sample_rss([(f"broker-{n.node_id}", n.pid) for n in cluster.nodes])
+        cluster.kill_node(victim)
+        killed = time.monotonic()
+        uploader.join(120)
+        oids = {f"{dep.bucket}/{k}" for k in objects}
+        all_in = wait_until(lambda: oids <= indexed(dep), 300, interval_s=2)
+        figures.values.update(killed_broker=victim, indexed_after_kill_s=round(time.monotonic() - killed, 1))
+        dlq = dead_letters(dep)
+        delivery_figures(figures, dep, oids, dlq)
+        figures.sample_rss([(s.name, s.pid) for s in services])
+        figures.print()
+
+        assert dlq == [], "a broker failover dead-letters nothing"
+        assert all_in, f"not indexed after the broker died: {sorted(oids - indexed(dep))}"
+        assert_rows(dep, {f"{dep.bucket}/{k}": (1, k.endswith(".png")) for k in objects})
+        assert_all_serving(services)
+    finally:
+        stop_services(dep.state_dir)
+        cluster.stop()
