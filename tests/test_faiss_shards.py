@@ -21,12 +21,13 @@ from local_stack.services import Service
 from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.ids import shard_for
 from mmrag.messages import now_ms
-from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexStatus, Modality, SearchReply, SearchRequest
+from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, Modality, SearchReply, SearchRequest
 from mmrag.request_reply import ReplyAddress
 from mmrag.settings import SpaceSettings
 from mmrag.space import EmbeddingSpace, space_from_settings
 from mmrag.topics import Topics, ensure_topics
 from mmrag.vector_log import decode_record, from_record
+from tests.index_tools import index_env, statuses, text_batch
 from tests.kafka_tools import read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -83,22 +84,6 @@ class Searcher:
         self.replies.close()
 
 
-def text_batch(space: EmbeddingSpace, oid: str, version: str, at_ms: int, rng: np.random.Generator) -> EmbeddingBatch:
-    chunks = [
-        Chunk(index=i, text=f'{oid} {version} chunk {i} "ü" \\', vector=rng.standard_normal(space.text_dim).tolist())
-        for i in range(1 + len(oid) % 3)
-    ]
-    return EmbeddingBatch(
-        object_id=oid,
-        version=version,
-        modality=Modality.MODALITY_TEXT,
-        model_id=space.text_model_id,
-        dim=space.text_dim,
-        chunks=chunks,
-        event_time_ms=at_ms,
-    )
-
-
 def image_batch(space: EmbeddingSpace, oid: str, version: str, at_ms: int, rng: np.random.Generator) -> EmbeddingBatch:
     return EmbeddingBatch(
         object_id=oid,
@@ -124,15 +109,6 @@ def exact_from_log(bootstrap: str, topics: Topics, dim: int) -> tuple[FaissIndex
     return index, partitions
 
 
-def statuses(bootstrap: str, topics: Topics) -> dict[str, IndexStatus]:
-    found = {}
-    for m in read_topic(bootstrap, topics.index_status, idle_s=1.0):
-        status = IndexStatus()
-        status.ParseFromString(m.value or b"")
-        found[m.key] = status
-    return found
-
-
 def processed(service: Service) -> float:
     with urllib.request.urlopen(service.probe_url + "/metrics", timeout=5) as reply:
         for line in reply.read().decode().splitlines():
@@ -148,14 +124,7 @@ def test_three_faiss_shards_with_replicas_deletes_and_a_killed_replica(  # type:
     topics = Topics(f"f{unique}.")
     ensure_topics(bootstrap, topics, vector_shards=SHARDS)
     space = space_from_settings(SpaceSettings(clip_model_dir=clip_dir))
-    env = {
-        "MMRAG_BOOTSTRAP_SERVERS": bootstrap,
-        "MMRAG_TOPIC_PREFIX": topics.prefix,
-        "MMRAG_CLIP_MODEL_DIR": str(clip_dir),
-        "MMRAG_SHARDS": str(SHARDS),
-        "MMRAG_STATE_DIR": str(tmp_path / "state"),
-        "MMRAG_MAX_WAIT_MS": "20",
-    }
+    env = index_env(bootstrap, topics, clip_dir, SHARDS, tmp_path / "state", MMRAG_MAX_WAIT_MS="20")
     logs = tmp_path / "logs"
 
     def worker(shard: int, replica: str) -> Service:
@@ -187,7 +156,7 @@ def test_three_faiss_shards_with_replicas_deletes_and_a_killed_replica(  # type:
         for s in services:
             s.start()
         oids = [f"bucket/doc-{i}.txt" for i in range(24)] + ['bucket/awk "q" \\ \t ü.png', "bucket/img-1.png"]
-        send([text_batch(space, o, "v1", tick(), rng) for o in oids[:24]])
+        send([text_batch(space, o, "v1", tick(), rng, 1 + len(o) % 3) for o in oids[:24]])
         send([image_batch(space, o, "v1", tick(), rng) for o in oids[20:]])  # 4 texts gain an image half
         wait_for(lambda: set(oids) <= set(statuses(bootstrap, topics)), 120, "every object indexed")
         for s in services:
@@ -225,7 +194,7 @@ def test_three_faiss_shards_with_replicas_deletes_and_a_killed_replica(  # type:
         # deletes and overwrites
         deleted, rewritten = oids[:6], oids[6:12]
         send([EmbeddingBatch(object_id=o, version="v1", deleted=True, event_time_ms=tick()) for o in deleted])
-        send([text_batch(space, o, "v2", tick(), rng) for o in rewritten])
+        send([text_batch(space, o, "v2", tick(), rng, 1 + len(o) % 3) for o in rewritten])
         wait_for(
             lambda: all(statuses(bootstrap, topics)[o].version == "v2" for o in rewritten), 60, "overwrites indexed"
         )
@@ -249,7 +218,7 @@ def test_three_faiss_shards_with_replicas_deletes_and_a_killed_replica(  # type:
         killed.kill()
         on_zero = [o for o in oids[12:] if shard_for(o, SHARDS) == 0]
         assert on_zero, "some live object is on shard 0"
-        send([text_batch(space, o, "v3", tick(), rng) for o in on_zero[:2]])
+        send([text_batch(space, o, "v3", tick(), rng, 1 + len(o) % 3) for o in on_zero[:2]])
         send([EmbeddingBatch(object_id=o, version="v1", deleted=True, event_time_ms=tick()) for o in on_zero[2:3]])
         wait_for(lambda: statuses(bootstrap, topics)[on_zero[0]].version == "v3", 60, "changes while a replica is down")
         survivor = check_against_log()  # replica b alone serves shard 0

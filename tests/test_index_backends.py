@@ -13,11 +13,12 @@ from local_stack.services import Service
 from mmrag.ids import shard_for
 from mmrag.messages import now_ms
 from mmrag.milvus_index import MilvusIndex
-from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, Modality
+from mmrag.pb.events_pb2 import EmbeddingBatch, IndexState
 from mmrag.settings import SpaceSettings
 from mmrag.space import space_from_settings
 from mmrag.topics import Topics, ensure_topics
 from mmrag.vector_log import decode_record
+from tests.index_tools import index_env, statuses, text_batch
 from tests.kafka_tools import read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -30,53 +31,38 @@ def test_updater_backends(infra, clip_dir: Path, tmp_path: Path, unique: str, ba
     topics = Topics(f"b{unique}.")
     ensure_topics(bootstrap, topics, vector_shards=SHARDS)
     space = space_from_settings(SpaceSettings(clip_model_dir=clip_dir))
-    env = {
-        "MMRAG_BOOTSTRAP_SERVERS": bootstrap,
-        "MMRAG_TOPIC_PREFIX": topics.prefix,
-        "MMRAG_CLIP_MODEL_DIR": str(clip_dir),
-        "MMRAG_SHARDS": str(SHARDS),
-        "MMRAG_MILVUS_URI": infra.milvus_uri,
-        "MMRAG_COLLECTION_PREFIX": f"b{unique}",
-        "MMRAG_STATE_DIR": str(tmp_path / "state"),
-        "MMRAG_INDEX_BACKEND": backend,
-    }
+    env = index_env(
+        bootstrap,
+        topics,
+        clip_dir,
+        SHARDS,
+        tmp_path / "state",
+        MMRAG_MILVUS_URI=infra.milvus_uri,
+        MMRAG_COLLECTION_PREFIX=f"b{unique}",
+        MMRAG_INDEX_BACKEND=backend,
+    )
     updater = Service("index-updater", "index_updater", env, tmp_path / "logs")
     rng = np.random.default_rng(0)
     oids = ["bk/a.txt", 'bk/q"uote\\ \t ü.txt', "bk/c.txt", "bk/d.txt"]
     producer = Producer({"bootstrap.servers": bootstrap})
     at = now_ms()
     for i, oid in enumerate(oids):
-        chunks = [
-            Chunk(index=c, text=f"{oid} {c}", vector=rng.standard_normal(space.text_dim).tolist()) for c in range(2)
-        ]
-        batch = EmbeddingBatch(
-            object_id=oid,
-            version="v1",
-            modality=Modality.MODALITY_TEXT,
-            model_id=space.text_model_id,
-            dim=space.text_dim,
-            chunks=chunks,
-            event_time_ms=at + i,
-        )
-        producer.produce(topics.embeddings, batch.SerializeToString(), oid)
+        producer.produce(topics.embeddings, text_batch(space, oid, "v1", at + i, rng, 2).SerializeToString(), oid)
     producer.produce(
         topics.embeddings,
         EmbeddingBatch(object_id=oids[3], deleted=True, event_time_ms=at + 10).SerializeToString(),
         oids[3],
     )
     producer.flush(10)
+
+    def deleted(oid: str) -> bool:
+        status = statuses(bootstrap, topics).get(oid)
+        return status is not None and status.state == IndexState.INDEX_STATE_DELETED
+
     try:
         updater.start().wait_ready(120)
 
-        def states() -> dict[str, int]:
-            found = {}
-            for m in read_topic(bootstrap, topics.index_status, idle_s=1.0):
-                status = IndexStatus()
-                status.ParseFromString(m.value or b"")
-                found[m.key or ""] = status.state
-            return found
-
-        wait_for(lambda: states().get(oids[3]) == IndexState.INDEX_STATE_DELETED, 90, "the delete applied")
+        wait_for(lambda: deleted(oids[3]), 90, "the delete applied")
     finally:
         updater.stop()
     milvus = MilvusIndex(infra.milvus_uri, f"b{unique}_{space.id}", space.dim)

@@ -14,11 +14,12 @@ from index_updater.fusion import plan_update
 from index_updater.pruning import DAY_MS, PruningSettings, expiring, prune
 from local_stack.services import Service
 from mmrag.messages import now_ms
-from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, Modality
+from mmrag.pb.events_pb2 import EmbeddingBatch, IndexState, IndexStatus
 from mmrag.settings import SpaceSettings
 from mmrag.space import EmbeddingSpace, space_from_settings
 from mmrag.topics import Topics, ensure_topics
 from mmrag.vector_index import VectorRow
+from tests.index_tools import index_env, statuses, text_batch
 from tests.kafka_tools import read_topic, wait_for
 
 SPACE = EmbeddingSpace("text@1", 4, "clip@1", 3, 0.8, 0.6)
@@ -66,39 +67,19 @@ def test_pruning_job_expires_old_objects_through_the_updater(  # type: ignore[no
     topics = Topics(f"p{unique}.")
     ensure_topics(bootstrap, topics, vector_shards=2)
     space = space_from_settings(SpaceSettings(clip_model_dir=clip_dir))
-    env = {
-        "MMRAG_BOOTSTRAP_SERVERS": bootstrap,
-        "MMRAG_TOPIC_PREFIX": topics.prefix,
-        "MMRAG_CLIP_MODEL_DIR": str(clip_dir),
-        "MMRAG_SHARDS": "2",
-        "MMRAG_STATE_DIR": str(tmp_path / "state"),
-        "MMRAG_INDEX_BACKEND": "faiss",
-    }
+    env = index_env(bootstrap, topics, clip_dir, 2, tmp_path / "state", MMRAG_INDEX_BACKEND="faiss")
     now = now_ms()
     ages = {"bk/old-1.txt": 40, 'bk/old "2"\t.txt': 31, "bk/fresh.txt": 1}
     producer = Producer({"bootstrap.servers": bootstrap})
     rng = np.random.default_rng(0)
     for oid, days in ages.items():
-        batch = EmbeddingBatch(
-            object_id=oid,
-            version="v1",
-            modality=Modality.MODALITY_TEXT,
-            model_id=space.text_model_id,
-            dim=space.text_dim,
-            chunks=[Chunk(index=0, text=oid, vector=rng.standard_normal(space.text_dim).tolist())],
-            event_time_ms=now - days * DAY_MS,
-        )
+        batch = text_batch(space, oid, "v1", now - days * DAY_MS, rng)
         producer.produce(topics.embeddings, batch.SerializeToString(), oid)
     producer.flush(10)
     updater = Service("index-updater", "index_updater", env, tmp_path / "logs")
 
     def states() -> dict[str, int]:
-        found = {}
-        for m in read_topic(bootstrap, topics.index_status, idle_s=1.0):
-            status = IndexStatus()
-            status.ParseFromString(m.value or b"")
-            found[m.key or ""] = status.state
-        return found
+        return {oid: s.state for oid, s in statuses(bootstrap, topics).items()}
 
     try:
         updater.start().wait_ready(120)

@@ -10,11 +10,10 @@ from pathlib import Path
 from pydantic import Field
 
 from consumers.faiss_worker.shard import FaissShard
-from consumers.retrieval_worker.handler import RetrievalWorker, RetrievalWorkerSettings
+from consumers.retrieval_worker.handler import RetrievalWorkerSettings
+from consumers.retrieval_worker.request_loop import request_loop
 from mmrag.faiss_index import FaissSettings
-from mmrag.messages import proto_decoder
 from mmrag.pb.events_pb2 import SearchRequest
-from mmrag.request_reply import FAST_CONSUMER, FAST_PRODUCER
 from mmrag.runner import StageRunner
 from mmrag.service import service_main
 from mmrag.space import space_from_settings
@@ -63,18 +62,7 @@ def build(settings: FaissWorkerSettings, probes: Probes) -> FaissWorker:
         settings.faiss_snapshot_max_age_s,
     )
     probes.add_check("vectors", shard.readiness)
-    handler = RetrievalWorker(settings, space.id, shard)
-    decoders = {settings.topics.search_requests: proto_decoder(SearchRequest, handler.stage)}
-    runner = StageRunner(
-        settings,
-        handler,
-        group=settings.group,
-        decoders=decoders,
-        transactional=False,
-        probes=probes,
-        consumer_overrides=FAST_CONSUMER,
-        producer_overrides=FAST_PRODUCER,
-    )
+    runner = request_loop(settings, space.id, shard, probes)
     return FaissWorker(runner, shard)
 
 
