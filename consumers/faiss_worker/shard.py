@@ -184,12 +184,13 @@ class FaissShard:
     def _step(self) -> None:
         assert self._consumer is not None
         records: list[Message] = []
+        at_end = False
         for msg in self._consumer.consume(1000, 0.2):
             err = msg.error()
             if err is None:
                 records.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
-                self.caught_up.set()  # at the end now, which is at or past the end seen at start
+                at_end = True  # the end now, which is at or past the end seen at start
             elif err.fatal():
                 raise RuntimeError(f"fatal consumer error on {self.topic}[{self.shard}]: {err}")
             else:
@@ -197,8 +198,8 @@ class FaissShard:
         if records:
             self._apply(records)
             self.next_offset = int(records[-1].offset() or 0) + 1
-            if self.next_offset >= self.target:
-                self.caught_up.set()
+        if at_end or self.next_offset >= self.target:  # only once what was read is applied
+            self.caught_up.set()
 
     def _apply(self, records: Sequence[Message]) -> None:
         """Applies records in offset order: runs of upserts go in together, a tombstone deletes its vector id."""
