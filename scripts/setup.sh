@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what kafka-mmrag needs on a fresh machine and caches it: uv, the locked Python environment, the Kafka
 # broker jars (Maven Central) and the apt packages. A second run finds everything cached and takes seconds.
-# Needs beforehand: Linux with apt, Python 3.11 with pip, a JDK 17+ and Maven (see README.md).
+# Needs beforehand: Linux with apt, Python 3.11 with pip, a JDK 17+, Maven, cmake and g++ (see README.md).
 # MMRAG_SETUP_APT=always runs the apt step even when the packages are there (CI's fresh-machine check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-for tool in python3 java mvn; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "setup: $tool is missing -> install Python 3.11, a JDK 17+ and Maven" >&2; exit 1; }
+for tool in python3 java mvn cmake g++; do
+  command -v "$tool" >/dev/null 2>&1 || {
+    echo "setup: $tool is missing -> install Python 3.11, a JDK 17+, Maven, cmake and g++ (see README.md)" >&2; exit 1; }
 done
 
 if ! command -v uv >/dev/null 2>&1; then
