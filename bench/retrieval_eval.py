@@ -1,0 +1,255 @@
+"""Retrieval quality in a mixed corpus: recall@5 / precision@5 for a text-only, an image-only and a mixed index,
+side by side, over the same questions.
+
+    uv run --frozen --no-sync python -m bench.retrieval_eval [--clip DIR] [--shards 2] [--json OUT]
+
+Corpus (`bench/data/mixed_corpus`): 33 short technical documents on unrelated topics (Kafka, PostgreSQL, TLS,
+sourdough, bicycles, ...; a few long enough for two chunks; exact identifiers, error codes and rare words), and
+easy-vqa's drawn shapes: 5 test-split images of each of the 24 classes "a <colour> <shape>" (120 images).
+Questions with known answers: 37 paraphrased text questions and 12 keyword questions (an identifier or rare word
+only its document contains) -> documents; the 24 captions -> their 5 images; 8 train-split images as image
+queries -> the 5 indexed images of their class.
+
+Path: in-process, through the production functions with Kafka left out: the text embedder's chunker, MiniLM and
+the space's CLIP, the index updater's fusion (`plan_update`), the Faiss index the Faiss workers search (exact,
+flat; one per shard), the retrieval worker's request handling and the query service's merge. Objects are ranked
+as the Search API returns them: the first five distinct objects of the answer. The CLIP must be the trained demo
+CLIP (`mmrag models train-clip`, the default MMRAG_CLIP_MODEL_DIR): a random one gives chance-level images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from consumers.text_embedder.chunking import chunk_text
+from index_updater.fusion import plan_update
+from mmrag.clip import ClipEncoder
+from mmrag.faiss_index import FaissIndex
+from mmrag.ids import shard_for
+from mmrag.images import decode_image
+from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, Modality, SearchReply, SearchRequest
+from mmrag.settings import SpaceSettings
+from mmrag.space import EmbeddingSpace, space_clip_encoder, space_from_settings
+from mmrag.text_encoder import MiniLMEncoder
+from mmrag.vector_index import VectorRow
+from query_service.query_encoder import QueryEncoder
+
+DATA = Path(__file__).resolve().parent / "data" / "mixed_corpus"
+BUCKET = "eval"
+K = 5
+IMAGES_PER_CLASS = 5
+IMAGE_QUERIES = 8
+
+
+@dataclass(frozen=True)
+class Query:
+    kind: str  # text | keyword | caption | image
+    text: str
+    relevant: frozenset[str]
+    image: bytes = b""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    docs: dict[str, str]  # object id -> text
+    images: dict[str, bytes]  # object id -> PNG bytes
+    queries: list[Query]
+
+
+def load_corpus(per_class: int = IMAGES_PER_CLASS, image_queries: int = IMAGE_QUERIES) -> Corpus:
+    """The documents and questions of `bench/data/mixed_corpus` plus easy-vqa images (needs the `local` extra)."""
+    from local_stack.clip_train import captions_from_easy_vqa
+
+    docs = {f"{BUCKET}/docs/{p.name}": p.read_text() for p in sorted((DATA / "docs").glob("*.md"))}
+    spec = json.loads((DATA / "questions.json").read_text())["questions"]
+    queries = [Query(q["kind"], q["query"], frozenset(f"{BUCKET}/docs/{r}" for r in q["relevant"])) for q in spec]
+    images: dict[str, bytes] = {}
+    by_class: dict[str, list[str]] = {}
+    for path, caption in captions_from_easy_vqa("test"):
+        members = by_class.setdefault(caption, [])
+        if len(members) < per_class:
+            oid = f"{BUCKET}/images/{caption.replace(' ', '-')}-{len(members)}.png"
+            members.append(oid)
+            images[oid] = path.read_bytes()
+    queries += [Query("caption", c, frozenset(m)) for c, m in sorted(by_class.items())]
+    asked: set[str] = set()
+    for path, caption in captions_from_easy_vqa("train"):
+        if len(asked) < image_queries and caption not in asked and caption in by_class:
+            asked.add(caption)
+            queries.append(Query("image", "", frozenset(by_class[caption]), image=path.read_bytes()))
+    return Corpus(docs, images, queries)
+
+
+@dataclass
+class Models:
+    space: EmbeddingSpace
+    minilm: MiniLMEncoder
+    clip: ClipEncoder
+    query: QueryEncoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.query = QueryEncoder(self.space, self.minilm, self.clip)
+
+    @classmethod
+    def load(cls, clip_dir: Path | None = None) -> Models:
+        settings = SpaceSettings() if clip_dir is None else SpaceSettings(clip_model_dir=clip_dir)
+        models = cls(space_from_settings(settings), MiniLMEncoder(), space_clip_encoder(settings))
+        models.query.warm_up()
+        return models
+
+
+def object_rows(corpus: Corpus, models: Models, shards: int) -> dict[str, list[VectorRow]]:
+    """Every object's index rows, made the way the embedders and the index updater make them."""
+    rows: dict[str, list[VectorRow]] = {}
+    tokenizer = models.minilm.load_tokenizer()
+    for oid, text in corpus.docs.items():
+        chunks = chunk_text(text, tokenizer)
+        vectors = models.minilm.encode([c.text for c in chunks])
+        batch = EmbeddingBatch(object_id=oid, version="v1", modality=Modality.MODALITY_TEXT, event_time_ms=1)
+        for c, v in zip(chunks, vectors, strict=True):
+            batch.chunks.append(
+                Chunk(index=c.index, text=c.text, char_start=c.char_start, char_end=c.char_end, vector=v.tolist())
+            )
+        rows[oid] = plan_update(batch, [], models.space, shards, now_ms=2).upserts
+    oids = list(corpus.images)
+    vectors = models.clip.encode_images([decode_image(corpus.images[o], o, "eval") for o in oids])
+    for oid, v in zip(oids, vectors, strict=True):
+        batch = EmbeddingBatch(object_id=oid, version="v1", modality=Modality.MODALITY_IMAGE, event_time_ms=1)
+        batch.chunks.append(Chunk(index=0, vector=v.tolist()))
+        rows[oid] = plan_update(batch, [], models.space, shards, now_ms=2).upserts
+    return rows
+
+
+def shard_indexes(
+    rows: dict[str, list[VectorRow]], oids: Sequence[str], space: EmbeddingSpace, shards: int
+) -> list[FaissIndex]:
+    """One exact index per shard holding the rows of ``oids`` (each object on its shard, as the updater places it)."""
+    indexes = [FaissIndex(space.dim) for _ in range(shards)]
+    for oid in oids:
+        indexes[shard_for(oid, shards)].upsert(rows[oid])
+    return indexes
+
+
+Searcher = Callable[[Query], list[str]]
+
+
+def searcher(models: Models, indexes: list[FaissIndex], top_k: int = 50) -> Searcher:
+    """The Search API's ranking of objects for a query (first distinct objects of the merged answer)."""
+    from consumers.retrieval_worker.handler import to_hit
+    from query_service.search import merge_top_k
+
+    def search(query: Query) -> list[str]:
+        vector = models.query.encode(query.text, query.image)
+        request = SearchRequest(space_id=models.space.id, query_vector=vector.tolist(), top_k=top_k)
+        replies = []
+        for shard, index in enumerate(indexes):
+            hits = index.search(np.asarray(request.query_vector, dtype=np.float32), request.top_k, shard)
+            replies.append(SearchReply(shard=shard, space_id=models.space.id, hits=[to_hit(h) for h in hits]))
+        ranked: list[str] = []
+        for sh in merge_top_k(replies, top_k):
+            if sh.hit.object_id not in ranked:
+                ranked.append(sh.hit.object_id)
+        return ranked
+
+    return search
+
+
+@dataclass(frozen=True)
+class Score:
+    recall: float
+    precision: float
+    mrr: float
+    intruders: int  # top-K places taken by objects of the other modality than the relevant ones
+    queries: int
+
+
+def score(queries: Sequence[Query], search: Searcher, k: int = K) -> Score:
+    recall = precision = mrr = 0.0
+    intruders = 0
+    for q in queries:
+        ranked = search(q)
+        top = ranked[:k]
+        found = len(set(top) & q.relevant)
+        recall += found / len(q.relevant)
+        precision += found / k
+        first = next((i for i, o in enumerate(ranked) if o in q.relevant), None)
+        mrr += 0.0 if first is None else 1.0 / (first + 1)
+        wanted = "images" if "/images/" in next(iter(q.relevant)) else "docs"
+        intruders += sum(1 for o in top if f"/{wanted}/" not in o)
+    n = max(1, len(queries))
+    return Score(recall / n, precision / n, mrr / n, intruders, len(queries))
+
+
+INDEXES = ("text-only", "image-only", "mixed")
+KINDS = {
+    "text": "text question -> doc",
+    "keyword": "keyword -> doc",
+    "caption": "caption -> image",
+    "image": "image -> image",
+}
+ANSWERED_BY = {
+    "text": ("text-only", "mixed"),
+    "keyword": ("text-only", "mixed"),
+    "caption": ("image-only", "mixed"),
+    "image": ("image-only", "mixed"),
+}
+
+
+def evaluate(corpus: Corpus, models: Models, shards: int = 2) -> dict[str, dict[str, Score]]:
+    """{query kind: {index: Score}} for every index a kind's answers can be in."""
+    rows = object_rows(corpus, models, shards)
+    members = {
+        "text-only": list(corpus.docs),
+        "image-only": list(corpus.images),
+        "mixed": [*corpus.docs, *corpus.images],
+    }
+    searchers = {
+        name: searcher(models, shard_indexes(rows, oids, models.space, shards)) for name, oids in members.items()
+    }
+    table: dict[str, dict[str, Score]] = {}
+    for kind in KINDS:
+        queries = [q for q in corpus.queries if q.kind == kind]
+        table[kind] = {name: score(queries, searchers[name]) for name in ANSWERED_BY[kind]}
+    return table
+
+
+def print_table(table: dict[str, dict[str, Score]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title=f"recall@{K} / precision@{K} / MRR (intruders = top-{K} places of the other modality)")
+    out.add_column("queries")
+    for name in INDEXES:
+        out.add_column(name, justify="right")
+    for kind, by_index in table.items():
+        cells = []
+        for name in INDEXES:
+            s = by_index.get(name)
+            cells.append("-" if s is None else f"{s.recall:.3f} / {s.precision:.3f} / {s.mrr:.3f} ({s.intruders})")
+        out.add_row(f"{KINDS[kind]} (n={next(iter(by_index.values())).queries})", *cells)
+    Console(width=150).print(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clip", type=Path, default=None, help="CLIP directory (default: MMRAG_CLIP_MODEL_DIR)")
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    args = parser.parse_args(argv)
+    table = evaluate(load_corpus(), Models.load(args.clip), args.shards)
+    print_table(table)
+    if args.json:
+        blob = {k: {n: s.__dict__ for n, s in v.items()} for k, v in table.items()}
+        args.json.write_text(json.dumps(blob, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
