@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from typing import Any
 from mmrag import metrics
 from mmrag.delivery import Delivery, NotDeliveredError, RejectedOutputsError, encode
 from mmrag.dlq import Origin, dead_letter
-from mmrag.errors import PermanentError
+from mmrag.errors import PermanentError, RetryableError
 from mmrag.kafka_clients import make_producer
 from mmrag.messages import Output
 from mmrag.settings import BaseServiceSettings
@@ -48,6 +49,8 @@ class ChangePublisher:
         self.transactional_id = transactional_id
         self.tracer = setup_tracing(stage)
         self.batches = 0
+        self.outages = 0  # consecutive receives that met an unreachable source
+        self._stop = threading.Event()  # run()'s: a back-off ends early when the service stops
         self._producer: Any = None
         self._delivery: Delivery | None = None
 
@@ -71,6 +74,7 @@ class ChangePublisher:
 
     def run(self, stop: threading.Event) -> None:
         """Publishes until ``stop`` is set or a finite source is done."""
+        self._stop = stop
         self.start()
         try:
             while not stop.is_set() and self.step() is not None:
@@ -81,8 +85,14 @@ class ChangePublisher:
             self._producer.flush(10)
 
     def step(self) -> int | None:
-        """One batch; returns how many notifications were acknowledged (None when the source is done)."""
-        batch = self.source.receive()
+        """One batch; returns how many notifications were acknowledged (None when the source is done). A source
+        that cannot be reached (RetryableError) is backed off from, readiness red, for as long as it takes."""
+        try:
+            batch = self.source.receive()
+        except RetryableError as exc:
+            self._back_off(exc)
+            return 0
+        self._recovered()
         if batch is None:
             return None
         if not batch.notifications:
@@ -97,6 +107,23 @@ class ChangePublisher:
         self.source.acknowledge(batch, problems)
         metrics.INGESTED.labels(self.stage).inc(len(batch.notifications))
         return len(batch.notifications)
+
+    def _back_off(self, cause: RetryableError) -> None:
+        self.outages += 1
+        s = self.settings
+        delay = random.uniform(0.5, 1.0) * min(s.backoff_max_s, s.retry_initial_s * 2 ** min(self.outages, 20))
+        metrics.BACKPRESSURE.labels(self.stage).set(1)
+        metrics.OUTAGES.labels(self.stage).inc()
+        self.probes.set_ready(False, f"dependency unavailable, backing off ({self.outages}x): {cause}")
+        log.warning("%s: %s; retrying in %.1fs (outage %d)", self.stage, cause, delay, self.outages)
+        self._stop.wait(delay)
+
+    def _recovered(self) -> None:
+        if self.outages:
+            log.info("%s: source back after %d back-off(s); ready again", self.stage, self.outages)
+            self.outages = 0
+            metrics.BACKPRESSURE.labels(self.stage).set(0)
+            self.probes.set_ready(True)
 
     def _outputs(self, batch: SourceBatch) -> tuple[list[Output], list[str | None]]:
         """Records for every notification of the batch, and per notification the problem that refused it (or None)."""

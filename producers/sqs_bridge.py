@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
+from mmrag.errors import RetryableError
 from mmrag.object_store import s3_client
 from mmrag.service import service_main
 from mmrag.settings import BaseServiceSettings, S3Settings
@@ -45,18 +46,35 @@ class SqsSource:
         self._sqs = s3_client(self.settings, "sqs")
 
     def receive(self) -> SourceBatch:
+        """The next messages; RetryableError while SQS cannot be reached or refuses (the publisher backs off)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         s = self.settings
-        reply = self._sqs.receive_message(
-            QueueUrl=s.sqs_queue_url, MaxNumberOfMessages=s.sqs_batch, WaitTimeSeconds=s.sqs_wait_s
-        )
+        try:
+            reply = self._sqs.receive_message(
+                QueueUrl=s.sqs_queue_url, MaxNumberOfMessages=s.sqs_batch, WaitTimeSeconds=s.sqs_wait_s
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise RetryableError(
+                STAGE,
+                s.sqs_queue_url,
+                f"cannot receive from SQS: {exc}",
+                "check SQS (MMRAG_S3_ENDPOINT_URL) and access",
+            ) from exc
         return SourceBatch(
             [Notification(m["Body"].encode(), m["MessageId"], m["ReceiptHandle"]) for m in reply.get("Messages", [])]
         )
 
     def acknowledge(self, batch: SourceBatch, problems: Sequence[str | None]) -> None:
         """Deletes the messages: Kafka holds their records, or the DLQ holds the refused ones."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         entries = [{"Id": str(i), "ReceiptHandle": n.handle} for i, n in enumerate(batch.notifications)]
-        reply = self._sqs.delete_message_batch(QueueUrl=self.settings.sqs_queue_url, Entries=entries)
+        try:
+            reply = self._sqs.delete_message_batch(QueueUrl=self.settings.sqs_queue_url, Entries=entries)
+        except (BotoCoreError, ClientError) as exc:  # Kafka holds them: a redelivery is a duplicate, dropped later
+            log.warning("%s: could not delete %d SQS messages (%s); redelivered later", STAGE, len(entries), exc)
+            return
         for failed in reply.get("Failed", []):
             # Redelivered after the visibility timeout; the normalizer drops the duplicate.
             log.warning("%s: SQS did not delete message %s: %s", STAGE, failed.get("Id"), failed.get("Message"))

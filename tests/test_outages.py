@@ -19,6 +19,8 @@ time to recover after the dependency returned, peak RSS of each process.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -200,15 +202,16 @@ def test_milvus_down_longer_than_the_retry_budget_is_back_pressure(
         stopped = time.monotonic()
         during: set[str] = set()
         searches: list[str] = []
-        for n in range(3, 12):  # uploads go on, one every ~2 s; searches meet the outage too
+        for n in range(3, 12):  # uploads go on while Milvus is down; searches meet the outage too
             during |= upload(store, bucket, {f"notes/{n:02d}.md": note(n)})
-            searches.append(_search_outcome(deployment.grpc_port, TOPICS[n]))
-            time.sleep(1)
+            if n % 4 == 3:
+                searches.append(_search_outcome(deployment.grpc_port, TOPICS[n]))
+            time.sleep(1.5)
         figures.values["search_while_down"] = sorted(set(searches))
         reason = wait_until(lambda: red_because(updater, "milvus"), 90)
         assert reason, f"updater readiness while Milvus is down: {readiness(updater)}"
         figures.values["readyz_while_down"] = reason.strip()[:300]
-        time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))  # well past the ~10 s retry budget
+        time.sleep(max(0.0, 25 - (time.monotonic() - stopped)))  # well past the retry budget (<= 10 s)
         assert red_because(updater, "milvus"), "readiness stays red for as long as Milvus is down"
 
         start_milvus_lite(milvus_dir, port)
@@ -263,13 +266,14 @@ def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra
     try:
         deployment.endpoints = Endpoints(infra.bootstrap_servers, link.url, infra.milvus_uri)
         deployment.prepare()  # bucket and queue on the private store
-        front = start_services(
-            [deployment.service(n, **BACKOFF) for n in ("sqs_bridge", "normalizer", "index_updater")]
-        )
+        names = ("sqs_bridge", "normalizer", "index_updater", "text_embedder", "vision_embedder")
+        services = start_services([deployment.service(n, **BACKOFF) for n in names])
+        embedders = services[3:]
+        for embedder in embedders:  # frozen until the store is away, so they read nothing before
+            os.kill(embedder.pid or 0, signal.SIGSTOP)
         store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
-        objects = {f"notes/{n:02d}.md": note(n) for n in range(4)} | {
-            f"img/circle-{n}.png": red_circle_png() for n in range(2)
-        }
+        objects = {f"notes/{n:02d}.md": note(n) for n in range(4)}
+        objects |= {f"img/circle-{n}.png": red_circle_png() for n in range(2)}
         oids = upload(store, bucket, objects)
         events = f"{deployment.topic_prefix}objects.v1"
         in_kafka = wait_until(
@@ -279,14 +283,15 @@ def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra
 
         link.cut()
         cut = time.monotonic()
-        embedders = [deployment.service(n, **BACKOFF).start() for n in ("text_embedder", "vision_embedder")]
         for embedder in embedders:
-            reason = wait_until(partial(red_because, embedder, "object store"), 120)
-            assert reason, f"{embedder.name} readiness while the store is away: {readiness(embedder)}"
-            figures.values[f"readyz_{embedder.name}"] = reason.strip()[:300]
-        figures.values["alive_while_down"] = {s.name: s.alive() for s in front}
-        time.sleep(max(0.0, 25 - (time.monotonic() - cut)))
-        assert all(red_because(e, "object store") for e in embedders), "red for as long as the store is away"
+            os.kill(embedder.pid or 0, signal.SIGCONT)
+        away = [(e, "object store") for e in embedders] + [(services[0], "SQS")]  # the bridge's queue is away too
+        for service, words in away:
+            reason = wait_until(partial(red_because, service, words), 120)
+            assert reason, f"{service.name} readiness while the store is away: {readiness(service)}"
+            figures.values[f"readyz_{service.name}"] = reason.strip()[:300]
+        time.sleep(max(10.0, 25 - (time.monotonic() - cut)))  # still backing off, well past the retry budget
+        assert all(red_because(s, w) for s, w in away), "red for as long as the store is away"
 
         link.mend()
         back = time.monotonic()
@@ -295,14 +300,14 @@ def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra
         figures.values["recover_index_s"] = round(time.monotonic() - back, 1)
         dlq = dead_letters(deployment)
         delivery_figures(figures, deployment, oids, dlq)
-        figures.sample_rss((s.name, s.pid) for s in front + embedders)
+        figures.sample_rss((s.name, s.pid) for s in services)
         figures.print()
 
         assert dlq == [], "an unreachable store dead-letters nothing"
         assert all_in, f"not indexed after the store returned: {sorted(oids - indexed(deployment))}"
         expected = {f"{bucket}/{k}": (1, k.endswith(".png")) for k in objects}
         assert_rows(deployment, expected)
-        assert_all_serving(front + embedders)
+        assert_all_serving(services)
     finally:
         link.cut()
         stop_moto(moto_dir)
