@@ -183,18 +183,22 @@ class IndexStatus(_message.Message):
     def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., state: _Optional[_Union[IndexState, str]] = ..., text_chunks: _Optional[int] = ..., image_vectors: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., detail: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text")
+    __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text", "object_ids", "modality")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     space_id: str
     query_vector: _containers.RepeatedScalarFieldContainer[float]
     top_k: int
     query_text: str
-    def __init__(self, correlation_id: _Optional[str] = ..., space_id: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., query_text: _Optional[str] = ...) -> None: ...
+    object_ids: _containers.RepeatedScalarFieldContainer[str]
+    modality: Modality
+    def __init__(self, correlation_id: _Optional[str] = ..., space_id: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., query_text: _Optional[str] = ..., object_ids: _Optional[_Iterable[str]] = ..., modality: _Optional[_Union[Modality, str]] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("vector_id", "object_id", "version", "score", "text", "chunk_index", "char_start", "char_end", "page", "has_text", "has_image")
