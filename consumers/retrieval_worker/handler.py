@@ -10,11 +10,11 @@ from prometheus_client import Counter
 
 from mmrag.errors import PermanentError
 from mmrag.messages import Envelope, Output
-from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
+from mmrag.pb.events_pb2 import Modality, SearchHit, SearchReply, SearchRequest
 from mmrag.request_reply import CORRELATION_ID, reply_address
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
-from mmrag.vector_index import Hit, IndexSearcher
+from mmrag.vector_index import Hit, IndexSearcher, SearchFilter
 
 log = logging.getLogger(__name__)
 STAGE = "retrieval_worker"
@@ -45,6 +45,15 @@ def to_hit(hit: Hit) -> SearchHit:
         page=r.page,
         has_text=r.has_text,
         has_image=r.has_image,
+    )
+
+
+def request_filter(req: SearchRequest) -> SearchFilter:
+    """The request's filters: its object ids (none = every object) and the half its modality asks for."""
+    return SearchFilter(
+        object_ids=frozenset(req.object_ids) if req.object_ids else None,
+        has_text=True if req.modality == Modality.MODALITY_TEXT else None,
+        has_image=True if req.modality == Modality.MODALITY_IMAGE else None,
     )
 
 
@@ -80,7 +89,8 @@ class RetrievalWorker:
             reply.error = f"query built for space {req.space_id}, shard {self.settings.shard} serves {self.space_id}"
         else:
             top_k = max(1, min(req.top_k or 10, self.settings.max_top_k))
-            hits = self.index.search(np.asarray(req.query_vector, dtype=np.float32), top_k, self.settings.shard)
+            vector = np.asarray(req.query_vector, dtype=np.float32)
+            hits = self.index.search(vector, top_k, self.settings.shard, request_filter(req))
             reply.hits.extend(to_hit(h) for h in hits)
         return [
             Output(
