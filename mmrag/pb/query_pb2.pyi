@@ -7,14 +7,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchQuery(_message.Message):
-    __slots__ = ("text", "image", "top_k")
+    __slots__ = ("text", "image", "top_k", "raw_chunks", "filter")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RAW_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: bytes
     top_k: int
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., top_k: _Optional[int] = ...) -> None: ...
+    raw_chunks: bool
+    filter: Filter
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., raw_chunks: _Optional[bool] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("buckets", "key_prefix", "modality", "content_types", "event_time_from_ms", "event_time_to_ms", "object_ids")
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_TO_MS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    buckets: _containers.RepeatedScalarFieldContainer[str]
+    key_prefix: str
+    modality: str
+    content_types: _containers.RepeatedScalarFieldContainer[str]
+    event_time_from_ms: int
+    event_time_to_ms: int
+    object_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, buckets: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[str] = ..., modality: _Optional[str] = ..., content_types: _Optional[_Iterable[str]] = ..., event_time_from_ms: _Optional[int] = ..., event_time_to_ms: _Optional[int] = ..., object_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("object_id", "vector_id", "version", "score", "text", "chunk_index", "char_start", "char_end", "page", "shard", "has_text", "has_image")
@@ -45,26 +67,30 @@ class SearchResult(_message.Message):
     def __init__(self, object_id: _Optional[str] = ..., vector_id: _Optional[str] = ..., version: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., chunk_index: _Optional[int] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., shard: _Optional[int] = ..., has_text: _Optional[bool] = ..., has_image: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "partial", "missing_shards", "space_id")
+    __slots__ = ("results", "partial", "missing_shards", "space_id", "from_cache")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     partial: bool
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
     space_id: str
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ...) -> None: ...
+    from_cache: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ..., from_cache: _Optional[bool] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("question", "top_k", "max_tokens")
+    __slots__ = ("question", "top_k", "max_tokens", "filter")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     question: str
     top_k: int
     max_tokens: int
-    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
     __slots__ = ("sources", "delta", "final")
@@ -101,16 +127,18 @@ class AskSource(_message.Message):
     def __init__(self, number: _Optional[int] = ..., object_id: _Optional[str] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., modality: _Optional[str] = ..., version: _Optional[str] = ..., page: _Optional[int] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., chunk_index: _Optional[int] = ...) -> None: ...
 
 class AskSources(_message.Message):
-    __slots__ = ("sources", "partial", "missing_shards", "space_id")
+    __slots__ = ("sources", "partial", "missing_shards", "space_id", "from_cache")
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     sources: _containers.RepeatedCompositeFieldContainer[AskSource]
     partial: bool
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
     space_id: str
-    def __init__(self, sources: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ...) -> None: ...
+    from_cache: bool
+    def __init__(self, sources: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ..., from_cache: _Optional[bool] = ...) -> None: ...
 
 class AskDelta(_message.Message):
     __slots__ = ("text",)
