@@ -29,10 +29,17 @@ def build(settings: IndexUpdaterSettings, probes: Probes) -> StageRunner[Embeddi
             space.id,
         )
     else:
-        index = MilvusIndex.for_space(settings, space)
+        index = MilvusIndex.for_space(settings, space, settings.space_name)
     handler = IndexUpdater(settings, space, index, lambda: changelog.partition_count(topics.vectors))
     decoders = {settings.topics.embeddings: proto_decoder(EmbeddingBatch, handler.stage)}
-    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=False, probes=probes)
+    return StageRunner(
+        settings,
+        handler,
+        group=settings.consumer_group(settings.group),
+        decoders=decoders,
+        transactional=False,
+        probes=probes,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

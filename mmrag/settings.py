@@ -56,10 +56,20 @@ class BaseServiceSettings(BaseSettings):
         default=0.0, description="fault tests only: write <state_dir>/hold-<stage> and wait before committing"
     )
     state_dir: Path = Field(default=Path(".mmrag"), description="local state (fault-test markers, stack files)")
+    space_name: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_]{0,32}$",
+        description="a re-index space (`mmrag reindex --space`): its consumer groups are <group>.<name>, its "
+        "embeddings/vectors/index-status topics and its collection carry the name; '' = the live space",
+    )
 
     @property
     def topics(self) -> Topics:
-        return Topics(self.topic_prefix)
+        return Topics(self.topic_prefix, self.space_name)
+
+    def consumer_group(self, base: str) -> str:
+        """The group of stage ``base`` in this space: ``base`` for the live space, ``base.<space name>`` else."""
+        return f"{base}.{self.space_name}" if self.space_name else base
 
     @property
     def commit_deadline_s(self) -> float:
@@ -123,8 +133,9 @@ class VectorStoreSettings(BaseSettings):
     collection_prefix: str = Field(default="mmrag", description="collections are <prefix>_<space id>")
     shards: int = Field(default=2, ge=1, description="retrieval shards: one retrieval-worker group each")
 
-    def collection_for(self, space_id: str) -> str:
-        return f"{self.collection_prefix}_{space_id}"
+    def collection_for(self, space_id: str, space_name: str = "") -> str:
+        """``<prefix>_<space id>``, with ``_<space name>`` for a named re-index space."""
+        return f"{self.collection_prefix}_{space_id}" + (f"_{space_name}" if space_name else "")
 
     @property
     def live_alias(self) -> str:

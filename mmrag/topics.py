@@ -34,13 +34,22 @@ SPECS: tuple[TopicSpec, ...] = (
 )
 
 
+# What one embedding space's stages produce: a re-index space (MMRAG_SPACE_NAME) has its own, so the live space's
+# updater never reads another space's embeddings; objects.v1 and the rest are shared.
+SPACE_OWNED = frozenset({"embeddings", "vectors", "index-status"})
+
+
 @dataclass(frozen=True)
 class Topics:
-    """Every topic name of the system under one prefix (tests use a unique prefix each)."""
+    """Every topic name of the system under one prefix (tests use a unique prefix each); ``space`` names a
+    re-index space's own topics (``<prefix><base>.<space>.v1``), '' = the live space's."""
 
     prefix: str = ""
+    space: str = ""
 
     def name(self, base: str) -> str:
+        if self.space and base in SPACE_OWNED:
+            return f"{self.prefix}{base}.{self.space}.v1"
         return f"{self.prefix}{base}.v1"
 
     @property

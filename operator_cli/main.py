@@ -72,12 +72,13 @@ def _add_local_tooling(sub: argparse._SubParsersAction) -> None:
             tool.set_defaults(func=_tooling_missing)
         return
     from local_stack import clip_train, demo, kafka_broker
-    from operator_cli import stack
+    from operator_cli import reindex, stack
 
     demo.register_cli(sub.add_parser("demo", help="set up everything, index a sample corpus, query it"))
     kafka_broker.register_cli(sub.add_parser("kafka", help="fetch jars / start / stop the local Kafka"))
     clip_train.register_cli(sub.add_parser("models", help="create the CLIP models for tests and the demo"))
     stack.register_cli(sub)
+    reindex.register_cli(sub)
 
 
 def _tooling_missing(args: argparse.Namespace) -> int:

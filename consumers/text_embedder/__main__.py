@@ -26,7 +26,14 @@ def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectE
         TesseractOcr(settings.ocr_languages, settings.ocr_timeout_s),
     )
     decoders = {settings.topics.objects: proto_decoder(ObjectEvent, handler.stage)}
-    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=True, probes=probes)
+    return StageRunner(
+        settings,
+        handler,
+        group=settings.consumer_group(settings.group),
+        decoders=decoders,
+        transactional=True,
+        probes=probes,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

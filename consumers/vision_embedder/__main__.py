@@ -18,7 +18,14 @@ def build(settings: VisionEmbedderSettings, probes: Probes) -> StageRunner[Objec
     encoder = space_clip_encoder(settings, settings.device)
     handler = VisionEmbedder(settings, S3ObjectStore(settings, "vision_embedder"), encoder)
     decoders = {settings.topics.objects: proto_decoder(ObjectEvent, handler.stage)}
-    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=True, probes=probes)
+    return StageRunner(
+        settings,
+        handler,
+        group=settings.consumer_group(settings.group),
+        decoders=decoders,
+        transactional=True,
+        probes=probes,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
