@@ -51,8 +51,6 @@ PAYLOAD_FIELDS = [
     "event_time_ms",
     "indexed_at_ms",
 ]
-CONTENT_TYPE = "content_type"  # a later field: collections made before it lack it (their rows match no type filter)
-CONTENT_TYPE_MAX_BYTES = 255
 TEXT_MAX_BYTES = 65535  # Milvus' VARCHAR limit, counted in UTF-8 bytes (milvus-lite counts characters)
 OBJECT_ID_MAX_BYTES = 2048  # an S3 key is at most 1024 bytes, a bucket name 63
 CALL_TIMEOUT_S = 10.0
@@ -75,8 +73,6 @@ _DEPLOYMENT_CODES = frozenset({100, 101, 103, 106, 800, 1400, 1401, 1600, 1800})
 _NOT_LOADED = 101  # after a restart a collection comes back released
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 _FILTER_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
-_LIKE_ESCAPES = str.maketrans({"%": "\\%", "_": "\\_"})
-_OVERFETCH = 4  # a LIKE that only narrows (key prefixes) is post-filtered: fetch more, up to this many times over
 
 
 class Fault(enum.Enum):
@@ -115,10 +111,8 @@ def filter_literal(value: str) -> str:
     return '"' + value.translate(_FILTER_ESCAPES) + '"'
 
 
-def filter_expression(shard: int | None, where: SearchFilter, content_type: bool = True) -> str:
-    """The Milvus boolean expression of a shard and a filter ('' = every row). Bucket and key-prefix conditions
-    become LIKE patterns that may admit more than the filter (see ``_like_prefix``): results are post-filtered with
-    ``where.admits``. Without a content-type field (``content_type=False``) a content-type filter matches nothing."""
+def filter_expression(shard: int | None, where: SearchFilter) -> str:
+    """The Milvus boolean expression of a shard and a filter ('' = every row)."""
     terms = [] if shard is None else [f"shard == {int(shard)}"]
     if where.object_ids is not None:
         terms.append(f"object_id in [{', '.join(filter_literal(o) for o in sorted(where.object_ids))}]")
@@ -126,29 +120,7 @@ def filter_expression(shard: int | None, where: SearchFilter, content_type: bool
         wanted = getattr(where, name)
         if wanted is not None:
             terms.append(f"{name} == {'true' if wanted else 'false'}")
-    if where.buckets is not None or where.key_prefix:
-        buckets = sorted(where.buckets) if where.buckets is not None else [None]
-        likes = [f"object_id like {_like_prefix(b, where.key_prefix)}" for b in buckets]
-        terms.append(f"({' or '.join(likes)})" if likes else "false")
-    if where.content_types is not None:
-        types = ", ".join(filter_literal(t) for t in sorted(where.content_types))
-        terms.append(f"{CONTENT_TYPE} in [{types}]" if content_type and types else "false")
-    if where.event_time_from_ms is not None:
-        terms.append(f"event_time_ms >= {int(where.event_time_from_ms)}")
-    if where.event_time_to_ms is not None:
-        terms.append(f"event_time_ms < {int(where.event_time_to_ms)}")
     return " and ".join(terms)
-
-
-def _like_prefix(bucket: str | None, key_prefix: str) -> str:
-    """A LIKE pattern admitting at least the object ids of ``bucket`` (any bucket: None) whose key starts with
-    ``key_prefix``. ``%`` and ``_`` are escaped; the pattern stops before a backslash (Milvus and milvus-lite read
-    backslashes in patterns differently), and without a bucket it can only say "a slash, then the prefix": both
-    admit more, which the caller's post-filter removes."""
-    literal = (bucket + "/" if bucket is not None else "") + key_prefix
-    literal = literal.split("\\", 1)[0]
-    pattern = literal.translate(_LIKE_ESCAPES) + "%"
-    return filter_literal(pattern if bucket is not None else "%/" + pattern)
 
 
 def fit_utf8(text: str, max_bytes: int) -> str:
