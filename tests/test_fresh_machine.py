@@ -1,9 +1,12 @@
 """The README's two commands on a fresh machine: a HOME without caches, no uv on PATH, the apt step really run.
 
 CI's own machine already has uv, the caches and tesseract, so a green suite alone hid two broken install steps.
-This test replays setup the way a fresh machine sees it, sharing only the download caches (uv's wheel cache and the
-Maven repository), so it costs seconds instead of a 5 GB download: setup must install uv where the next script
-finds it, run the apt step as root without sudo, and leave both README commands able to start.
+This test replays setup the way a fresh machine sees it: an empty HOME (no uv, no ~/.cache, no project caches), no
+uv on PATH, and the apt step really run. It shares only what would cost minutes and proves nothing about the
+install steps: uv's download/build cache and the Maven repository (downloads), and the checkout's synced `.venv`
+(setup's `uv sync --frozen` checks it against uv.lock; a fresh environment would rebuild llama-cpp-python, about
+11 CPU-minutes). Setup must install uv where the next script finds it, run the apt step as root without sudo, and
+leave both README commands able to start from another directory.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ def _fresh_env(home: Path) -> dict[str, str]:
         PATH=os.pathsep.join(path),
         PYENV_ROOT=os.environ.get("PYENV_ROOT", str(real_home / ".pyenv")),  # the machine's Python, not a cache
         UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR", str(real_home / ".cache" / "uv")),  # shared download cache
-        UV_PROJECT_ENVIRONMENT=str(home / "venv"),  # the repo's own .venv stays untouched
         MAVEN_OPTS=f"-Dmaven.repo.local={real_home / '.m2' / 'repository'}",
         MMRAG_SETUP_APT="always",  # run the apt step even though the packages are there: it must work as root
     )
