@@ -31,6 +31,7 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("llm.replies", partitions=4),
     TopicSpec("dlq", partitions=1),
     TopicSpec("backfill-checkpoints", compacted=True, partitions=1),
+    TopicSpec("eval-log"),  # one JSON record per Ask (evaluation + audit), key = request id
 )
 
 
@@ -95,6 +96,10 @@ class Topics:
     @property
     def backfill_checkpoints(self) -> str:
         return self.name("backfill-checkpoints")
+
+    @property
+    def eval_log(self) -> str:
+        return self.name("eval-log")
 
 
 # Largest record of the system (producers' message.max.bytes, topics' max.message.bytes): an EmbeddingBatch at the
