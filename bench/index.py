@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--clip-dim", type=int, default=512, help="CLIP half (ViT-B/32: 512)")
     parser.add_argument("--threads", type=int, default=1, help="Faiss OpenMP threads (a worker's MMRAG_FAISS_THREADS)")
+    parser.add_argument("--kinds", default="flat,hnsw,ivf", help="Faiss kinds to run (flat first: the baseline)")
     parser.add_argument("--skip-milvus", action="store_true")
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)
@@ -159,7 +160,7 @@ def main() -> None:
     truth = exact_top(data, queries)
     results, restart = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("flat", "hnsw", "ivf"):
+        for kind in args.kinds.split(","):
             built: dict[str, FaissIndex] = {}
             results.append(measure(f"faiss {kind}", faiss_backend(data, kind, built), queries, truth))
             console.print(results[-1])
