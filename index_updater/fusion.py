@@ -15,7 +15,7 @@ import numpy as np
 from mmrag.ids import shard_for, vector_id
 from mmrag.pb.events_pb2 import EmbeddingBatch, IndexState, IndexStatus, Modality
 from mmrag.space import EmbeddingSpace
-from mmrag.vector_index import VectorRow
+from mmrag.vector_index import VectorRow, media_type
 
 
 @dataclass(frozen=True)
@@ -113,4 +113,5 @@ def _place(row: VectorRow, batch: EmbeddingBatch, space: EmbeddingSpace, shards:
         shard=shard_for(batch.object_id, shards),
         event_time_ms=batch.event_time_ms,
         indexed_at_ms=now_ms,
+        content_type=media_type(batch.content_type),
     )

@@ -29,6 +29,9 @@ _faiss: Any = faiss  # the bundled stubs lack parts of the SWIG API (HNSW search
 Kind = Literal["flat", "hnsw", "ivf"]
 
 
+_CACHED_FILTERS = 64
+
+
 class FaissSettings(BaseSettings):
     """How a Faiss shard indexes its rows (every replica of a shard needs the same values to answer alike)."""
 
@@ -264,8 +267,10 @@ class FaissIndex:
             mask = np.zeros(n, dtype=bool)
             mask[ids] = True
             return self._bitmap(mask & self._mask(shard, where)[:n]) if ids else False
-        key = (shard, where.has_text, where.has_image)
+        key = (shard, where)
         if key not in self._bitmaps:
+            if len(self._bitmaps) >= _CACHED_FILTERS:  # distinct filters (time ranges) must not grow it unbounded
+                self._bitmaps.clear()
             mask = self._mask(shard, where)[:n]
             everything = self._dead == 0 and bool(mask.all())
             self._bitmaps[key] = None if everything else (self._bitmap(mask) if mask.any() else False)
@@ -280,6 +285,18 @@ class FaissIndex:
             mask &= c.text == where.has_text
         if where.has_image is not None:
             mask &= c.image == where.has_image
+        if where.on_payload:
+            mask &= self._payload_mask(where, len(mask))
+        return mask
+
+    def _payload_mask(self, where: SearchFilter, size: int) -> np.ndarray:
+        """The payload conditions (bucket, key prefix, content type, event time) by the filter's own predicate;
+        cached with the selector until the next change."""
+        mask = np.zeros(size, dtype=bool)
+        for object_id, internals in self._by_object.items():
+            if where.admits_object(object_id):
+                for i in internals:
+                    mask[i] = where.admits_payload(self._rows[i])
         return mask
 
     @staticmethod

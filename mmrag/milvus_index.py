@@ -51,6 +51,8 @@ PAYLOAD_FIELDS = [
     "event_time_ms",
     "indexed_at_ms",
 ]
+CONTENT_TYPE = "content_type"  # a later field: collections made before it lack it (their rows match no type filter)
+CONTENT_TYPE_MAX_BYTES = 255
 TEXT_MAX_BYTES = 65535  # Milvus' VARCHAR limit, counted in UTF-8 bytes (milvus-lite counts characters)
 OBJECT_ID_MAX_BYTES = 2048  # an S3 key is at most 1024 bytes, a bucket name 63
 CALL_TIMEOUT_S = 10.0
@@ -73,6 +75,8 @@ _DEPLOYMENT_CODES = frozenset({100, 101, 103, 106, 800, 1400, 1401, 1600, 1800})
 _NOT_LOADED = 101  # after a restart a collection comes back released
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 _FILTER_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_LIKE_ESCAPES = str.maketrans({"%": "\\%", "_": "\\_"})
+_OVERFETCH = 4  # a LIKE that only narrows (key prefixes) is post-filtered: fetch more, up to this many times over
 
 
 class Fault(enum.Enum):
@@ -112,7 +116,9 @@ def filter_literal(value: str) -> str:
 
 
 def filter_expression(shard: int | None, where: SearchFilter) -> str:
-    """The Milvus boolean expression of a shard and a filter ('' = every row)."""
+    """The Milvus boolean expression of a shard and a filter ('' = every row). Bucket and key-prefix conditions
+    become LIKE patterns that may admit more than the filter (see ``_like_prefix``): results are post-filtered with
+    ``where.admits``. A filter that matches nothing (``where.matches_nothing``) is never sent."""
     terms = [] if shard is None else [f"shard == {int(shard)}"]
     if where.object_ids is not None:
         terms.append(f"object_id in [{', '.join(filter_literal(o) for o in sorted(where.object_ids))}]")
@@ -120,7 +126,28 @@ def filter_expression(shard: int | None, where: SearchFilter) -> str:
         wanted = getattr(where, name)
         if wanted is not None:
             terms.append(f"{name} == {'true' if wanted else 'false'}")
+    if where.buckets is not None or where.key_prefix:
+        buckets = sorted(where.buckets) if where.buckets is not None else [None]
+        likes = [f"object_id like {_like_prefix(b, where.key_prefix)}" for b in buckets]
+        terms.append(f"({' or '.join(likes)})")
+    if where.content_types is not None:
+        terms.append(f"{CONTENT_TYPE} in [{', '.join(filter_literal(t) for t in sorted(where.content_types))}]")
+    if where.event_time_from_ms is not None:
+        terms.append(f"event_time_ms >= {int(where.event_time_from_ms)}")
+    if where.event_time_to_ms is not None:
+        terms.append(f"event_time_ms < {int(where.event_time_to_ms)}")
     return " and ".join(terms)
+
+
+def _like_prefix(bucket: str | None, key_prefix: str) -> str:
+    """A LIKE pattern admitting at least the object ids of ``bucket`` (any bucket: None) whose key starts with
+    ``key_prefix``. ``%`` and ``_`` are escaped; the pattern stops before a backslash (Milvus and milvus-lite read
+    backslashes in patterns differently), and without a bucket it can only say "a slash, then the prefix": both
+    admit more, which the caller's post-filter removes."""
+    literal = (bucket + "/" if bucket is not None else "") + key_prefix
+    literal = literal.split("\\", 1)[0]
+    pattern = literal.translate(_LIKE_ESCAPES) + "%"
+    return filter_literal(pattern if bucket is not None else "%/" + pattern)
 
 
 def fit_utf8(text: str, max_bytes: int) -> str:
@@ -161,6 +188,7 @@ class MilvusIndex:
         self.timeout_s = timeout_s
         self._client: MilvusClient | None = None
         self._started = False
+        self._fields = PAYLOAD_FIELDS  # plus content_type when the collection has it (read at start)
 
     @classmethod
     def for_space(cls, settings: VectorStoreSettings, space: EmbeddingSpace, space_name: str = "") -> MilvusIndex:
@@ -189,6 +217,7 @@ class MilvusIndex:
         try:
             self._ensure(lambda: self.client.has_collection(self.collection), self._create)
             self.client.load_collection(self.collection, timeout=self.timeout_s)
+            self._read_fields()
             if self.alias:
                 alias = self.alias
                 self._ensure(
@@ -201,6 +230,17 @@ class MilvusIndex:
                 f"cannot open collection {self.collection}: {_describe(exc)}",
                 "check that Milvus runs at MMRAG_MILVUS_URI",
             ) from exc
+
+    def _read_fields(self) -> None:
+        fields = {f["name"] for f in self.client.describe_collection(self.collection, timeout=self.timeout_s)["fields"]}
+        self._fields = [*PAYLOAD_FIELDS, CONTENT_TYPE] if CONTENT_TYPE in fields else PAYLOAD_FIELDS
+        if CONTENT_TYPE not in fields:
+            log.warning(
+                "Milvus collection %s has no %s field (made before it was kept): its rows match no content-type "
+                "filter; re-index into a new space (mmrag reindex) to filter them by content type",
+                self.collection,
+                CONTENT_TYPE,
+            )
 
     @staticmethod
     def _ensure(exists: Callable[[], bool], create: Callable[[], object]) -> None:
@@ -229,6 +269,7 @@ class MilvusIndex:
             schema.add_field(name, DataType.INT64)
         schema.add_field("has_text", DataType.BOOL)
         schema.add_field("has_image", DataType.BOOL)
+        schema.add_field(CONTENT_TYPE, DataType.VARCHAR, max_length=CONTENT_TYPE_MAX_BYTES)
         index = c.prepare_index_params()
         index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="IP")
         c.create_collection(self.collection, schema=schema, index_params=index)
@@ -281,7 +322,7 @@ class MilvusIndex:
 
     def upsert(self, rows: Sequence[VectorRow]) -> None:
         if rows:
-            entities = [_to_entity(r) for r in rows]
+            entities = [_to_entity(r, CONTENT_TYPE in self._fields) for r in rows]
             objects = ", ".join(sorted({r.object_id for r in rows}))
             self._call("upsert", objects, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s))
 
@@ -298,7 +339,7 @@ class MilvusIndex:
             lambda c: c.query(
                 self.collection,
                 filter=f"object_id == {filter_literal(object_id)}",
-                output_fields=[*PAYLOAD_FIELDS, "vector"],
+                output_fields=[*self._fields, "vector"],
                 consistency_level="Strong",  # read-your-writes: fusion merges into what the last upsert wrote
                 timeout=self.timeout_s,
             ),
@@ -316,17 +357,28 @@ class MilvusIndex:
     def search(
         self, query: np.ndarray, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER
     ) -> list[Hit]:
-        if where.object_ids is not None and not where.object_ids:
+        """Top-k by inner product; LIKE-narrowed conditions are post-filtered exactly, fetching up to ``_OVERFETCH``
+        times more rows when the post-filter dropped some of a full answer."""
+        if where.matches_nothing or (where.content_types is not None and CONTENT_TYPE not in self._fields):
             return []  # "in []" matches nothing; Milvus need not be asked
+        limit = top_k
+        while True:
+            found = self._search_once(query, limit, shard, where)
+            hits = [h for h in found if where.admits(h.row)]
+            if len(hits) >= top_k or len(found) < limit or limit >= top_k * _OVERFETCH:
+                return hits[:top_k]
+            limit = min(top_k * _OVERFETCH, limit * 2)
+
+    def _search_once(self, query: np.ndarray, limit: int, shard: int | None, where: SearchFilter) -> list[Hit]:
         found = self._call(
             "search",
             f"search of shard {shard}" if shard is not None else "search",
             lambda c: c.search(
                 self.collection,
                 data=[np.asarray(query, dtype=np.float32).tolist()],
-                limit=top_k,
+                limit=limit,
                 filter=filter_expression(shard, where),
-                output_fields=PAYLOAD_FIELDS,
+                output_fields=self._fields,
                 search_params={"metric_type": "IP"},
                 timeout=self.timeout_s,
             ),
@@ -354,8 +406,8 @@ def move_alias(client: MilvusClient, alias: str, collection: str) -> str | None:
     return before
 
 
-def _to_entity(row: VectorRow) -> dict[str, Any]:
-    return {
+def _to_entity(row: VectorRow, content_type: bool) -> dict[str, Any]:
+    entity = {
         "id": row.vector_id,
         "vector": np.asarray(row.vector, dtype=np.float32).tolist(),
         "object_id": row.object_id,
@@ -371,6 +423,9 @@ def _to_entity(row: VectorRow) -> dict[str, Any]:
         "has_text": row.has_text,
         "has_image": row.has_image,
     }
+    if content_type:
+        entity[CONTENT_TYPE] = fit_utf8(row.content_type, CONTENT_TYPE_MAX_BYTES)
+    return entity
 
 
 def _to_row(entity: dict[str, Any], vid: str | None) -> VectorRow:
@@ -390,4 +445,5 @@ def _to_row(entity: dict[str, Any], vid: str | None) -> VectorRow:
         has_image=bool(entity["has_image"]),
         event_time_ms=int(entity["event_time_ms"]),
         indexed_at_ms=int(entity["indexed_at_ms"]),
+        content_type=str(entity.get(CONTENT_TYPE) or ""),
     )

@@ -33,6 +33,7 @@ class VectorRow:
     has_image: bool = False
     event_time_ms: int = 0
     indexed_at_ms: int = 0
+    content_type: str = ""  # the object's media type (``media_type``), "" when indexed before it was kept
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,32 @@ class Hit:
     score: float
 
 
+def media_type(content_type: str) -> str:
+    """``text/plain; charset=utf-8`` -> ``text/plain``: what rows keep and content-type filters compare."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def bucket_and_key(object_id: str) -> tuple[str, str]:
+    bucket, _, key = object_id.partition("/")
+    return bucket, key
+
+
 @dataclass(frozen=True)
 class SearchFilter:
-    """Which rows a search may return, besides its shard. None = no condition. ``object_ids`` are matched exactly
-    (any S3 key: quotes, backslashes, tabs, non-ASCII); ``has_text``/``has_image`` select by the halves a row has."""
+    """Which rows a search may return, besides its shard; every condition given must hold (None = no condition).
+    ``object_ids`` are matched exactly (any S3 key: quotes, backslashes, tabs, non-ASCII); ``has_text``/``has_image``
+    select by the halves a row has; ``buckets`` and ``key_prefix`` by the object id's bucket and key (the prefix
+    within any bucket when no bucket is named); ``content_types`` by media type (``media_type``); the event-time
+    range is [from, to) in epoch ms."""
 
     object_ids: frozenset[str] | None = None
     has_text: bool | None = None
     has_image: bool | None = None
+    buckets: frozenset[str] | None = None
+    key_prefix: str = ""
+    content_types: frozenset[str] | None = None
+    event_time_from_ms: int | None = None
+    event_time_to_ms: int | None = None
 
     def admits(self, row: VectorRow) -> bool:
         """The filter as a predicate (what every backend must agree with)."""
@@ -56,6 +75,37 @@ class SearchFilter:
             (self.object_ids is None or row.object_id in self.object_ids)
             and (self.has_text is None or row.has_text == self.has_text)
             and (self.has_image is None or row.has_image == self.has_image)
+            and self.admits_payload(row)
+        )
+
+    def admits_payload(self, row: VectorRow) -> bool:
+        """The conditions on a row's payload alone: bucket, key prefix, content type, event time."""
+        return (
+            self.admits_object(row.object_id)
+            and (self.content_types is None or row.content_type in self.content_types)
+            and (self.event_time_from_ms is None or row.event_time_ms >= self.event_time_from_ms)
+            and (self.event_time_to_ms is None or row.event_time_ms < self.event_time_to_ms)
+        )
+
+    def admits_object(self, object_id: str) -> bool:
+        """The bucket and key-prefix conditions alone."""
+        bucket, key = bucket_and_key(object_id)
+        return (self.buckets is None or bucket in self.buckets) and key.startswith(self.key_prefix)
+
+    @property
+    def matches_nothing(self) -> bool:
+        """True when an empty set is given (no object id, bucket or content type can match)."""
+        return any(v is not None and not v for v in (self.object_ids, self.buckets, self.content_types))
+
+    @property
+    def on_payload(self) -> bool:
+        """True when it has a condition on the payload (bucket, key prefix, content type, event time)."""
+        return (
+            self.buckets is not None
+            or bool(self.key_prefix)
+            or self.content_types is not None
+            or self.event_time_from_ms is not None
+            or self.event_time_to_ms is not None
         )
 
 

@@ -42,6 +42,7 @@ def to_record(row: VectorRow, space_id: str) -> VectorRecord:
         indexed_at_ms=row.indexed_at_ms,
         has_text=row.has_text,
         has_image=row.has_image,
+        content_type=row.content_type,
     )
 
 
@@ -61,6 +62,7 @@ def from_record(record: VectorRecord) -> VectorRow:
         has_image=record.has_image,
         event_time_ms=record.event_time_ms,
         indexed_at_ms=record.indexed_at_ms,
+        content_type=record.content_type,
     )
 
 

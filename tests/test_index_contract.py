@@ -163,6 +163,61 @@ def test_filters_by_object_and_halves(index: VectorIndex) -> None:
     assert index.search(q, 10, None, SearchFilter(object_ids=frozenset())) == []
 
 
+PAYLOAD_IDS = [
+    "b/docs/a.md",
+    "b/docs/b.md",
+    "b/docsX/c.md",
+    "b/doc_s/d.md",  # "_" is a LIKE wildcard: prefix "doc_" must not take "docs/"
+    "b/100%/e.md",
+    "b/back\\slash/f.md",
+    "b/back/g.md",
+    "c/docs/h.md",
+    "cb/docs/i.md",
+    "c/x/docs/j.md",  # "docs/" after a slash but not at the key's start
+]
+
+
+def payload_corpus() -> list[VectorRow]:
+    rng = np.random.default_rng(11)
+    types = ["text/markdown", "image/png", "text/plain"]
+    return [
+        make_row(f"p{o:02d}-{c}", oid, unit(rng), o % SHARDS, c, content_type=types[o % 3], event_time_ms=1000 * o)
+        for o, oid in enumerate(PAYLOAD_IDS)
+        for c in range(2)
+    ]
+
+
+def test_filters_by_bucket_key_prefix_content_type_and_time(index: VectorIndex) -> None:
+    rows = payload_corpus()
+    index.upsert(rows)
+    q = unit(np.random.default_rng(4))
+    wheres = [
+        SearchFilter(buckets=frozenset(["b"])),
+        SearchFilter(buckets=frozenset(["c", "cb"]), key_prefix="docs/"),
+        SearchFilter(key_prefix="docs/"),
+        SearchFilter(key_prefix="doc_"),
+        SearchFilter(buckets=frozenset(["b"]), key_prefix="100%"),
+        SearchFilter(key_prefix="back\\"),
+        SearchFilter(content_types=frozenset(["text/markdown", "text/plain"])),
+        SearchFilter(event_time_from_ms=2000, event_time_to_ms=6000),
+        SearchFilter(buckets=frozenset(["b"]), content_types=frozenset(["image/png"]), event_time_to_ms=9000),
+    ]
+    for where in wheres:
+        for shard in (None, 1):
+            found = ids(index.search(q, 5, shard, where))
+            assert found == exact(rows, q, 5, shard, where), (where, shard)
+            assert found or shard is not None, where  # each admits rows somewhere: empty would prove nothing
+    by_id = {r.vector_id: r for r in rows}
+    assert {by_id[v].object_id for v in ids(index.search(q, 30, None, SearchFilter(key_prefix="docs/")))} == {
+        "b/docs/a.md",
+        "b/docs/b.md",
+        "c/docs/h.md",
+        "cb/docs/i.md",
+    }
+    assert index.search(q, 10, None, SearchFilter(buckets=frozenset())) == []
+    assert index.search(q, 10, None, SearchFilter(content_types=frozenset(["application/pdf"]))) == []
+
+
 def test_replaying_the_same_records_changes_nothing(index: VectorIndex) -> None:
     rows = corpus(objects=9)
     q = unit(np.random.default_rng(3))

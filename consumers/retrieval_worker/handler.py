@@ -14,7 +14,7 @@ from mmrag.pb.events_pb2 import Modality, SearchHit, SearchReply, SearchRequest
 from mmrag.request_reply import CORRELATION_ID, reply_address
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
-from mmrag.vector_index import Hit, IndexSearcher, SearchFilter
+from mmrag.vector_index import Hit, IndexSearcher, SearchFilter, media_type
 
 log = logging.getLogger(__name__)
 STAGE = "retrieval_worker"
@@ -49,11 +49,17 @@ def to_hit(hit: Hit) -> SearchHit:
 
 
 def request_filter(req: SearchRequest) -> SearchFilter:
-    """The request's filters: its object ids (none = every object) and the half its modality asks for."""
+    """The request's filters: object ids, the half its modality asks for, buckets, key prefix, content types and
+    event-time range (an empty list or a 0 time = no condition)."""
     return SearchFilter(
         object_ids=frozenset(req.object_ids) if req.object_ids else None,
         has_text=True if req.modality == Modality.MODALITY_TEXT else None,
         has_image=True if req.modality == Modality.MODALITY_IMAGE else None,
+        buckets=frozenset(req.buckets) if req.buckets else None,
+        key_prefix=req.key_prefix,
+        content_types=frozenset(media_type(t) for t in req.content_types) if req.content_types else None,
+        event_time_from_ms=req.event_time_from_ms or None,
+        event_time_to_ms=req.event_time_to_ms or None,
     )
 
 

@@ -125,7 +125,7 @@ class EmbeddingBatch(_message.Message):
     def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., model_id: _Optional[str] = ..., dim: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., event_time_ms: _Optional[int] = ..., sequencer: _Optional[str] = ..., deleted: _Optional[bool] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., content_type: _Optional[str] = ..., embedded_at_ms: _Optional[int] = ..., clip_model_id: _Optional[str] = ..., expired: _Optional[bool] = ...) -> None: ...
 
 class VectorRecord(_message.Message):
-    __slots__ = ("vector_id", "object_id", "version", "chunk_index", "shard", "space_id", "vector", "text", "char_start", "char_end", "page", "event_time_ms", "indexed_at_ms", "has_text", "has_image")
+    __slots__ = ("vector_id", "object_id", "version", "chunk_index", "shard", "space_id", "vector", "text", "char_start", "char_end", "page", "event_time_ms", "indexed_at_ms", "has_text", "has_image", "content_type")
     VECTOR_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class VectorRecord(_message.Message):
     INDEXED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     HAS_TEXT_FIELD_NUMBER: _ClassVar[int]
     HAS_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     vector_id: str
     object_id: str
     version: str
@@ -156,7 +157,8 @@ class VectorRecord(_message.Message):
     indexed_at_ms: int
     has_text: bool
     has_image: bool
-    def __init__(self, vector_id: _Optional[str] = ..., object_id: _Optional[str] = ..., version: _Optional[str] = ..., chunk_index: _Optional[int] = ..., shard: _Optional[int] = ..., space_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., has_text: _Optional[bool] = ..., has_image: _Optional[bool] = ...) -> None: ...
+    content_type: str
+    def __init__(self, vector_id: _Optional[str] = ..., object_id: _Optional[str] = ..., version: _Optional[str] = ..., chunk_index: _Optional[int] = ..., shard: _Optional[int] = ..., space_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., has_text: _Optional[bool] = ..., has_image: _Optional[bool] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class IndexStatus(_message.Message):
     __slots__ = ("object_id", "version", "space_id", "state", "text_chunks", "image_vectors", "event_time_ms", "indexed_at_ms", "detail", "modality")
