@@ -13,6 +13,7 @@ from mmrag.space import space_clip_encoder, space_from_settings
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
 from query_service.ask import Asker, AskLimits
+from query_service.eval_log import EvalLog
 from query_service.generation import GenerationClient
 from query_service.llm_breaker import LlmBreaker, WorkerPresence
 from query_service.query_encoder import QueryEncoder
@@ -50,9 +51,14 @@ class QueryService:
         llm_route = Route(producer, t.llm_requests, t.llm_replies, replies)
         generation = GenerationClient(llm_route, s.llm_first_token_timeout_s, s.llm_stall_timeout_s)
         limits = AskLimits(
-            s.search_timeout_s, s.ask_timeout_s, s.ask_max_sources, s.ask_chunks_per_source, s.ask_max_tokens
+            s.search_timeout_s,
+            s.ask_timeout_s,
+            s.ask_max_sources,
+            s.ask_chunks_per_source,
+            s.ask_max_tokens,
+            s.ask_min_score,
         )
-        asker = Asker(limits, encoder, search, generation, breaker, presence)
+        asker = Asker(limits, encoder, search, generation, breaker, presence, EvalLog(producer, t.eval_log))
         status_view = StatusView(s.bootstrap_servers, t, s.instance_id)
         status_view.start()
         self.probes.add_check("status-view", status_view.health)

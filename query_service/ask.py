@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
+from mmrag import pii
+from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import GenerateRequest
 from mmrag.pb.query_pb2 import AskDelta, AskFinal, AskResponse, AskSources, AskTimings
+from query_service.eval_log import Client, EvalLog, eval_record
 from query_service.extractive import extractive_answer, supporting_sources
 from query_service.generation import GenerationClient
+from query_service.grounding import NOT_FOUND, UNGROUNDED, grounding_problem, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError, WorkerPresence
 from query_service.query_encoder import QueryEncoder
 from query_service.search import SearchOutcome, ShardedSearch
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 ASK_SECONDS = Histogram("mmrag_ask_seconds", "Ask end to end", buckets=LATENCY_BUCKETS)
 ASK_FIRST_TOKEN = Histogram("mmrag_ask_first_token_seconds", "Ask start to first answer token", buckets=LATENCY_BUCKETS)
 DEGRADED = Counter("mmrag_ask_degraded_total", "Degraded (extractive) answers by reason", ["reason"])
-NOT_FOUND = "Nothing in the indexed documents matches the question."
+NOT_FOUND_TOTAL = Counter("mmrag_ask_not_found_total", "Asks answered 'not found' (best score under the minimum)")
 
 
 class RetrievalUnavailableError(Exception):
@@ -41,6 +45,7 @@ class AskLimits:
     max_sources: int
     chunks_per_source: int
     max_tokens: int
+    min_score: float = float("-inf")  # MMRAG_ASK_MIN_SCORE: a best hit under it -> "not found", no generation
 
 
 @dataclass
@@ -48,12 +53,21 @@ class Answer:
     """What an Ask has produced so far."""
 
     start: float
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    asked_at_ms: int = field(default_factory=now_ms)
     sources: list[Source] = field(default_factory=list)
     text: str = ""
     retrieved_at: float = 0.0
     first_token_at: float = 0.0
     sources_given: int = 0  # how many sources fit the model's context (0 = all, for extractive answers)
     final: AskFinal = field(default_factory=AskFinal)
+    redactor: pii.StreamRedactor = field(default_factory=pii.StreamRedactor)
+
+    def delta(self, text: str, last: bool = False) -> Iterator[AskResponse]:
+        """``text`` as a delta for the client, PII redacted (a short tail waits for the next piece unless last)."""
+        safe = self.redactor.feed(text) + (self.redactor.flush() if last else "")
+        if safe:
+            yield AskResponse(delta=AskDelta(text=safe))
 
     def timings(self) -> AskTimings:
         ms = 1000.0
@@ -74,6 +88,7 @@ class Asker:
         generation: GenerationClient,
         breaker: LlmBreaker,
         presence: WorkerPresence | None,
+        eval_log: EvalLog | None = None,
     ) -> None:
         self.limits = limits
         self.encoder = encoder
@@ -81,9 +96,13 @@ class Asker:
         self.generation = generation
         self.breaker = breaker
         self.presence = presence
+        self.eval_log = eval_log
 
-    def ask(self, question: str, top_k: int, max_tokens: int, time_left_s: float | None) -> Iterator[AskResponse]:
-        """The Ask event stream. RetrievalUnavailableError when no shard answered; ValueError for a bad question."""
+    def ask(
+        self, question: str, top_k: int, max_tokens: int, time_left_s: float | None, client: Client | None = None
+    ) -> Iterator[AskResponse]:
+        """The Ask event stream, then its record on the eval log. RetrievalUnavailableError when no shard answered;
+        ValueError for a bad question."""
         answer = Answer(time.monotonic())
         budget = min(time_left_s, self.limits.ask_timeout_s) if time_left_s is not None else self.limits.ask_timeout_s
         deadline = answer.start + budget
@@ -98,12 +117,26 @@ class Asker:
                 space_id=self.search.space_id,
             )
         )
-        if not answer.sources:
+        if not answer.sources or nothing_relevant(outcome.hits, self.limits.min_score):
+            NOT_FOUND_TOTAL.inc()
             answer.text = NOT_FOUND
-            yield AskResponse(delta=AskDelta(text=NOT_FOUND))
+            yield from answer.delta(NOT_FOUND, last=True)
         else:
             yield from self._answer(question, max_tokens, deadline, answer)
-        yield AskResponse(final=self._final(answer))
+        final = self._final(answer)
+        yield AskResponse(final=final)
+        pii.count(answer.redactor.counts)
+        if self.eval_log is not None:
+            record = eval_record(
+                answer.request_id,
+                question,
+                outcome.hits,
+                final,
+                self.search.space_id,
+                client or Client(),
+                answer.asked_at_ms,
+            )
+            self.eval_log.write(record)
         ASK_SECONDS.observe(time.monotonic() - answer.start)
 
     def _retrieve(self, question: str, top_k: int, deadline: float) -> SearchOutcome:
@@ -126,6 +159,7 @@ class Asker:
             yield from self._degrade(question, answer, failure.reason)
         else:
             self.breaker.record(None)
+            yield from self._check_grounding(question, answer)
 
     def _admit(self) -> None:
         if not self.breaker.admits():
@@ -135,7 +169,7 @@ class Asker:
 
     def _generate(self, question: str, max_tokens: int, deadline: float, answer: Answer) -> Iterator[AskResponse]:
         request = GenerateRequest(
-            correlation_id=uuid.uuid4().hex,
+            correlation_id=answer.request_id,
             question=question,
             max_tokens=min(max_tokens or self.limits.max_tokens, self.limits.max_tokens),
             instruction=INSTRUCTION,
@@ -147,12 +181,13 @@ class Asker:
                     answer.first_token_at = time.monotonic()
                     ASK_FIRST_TOKEN.observe(answer.first_token_at - answer.start)
                 answer.text += chunk.text
-                yield AskResponse(delta=AskDelta(text=chunk.text))
+                yield from answer.delta(chunk.text)
             if chunk.final:
                 f = answer.final
                 f.model, f.finish_reason = chunk.model, chunk.finish_reason
                 f.prompt_tokens, f.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
                 answer.sources_given = chunk.sources_given
+        yield from answer.delta("", last=True)
         if not answer.text.strip():
             raise LlmUnavailableError("llm-empty", "the model returned no text")
 
@@ -162,11 +197,25 @@ class Asker:
         text = f"\n\n(The answer broke off; from the sources:) {summary}" if answer.text else summary
         answer.text += text
         answer.final.is_degraded, answer.final.degraded_reason = True, reason
-        yield AskResponse(delta=AskDelta(text=text))
+        yield from answer.delta(text, last=True)
+
+    def _check_grounding(self, question: str, answer: Answer) -> Iterator[AskResponse]:
+        """An answer not grounded in the sources it was given is replaced by the extractive one: the client has
+        seen its deltas, so a note and the extractive answer follow them; the final answer is the extractive one."""
+        given = answer.sources[: answer.sources_given or len(answer.sources)]
+        problem = grounding_problem(answer.text, given)
+        if problem is None:
+            return
+        DEGRADED.labels(UNGROUNDED).inc()
+        log.info("ungrounded answer (%s): falling back to the extractive answer", problem)
+        summary = extractive_answer(question, answer.sources)
+        answer.text, answer.sources_given = summary, 0
+        answer.final.is_degraded, answer.final.degraded_reason = True, UNGROUNDED
+        yield from answer.delta(f"\n\n(That answer is not grounded in the sources; from the sources:) {summary}", True)
 
     def _final(self, answer: Answer) -> AskFinal:
         final = answer.final
-        final.answer = answer.text
+        final.answer = pii.redact(answer.text).text
         by_number = {s.number: s for s in answer.sources}
         given = answer.sources[: answer.sources_given or len(answer.sources)]
         numbers = cited_numbers(answer.text, len(given))

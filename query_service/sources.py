@@ -18,7 +18,7 @@ INSTRUCTION = (
     "You answer questions using only the numbered sources you are given. Cite the sources you use with their "
     "numbers in square brackets, like [1]. If the sources do not contain the answer, say that they do not."
 )
-_CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def select_sources(hits: Sequence[ShardHit], max_sources: int, chunks_per_source
 def cited_numbers(answer: str, given: int) -> list[int]:
     """The source numbers an answer cites ([1], [2, 3], [1][4]) that are 1..given, in first-cited order."""
     seen: list[int] = []
-    for group in _CITATION.findall(answer):
+    for group in CITATION.findall(answer):
         for part in re.split(r"[,;]", group):
             number = int(part)
             if 1 <= number <= given and number not in seen:

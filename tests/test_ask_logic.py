@@ -9,6 +9,7 @@ import pytest
 from consumers.llm_worker.prompt import build_prompt, trim_to_tokens
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource, SearchHit
 from query_service.extractive import extractive_answer, sentences, supporting_sources
+from query_service.grounding import foreign_citations, grounding_problem, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError
 from query_service.search import ShardHit
 from query_service.sources import cited_numbers, select_sources
@@ -135,3 +136,31 @@ def test_breaker_opens_after_failures_probes_after_the_reset_and_closes_on_succe
     breaker.record(None)
     assert breaker.state == "closed" and breaker.admits()
     assert "closed" in breaker.detail()
+
+
+def test_an_answer_is_ungrounded_when_it_cites_a_number_not_given_or_nothing_and_copies_nothing() -> None:
+    sources = select_sources(
+        [
+            hit("b/choir", 0.9, "The Orrin Valley choir has 42 members and rehearses every Thursday evening."),
+            hit("b/bread", 0.8, "Sourdough bread rises with a starter of wild yeast."),
+        ],
+        max_sources=5,
+        chunks_per_source=1,
+    )
+    assert grounding_problem("The choir has 42 members [1].", sources) is None
+    assert grounding_problem("The Orrin Valley choir has 42 members.", sources) is None  # inferred from source 1
+    assert grounding_problem("It has 42 members [1] and a conductor [3].", sources) == (
+        "cites [3] but was given 2 sources"
+    )
+    assert grounding_problem("It rehearses [0].", sources) == "cites [0] but was given 2 sources"
+    assert grounding_problem("The capital of Zentara is New Zentra.", sources) == (
+        "cites no source and no sentence of it comes from one"
+    )
+    assert foreign_citations("[1] [2, 7] [9][7]", given=2) == [7, 9]
+
+
+def test_nothing_relevant_when_the_best_hit_is_under_the_minimum_score() -> None:
+    hits = [hit("b/a", 0.31, "a"), hit("b/b", 0.12, "b")]
+    assert not nothing_relevant(hits, min_score=0.3)
+    assert nothing_relevant(hits, min_score=0.32)
+    assert nothing_relevant([], min_score=-1.0)

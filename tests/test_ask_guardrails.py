@@ -1,0 +1,87 @@
+"""Ask's guardrails through the Asker itself, with in-memory stand-ins for retrieval and the LLM stream (the Kafka
+path is tests/test_ask.py's): PII redacted in the streamed deltas and the final answer, an ungrounded answer replaced
+by the extractive one, and "not found" under the minimum score without generating."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mmrag.pb.events_pb2 import GenerateChunk, GenerateRequest, SearchHit
+from mmrag.pb.query_pb2 import AskFinal
+from query_service.ask import Asker, AskLimits
+from query_service.grounding import NOT_FOUND
+from query_service.llm_breaker import LlmBreaker
+from query_service.search import SearchOutcome, ShardHit
+
+pytestmark = pytest.mark.unit
+CHOIR = "The Orrin Valley choir has 42 members and rehearses every Thursday evening in the old mill."
+
+
+class Encoder:
+    def encode(self, text: str, image: bytes) -> np.ndarray:
+        return np.zeros(4, dtype=np.float32)
+
+
+class Search:
+    space_id, shards = "space-1", 1
+
+    def __init__(self, score: float) -> None:
+        self.score = score
+
+    def search(self, vector: Any, top_k: int, timeout: float, text: str) -> SearchOutcome:
+        hit = SearchHit(vector_id="b/choir#0", object_id="b/choir", score=self.score, text=CHOIR, has_text=True)
+        return SearchOutcome([ShardHit(hit, 0)], [], [])
+
+
+class Generation:
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.requests: list[GenerateRequest] = []
+
+    def stream(self, request: GenerateRequest, deadline: float) -> Iterator[GenerateChunk]:
+        self.requests.append(request)
+        for seq, piece in enumerate(self.pieces):
+            yield GenerateChunk(seq=seq, text=piece)
+        yield GenerateChunk(seq=len(self.pieces), final=True, finish_reason="stop", sources_given=1)
+
+
+def run(pieces: list[str], score: float = 0.9, min_score: float = 0.3) -> tuple[list[str], AskFinal, Generation]:
+    generation = Generation(pieces)
+    limits = AskLimits(2.0, 10.0, 5, 2, 64, min_score)
+    asker = Asker(limits, Encoder(), Search(score), generation, LlmBreaker(3, 10.0), None)  # type: ignore[arg-type]
+    deltas, final = [], AskFinal()
+    for event in asker.ask("How many members has the choir?", 5, 0, None):
+        if event.WhichOneof("event") == "delta":
+            deltas.append(event.delta.text)
+        elif event.WhichOneof("event") == "final":
+            final = event.final
+    return deltas, final, generation
+
+
+def test_pii_split_across_deltas_never_reaches_the_client() -> None:
+    deltas, final, _ = run(
+        ["The choir has 42 members [1]. Mail jane", ".doe@exa", "mple.org or pay 4111 1111", " 1111 1111."]
+    )
+    streamed = "".join(deltas)
+    assert streamed == "The choir has 42 members [1]. Mail [email redacted] or pay [card redacted]."
+    assert final.answer == streamed and not final.is_degraded
+    assert all("jane" not in d and "4111" not in d for d in deltas)
+    assert [c.object_id for c in final.citations] == ["b/choir"]
+
+
+def test_an_ungrounded_answer_falls_back_to_the_extractive_one() -> None:
+    deltas, final, _ = run(["The capital of Zentara ", "is New Zentra [4]."])
+    assert final.is_degraded and final.degraded_reason == "ungrounded"
+    assert final.answer == f"{CHOIR} [1]"
+    assert "".join(deltas).endswith(f"(That answer is not grounded in the sources; from the sources:) {CHOIR} [1]")
+    assert [c.number for c in final.citations] == [1]
+
+
+def test_under_the_minimum_score_the_answer_is_not_found_without_generating() -> None:
+    deltas, final, generation = run(["never asked"], score=0.2, min_score=0.3)
+    assert deltas == [NOT_FOUND] and final.answer == NOT_FOUND
+    assert generation.requests == [] and not final.citations
