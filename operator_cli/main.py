@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from operator_cli import ask, dlq, lag, offsets, search, status
+from operator_cli import ask, dlq, eval_export, lag, offsets, search, status
 from operator_cli.deployables import SERVICE_MODULES
 from operator_cli.local_endpoints import NoEndpointError, apply_stack_env, require
 
@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     proto = sub.add_parser("proto", help="regenerate or check the protobuf/gRPC code")
     proto.add_argument("proto_command", choices=["generate", "check"])
     proto.set_defaults(func=_proto)
-    for command in (search, ask, status, lag, dlq, offsets):  # the operator commands, each with its own subcommands
+    # the operator commands, each with its own subcommands
+    for command in (search, ask, status, lag, dlq, offsets, eval_export):
         command.register_cli(sub)
     return parser
 
