@@ -126,18 +126,15 @@ class Asker:
         final = self._final(answer)
         yield AskResponse(final=final)
         pii.count(answer.redactor.counts)
-        if self.eval_log is not None:
-            record = eval_record(
-                answer.request_id,
-                question,
-                outcome.hits,
-                final,
-                self.search.space_id,
-                client or Client(),
-                answer.asked_at_ms,
-            )
-            self.eval_log.write(record)
+        self._record(question, outcome, answer, final, client or Client())
         ASK_SECONDS.observe(time.monotonic() - answer.start)
+
+    def _record(self, question: str, outcome: SearchOutcome, answer: Answer, final: AskFinal, client: Client) -> None:
+        if self.eval_log is not None:
+            hits, space = outcome.hits, self.search.space_id
+            asked_at, counts = answer.asked_at_ms, answer.redactor.counts
+            record = eval_record(answer.request_id, question, hits, final, space, client, asked_at, counts)
+            self.eval_log.write(record)
 
     def _retrieve(self, question: str, top_k: int, deadline: float) -> SearchOutcome:
         vector = self.encoder.encode(question, b"")

@@ -7,6 +7,7 @@ when). Question and answer are PII-redacted before they are written, like everyt
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -51,10 +52,12 @@ def eval_record(
     space_id: str,
     client: Client,
     asked_at_ms: int,
+    answer_redactions: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The record of one Ask; ``final.answer`` is already redacted, the question is redacted here."""
+    """The record of one Ask; ``final.answer`` is already redacted (``answer_redactions``: what was taken out of
+    it), the question is redacted here."""
     asked = pii.redact(question)
-    counts = asked.counts + pii.redact(final.answer).counts
+    counts = asked.counts + collections.Counter(answer_redactions or {})
     return {
         "schema": SCHEMA,
         "request_id": request_id,

@@ -13,6 +13,7 @@ import pytest
 from mmrag.pb.events_pb2 import GenerateChunk, GenerateRequest, SearchHit
 from mmrag.pb.query_pb2 import AskFinal
 from query_service.ask import Asker, AskLimits
+from query_service.eval_log import Client, EvalLog
 from query_service.grounding import NOT_FOUND
 from query_service.llm_breaker import LlmBreaker
 from query_service.search import SearchOutcome, ShardHit
@@ -49,12 +50,26 @@ class Generation:
         yield GenerateChunk(seq=len(self.pieces), final=True, finish_reason="stop", sources_given=1)
 
 
-def run(pieces: list[str], score: float = 0.9, min_score: float = 0.3) -> tuple[list[str], AskFinal, Generation]:
+class Records(EvalLog):
+    """The records an Ask hands to its eval log (the log's own Kafka path: tests/test_eval_log.py)."""
+
+    def __init__(self) -> None:
+        self.written: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.written.append(record)
+
+
+def run(
+    pieces: list[str], score: float = 0.9, min_score: float = 0.3, records: Records | None = None
+) -> tuple[list[str], AskFinal, Generation]:
     generation = Generation(pieces)
     limits = AskLimits(2.0, 10.0, 5, 2, 64, min_score)
-    asker = Asker(limits, Encoder(), Search(score), generation, LlmBreaker(3, 10.0), None)  # type: ignore[arg-type]
+    breaker = LlmBreaker(3, 10.0)
+    asker = Asker(limits, Encoder(), Search(score), generation, breaker, None, records)  # type: ignore[arg-type]
     deltas, final = [], AskFinal()
-    for event in asker.ask("How many members has the choir?", 5, 0, None):
+    question = "How many members has the choir? I am bob@example.com"
+    for event in asker.ask(question, 5, 0, None, Client("ipv4:10.0.0.7:4242", {"x-client-id": "nb-1"})):
         if event.WhichOneof("event") == "delta":
             deltas.append(event.delta.text)
         elif event.WhichOneof("event") == "final":
@@ -85,3 +100,17 @@ def test_under_the_minimum_score_the_answer_is_not_found_without_generating() ->
     deltas, final, generation = run(["never asked"], score=0.2, min_score=0.3)
     assert deltas == [NOT_FOUND] and final.answer == NOT_FOUND
     assert generation.requests == [] and not final.citations
+
+
+def test_each_ask_hands_one_redacted_record_to_the_eval_log() -> None:
+    records = Records()
+    _, final, generation = run(["The choir has 42 members [1]. Call 415-555-2671."], records=records)
+    [record] = records.written
+    assert record["request_id"] == generation.requests[0].correlation_id
+    assert record["question"] == "How many members has the choir? I am [email redacted]"
+    assert record["answer"] == final.answer == "The choir has 42 members [1]. Call [phone redacted]."
+    assert record["redactions"] == {"email": 1, "phone": 1}  # the question's and the answer's
+    assert record["client"] == {"peer": "ipv4:10.0.0.7:4242", "x-client-id": "nb-1"}
+    assert record["retrieved"] == [{"object_id": "b/choir", "vector_id": "b/choir#0", "score": pytest.approx(0.9)}]
+    assert record["citations"] == [{"number": 1, "object_id": "b/choir"}] and record["space_id"] == "space-1"
+    assert not record["degraded"] and record["timings_ms"]["total"] > 0

@@ -34,7 +34,7 @@ def record(request_id: str, question: str = "Who runs the choir? ann@example.org
     client = Client.from_grpc(
         "ipv4:127.0.0.1:5123", [("x-client-id", "notebook-7"), ("authorization", "Bearer s3cret"), ("user-agent", "t")]
     )
-    return eval_record(request_id, question, hits, final(), "space-1", client, 1_700_000_000_000)
+    return eval_record(request_id, question, hits, final(), "space-1", client, 1_700_000_000_000, {"email": 1})
 
 
 @pytest.mark.unit
@@ -42,7 +42,7 @@ def test_a_record_holds_the_ask_redacted_with_who_asked_and_no_credentials() -> 
     data = record("r1")
     assert data["question"] == "Who runs the choir? [email redacted]"
     assert data["answer"] == "The choir has 42 members [1]. Mail [email redacted]."
-    assert data["redactions"] == {"email": 1}  # the question's; the answer came redacted already
+    assert data["redactions"] == {"email": 2}  # the question's, and the one taken out of the answer
     assert data["client"] == {"peer": "ipv4:127.0.0.1:5123", "x-client-id": "notebook-7", "user-agent": "t"}
     assert data["retrieved"] == [{"object_id": "b/choir", "vector_id": "b/choir#0", "score": pytest.approx(0.71)}]
     assert data["citations"] == [{"number": 1, "object_id": "b/choir"}]
