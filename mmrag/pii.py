@@ -8,6 +8,7 @@ still found whole."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -149,3 +150,22 @@ class StreamRedactor:
         self.pending = self.pending[cut:]
         self.counts.update(done.counts)
         return done.text
+
+
+class RedactingFilter(logging.Filter):
+    """A log handler filter: a record whose message holds PII is rewritten with it redacted (and counted)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        done = redact(record.getMessage())
+        if done.counts:
+            record.msg, record.args = done.text, ()
+            count(done.counts)
+        return True
+
+
+def redact_logs(logger: logging.Logger | None = None) -> None:
+    """Adds a RedactingFilter to every handler of ``logger`` (the root logger by default), so records propagated
+    from any module are redacted before they are written."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 
+from mmrag import pii
 from mmrag.kafka_clients import make_producer
 from mmrag.pb.events_pb2 import GenerateChunk, SearchReply
 from mmrag.request_reply import FAST_PRODUCER
@@ -30,6 +31,7 @@ class QueryService:
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
+        pii.redact_logs()  # questions and answers may carry PII: nothing logged keeps it
         space = space_from_settings(s)
         encoder = QueryEncoder(space, MiniLMEncoder(threads=s.torch_threads), space_clip_encoder(s))
         encoder.warm_up()

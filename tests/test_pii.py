@@ -3,9 +3,11 @@ stream redactor finding items split across deltas."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from mmrag.pii import StreamRedactor, find_pii, iban_ok, luhn_ok, redact
+from mmrag.pii import StreamRedactor, find_pii, iban_ok, luhn_ok, redact, redact_logs
 
 pytestmark = pytest.mark.unit
 
@@ -78,3 +80,24 @@ def test_the_stream_emits_plain_words_at_once_and_holds_only_near_digits() -> No
     assert stream.feed("rfish. Call 415") == ""  # a digit in the tail: the last 48 characters wait
     rest = stream.feed("-555-2671 today.") + stream.flush()
     assert rest == "starfish. Call [phone redacted] today."
+
+
+def test_logged_records_are_redacted_on_the_handler() -> None:
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    owner = logging.getLogger(f"pii-test-{id(test_logged_records_are_redacted_on_the_handler)}")
+    keep = Keep()
+    owner.addHandler(keep)
+    owner.propagate = False
+    redact_logs(owner)
+    redact_logs(owner)  # once is enough: no second filter
+    owner.warning("question from %s: card %s", "ann@example.org", "4111 1111 1111 1111")
+    owner.warning("nothing to hide in %d", 42)
+    assert keep.lines == ["question from [email redacted]: card [card redacted]", "nothing to hide in 42"]
+    assert len(keep.filters) == 1
