@@ -18,14 +18,10 @@ time to recover after the dependency returned, peak RSS of each process.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,14 +31,22 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from local_stack.services import Service
 from local_stack.stack import Deployment, Endpoints, start_services
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, MediaKind, Modality
-from tests.kafka_tools import read_topic
+from tests.drill_tools import (
+    Figures,
+    assert_all_serving,
+    busiest_broker,
+    read_to_end,
+    readiness,
+    red_because,
+    stop_times,
+    wait_for_transactions,
+    wait_until,
+)
 from tests.tcp_link import TcpLink
 from tests.test_awkward_keys import deployment_index
-from tests.test_bounded_work import peak_rss
 from tests.test_end_to_end import red_circle_png, search
 
 pytestmark = pytest.mark.kafka
@@ -68,61 +72,11 @@ def note(n: int) -> bytes:
     return f"# Note {n}\nThis note is about {TOPICS[n % len(TOPICS)]}.\n".encode()
 
 
-class Figures:
-    """What a drill measured, printed as one JSON line for the closing note."""
-
-    def __init__(self, drill: str) -> None:
-        self.drill = drill
-        self.values: dict[str, Any] = {}
-        self.rss: dict[str, int] = {}
-
-    def sample_rss(self, named_pids: Iterable[tuple[str, int | None]]) -> None:
-        """Keeps the highest peak RSS (MiB) seen per process name (a restarted process starts a new peak)."""
-        for name, pid in named_pids:
-            if pid is not None:
-                self.rss[name] = max(self.rss.get(name, 0), peak_rss(pid) >> 20)
-
-    def print(self) -> None:
-        print(f"\nDRILL {self.drill}: " + json.dumps({**self.values, "peak_rss_mib": self.rss}, sort_keys=True))
-
-
-def readiness(service: Service) -> tuple[int, str]:
-    """The /readyz status code and body."""
-    try:
-        with urllib.request.urlopen(service.probe_url + "/readyz", timeout=2) as reply:
-            return int(reply.status), reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
-        return 0, str(exc)
-
-
-def is_ready(service: Service) -> bool:
-    return readiness(service)[0] == 200
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float, interval_s: float = 0.5) -> Any:
-    """``check()``'s first truthy value, or its last value after ``timeout_s`` (the caller asserts)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(interval_s)
-
-
-def red_because(service: Service, *words: str) -> str:
-    """The /readyz body while ``service`` backs off from an outage whose reason names ``words``; '' otherwise."""
-    code, body = readiness(service)
-    backing_off = code == 503 and "dependency unavailable" in body
-    return body if backing_off and all(w.lower() in body.lower() for w in words) else ""
-
-
 def statuses(deployment: Deployment) -> dict[str, list[IndexStatus]]:
     """Every index-status record per object of the deployment's bucket, in order."""
     found: dict[str, list[IndexStatus]] = {}
     topic = f"{deployment.topic_prefix}index-status.v1"
-    for m in read_topic(deployment.endpoints.bootstrap_servers, topic, idle_s=1.0):
+    for m in read_to_end(deployment.endpoints.bootstrap_servers, topic):
         if m.key and m.key.startswith(f"{deployment.bucket}/"):
             found.setdefault(m.key, []).append(IndexStatus.FromString(m.value or b""))
     return found
@@ -133,7 +87,7 @@ def indexed(deployment: Deployment) -> set[str]:
 
 
 def dead_letters(deployment: Deployment) -> list[tuple[str | None, dict[str, str]]]:
-    records = read_topic(deployment.endpoints.bootstrap_servers, f"{deployment.topic_prefix}dlq.v1", idle_s=1.0)
+    records = read_to_end(deployment.endpoints.bootstrap_servers, f"{deployment.topic_prefix}dlq.v1")
     return [(m.key, m.headers) for m in records]
 
 
@@ -147,6 +101,11 @@ def delivery_figures(figures: Figures, deployment: Deployment, oids: set[str], d
         lost=len(oids - done),
         duplicated_status=sum(max(0, sum(s.state == INDEXED for s in found.get(o, [])) - 1) for o in oids),
     )
+    waits = sorted(
+        (s.indexed_at_ms - s.event_time_ms) / 1000 for o in oids for s in found.get(o, [])[-1:] if s.state == INDEXED
+    )
+    if waits:  # upload (S3 event time) to indexed, per object: what a user waited through the fault
+        figures.values["upload_to_indexed_s"] = {"median": round(waits[len(waits) // 2], 1), "max": round(waits[-1], 1)}
 
 
 def assert_rows(deployment: Deployment, expected: dict[str, tuple[int, bool]]) -> None:
@@ -157,14 +116,6 @@ def assert_rows(deployment: Deployment, expected: dict[str, tuple[int, bool]]) -
         assert len(rows) == count and len({r.vector_id for r in rows}) == count, (oid, rows)
         assert all(r.object_id == oid and r.has_image == image for r in rows), oid
     assert index.count() == sum(count for count, _ in expected.values())
-
-
-def assert_all_serving(services: list[Service]) -> None:
-    """No deployable died, and each is ready again (an outage leaves readiness red only while it lasts)."""
-    for service in services:
-        assert service.alive(), f"{service.name} died:\n{service.log_tail()}"
-        ready = wait_until(partial(is_ready, service), 30)
-        assert ready, f"{service.name} not ready after the outage: {readiness(service)}"
 
 
 def upload(store: S3ObjectStore, bucket: str, objects: dict[str, bytes]) -> set[str]:
@@ -226,14 +177,15 @@ def test_milvus_down_longer_than_the_retry_budget_is_back_pressure(
         dlq = dead_letters(deployment)
         delivery_figures(figures, deployment, oids, dlq)
         figures.sample_rss(processes())
-        figures.print()
 
         assert dlq == [], "an outage dead-letters nothing"
         assert all_in, f"not indexed after Milvus returned: {sorted(oids - indexed(deployment))}"
         assert answered, "Search does not answer after Milvus returned"
         assert_rows(deployment, dict.fromkeys(oids, (1, False)))
         assert_all_serving(services)
+        figures.values["stop_s"] = stop_times(services)
     finally:
+        figures.print()
         stop_milvus_lite(milvus_dir)
 
 
@@ -276,9 +228,7 @@ def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra
         objects |= {f"img/circle-{n}.png": red_circle_png() for n in range(2)}
         oids = upload(store, bucket, objects)
         events = f"{deployment.topic_prefix}objects.v1"
-        in_kafka = wait_until(
-            lambda: oids <= {m.key for m in read_topic(infra.bootstrap_servers, events, idle_s=1)}, 90
-        )
+        in_kafka = wait_until(lambda: oids <= {m.key for m in read_to_end(infra.bootstrap_servers, events)}, 90)
         assert in_kafka, "every upload's event on objects.v1 before the store goes away"
 
         link.cut()
@@ -301,14 +251,15 @@ def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra
         dlq = dead_letters(deployment)
         delivery_figures(figures, deployment, oids, dlq)
         figures.sample_rss((s.name, s.pid) for s in services)
-        figures.print()
 
         assert dlq == [], "an unreachable store dead-letters nothing"
         assert all_in, f"not indexed after the store returned: {sorted(oids - indexed(deployment))}"
         expected = {f"{bucket}/{k}": (1, k.endswith(".png")) for k in objects}
         assert_rows(deployment, expected)
         assert_all_serving(services)
+        figures.values["stop_s"] = stop_times(services)
     finally:
+        figures.print()
         link.cut()
         stop_moto(moto_dir)
 
@@ -371,17 +322,6 @@ def test_poison_items_in_a_batch_are_dead_lettered_alone(deployment: Deployment)
     assert set(found) == oids, "no status for a dead-lettered item"
 
 
-def busiest_broker(bootstrap: str, prefix: str) -> int:
-    """The broker that leads the most partitions of the deployment's topics (the kill that hurts most)."""
-    from confluent_kafka.admin import AdminClient
-
-    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=15).topics
-    leaders = [p.leader for name, t in topics.items() if name.startswith(prefix) for p in t.partitions.values()]
-    replicas = {len(p.replicas) for name, t in topics.items() if name.startswith(prefix) for p in t.partitions.values()}
-    assert replicas == {3}, f"topics of a 3-broker stack are created at RF 3, found {replicas}"
-    return max(set(leaders), key=leaders.count)
-
-
 def upload_steadily(store: S3ObjectStore, bucket: str, objects: dict[str, bytes], third: threading.Event) -> None:
     """Uploads one object every 0.3 s; sets ``third`` once a third of them went up."""
     for n, (key, data) in enumerate(objects.items()):
@@ -408,6 +348,7 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
     figures = Figures("broker-killed")
     try:
         dep.prepare()
+        wait_for_transactions(cluster.bootstrap_servers)
         names = ("sqs_bridge", "normalizer", "text_embedder", "vision_embedder", "index_updater")
         services = start_services([dep.service(n) for n in names], timeout_s=240)
         victim = busiest_broker(cluster.bootstrap_servers, prefix)
@@ -429,12 +370,13 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         dlq = dead_letters(dep)
         delivery_figures(figures, dep, oids, dlq)
         figures.sample_rss([(s.name, s.pid) for s in services])
-        figures.print()
 
         assert dlq == [], "a broker failover dead-letters nothing"
         assert all_in, f"not indexed after the broker died: {sorted(oids - indexed(dep))}"
         assert_rows(dep, {f"{dep.bucket}/{k}": (1, k.endswith(".png")) for k in objects})
         assert_all_serving(services)
+        figures.values["stop_s"] = stop_times(services)
     finally:
+        figures.print()
         stop_services(dep.state_dir)
         cluster.stop()
