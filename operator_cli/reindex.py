@@ -133,7 +133,8 @@ def follow(name: str, interval_s: float, swap: bool, timeout_s: float) -> bool:
 
 def _client() -> tuple[MilvusClient, VectorStoreSettings]:
     store = VectorStoreSettings()
-    return MilvusClient(uri=store.milvus_uri, token=store.milvus_token.get_secret_value()), store
+    token = store.milvus_token.get_secret_value()
+    return MilvusClient(uri=store.milvus_uri, token=token, dedicated=True), store
 
 
 def space_collection(client: MilvusClient, store: VectorStoreSettings, name: str) -> str:

@@ -1,0 +1,114 @@
+"""`mmrag reindex` on the real broker, local S3 and milvus-lite: a corpus indexed by the live space (test CLIP A) is
+replayed from objects.v1 into a space of the same models (identical ids, bit-for-bit the same vectors) and into a
+space of another CLIP (B: exactly the expected vector ids), while the live collection stays behind the alias; the
+alias swaps to B once B caught up and rolls back to A."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from pymilvus import MilvusClient
+
+from local_stack.stack import start_services
+from mmrag.clip import write_random_clip
+from mmrag.ids import vector_id
+from mmrag.milvus_index import MilvusIndex, alias_target
+from mmrag.object_store import S3ObjectStore
+from mmrag.settings import SpaceSettings
+from mmrag.space import EmbeddingSpace, space_from_settings
+from mmrag.vector_index import VectorRow
+from operator_cli.connection import OperatorSettings
+from operator_cli.lag import group_lags
+from operator_cli.reindex import caught_up, progress, rollback, start_space, stop_space, swap_to
+from producers.upload import upload_files
+from tests.kafka_tools import wait_for
+
+pytestmark = pytest.mark.kafka
+LIVE_GROUPS = ("embedder-text", "embedder-vision", "index-updater")
+
+
+def circle_png() -> bytes:
+    img = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill="blue")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def live_caught_up() -> bool:
+    lags = {g.group: g.total for g in group_lags(OperatorSettings())}
+    return all(lags.get(g) == 0 for g in LIVE_GROUPS)
+
+
+def rows_of(uri: str, collection: str, space: EmbeddingSpace, oids: list[str]) -> dict[str, VectorRow]:
+    index = MilvusIndex(uri, collection, space.dim)
+    index.start()
+    return {r.vector_id: r for oid in oids for r in index.rows_of(oid)}
+
+
+def vector_bytes(rows: dict[str, VectorRow]) -> dict[str, bytes]:
+    return {vid: np.asarray(r.vector, np.float32).tobytes() for vid, r in rows.items()}
+
+
+def test_reindex_same_space_and_another_clip_then_swap_and_rollback(  # type: ignore[no-untyped-def]
+    deployment, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = deployment.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    live = [deployment.service(n) for n in ("sqs_bridge", "normalizer", "text_embedder", "vision_embedder")]
+    live.append(deployment.service("index_updater"))
+    start_services(live)
+    store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
+    (tmp_path / "a.md").write_text("# Partitions\nA topic is split into partitions; each is an ordered log.\n")
+    (tmp_path / "b.md").write_text("# Compaction\nA compacted topic keeps the latest value of every key.\n")
+    (tmp_path / "circle.png").write_bytes(circle_png())
+    upload_files(store, bucket, [tmp_path / "a.md", tmp_path / "b.md", tmp_path / "circle.png"], prefix="c")
+    oids = [f"{bucket}/c/a.md", f"{bucket}/c/b.md", f"{bucket}/c/circle.png"]
+    space_a = space_from_settings(SpaceSettings(clip_model_dir=clip_dir))
+    uri, prefix = env["MMRAG_MILVUS_URI"], env["MMRAG_COLLECTION_PREFIX"]
+    collection_a = f"{prefix}_{space_a.id}"
+
+    def live_indexed() -> bool:
+        found = rows_of(uri, collection_a, space_a, oids)
+        return {r.object_id for r in found.values()} == set(oids) and live_caught_up()
+
+    wait_for(live_indexed, 240, "the corpus indexed by the live space")
+    for service in live[2:]:
+        service.stop()  # the machine has 2 cores; the live space's serving part is Milvus behind the alias
+    rows_a = rows_of(uri, collection_a, space_a, oids)
+
+    clip_b = write_random_clip(tmp_path / "clip-b", seed=1)
+    space_b = space_from_settings(SpaceSettings(clip_model_dir=clip_b))
+    assert space_b.id != space_a.id
+    try:
+        start_space("same", {})
+        start_space("b", {"MMRAG_CLIP_MODEL_DIR": str(clip_b)})
+        wait_for(lambda: caught_up(progress("same")) and caught_up(progress("b")), 420, "both spaces caught up")
+    finally:
+        stop_space("same")
+        stop_space("b")
+
+    client = MilvusClient(uri=uri, dedicated=True)  # a fresh channel: a cached idle one may be gone (GOAWAY)
+    assert alias_target(client, f"{prefix}_live") == collection_a  # a re-index never takes the alias itself
+    same = rows_of(uri, f"{collection_a}_same", space_a, oids)
+    assert vector_bytes(same) == vector_bytes(rows_a)
+    assert {vid: (r.text, r.shard, r.has_image) for vid, r in same.items()} == {
+        vid: (r.text, r.shard, r.has_image) for vid, r in rows_a.items()
+    }
+
+    rows_b = rows_of(uri, f"{prefix}_{space_b.id}_b", space_b, oids)
+    expected_b = {vector_id(r.object_id, r.version, f"chunk-{r.chunk_index}", space_b.id) for r in rows_a.values()}
+    assert set(rows_b) == expected_b
+    image_a = next(r for r in rows_a.values() if r.has_image)
+    image_b = next(r for r in rows_b.values() if r.has_image)
+    assert not np.allclose(space_a.clip_half(image_a.vector), space_b.clip_half(image_b.vector))  # CLIP B's vector
+
+    assert swap_to("b") == f"{prefix}_{space_b.id}_b"
+    assert alias_target(client, f"{prefix}_live") == f"{prefix}_{space_b.id}_b"
+    assert rollback() == collection_a
+    assert alias_target(client, f"{prefix}_live") == collection_a
