@@ -26,8 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from consumers.text_embedder.chunking import chunk_text
 from index_updater.fusion import plan_update
 from mmrag.clip import ClipEncoder
@@ -39,7 +37,9 @@ from mmrag.settings import SpaceSettings
 from mmrag.space import EmbeddingSpace, space_clip_encoder, space_from_settings
 from mmrag.text_encoder import MiniLMEncoder
 from mmrag.vector_index import VectorRow
+from query_service.fusion import Fusion, JointFusion, ModalityFusion, rrf
 from query_service.query_encoder import QueryEncoder
+from query_service.search import outcome_of
 
 DATA = Path(__file__).resolve().parent / "data" / "mixed_corpus"
 BUCKET = "eval"
@@ -140,23 +140,24 @@ def shard_indexes(
 Searcher = Callable[[Query], list[str]]
 
 
-def searcher(models: Models, indexes: list[FaissIndex], top_k: int = 50) -> Searcher:
-    """The Search API's ranking of objects for a query (first distinct objects of the merged answer)."""
-    from consumers.retrieval_worker.handler import to_hit
-    from query_service.search import merge_top_k
+def searcher(models: Models, indexes: list[FaissIndex], fusion: Fusion, top_k: int = K) -> Searcher:
+    """The Search API's ranking of objects for a query: the query service's lists and fusion, each shard answered
+    by the retrieval worker's search, without Kafka in between."""
+    from consumers.retrieval_worker.handler import search_shard, to_hit
 
     def search(query: Query) -> list[str]:
         vector = models.query.encode(query.text, query.image)
-        request = SearchRequest(space_id=models.space.id, query_vector=vector.tolist(), top_k=top_k)
-        replies = []
-        for shard, index in enumerate(indexes):
-            hits = index.search(np.asarray(request.query_vector, dtype=np.float32), request.top_k, shard)
-            replies.append(SearchReply(shard=shard, space_id=models.space.id, hits=[to_hit(h) for h in hits]))
-        ranked: list[str] = []
-        for sh in merge_top_k(replies, top_k):
-            if sh.hit.object_id not in ranked:
-                ranked.append(sh.hit.object_id)
-        return ranked
+        replies: dict[str, list[SearchReply]] = {}
+        for name, v in fusion.queries(vector).items():
+            request = SearchRequest(space_id=models.space.id, query_vector=v.tolist(), top_k=top_k)
+            replies[name] = [
+                SearchReply(
+                    shard=k, space_id=models.space.id, hits=[to_hit(h) for h in search_shard(i, request, k, 100)]
+                )
+                for k, i in enumerate(indexes)
+            ]
+        outcome = outcome_of(replies, fusion, top_k, raw_chunks=False, shards=len(indexes))
+        return [h.hit.object_id for h in outcome.hits]
 
     return search
 
@@ -202,51 +203,68 @@ ANSWERED_BY = {
 }
 
 
-def evaluate(corpus: Corpus, models: Models, shards: int = 2) -> dict[str, dict[str, Score]]:
-    """{query kind: {index: Score}} for every index a kind's answers can be in."""
+def evaluate(
+    corpus: Corpus, models: Models, fusions: dict[str, Fusion], shards: int = 2
+) -> dict[str, dict[str, dict[str, Score]]]:
+    """{fusion: {query kind: {index: Score}}} for every index a kind's answers can be in."""
     rows = object_rows(corpus, models, shards)
     members = {
         "text-only": list(corpus.docs),
         "image-only": list(corpus.images),
         "mixed": [*corpus.docs, *corpus.images],
     }
-    searchers = {
-        name: searcher(models, shard_indexes(rows, oids, models.space, shards)) for name, oids in members.items()
+    indexes = {name: shard_indexes(rows, oids, models.space, shards) for name, oids in members.items()}
+    tables: dict[str, dict[str, dict[str, Score]]] = {}
+    for fusion_name, fusion in fusions.items():
+        table = tables.setdefault(fusion_name, {})
+        for kind in KINDS:
+            queries = [q for q in corpus.queries if q.kind == kind]
+            table[kind] = {n: score(queries, searcher(models, indexes[n], fusion)) for n in ANSWERED_BY[kind]}
+    return tables
+
+
+def candidate_fusions(space: EmbeddingSpace) -> dict[str, Fusion]:
+    """The fusions compared: the production ones and the alternatives measured against them."""
+    return {
+        "joint": JointFusion(),
+        "rrf": ModalityFusion(space.text_dim, rrf, "rrf"),
     }
-    table: dict[str, dict[str, Score]] = {}
-    for kind in KINDS:
-        queries = [q for q in corpus.queries if q.kind == kind]
-        table[kind] = {name: score(queries, searchers[name]) for name in ANSWERED_BY[kind]}
-    return table
 
 
-def print_table(table: dict[str, dict[str, Score]]) -> None:
+def print_table(tables: dict[str, dict[str, dict[str, Score]]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    out = Table(title=f"recall@{K} / precision@{K} / MRR (intruders = top-{K} places of the other modality)")
+    out = Table(title=f"recall@{K} / precision@{K} / MRR (intruders: top-{K} places taken by the other modality)")
     out.add_column("queries")
+    out.add_column("fusion")
     for name in INDEXES:
         out.add_column(name, justify="right")
-    for kind, by_index in table.items():
-        cells = []
-        for name in INDEXES:
-            s = by_index.get(name)
-            cells.append("-" if s is None else f"{s.recall:.3f} / {s.precision:.3f} / {s.mrr:.3f} ({s.intruders})")
-        out.add_row(f"{KINDS[kind]} (n={next(iter(by_index.values())).queries})", *cells)
-    Console(width=150).print(out)
+    for kind in KINDS:
+        for fusion, table in tables.items():
+            by_index = table[kind]
+            cells = []
+            for name in INDEXES:
+                s = by_index.get(name)
+                cells.append("-" if s is None else f"{s.recall:.3f} / {s.precision:.3f} / {s.mrr:.3f} ({s.intruders})")
+            out.add_row(f"{KINDS[kind]} (n={next(iter(by_index.values())).queries})", fusion, *cells)
+    Console(width=160).print(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=None, help="CLIP directory (default: MMRAG_CLIP_MODEL_DIR)")
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    parser.add_argument("--fusion", action="append", default=None, help="fusions to compare (default: all)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the tables as JSON here")
     args = parser.parse_args(argv)
-    table = evaluate(load_corpus(), Models.load(args.clip), args.shards)
-    print_table(table)
+    models = Models.load(args.clip)
+    fusions = candidate_fusions(models.space)
+    chosen = {n: f for n, f in fusions.items() if args.fusion is None or n in args.fusion}
+    tables = evaluate(load_corpus(), models, chosen, args.shards)
+    print_table(tables)
     if args.json:
-        blob = {k: {n: s.__dict__ for n, s in v.items()} for k, v in table.items()}
+        blob = {f: {k: {n: s.__dict__ for n, s in v.items()} for k, v in t.items()} for f, t in tables.items()}
         args.json.write_text(json.dumps(blob, indent=2) + "\n")
     return 0
 

@@ -14,6 +14,7 @@ from mmrag.space import space_clip_encoder, space_from_settings
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
 from query_service.ask import Asker, AskLimits
+from query_service.caches import EmbeddingCache, ResultCache
 from query_service.eval_log import EvalLog
 from query_service.generation import GenerationClient
 from query_service.llm_breaker import LlmBreaker, WorkerPresence
@@ -33,7 +34,9 @@ class QueryService:
         s = self.settings
         pii.redact_logs()  # questions and answers may carry PII: nothing logged keeps it
         space = space_from_settings(s)
-        encoder = QueryEncoder(space, MiniLMEncoder(threads=s.torch_threads), space_clip_encoder(s))
+        encoder = QueryEncoder(
+            space, MiniLMEncoder(threads=s.torch_threads), space_clip_encoder(s), EmbeddingCache(s.embedding_cache_size)
+        )
         encoder.warm_up()
         t = s.topics
         replies = RequestReplyClient(
@@ -49,7 +52,9 @@ class QueryService:
         self.probes.add_check("replies", replies.health)
         self.probes.add_check("llm", lambda: (True, f"{breaker.detail()}, llm workers: {presence.workers}"))
         producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
-        search = ShardedSearch(Route(producer, t.search_requests, t.search_replies, replies), space.id, s.shards)
+        results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size)
+        route = Route(producer, t.search_requests, t.search_replies, replies)
+        search = ShardedSearch(route, space.id, s.shards, cache=results)
         llm_route = Route(producer, t.llm_requests, t.llm_replies, replies)
         generation = GenerationClient(llm_route, s.llm_first_token_timeout_s, s.llm_stall_timeout_s)
         limits = AskLimits(

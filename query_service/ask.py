@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import Counter, Histogram
 
@@ -20,6 +20,7 @@ from mmrag.pb.events_pb2 import GenerateRequest
 from mmrag.pb.query_pb2 import AskDelta, AskFinal, AskResponse, AskSources, AskTimings
 from query_service.eval_log import Client, EvalLog, eval_record
 from query_service.extractive import extractive_answer, supporting_sources
+from query_service.filters import Scope
 from query_service.generation import GenerationClient
 from query_service.grounding import NOT_FOUND, UNGROUNDED, grounding_problem, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError, WorkerPresence
@@ -99,14 +100,20 @@ class Asker:
         self.eval_log = eval_log
 
     def ask(
-        self, question: str, top_k: int, max_tokens: int, time_left_s: float | None, client: Client | None = None
+        self,
+        question: str,
+        top_k: int,
+        max_tokens: int,
+        time_left_s: float | None,
+        client: Client | None = None,
+        scope: Scope | None = None,
     ) -> Iterator[AskResponse]:
         """The Ask event stream, then its record on the eval log. RetrievalUnavailableError when no shard answered;
-        ValueError for a bad question."""
+        ValueError for a bad question. ``scope``: the filter its sources must pass (chunks are always retrieved)."""
         answer = Answer(time.monotonic())
         budget = min(time_left_s, self.limits.ask_timeout_s) if time_left_s is not None else self.limits.ask_timeout_s
         deadline = answer.start + budget
-        outcome = self._retrieve(question, top_k, deadline)
+        outcome = self._retrieve(question, top_k, deadline, replace(scope or Scope(), raw_chunks=True))
         answer.retrieved_at = time.monotonic()
         answer.sources = select_sources(outcome.hits, self.limits.max_sources, self.limits.chunks_per_source)
         yield AskResponse(
@@ -115,6 +122,7 @@ class Asker:
                 partial=outcome.partial,
                 missing_shards=outcome.missing_shards,
                 space_id=self.search.space_id,
+                from_cache=outcome.from_cache,
             )
         )
         if not answer.sources or nothing_relevant(outcome.hits, self.limits.min_score):
@@ -136,10 +144,10 @@ class Asker:
             record = eval_record(answer.request_id, question, hits, final, space, client, asked_at, counts)
             self.eval_log.write(record)
 
-    def _retrieve(self, question: str, top_k: int, deadline: float) -> SearchOutcome:
+    def _retrieve(self, question: str, top_k: int, deadline: float, scope: Scope) -> SearchOutcome:
         vector = self.encoder.encode(question, b"")
         timeout = max(0.05, min(self.limits.search_timeout_s, deadline - time.monotonic()))
-        outcome = self.search.search(vector, top_k, timeout, question)
+        outcome = self.search.search(vector, top_k, timeout, question, scope)
         if len(outcome.missing_shards) == self.search.shards:
             errors = "; ".join(outcome.errors) or "no shard answered in time"
             raise RetrievalUnavailableError(f"retrieval failed on every shard ({errors}); check the retrieval workers")

@@ -8,32 +8,50 @@ from mmrag.clip import ClipEncoder
 from mmrag.images import decode_image
 from mmrag.space import EmbeddingSpace
 from mmrag.text_encoder import MiniLMEncoder
+from query_service.caches import EmbeddingCache
 
 STAGE = "query_service"
 
 
 class QueryEncoder:
-    def __init__(self, space: EmbeddingSpace, text: MiniLMEncoder, clip: ClipEncoder) -> None:
+    """``cache`` (optional) keeps the vectors of query texts and images by content hash (query_service.caches)."""
+
+    def __init__(
+        self, space: EmbeddingSpace, text: MiniLMEncoder, clip: ClipEncoder, cache: EmbeddingCache | None = None
+    ) -> None:
         self.space = space
         self.text = text
         self.clip = clip
+        self.cache = cache
 
     def warm_up(self) -> None:
         self.text.warm_up()
         self.clip.warm_up()
 
     def encode(self, text: str, image: bytes) -> np.ndarray:
-        """Text -> MiniLM half + CLIP-text half; image -> CLIP-image half; both -> the CLIP halves averaged.
+        """Text -> MiniLM half + CLIP-text half; image -> CLIP-image half; both -> the CLIP halves summed.
 
         Raises ValueError when both are empty, PermanentError when the image cannot be decoded.
         """
         if not text and not image:
             raise ValueError("a query needs text, an image, or both")
-        minilm = self.text.encode([text])[0] if text else None
+        minilm = None
         clip_parts = []
         if text:
-            clip_parts.append(self.clip.encode_texts([text])[0])
+            minilm, clip_text = self._cached_text(text)
+            clip_parts.append(clip_text)
         if image:
-            clip_parts.append(self.clip.encode_images([decode_image(image, "query image", STAGE)])[0])
-        clip = np.sum(clip_parts, axis=0)
-        return self.space.fuse(minilm, clip)
+            clip_parts.append(self._cached_image(image))
+        return self.space.fuse(minilm, np.sum(clip_parts, axis=0))
+
+    def _cached_text(self, text: str) -> tuple[np.ndarray, ...]:
+        def encode() -> tuple[np.ndarray, ...]:
+            return self.text.encode([text])[0], self.clip.encode_texts([text])[0]
+
+        return encode() if self.cache is None else self.cache.text(text, encode)
+
+    def _cached_image(self, image: bytes) -> np.ndarray:
+        def encode() -> tuple[np.ndarray, ...]:
+            return (self.clip.encode_images([decode_image(image, "query image", STAGE)])[0],)
+
+        return (encode() if self.cache is None else self.cache.image(image, encode))[0]

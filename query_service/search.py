@@ -1,11 +1,14 @@
-"""Scatter a query to every shard through search.requests.v1, gather replies until the deadline, merge top-k."""
+"""Scatter a query to every shard through search.requests.v1, gather replies until the deadline, merge and fuse."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import Counter, Histogram
@@ -13,7 +16,12 @@ from prometheus_client import Counter, Histogram
 from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
+from query_service.filters import Scope
+from query_service.fusion import Fusion, JointFusion
 from query_service.reply_client import Route
+
+if TYPE_CHECKING:
+    from query_service.caches import ResultCache
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ class SearchOutcome:
     hits: list[ShardHit]
     missing_shards: list[int]
     errors: list[str]
+    from_cache: bool = False
 
     @property
     def partial(self) -> bool:
@@ -50,35 +59,108 @@ def merge_top_k(replies: list[SearchReply], top_k: int) -> list[ShardHit]:
     return sorted(best.values(), key=lambda h: (-h.hit.score, h.hit.vector_id))[:top_k]
 
 
+def merge_per_object(hits: Iterable[ShardHit], top_k: int) -> list[ShardHit]:
+    """Best ``top_k`` objects by score (ties by object id), each as its best hit."""
+    best: dict[str, ShardHit] = {}
+    for h in hits:
+        seen = best.get(h.hit.object_id)
+        if seen is None or (h.hit.score, seen.hit.vector_id) > (seen.hit.score, h.hit.vector_id):
+            best[h.hit.object_id] = h
+    return sorted(best.values(), key=lambda h: (-h.hit.score, h.hit.object_id))[:top_k]
+
+
+def merge_replies(replies: list[SearchReply], top_k: int, raw_chunks: bool) -> list[ShardHit]:
+    """One list from every shard's answer to one request: chunks, or objects (each shard already grouped its own)."""
+    chunks = merge_top_k(replies, len(replies) * max(top_k, 1))
+    return chunks[:top_k] if raw_chunks else merge_per_object(chunks, top_k)
+
+
+def outcome_of(
+    replies: dict[str, list[SearchReply]], fusion: Fusion, top_k: int, raw_chunks: bool, shards: int
+) -> SearchOutcome:
+    """The answer from each list's shard replies: lists merged over the shards, then fused. A shard is missing
+    unless it answered every list without an error."""
+    good = {name: [r for r in got if not r.error] for name, got in replies.items()}
+    answered = set.intersection(*({r.shard for r in got} for got in good.values())) if good else set()
+    lists = {name: merge_replies(got, top_k, raw_chunks) for name, got in good.items()}
+    return SearchOutcome(
+        hits=fusion.fuse(lists, top_k, per_object=not raw_chunks),
+        missing_shards=sorted(set(range(shards)) - answered),
+        errors=sorted({f"shard {r.shard}: {r.error}" for got in replies.values() for r in got if r.error}),
+    )
+
+
 class ShardedSearch:
-    def __init__(self, route: Route, space_id: str, shards: int) -> None:
+    """Scatters a query to every shard through search.requests.v1 (one request per list the fusion ranks by),
+    gathers the replies until the deadline, merges each list over the shards and fuses the lists."""
+
+    def __init__(
+        self,
+        route: Route,
+        space_id: str,
+        shards: int,
+        fusion: Fusion | None = None,
+        cache: ResultCache | None = None,
+    ) -> None:
         self.route = route
         self.space_id = space_id
         self.shards = shards
+        self.fusion = fusion or JointFusion()
+        self.cache = cache
 
-    def search(self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str = "") -> SearchOutcome:
-        """Never raises for slow shards: whatever answered in time is merged and the rest listed as missing."""
+    def search(
+        self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str = "", scope: Scope | None = None
+    ) -> SearchOutcome:
+        """Never raises for slow shards: whatever answered in time is merged and the rest listed as missing (a
+        shard is missing unless it answered every list). Without a scope: chunks (``raw_chunks``), no filter.
+        With a result cache: a fresh cached answer comes back at once, and a partial answer is replaced by the last
+        complete one within the stale window (both flagged ``from_cache``)."""
+        scope = scope or Scope(raw_chunks=True)
+        if self.cache is None:
+            return self._search(vector, top_k, timeout_s, query_text, scope)
+        key = self.cache.key(vector, top_k, scope, self.fusion.name)
+        cached = self.cache.fresh(key)
+        if cached is not None:
+            return cached
+        outcome = self._search(vector, top_k, timeout_s, query_text, scope)
+        if outcome.partial:
+            return self.cache.stale(key) or outcome
+        self.cache.put(key, outcome)
+        return outcome
+
+    def _search(self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str, scope: Scope) -> SearchOutcome:
         start = time.monotonic()
-        cid = uuid.uuid4().hex
-        request = SearchRequest(
-            correlation_id=cid, space_id=self.space_id, query_vector=vector.tolist(), top_k=top_k, query_text=query_text
-        )
-        replies: list[SearchReply] = []
-        with self.route.send(cid, request, now_ms() + int(timeout_s * 1000)) as pending:
-            while len(replies) < self.shards:
-                reply = pending.next(start + timeout_s)
-                if reply is None:
-                    break
-                replies.append(reply)  # type: ignore[arg-type]
-        answered = {r.shard for r in replies if not r.error}
-        outcome = SearchOutcome(
-            hits=merge_top_k([r for r in replies if not r.error], top_k),
-            missing_shards=sorted(set(range(self.shards)) - answered),
-            errors=[f"shard {r.shard}: {r.error}" for r in replies if r.error],
-        )
+        replies = self._gather(self.fusion.queries(vector), top_k, start + timeout_s, query_text, scope)
+        outcome = outcome_of(replies, self.fusion, top_k, scope.raw_chunks, self.shards)
         SEARCH_SECONDS.observe(time.monotonic() - start)
         if outcome.partial:
             PARTIAL.inc()
         if not outcome.hits:
             EMPTY.inc()
         return outcome
+
+    def _gather(
+        self, vectors: dict[str, np.ndarray], top_k: int, deadline: float, query_text: str, scope: Scope
+    ) -> dict[str, list[SearchReply]]:
+        """Sends one request per list at once, then reads each one's shard replies until ``deadline``."""
+        deadline_ms = now_ms() + int(max(0.0, deadline - time.monotonic()) * 1000)
+        with ExitStack() as stack:
+            pending = {}
+            for name, vector in vectors.items():
+                cid = uuid.uuid4().hex
+                request = SearchRequest(
+                    correlation_id=cid,
+                    space_id=self.space_id,
+                    query_vector=vector.tolist(),
+                    top_k=top_k,
+                    query_text=query_text,
+                )
+                pending[name] = stack.enter_context(self.route.send(cid, scope.fill(request), deadline_ms))
+            replies: dict[str, list[SearchReply]] = {name: [] for name in vectors}
+            for name, waiting in pending.items():
+                while len(replies[name]) < self.shards:
+                    reply = waiting.next(deadline)
+                    if reply is None:
+                        break
+                    replies[name].append(reply)  # type: ignore[arg-type]
+        return replies

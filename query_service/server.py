@@ -19,6 +19,7 @@ from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettin
 from mmrag.telemetry import Probes
 from query_service.ask import Asker, RetrievalUnavailableError
 from query_service.eval_log import Client
+from query_service.filters import FilterError, scope_of
 from query_service.query_encoder import QueryEncoder
 from query_service.search import ShardedSearch
 from query_service.status_view import StatusView, answer_status
@@ -35,6 +36,13 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     default_top_k: int = Field(default=10, description="hits when a query asks for 0")
     max_top_k: int = Field(default=100, description="largest top_k a query may ask for")
     grpc_workers: int = Field(default=8, description="gRPC server threads (concurrent calls)")
+    # caches (query_service/caches.py); 0 turns one off
+    embedding_cache_size: int = Field(default=4096, ge=0, description="query texts/images whose vectors are kept")
+    result_cache_size: int = Field(default=4096, ge=0, description="complete search answers kept")
+    result_cache_ttl_s: float = Field(default=5.0, ge=0, description="a kept answer answers the same query this long")
+    result_cache_stale_s: float = Field(
+        default=300.0, ge=0, description="when retrieval times out, a kept answer this old is given instead"
+    )
     # Ask: sources, generation through llm.requests.v1, the breaker and the degraded answer
     ask_timeout_s: float = Field(default=60.0, description="an Ask's whole budget when the client sets no deadline")
     ask_max_sources: int = Field(default=5, ge=1, description="numbered sources (one per object) given to the LLM")
@@ -72,6 +80,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if not 0 < top_k <= self.settings.max_top_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 1..{self.settings.max_top_k}")
         try:
+            scope = scope_of(request.filter, request.raw_chunks)
+        except FilterError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
             vector = self.encoder.encode(request.text, request.image)
         except (ValueError, PermanentError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"query: {exc}")
@@ -79,9 +91,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         timeout = (
             min(self.settings.search_timeout_s, remaining) if remaining is not None else self.settings.search_timeout_s
         )
-        outcome = self.sharded.search(vector, top_k, timeout, request.text)
+        outcome = self.sharded.search(vector, top_k, timeout, request.text, scope)
         response = query_pb2.SearchResponse(
-            partial=outcome.partial, missing_shards=outcome.missing_shards, space_id=self.sharded.space_id
+            partial=outcome.partial,
+            missing_shards=outcome.missing_shards,
+            space_id=self.sharded.space_id,
+            from_cache=outcome.from_cache,
         )
         for sh in outcome.hits:
             h = sh.hit
@@ -111,8 +126,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if not request.question.strip() or not 0 < top_k <= self.settings.max_top_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a question and top_k 1..{self.settings.max_top_k}")
         try:
+            scope = scope_of(request.filter)
+        except FilterError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
             client = Client.from_grpc(context.peer(), context.invocation_metadata())
-            yield from asker.ask(request.question, top_k, request.max_tokens, context.time_remaining(), client)
+            remaining = context.time_remaining()
+            yield from asker.ask(request.question, top_k, request.max_tokens, remaining, client, scope)
         except RetrievalUnavailableError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except (ValueError, PermanentError) as exc:

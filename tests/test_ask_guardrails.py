@@ -33,7 +33,7 @@ class Search:
     def __init__(self, score: float) -> None:
         self.score = score
 
-    def search(self, vector: Any, top_k: int, timeout: float, text: str) -> SearchOutcome:
+    def search(self, vector: Any, top_k: int, timeout: float, text: str, scope: Any = None) -> SearchOutcome:
         hit = SearchHit(vector_id="b/choir#0", object_id="b/choir", score=self.score, text=CHOIR, has_text=True)
         return SearchOutcome([ShardHit(hit, 0)], [], [])
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from prometheus_client import Counter
 
+from consumers.retrieval_worker.per_object import best_per_object
 from mmrag.errors import PermanentError
 from mmrag.messages import Envelope, Output
 from mmrag.pb.events_pb2 import Modality, SearchHit, SearchReply, SearchRequest
@@ -63,6 +64,17 @@ def request_filter(req: SearchRequest) -> SearchFilter:
     )
 
 
+def search_shard(index: IndexSearcher, req: SearchRequest, shard: int, max_top_k: int) -> list[Hit]:
+    """One shard's answer to a request: its ``top_k`` best objects (each its best chunk), or with ``raw_chunks``
+    its ``top_k`` best chunks, within the request's filters."""
+    top_k = max(1, min(req.top_k or 10, max_top_k))
+    vector = np.asarray(req.query_vector, dtype=np.float32)
+    where = request_filter(req)
+    if req.raw_chunks:
+        return index.search(vector, top_k, shard, where)
+    return best_per_object(lambda limit: index.search(vector, limit, shard, where), top_k)
+
+
 class RetrievalWorker:
     stage = STAGE
 
@@ -94,10 +106,9 @@ class RetrievalWorker:
         if req.space_id != self.space_id:
             reply.error = f"query built for space {req.space_id}, shard {self.settings.shard} serves {self.space_id}"
         else:
-            top_k = max(1, min(req.top_k or 10, self.settings.max_top_k))
-            vector = np.asarray(req.query_vector, dtype=np.float32)
-            hits = self.index.search(vector, top_k, self.settings.shard, request_filter(req))
-            reply.hits.extend(to_hit(h) for h in hits)
+            reply.hits.extend(
+                to_hit(h) for h in search_shard(self.index, req, self.settings.shard, self.settings.max_top_k)
+            )
         return [
             Output(
                 address.topic,
