@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -138,6 +138,12 @@ class FaissIndex:
     def count(self) -> int:
         with self._lock:
             return len(self._rows)
+
+    def shard_rows(self, shard: int) -> Iterator[VectorRow]:
+        """The payload rows of ``shard`` (vectors empty), as they were when called."""
+        with self._lock:
+            rows = [r for r in self._rows.values() if r.shard == shard]
+        yield from rows
 
     def search(
         self, query: np.ndarray, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -353,6 +353,26 @@ class MilvusIndex:
             lambda c: c.query(self.collection, filter='id != ""', output_fields=["count(*)"], timeout=self.timeout_s),
         )
         return int(found[0]["count(*)"])
+
+    def shard_rows(self, shard: int, page: int = 1000) -> Iterator[VectorRow]:
+        """The payload rows of ``shard`` (vectors empty), page by page (a query iterator: no offset limit)."""
+        pages = self._call(
+            "query",
+            f"rows of shard {shard}",
+            lambda c: c.query_iterator(
+                self.collection,
+                batch_size=page,
+                filter=f"shard == {int(shard)}",
+                output_fields=self._fields,
+                timeout=self.timeout_s,
+            ),
+        )
+        while True:
+            found = self._call("query", f"rows of shard {shard}", lambda c: pages.next())
+            if not found:
+                pages.close()
+                return
+            yield from (_to_row(e, None) for e in found)
 
     def search(
         self, query: np.ndarray, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER

@@ -8,7 +8,7 @@ Both sides are idempotent by vector_id: the same upsert or delete applied twice 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -134,6 +134,10 @@ class IndexSearcher(Protocol):
     ) -> list[Hit]: ...
 
     def count(self) -> int: ...
+
+    def shard_rows(self, shard: int) -> Iterator[VectorRow]:
+        """Every row of ``shard`` with its payload (vectors may be left empty): what a keyword index is built from."""
+        ...
 
 
 class VectorIndex(IndexWriter, IndexSearcher, Protocol):

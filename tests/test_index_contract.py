@@ -218,6 +218,24 @@ def test_filters_by_bucket_key_prefix_content_type_and_time(index: VectorIndex) 
     assert index.search(q, 10, None, SearchFilter(content_types=frozenset(["application/pdf"]))) == []
 
 
+def test_shard_rows_give_every_row_of_a_shard_with_its_payload(index: VectorIndex) -> None:
+    rows = payload_corpus()
+    index.upsert(rows)
+    index.delete([rows[0].vector_id])
+    for shard in range(SHARDS):
+        got = {r.vector_id: r for r in index.shard_rows(shard)}
+        want = {r.vector_id: r for r in rows[1:] if r.shard == shard}
+        assert set(got) == set(want), shard
+        for vid, r in got.items():
+            w = want[vid]
+            assert (r.object_id, r.text, r.content_type, r.event_time_ms) == (
+                w.object_id,
+                w.text,
+                w.content_type,
+                w.event_time_ms,
+            )
+
+
 def test_replaying_the_same_records_changes_nothing(index: VectorIndex) -> None:
     rows = corpus(objects=9)
     q = unit(np.random.default_rng(3))

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +141,9 @@ class FaissShard:
 
     def count(self) -> int:
         return self.index.count()
+
+    def shard_rows(self, shard: int) -> Iterator[VectorRow]:
+        return self.index.shard_rows(shard)
 
     # -- materializing -----------------------------------------------------------------------------------------
 
