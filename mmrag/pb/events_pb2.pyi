@@ -185,7 +185,7 @@ class IndexStatus(_message.Message):
     def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., state: _Optional[_Union[IndexState, str]] = ..., text_chunks: _Optional[int] = ..., image_vectors: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., detail: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text", "object_ids", "modality", "raw_chunks", "buckets", "key_prefix", "content_types", "event_time_from_ms", "event_time_to_ms")
+    __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text", "object_ids", "modality", "raw_chunks", "buckets", "key_prefix", "content_types", "event_time_from_ms", "event_time_to_ms", "keyword")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class SearchRequest(_message.Message):
     CONTENT_TYPES_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FROM_MS_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_TO_MS_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     space_id: str
     query_vector: _containers.RepeatedScalarFieldContainer[float]
@@ -212,7 +213,8 @@ class SearchRequest(_message.Message):
     content_types: _containers.RepeatedScalarFieldContainer[str]
     event_time_from_ms: int
     event_time_to_ms: int
-    def __init__(self, correlation_id: _Optional[str] = ..., space_id: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., query_text: _Optional[str] = ..., object_ids: _Optional[_Iterable[str]] = ..., modality: _Optional[_Union[Modality, str]] = ..., raw_chunks: _Optional[bool] = ..., buckets: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[str] = ..., content_types: _Optional[_Iterable[str]] = ..., event_time_from_ms: _Optional[int] = ..., event_time_to_ms: _Optional[int] = ...) -> None: ...
+    keyword: bool
+    def __init__(self, correlation_id: _Optional[str] = ..., space_id: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., query_text: _Optional[str] = ..., object_ids: _Optional[_Iterable[str]] = ..., modality: _Optional[_Union[Modality, str]] = ..., raw_chunks: _Optional[bool] = ..., buckets: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[str] = ..., content_types: _Optional[_Iterable[str]] = ..., event_time_from_ms: _Optional[int] = ..., event_time_to_ms: _Optional[int] = ..., keyword: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("vector_id", "object_id", "version", "score", "text", "chunk_index", "char_start", "char_end", "page", "has_text", "has_image")
