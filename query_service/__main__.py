@@ -54,7 +54,7 @@ class QueryService:
         producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
         results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size)
         route = Route(producer, t.search_requests, t.search_replies, replies)
-        search = ShardedSearch(route, space.id, s.shards, cache=results)
+        search = ShardedSearch(route, space.id, s.shards, cache=results, keyword=s.keyword_search)
         llm_route = Route(producer, t.llm_requests, t.llm_replies, replies)
         generation = GenerationClient(llm_route, s.llm_first_token_timeout_s, s.llm_stall_timeout_s)
         limits = AskLimits(

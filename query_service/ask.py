@@ -123,6 +123,7 @@ class Asker:
                 missing_shards=outcome.missing_shards,
                 space_id=self.search.space_id,
                 from_cache=outcome.from_cache,
+                degraded=outcome.degraded,
             )
         )
         if not answer.sources or nothing_relevant(outcome.hits, self.limits.min_score):

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from mmrag.pb.events_pb2 import SearchHit
     from query_service.search import ShardHit
 
-JOINT, TEXT, CLIP = "joint", "text", "clip"
+JOINT, TEXT, CLIP, KEYWORD = "joint", "text", "clip", "keyword"
 RRF_K = 60
 Ranked = list[
     tuple[str, float]
@@ -47,7 +48,8 @@ class JointFusion:
         return {JOINT: vector}
 
     def fuse(self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool) -> list[ShardHit]:
-        return lists.get(JOINT, [])[:top_k]
+        """The joint list; the keyword list only when the joint one is missing (the vector index failed)."""
+        return (lists.get(JOINT) or lists.get(KEYWORD) or [])[:top_k]
 
 
 @dataclass(frozen=True)
@@ -69,23 +71,29 @@ class ModalityFusion:
 
     def fuse(self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool) -> list[ShardHit]:
         """Each list keeps only rows of its modality (a text-only row scores 0 on the CLIP half); the combined
-        score orders the answer. Items are objects (``per_object``) or chunks; an item in both lists is shown as its
-        text list's hit, and a hit's ``score`` stays a similarity: the sum of its lists' scores, which is its inner
-        product with the whole query (each list scores one half), as the joint ranking reports it."""
+        score orders the answer. Items are objects (``per_object``) or chunks; an item in several lists is shown as
+        its first vector list's hit, and a hit's ``score`` stays a similarity: the sum of its vector lists' scores,
+        which is its inner product with the whole query (each list scores one half), as the joint ranking reports
+        it; an item only the keyword list found keeps its BM25 score."""
         key = (lambda h: h.hit.object_id) if per_object else (lambda h: h.hit.vector_id)
-        own = {
-            name: [h for h in hits if (h.hit.has_text if name == TEXT else h.hit.has_image)]
-            for name, hits in lists.items()
-        }
+        own = {name: [h for h in hits if _own(name, h.hit)] for name, hits in lists.items()}
         scores = self.combine({name: [(key(h), h.hit.score) for h in hits] for name, hits in own.items()})
         shown: dict[str, ShardHit] = {}
         similarity: dict[str, float] = {}
-        for hits in own.values():
+        for name, hits in sorted(own.items(), key=lambda item: item[0] == KEYWORD):  # vector lists first
             for h in hits:
                 shown.setdefault(key(h), h)
-                similarity[key(h)] = similarity.get(key(h), 0.0) + h.hit.score
+                if name != KEYWORD:
+                    similarity[key(h)] = similarity.get(key(h), 0.0) + h.hit.score
+                else:
+                    similarity.setdefault(key(h), h.hit.score)  # found by keywords alone: its BM25 score
         ranked = sorted(shown, key=lambda k: (-scores[k], k))[:top_k]
         return [_scored(shown[k], similarity[k]) for k in ranked]
+
+
+def _own(name: str, hit: SearchHit) -> bool:
+    """Whether a list ranks ``hit`` by a half it has: the CLIP list images, the others rows with text."""
+    return hit.has_image if name == CLIP else hit.has_text
 
 
 def _scored(h: ShardHit, score: float) -> ShardHit:

@@ -17,7 +17,7 @@ from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
 from query_service.filters import Scope
-from query_service.fusion import Fusion, JointFusion
+from query_service.fusion import KEYWORD, Fusion, JointFusion
 from query_service.reply_client import Route
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class SearchOutcome:
     missing_shards: list[int]
     errors: list[str]
     from_cache: bool = False
+    degraded: str = ""  # "keyword": some shard's vector index did not answer, its keyword index did
 
     @property
     def partial(self) -> bool:
@@ -75,18 +76,37 @@ def merge_replies(replies: list[SearchReply], top_k: int, raw_chunks: bool) -> l
     return chunks[:top_k] if raw_chunks else merge_per_object(chunks, top_k)
 
 
+def list_requests(
+    fusion: Fusion, vector: np.ndarray, query_text: str, keyword: bool, top_k: int, space_id: str, scope: Scope
+) -> dict[str, SearchRequest]:
+    """The requests of one search, by list: one per query vector the fusion ranks by, and with ``keyword`` (and a
+    query text) one for the shards' keyword indexes."""
+    requests = {
+        name: SearchRequest(space_id=space_id, query_vector=v.tolist(), top_k=top_k, query_text=query_text)
+        for name, v in fusion.queries(vector).items()
+    }
+    if keyword and query_text.strip():
+        requests[KEYWORD] = SearchRequest(space_id=space_id, top_k=top_k, query_text=query_text, keyword=True)
+    return {name: scope.fill(r) for name, r in requests.items()}
+
+
 def outcome_of(
     replies: dict[str, list[SearchReply]], fusion: Fusion, top_k: int, raw_chunks: bool, shards: int
 ) -> SearchOutcome:
-    """The answer from each list's shard replies: lists merged over the shards, then fused. A shard is missing
-    unless it answered every list without an error."""
+    """The answer from each list's shard replies: lists merged over the shards, then fused. A shard answered when
+    it answered every vector list without an error, or the keyword list: when some shard answered only that (its
+    vector index failed), the answer is ``degraded="keyword"``."""
     good = {name: [r for r in got if not r.error] for name, got in replies.items()}
-    answered = set.intersection(*({r.shard for r in got} for got in good.values())) if good else set()
+    ok = {name: {r.shard for r in got} for name, got in good.items()}
+    vector_sets = [s for name, s in ok.items() if name != KEYWORD]
+    vector_ok = set.intersection(*vector_sets) if vector_sets else set()
+    keyword_only = ok.get(KEYWORD, set()) - vector_ok
     lists = {name: merge_replies(got, top_k, raw_chunks) for name, got in good.items()}
     return SearchOutcome(
         hits=fusion.fuse(lists, top_k, per_object=not raw_chunks),
-        missing_shards=sorted(set(range(shards)) - answered),
+        missing_shards=sorted(set(range(shards)) - vector_ok - keyword_only),
         errors=sorted({f"shard {r.shard}: {r.error}" for got in replies.values() for r in got if r.error}),
+        degraded=KEYWORD if keyword_only else "",
     )
 
 
@@ -101,12 +121,14 @@ class ShardedSearch:
         shards: int,
         fusion: Fusion | None = None,
         cache: ResultCache | None = None,
+        keyword: bool = False,
     ) -> None:
         self.route = route
         self.space_id = space_id
         self.shards = shards
         self.fusion = fusion or JointFusion()
         self.cache = cache
+        self.keyword = keyword  # also rank by the shards' keyword indexes (hybrid; the fallback when vectors fail)
 
     def search(
         self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str = "", scope: Scope | None = None
@@ -125,12 +147,14 @@ class ShardedSearch:
         outcome = self._search(vector, top_k, timeout_s, query_text, scope)
         if outcome.partial:
             return self.cache.stale(key) or outcome
-        self.cache.put(key, outcome)
+        if not outcome.degraded:
+            self.cache.put(key, outcome)
         return outcome
 
     def _search(self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str, scope: Scope) -> SearchOutcome:
         start = time.monotonic()
-        replies = self._gather(self.fusion.queries(vector), top_k, start + timeout_s, query_text, scope)
+        requests = list_requests(self.fusion, vector, query_text, self.keyword, top_k, self.space_id, scope)
+        replies = self._gather(requests, start + timeout_s)
         outcome = outcome_of(replies, self.fusion, top_k, scope.raw_chunks, self.shards)
         SEARCH_SECONDS.observe(time.monotonic() - start)
         if outcome.partial:
@@ -139,24 +163,15 @@ class ShardedSearch:
             EMPTY.inc()
         return outcome
 
-    def _gather(
-        self, vectors: dict[str, np.ndarray], top_k: int, deadline: float, query_text: str, scope: Scope
-    ) -> dict[str, list[SearchReply]]:
+    def _gather(self, requests: dict[str, SearchRequest], deadline: float) -> dict[str, list[SearchReply]]:
         """Sends one request per list at once, then reads each one's shard replies until ``deadline``."""
         deadline_ms = now_ms() + int(max(0.0, deadline - time.monotonic()) * 1000)
         with ExitStack() as stack:
             pending = {}
-            for name, vector in vectors.items():
-                cid = uuid.uuid4().hex
-                request = SearchRequest(
-                    correlation_id=cid,
-                    space_id=self.space_id,
-                    query_vector=vector.tolist(),
-                    top_k=top_k,
-                    query_text=query_text,
-                )
-                pending[name] = stack.enter_context(self.route.send(cid, scope.fill(request), deadline_ms))
-            replies: dict[str, list[SearchReply]] = {name: [] for name in vectors}
+            for name, request in requests.items():
+                request.correlation_id = uuid.uuid4().hex
+                pending[name] = stack.enter_context(self.route.send(request.correlation_id, request, deadline_ms))
+            replies: dict[str, list[SearchReply]] = {name: [] for name in requests}
             for name, waiting in pending.items():
                 while len(replies[name]) < self.shards:
                     reply = waiting.next(deadline)

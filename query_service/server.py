@@ -36,6 +36,11 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     default_top_k: int = Field(default=10, description="hits when a query asks for 0")
     max_top_k: int = Field(default=100, description="largest top_k a query may ask for")
     grpc_workers: int = Field(default=8, description="gRPC server threads (concurrent calls)")
+    keyword_search: bool = Field(
+        default=True,
+        description="also ask the shards' keyword (BM25) indexes: hybrid ranking, and the answer when the vector "
+        "index fails (degraded=keyword)",
+    )
     # caches (query_service/caches.py); 0 turns one off
     embedding_cache_size: int = Field(default=4096, ge=0, description="query texts/images whose vectors are kept")
     result_cache_size: int = Field(default=4096, ge=0, description="complete search answers kept")
@@ -97,6 +102,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             missing_shards=outcome.missing_shards,
             space_id=self.sharded.space_id,
             from_cache=outcome.from_cache,
+            degraded=outcome.degraded,
         )
         for sh in outcome.hits:
             h = sh.hit

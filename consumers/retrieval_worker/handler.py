@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 from prometheus_client import Counter
+from pydantic import Field
 
+from consumers.retrieval_worker.keyword import KeywordShard, KeywordUnavailableError
 from consumers.retrieval_worker.per_object import best_per_object
-from mmrag.errors import PermanentError
+from mmrag.errors import PermanentError, RetryableError
 from mmrag.messages import Envelope, Output
 from mmrag.pb.events_pb2 import Modality, SearchHit, SearchReply, SearchRequest
 from mmrag.request_reply import CORRELATION_ID, reply_address
@@ -26,6 +29,9 @@ class RetrievalWorkerSettings(BaseServiceSettings, SpaceSettings, VectorStoreSet
     shard: int = 0
     max_wait_ms: int = 5
     max_top_k: int = 100
+    keyword_refresh_s: float = Field(
+        default=30.0, ge=0, description="seconds between rebuilds of the shard's keyword index; 0 = no keyword index"
+    )
 
     @property
     def group(self) -> str:
@@ -64,15 +70,23 @@ def request_filter(req: SearchRequest) -> SearchFilter:
     )
 
 
-def search_shard(index: IndexSearcher, req: SearchRequest, shard: int, max_top_k: int) -> list[Hit]:
+def search_shard(
+    index: IndexSearcher, req: SearchRequest, shard: int, max_top_k: int, keywords: KeywordShard | None = None
+) -> list[Hit]:
     """One shard's answer to a request: its ``top_k`` best objects (each its best chunk), or with ``raw_chunks``
-    its ``top_k`` best chunks, within the request's filters."""
+    its ``top_k`` best chunks, within the request's filters; by the query vector, or with ``keyword`` by the
+    keyword index over ``query_text``. Raises RetryableError (the index) or KeywordUnavailableError."""
     top_k = max(1, min(req.top_k or 10, max_top_k))
-    vector = np.asarray(req.query_vector, dtype=np.float32)
     where = request_filter(req)
-    if req.raw_chunks:
-        return index.search(vector, top_k, shard, where)
-    return best_per_object(lambda limit: index.search(vector, limit, shard, where), top_k)
+    search: Callable[[int], list[Hit]]
+    if req.keyword:
+        if keywords is None:
+            raise KeywordUnavailableError(f"shard {shard} keeps no keyword index (MMRAG_KEYWORD_REFRESH_S=0)")
+        search = partial(keywords.search, req.query_text, where=where)
+    else:
+        vector = np.asarray(req.query_vector, dtype=np.float32)
+        search = partial(index.search, vector, shard=shard, where=where)
+    return search(top_k) if req.raw_chunks else best_per_object(search, top_k)
 
 
 class RetrievalWorker:
@@ -82,9 +96,13 @@ class RetrievalWorker:
         self.settings = settings
         self.space_id = space_id
         self.index = index
+        refresh = settings.keyword_refresh_s
+        self.keywords = KeywordShard(index, settings.shard, refresh) if refresh > 0 else None
 
     def warm_up(self) -> None:
         self.index.start()
+        if self.keywords is not None:
+            self.keywords.start()
 
     def handle(self, batch: Sequence[Envelope[SearchRequest]]) -> list[ItemResult]:
         return [self._answer(env) for env in batch]
@@ -106,9 +124,12 @@ class RetrievalWorker:
         if req.space_id != self.space_id:
             reply.error = f"query built for space {req.space_id}, shard {self.settings.shard} serves {self.space_id}"
         else:
-            reply.hits.extend(
-                to_hit(h) for h in search_shard(self.index, req, self.settings.shard, self.settings.max_top_k)
-            )
+            try:
+                hits = search_shard(self.index, req, self.settings.shard, self.settings.max_top_k, self.keywords)
+            except (RetryableError, KeywordUnavailableError) as exc:
+                reply.error = str(exc)  # the query service degrades (keyword fallback, partial): no retry here
+            else:
+                reply.hits.extend(to_hit(h) for h in hits)
         return [
             Output(
                 address.topic,

@@ -1,0 +1,63 @@
+"""The shard's keyword index beside its vector index: built from the index's rows of the shard at warm-up and again
+every ``refresh_s`` in a thread, so deletes and overwrites reach it within that time. When the vector index cannot
+be read (Milvus down), the last build keeps answering: that is the keyword fallback."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from mmrag.errors import RetryableError
+from mmrag.keyword_index import KeywordIndex
+from mmrag.vector_index import Hit, IndexSearcher, SearchFilter
+
+log = logging.getLogger(__name__)
+
+
+class KeywordUnavailableError(Exception):
+    """No keyword index was built yet (the vector index could not be read since the start)."""
+
+
+class KeywordShard:
+    def __init__(self, index: IndexSearcher, shard: int, refresh_s: float) -> None:
+        self.index = index
+        self.shard = shard
+        self.refresh_s = refresh_s
+        self.keywords = KeywordIndex()
+        self.built_at = 0.0  # monotonic time of the last build; 0 = never
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Builds once (a failure is logged, the thread tries again) and starts refreshing."""
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name=f"keyword-shard-{self.shard}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def refresh(self) -> bool:
+        """Rebuilds from the shard's rows; False (the old index kept) when they cannot be read."""
+        started = time.monotonic()
+        try:
+            rows = list(self.index.shard_rows(self.shard))
+        except RetryableError as exc:
+            self.last_error = str(exc)
+            log.warning("keyword index of shard %d not refreshed, the last build answers: %s", self.shard, exc)
+            return False
+        kept = self.keywords.rebuild(rows)
+        self.built_at, self.last_error = time.monotonic(), ""
+        log.info("keyword index of shard %d: %d chunks in %.2f s", self.shard, kept, self.built_at - started)
+        return True
+
+    def search(self, text: str, top_k: int, where: SearchFilter) -> list[Hit]:
+        if not self.built_at:
+            raise KeywordUnavailableError(f"keyword index of shard {self.shard} not built yet: {self.last_error}")
+        return self.keywords.search(text, top_k, where)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            self.refresh()
