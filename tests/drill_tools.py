@@ -41,8 +41,13 @@ class Figures:
 
 def readiness(service: Service) -> tuple[int, str]:
     """The /readyz status code and body."""
+    return probe(service, "readyz")
+
+
+def probe(service: Service, path: str) -> tuple[int, str]:
+    """A probe's (/healthz, /readyz) status code and body; 0 and the error when it does not answer."""
     try:
-        with urllib.request.urlopen(service.probe_url + "/readyz", timeout=2) as reply:
+        with urllib.request.urlopen(f"{service.probe_url}/{path}", timeout=2) as reply:
             return int(reply.status), reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -162,3 +167,12 @@ def wait_for_transactions(bootstrap: str, timeout_s: float = 180) -> None:
         except KafkaException as exc:
             if not exc.args[0].retriable() or time.monotonic() > deadline:
                 raise
+
+
+def dump_stacks(services: list[Service]) -> None:
+    """For a drill that failed: every live service started with PYTHONFAULTHANDLER=1 writes the Python stacks of
+    all its threads into its log (SIGABRT; the process ends), so the report can say where it was stuck."""
+    for service in services:
+        if service.alive() and service.env.get("PYTHONFAULTHANDLER") and service.pid:
+            os.kill(service.pid, signal.SIGABRT)
+    time.sleep(2)

@@ -38,6 +38,8 @@ from tests.drill_tools import (
     Figures,
     assert_all_serving,
     busiest_broker,
+    dump_stacks,
+    probe,
     read_to_end,
     readiness,
     red_because,
@@ -350,7 +352,7 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         dep.prepare()
         wait_for_transactions(cluster.bootstrap_servers)
         names = ("sqs_bridge", "normalizer", "text_embedder", "vision_embedder", "index_updater")
-        services = start_services([dep.service(n) for n in names], timeout_s=240)
+        services = start_services([dep.service(n, PYTHONFAULTHANDLER="1") for n in names], timeout_s=240)
         victim = busiest_broker(cluster.bootstrap_servers, prefix)
         objects = {f"notes/{n:02d}.md": note(n) for n in range(30)} | {
             f"img/{n:02d}.png": red_circle_png() for n in range(10)
@@ -365,11 +367,16 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         killed = time.monotonic()
         uploader.join(120)
         oids = {f"{dep.bucket}/{k}" for k in objects}
-        all_in = wait_until(lambda: oids <= indexed(dep), 300, interval_s=2)
+        all_in = wait_until(lambda: oids <= indexed(dep), 240, interval_s=2)
         figures.values.update(killed_broker=victim, indexed_after_kill_s=round(time.monotonic() - killed, 1))
         dlq = dead_letters(dep)
         delivery_figures(figures, dep, oids, dlq)
         figures.sample_rss([(s.name, s.pid) for s in services])
+        if not all_in:  # what the probes said about the stalled pipeline, then where each process was
+            figures.values["probes_when_stalled"] = {
+                s.name: [probe(s, "healthz"), probe(s, "readyz")] for s in services
+            }
+            dump_stacks(services)
 
         assert dlq == [], "a broker failover dead-letters nothing"
         assert all_in, f"not indexed after the broker died: {sorted(oids - indexed(dep))}"
