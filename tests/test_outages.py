@@ -192,21 +192,24 @@ def test_milvus_down_longer_than_the_retry_budget_is_back_pressure(
 
 
 def _search_outcome(port: int, text: str) -> str:
-    """What a Search returns: full, partial (missing shards named) or the gRPC error code."""
+    """What a Search returns: full, partial (missing shards named), degraded, from the cache, or a gRPC error."""
     try:
         reply = search(port, text=text)
     except grpc.RpcError as exc:
         return f"error {exc.code().name}"
-    return f"partial, missing shards {list(reply.missing_shards)}" if reply.partial else "full"
+    how = [f"partial, missing shards {list(reply.missing_shards)}"] if reply.partial else ["full"]
+    how += [f"degraded={reply.degraded}"] if reply.degraded else []
+    return ", ".join(how + (["from cache"] if reply.from_cache else []))
 
 
 def _answers(port: int, text: str, oid: str) -> bool:
-    """A full (not partial) Search answer that ranks ``oid`` first."""
+    """A complete Search answer from the vector index (not partial, degraded or cached) that ranks ``oid`` first."""
     try:
         reply = search(port, text=text)
-    except Exception:  # noqa: BLE001 - not answering yet
+    except grpc.RpcError:
         return False
-    return not reply.partial and bool(reply.results) and reply.results[0].object_id == oid
+    fresh = not (reply.partial or reply.degraded or reply.from_cache)
+    return fresh and bool(reply.results) and reply.results[0].object_id == oid
 
 
 def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra: Endpoints, tmp_path: Path) -> None:
