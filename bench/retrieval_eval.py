@@ -26,6 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from consumers.retrieval_worker.keyword import KeywordShard
 from consumers.text_embedder.chunking import chunk_text
 from index_updater.fusion import plan_update
 from mmrag.clip import ClipEncoder
@@ -37,9 +40,11 @@ from mmrag.settings import SpaceSettings
 from mmrag.space import EmbeddingSpace, space_clip_encoder, space_from_settings
 from mmrag.text_encoder import MiniLMEncoder
 from mmrag.vector_index import VectorRow
-from query_service.fusion import Fusion, JointFusion, ModalityFusion, rrf
+from query_service.caches import EmbeddingCache
+from query_service.filters import Scope
+from query_service.fusion import Fusion, JointFusion, ModalityFusion, own_half, reciprocal_rank_fusion
 from query_service.query_encoder import QueryEncoder
-from query_service.search import outcome_of
+from query_service.search import ShardHit, list_requests, outcome_of
 
 DATA = Path(__file__).resolve().parent / "data" / "mixed_corpus"
 BUCKET = "eval"
@@ -95,7 +100,7 @@ class Models:
     query: QueryEncoder = field(init=False)
 
     def __post_init__(self) -> None:
-        self.query = QueryEncoder(self.space, self.minilm, self.clip)
+        self.query = QueryEncoder(self.space, self.minilm, self.clip, EmbeddingCache(1 << 14))
 
     @classmethod
     def load(cls, clip_dir: Path | None = None) -> Models:
@@ -127,39 +132,70 @@ def object_rows(corpus: Corpus, models: Models, shards: int) -> dict[str, list[V
     return rows
 
 
-def shard_indexes(
-    rows: dict[str, list[VectorRow]], oids: Sequence[str], space: EmbeddingSpace, shards: int
-) -> list[FaissIndex]:
-    """One exact index per shard holding the rows of ``oids`` (each object on its shard, as the updater places it)."""
+@dataclass(frozen=True)
+class Shard:
+    """One shard as a retrieval worker holds it: the exact vector index and the keyword index built from it."""
+
+    index: FaissIndex
+    keywords: KeywordShard
+
+
+def shards_of(rows: dict[str, list[VectorRow]], oids: Sequence[str], space: EmbeddingSpace, shards: int) -> list[Shard]:
+    """One exact index per shard holding the rows of ``oids`` (each object on its shard, as the updater places it),
+    with its keyword index."""
     indexes = [FaissIndex(space.dim) for _ in range(shards)]
     for oid in oids:
         indexes[shard_for(oid, shards)].upsert(rows[oid])
-    return indexes
+    made = [Shard(index, KeywordShard(index, k, refresh_s=0)) for k, index in enumerate(indexes)]
+    for shard in made:
+        shard.keywords.refresh()
+    return made
 
 
 Searcher = Callable[[Query], list[str]]
 
 
-def searcher(models: Models, indexes: list[FaissIndex], fusion: Fusion, top_k: int = K) -> Searcher:
-    """The Search API's ranking of objects for a query: the query service's lists and fusion, each shard answered
-    by the retrieval worker's search, without Kafka in between."""
+@dataclass(frozen=True)
+class Setup:
+    """A fusion as the query service runs it: the lists' fusion, and whether the keyword lists take part."""
+
+    fusion: Fusion
+    keyword: bool
+
+
+def searcher(models: Models, shards: list[Shard], setup: Setup, top_k: int = K) -> Searcher:
+    """The Search API's ranking of objects for a query: the query service's requests, merge and fusion, each shard
+    answered by the retrieval worker's search, without Kafka in between."""
     from consumers.retrieval_worker.handler import search_shard, to_hit
+
+    space = models.space
+
+    def answer(shard: Shard, k: int, request: SearchRequest) -> SearchReply:
+        hits = search_shard(shard.index, request, k, 100, shard.keywords)
+        return SearchReply(shard=k, space_id=space.id, hits=[to_hit(h) for h in hits])
 
     def search(query: Query) -> list[str]:
         vector = models.query.encode(query.text, query.image)
-        replies: dict[str, list[SearchReply]] = {}
-        for name, v in fusion.queries(vector).items():
-            request = SearchRequest(space_id=models.space.id, query_vector=v.tolist(), top_k=top_k)
-            replies[name] = [
-                SearchReply(
-                    shard=k, space_id=models.space.id, hits=[to_hit(h) for h in search_shard(i, request, k, 100)]
-                )
-                for k, i in enumerate(indexes)
-            ]
-        outcome = outcome_of(replies, fusion, top_k, raw_chunks=False, shards=len(indexes))
+        requests = list_requests(setup.fusion, vector, query.text, setup.keyword, top_k, space.id, Scope())
+        replies = {name: [answer(s, k, r) for k, s in enumerate(shards)] for name, r in requests.items()}
+        outcome = outcome_of(replies, setup.fusion, vector, top_k, raw_chunks=False, shards=len(shards))
         return [h.hit.object_id for h in outcome.hits]
 
     return search
+
+
+@dataclass(frozen=True)
+class RankFusion(ModalityFusion):
+    """The alternative measured against CLIP's verdict: the text and image lists fused by reciprocal rank."""
+
+    name: str = "rrf"
+
+    def fuse(
+        self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool, vector: np.ndarray
+    ) -> list[ShardHit]:
+        key: Callable[[ShardHit], str] = (lambda h: h.hit.object_id) if per_object else (lambda h: h.hit.vector_id)
+        own = [[h for h in hits if own_half(name, h.hit)] for name, hits in lists.items()]
+        return reciprocal_rank_fusion(own, key)[:top_k]
 
 
 @dataclass(frozen=True)
@@ -204,30 +240,35 @@ ANSWERED_BY = {
 
 
 def evaluate(
-    corpus: Corpus, models: Models, fusions: dict[str, Fusion], shards: int = 2
+    corpus: Corpus, models: Models, setups: dict[str, Setup], shards: int = 2
 ) -> dict[str, dict[str, dict[str, Score]]]:
-    """{fusion: {query kind: {index: Score}}} for every index a kind's answers can be in."""
+    """{setup: {query kind: {index: Score}}} for every index a kind's answers can be in."""
     rows = object_rows(corpus, models, shards)
     members = {
         "text-only": list(corpus.docs),
         "image-only": list(corpus.images),
         "mixed": [*corpus.docs, *corpus.images],
     }
-    indexes = {name: shard_indexes(rows, oids, models.space, shards) for name, oids in members.items()}
+    built = {name: shards_of(rows, oids, models.space, shards) for name, oids in members.items()}
     tables: dict[str, dict[str, dict[str, Score]]] = {}
-    for fusion_name, fusion in fusions.items():
-        table = tables.setdefault(fusion_name, {})
+    for setup_name, setup in setups.items():
+        table = tables.setdefault(setup_name, {})
         for kind in KINDS:
             queries = [q for q in corpus.queries if q.kind == kind]
-            table[kind] = {n: score(queries, searcher(models, indexes[n], fusion)) for n in ANSWERED_BY[kind]}
+            table[kind] = {n: score(queries, searcher(models, built[n], setup)) for n in ANSWERED_BY[kind]}
     return tables
 
 
-def candidate_fusions(space: EmbeddingSpace) -> dict[str, Fusion]:
-    """The fusions compared: the production ones and the alternatives measured against them."""
+def candidate_setups(models: Models) -> dict[str, Setup]:
+    """What is compared: the joint ranking (before), both lists by reciprocal rank, and CLIP's verdict (the query
+    service's default) without and with the keyword lists."""
+    space = models.space
+    verdict = ModalityFusion(space.text_dim, space.image_weight, models.query.clip_sentences)
     return {
-        "joint": JointFusion(),
-        "rrf": ModalityFusion(space.text_dim, rrf, "rrf"),
+        "joint": Setup(JointFusion(), keyword=False),
+        "rrf": Setup(RankFusion(space.text_dim, space.image_weight, models.query.clip_sentences), keyword=False),
+        "modality": Setup(verdict, keyword=False),
+        "modality+bm25": Setup(verdict, keyword=True),
     }
 
 
@@ -259,8 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the tables as JSON here")
     args = parser.parse_args(argv)
     models = Models.load(args.clip)
-    fusions = candidate_fusions(models.space)
-    chosen = {n: f for n, f in fusions.items() if args.fusion is None or n in args.fusion}
+    chosen = {n: f for n, f in candidate_setups(models).items() if args.fusion is None or n in args.fusion}
     tables = evaluate(load_corpus(), models, chosen, args.shards)
     print_table(tables)
     if args.json:

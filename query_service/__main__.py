@@ -16,6 +16,7 @@ from mmrag.text_encoder import MiniLMEncoder
 from query_service.ask import Asker, AskLimits
 from query_service.caches import EmbeddingCache, ResultCache
 from query_service.eval_log import EvalLog
+from query_service.fusion import JointFusion, ModalityFusion
 from query_service.generation import GenerationClient
 from query_service.llm_breaker import LlmBreaker, WorkerPresence
 from query_service.query_encoder import QueryEncoder
@@ -54,7 +55,12 @@ class QueryService:
         producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
         results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size)
         route = Route(producer, t.search_requests, t.search_replies, replies)
-        search = ShardedSearch(route, space.id, s.shards, cache=results, keyword=s.keyword_search)
+        fusion = (
+            ModalityFusion(space.text_dim, space.image_weight, encoder.clip_sentences)
+            if s.fusion == "modality"
+            else JointFusion()
+        )
+        search = ShardedSearch(route, space.id, s.shards, fusion, results, s.keyword_search)
         llm_route = Route(producer, t.llm_requests, t.llm_replies, replies)
         generation = GenerationClient(llm_route, s.llm_first_token_timeout_s, s.llm_stall_timeout_s)
         limits = AskLimits(

@@ -15,7 +15,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -79,6 +79,19 @@ class EmbeddingCache:
 
     def image(self, data: bytes, encode: Callable[[], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
         return self._get(digest(b"image", data), encode)
+
+    def sentences(self, sentences: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """Vectors of ``sentences`` (n, dim) in order; the ones not kept are encoded in one ``encode`` call."""
+        keys = [digest(b"sentence", s.encode()) for s in sentences]
+        found = {k: v for k in keys if (v := self._lru.get(k)) is not None}
+        missing = {k: s for k, s in zip(keys, sentences, strict=True) if k not in found}
+        CACHE_REQUESTS.labels("embedding", "hit").inc(len(keys) - len(missing))
+        CACHE_REQUESTS.labels("embedding", "miss").inc(len(missing))
+        if missing:
+            for k, v in zip(missing, encode(list(missing.values())), strict=True):
+                found[k] = (v,)
+                self._lru.put(k, found[k])
+        return np.stack([found[k][0] for k in keys])
 
     def _get(self, key: str, encode: Callable[[], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
         found = self._lru.get(key)

@@ -1,14 +1,19 @@
 """Modality fusion on the query side: which lists a query is ranked by, and how they become one answer.
 
-``JointFusion`` ranks by the joint vector alone (one request: the inner product is the weighted sum of the MiniLM
-and CLIP cosines, see mmrag.space). ``ModalityFusion`` ranks the same index twice, once by each half of the query
-(the other half zeroed: per-modality scores from the joint vectors, no schema change), and fuses the two lists;
-see docs/architecture.md "Embedding spaces and fusion" for the measurements behind the choice.
+``ModalityFusion`` (the default) ranks the index by each half of the query separately (the other half zeroed: the
+joint vectors give per-modality scores, no schema change): a text list (MiniLM, fused by RRF with the shards'
+keyword list when there is one) and an image list (CLIP). Which list leads is CLIP's own verdict, with no tuned
+constant: the query goes image-first when CLIP puts it closer to its best image than to any sentence of the best
+text results (CLIP's text-text similarities run far above its text-image ones, so ordinary text is always closer to
+other text; a description of a picture is closer to the picture). The other list follows. ``JointFusion`` ranks by
+the joint vector alone (the weighted sum of both cosines), as before; see docs/architecture.md "Embedding spaces
+and fusion" for the measurements behind the choice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,10 +24,10 @@ if TYPE_CHECKING:
     from query_service.search import ShardHit
 
 JOINT, TEXT, CLIP, KEYWORD = "joint", "text", "clip", "keyword"
-RRF_K = 60
-Ranked = list[
-    tuple[str, float]
-]  # (item, its score in one list), best first  # Cormack et al.'s constant: dampens the head of each list
+RRF_K = 60  # Cormack et al.'s constant: dampens the head of each list
+REFERENCE_ITEMS = 3  # the best text results whose sentences CLIP compares the query with
+REFERENCE_SENTENCES = 12  # per result: CLIP reads 77 tokens, whole chunks score low against anything
+_SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
 
 
 class Fusion(Protocol):
@@ -35,9 +40,11 @@ class Fusion(Protocol):
         """The query vectors to search with, by list name (at least one)."""
         ...
 
-    def fuse(self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool) -> list[ShardHit]:
-        """One answer from the merged lists (each best first), best first, at most ``top_k``; ``per_object``: the
-        lists hold one hit per object, and so does the answer."""
+    def fuse(
+        self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool, vector: np.ndarray
+    ) -> list[ShardHit]:
+        """One answer from the merged lists (each best first) of the query ``vector``, best first, at most
+        ``top_k``; ``per_object``: the lists hold one hit per object, and so does the answer."""
         ...
 
 
@@ -47,18 +54,21 @@ class JointFusion:
     def queries(self, vector: np.ndarray) -> dict[str, np.ndarray]:
         return {JOINT: vector}
 
-    def fuse(self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool) -> list[ShardHit]:
+    def fuse(
+        self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool, vector: np.ndarray
+    ) -> list[ShardHit]:
         """The joint list; the keyword list only when the joint one is missing (the vector index failed)."""
         return (lists.get(JOINT) or lists.get(KEYWORD) or [])[:top_k]
 
 
 @dataclass(frozen=True)
 class ModalityFusion:
-    """Per-modality lists fused by ``combine`` (a scoring of ranked lists, e.g. ``rrf``). ``text_dim`` is where the
-    MiniLM half of the joint layout ends. A query with one half empty searches that half only."""
+    """``text_dim``: where the MiniLM half of the joint layout ends; ``image_weight``: the CLIP half's weight (an
+    image list score is weight² x cosine); ``clip_texts``: unit CLIP text vectors of sentences (the caller caches)."""
 
     text_dim: int
-    combine: Callable[[dict[str, Ranked]], dict[str, float]]
+    image_weight: float
+    clip_texts: Callable[[Sequence[str]], np.ndarray]
     name: str = "modality"
 
     def queries(self, vector: np.ndarray) -> dict[str, np.ndarray]:
@@ -69,31 +79,66 @@ class ModalityFusion:
         found = {name: v for name, v in ((TEXT, text), (CLIP, clip)) if np.any(v)}
         return found or {TEXT: text}
 
-    def fuse(self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool) -> list[ShardHit]:
-        """Each list keeps only rows of its modality (a text-only row scores 0 on the CLIP half); the combined
-        score orders the answer. Items are objects (``per_object``) or chunks; an item in several lists is shown as
-        its first vector list's hit, and a hit's ``score`` stays a similarity: the sum of its vector lists' scores,
-        which is its inner product with the whole query (each list scores one half), as the joint ranking reports
-        it; an item only the keyword list found keeps its BM25 score."""
-        key = (lambda h: h.hit.object_id) if per_object else (lambda h: h.hit.vector_id)
-        own = {name: [h for h in hits if _own(name, h.hit)] for name, hits in lists.items()}
-        scores = self.combine({name: [(key(h), h.hit.score) for h in hits] for name, hits in own.items()})
-        shown: dict[str, ShardHit] = {}
+    def fuse(
+        self, lists: dict[str, list[ShardHit]], top_k: int, per_object: bool, vector: np.ndarray
+    ) -> list[ShardHit]:
+        """The leading list, then the other one, each item once (an image with OCR text is in both lists: it stays
+        where it comes first). A hit's ``score`` stays a similarity: the sum of its vector lists' scores, which is
+        its inner product with the whole query (each list scores one half), as the joint ranking reports it; an item
+        only the keyword list found keeps its BM25 score."""
+        key: Callable[[ShardHit], str] = (lambda h: h.hit.object_id) if per_object else (lambda h: h.hit.vector_id)
+        own = {name: [h for h in hits if own_half(name, h.hit)] for name, hits in lists.items()}
+        text_side = own.get(TEXT, [])
+        if KEYWORD in own:
+            text_side = reciprocal_rank_fusion([text_side, own[KEYWORD]], key)
+        images = own.get(CLIP, [])
+        ordered = [*images, *text_side] if self.image_first(images, text_side, vector) else [*text_side, *images]
         similarity: dict[str, float] = {}
-        for name, hits in sorted(own.items(), key=lambda item: item[0] == KEYWORD):  # vector lists first
+        for name, hits in own.items():
             for h in hits:
-                shown.setdefault(key(h), h)
                 if name != KEYWORD:
                     similarity[key(h)] = similarity.get(key(h), 0.0) + h.hit.score
-                else:
-                    similarity.setdefault(key(h), h.hit.score)  # found by keywords alone: its BM25 score
-        ranked = sorted(shown, key=lambda k: (-scores[k], k))[:top_k]
-        return [_scored(shown[k], similarity[k]) for k in ranked]
+        shown: dict[str, ShardHit] = {}
+        for h in ordered:
+            shown.setdefault(key(h), h)
+        return [_scored(h, similarity.get(k, h.hit.score)) for k, h in list(shown.items())[:top_k]]
+
+    def image_first(self, images: list[ShardHit], text_side: list[ShardHit], vector: np.ndarray) -> bool:
+        """CLIP's verdict: the query's best image beats every sentence of the best text results (both cosines)."""
+        if not images or not text_side:
+            return bool(images)
+        query = _unit(np.asarray(vector, dtype=np.float32)[self.text_dim :])
+        sentences = [s for h in text_side[:REFERENCE_ITEMS] for s in _sentences(h.hit.text)]
+        if query is None or not sentences:
+            return False
+        best_image = max(h.hit.score for h in images) / self.image_weight**2
+        best_text = float(np.max(self.clip_texts(sentences) @ query))
+        return best_image > best_text
 
 
-def _own(name: str, hit: SearchHit) -> bool:
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text) if s.strip()][:REFERENCE_SENTENCES]
+
+
+def _unit(v: np.ndarray) -> np.ndarray | None:
+    norm = float(np.linalg.norm(v))
+    return None if norm == 0.0 else v / norm
+
+
+def own_half(name: str, hit: SearchHit) -> bool:
     """Whether a list ranks ``hit`` by a half it has: the CLIP list images, the others rows with text."""
     return hit.has_image if name == CLIP else hit.has_text
+
+
+def reciprocal_rank_fusion(lists: list[list[ShardHit]], key: Callable[[ShardHit], str]) -> list[ShardHit]:
+    """Reciprocal rank fusion: an item's score is the sum over lists of 1 / (RRF_K + rank); shown as its first hit."""
+    scores: dict[str, float] = {}
+    first: dict[str, ShardHit] = {}
+    for hits in lists:
+        for rank, h in enumerate(hits, start=1):
+            scores[key(h)] = scores.get(key(h), 0.0) + 1.0 / (RRF_K + rank)
+            first.setdefault(key(h), h)
+    return [first[k] for k in sorted(scores, key=lambda k: (-scores[k], k))]
 
 
 def _scored(h: ShardHit, score: float) -> ShardHit:
@@ -101,12 +146,3 @@ def _scored(h: ShardHit, score: float) -> ShardHit:
     hit.CopyFrom(h.hit)
     hit.score = score
     return replace(h, hit=hit)
-
-
-def rrf(lists: dict[str, Ranked], k: int = RRF_K) -> dict[str, float]:
-    """Reciprocal rank fusion of ranked item lists: an item's score is the sum over lists of 1 / (k + rank)."""
-    scores: dict[str, float] = {}
-    for ranked in lists.values():
-        for rank, (item, _) in enumerate(ranked, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
-    return scores

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mmrag.clip import ClipEncoder
@@ -43,6 +45,15 @@ class QueryEncoder:
         if image:
             clip_parts.append(self._cached_image(image))
         return self.space.fuse(minilm, np.sum(clip_parts, axis=0))
+
+    def clip_sentences(self, sentences: Sequence[str]) -> np.ndarray:
+        """Unit CLIP text vectors of ``sentences`` (n, dim); with a cache each sentence is encoded once."""
+
+        def encode(texts: list[str]) -> np.ndarray:
+            vectors = np.asarray(self.clip.encode_texts(texts), dtype=np.float32)
+            return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+        return encode(list(sentences)) if self.cache is None else self.cache.sentences(sentences, encode)
 
     def _cached_text(self, text: str) -> tuple[np.ndarray, ...]:
         def encode() -> tuple[np.ndarray, ...]:

@@ -91,7 +91,12 @@ def list_requests(
 
 
 def outcome_of(
-    replies: dict[str, list[SearchReply]], fusion: Fusion, top_k: int, raw_chunks: bool, shards: int
+    replies: dict[str, list[SearchReply]],
+    fusion: Fusion,
+    vector: np.ndarray,
+    top_k: int,
+    raw_chunks: bool,
+    shards: int,
 ) -> SearchOutcome:
     """The answer from each list's shard replies: lists merged over the shards, then fused. A shard answered when
     it answered every vector list without an error, or the keyword list: when some shard answered only that (its
@@ -103,7 +108,7 @@ def outcome_of(
     keyword_only = ok.get(KEYWORD, set()) - vector_ok
     lists = {name: merge_replies(got, top_k, raw_chunks) for name, got in good.items()}
     return SearchOutcome(
-        hits=fusion.fuse(lists, top_k, per_object=not raw_chunks),
+        hits=fusion.fuse(lists, top_k, not raw_chunks, vector),
         missing_shards=sorted(set(range(shards)) - vector_ok - keyword_only),
         errors=sorted({f"shard {r.shard}: {r.error}" for got in replies.values() for r in got if r.error}),
         degraded=KEYWORD if keyword_only else "",
@@ -155,7 +160,7 @@ class ShardedSearch:
         start = time.monotonic()
         requests = list_requests(self.fusion, vector, query_text, self.keyword, top_k, self.space_id, scope)
         replies = self._gather(requests, start + timeout_s)
-        outcome = outcome_of(replies, self.fusion, top_k, scope.raw_chunks, self.shards)
+        outcome = outcome_of(replies, self.fusion, vector, top_k, scope.raw_chunks, self.shards)
         SEARCH_SECONDS.observe(time.monotonic() - start)
         if outcome.partial:
             PARTIAL.inc()

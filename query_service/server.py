@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,6 +36,11 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     default_top_k: int = Field(default=10, description="hits when a query asks for 0")
     max_top_k: int = Field(default=100, description="largest top_k a query may ask for")
     grpc_workers: int = Field(default=8, description="gRPC server threads (concurrent calls)")
+    fusion: Literal["modality", "joint"] = Field(
+        default="modality",
+        description="modality: a text list and an image list, the one CLIP puts the query closer to first; joint: "
+        "one list by the joint vector's weighted cosines (images crowd text answers with a badly calibrated CLIP)",
+    )
     keyword_search: bool = Field(
         default=True,
         description="also ask the shards' keyword (BM25) indexes: hybrid ranking, and the answer when the vector "

@@ -61,9 +61,10 @@ def describe_image(hit: SearchHit) -> str:
 
 
 def select_sources(hits: Sequence[ShardHit], max_sources: int, chunks_per_source: int) -> list[Source]:
-    """Groups hits by object (best object first), keeps each object's best distinct chunks in reading order."""
+    """Groups hits by object in the search's order (best first: the fusion's, not necessarily by score), keeps each
+    object's best distinct chunks in reading order."""
     by_object: dict[str, list[SearchHit]] = {}
-    for shard_hit in sorted(hits, key=lambda h: -h.hit.score):
+    for shard_hit in hits:
         chunks = by_object.setdefault(shard_hit.hit.object_id, [])
         if len(chunks) < chunks_per_source and all(c.text != shard_hit.hit.text for c in chunks):
             chunks.append(shard_hit.hit)

@@ -120,10 +120,10 @@ def reply(shard: int, *oids: str, error: str = "") -> SearchReply:
 
 def test_an_answer_from_keyword_indexes_alone_is_degraded() -> None:
     fine = {"joint": [reply(0, "b/a"), reply(1, "b/b")], "keyword": [reply(0, "b/k"), reply(1)]}
-    outcome = outcome_of(fine, JointFusion(), 5, raw_chunks=False, shards=2)
+    outcome = outcome_of(fine, JointFusion(), np.zeros(2), 5, raw_chunks=False, shards=2)
     assert (outcome.degraded, outcome.missing_shards) == ("", [])
     assert [h.hit.object_id for h in outcome.hits] == ["b/a", "b/b"]
     down = {"joint": [reply(0, error="milvus down"), reply(1, error="milvus down")], "keyword": [reply(0, "b/k")]}
-    outcome = outcome_of(down, JointFusion(), 5, raw_chunks=False, shards=2)
+    outcome = outcome_of(down, JointFusion(), np.zeros(2), 5, raw_chunks=False, shards=2)
     assert (outcome.degraded, outcome.missing_shards) == ("keyword", [1])
     assert [h.hit.object_id for h in outcome.hits] == ["b/k"]
