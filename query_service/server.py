@@ -41,6 +41,12 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
         description="modality: a text list and an image list, the one CLIP puts the query closer to first; joint: "
         "one list by the joint vector's weighted cosines (images crowd text answers with a badly calibrated CLIP)",
     )
+    max_query_image_bytes: int = Field(
+        default=16 << 20,
+        ge=1,
+        description="largest image a Search takes; gRPC takes 1 MiB more per request so a larger one is answered "
+        "INVALID_ARGUMENT naming this limit (gRPC's own 4 MiB default refused before the service could say why)",
+    )
     keyword_search: bool = Field(
         default=True,
         description="also ask the shards' keyword (BM25) indexes: hybrid ranking, and the answer when the vector "
@@ -89,6 +95,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         top_k = request.top_k or self.settings.default_top_k
         if not 0 < top_k <= self.settings.max_top_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 1..{self.settings.max_top_k}")
+        if len(request.image) > self.settings.max_query_image_bytes:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"image: {len(request.image)} bytes, over the limit of {self.settings.max_query_image_bytes} "
+                "(MMRAG_MAX_QUERY_IMAGE_BYTES); send a smaller image (a 224 px model needs no more)",
+            )
         try:
             scope = scope_of(request.filter, request.raw_chunks)
         except FilterError as exc:
@@ -159,9 +171,11 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 def serve(settings: QueryServiceSettings, servicer: QueryServicer, probes: Probes, stop: threading.Event) -> None:
     """Serves until ``stop``; gRPC health turns SERVING with readiness, reflection lets grpcurl discover it."""
     # No SO_REUSEPORT: by default gRPC shares a taken port silently, and a second server would take half the calls.
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.grpc_workers), options=[("grpc.so_reuseport", 0)]
-    )
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_query_image_bytes + (1 << 20)),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.grpc_workers), options=options)
     query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,7 +1,8 @@
 """Search on the real stack (S3 -> SQS -> Kafka -> embedders -> updater -> Milvus -> retrieval workers -> gRPC):
 results per object by default and chunks on request; filters by bucket, key prefix, modality, content type,
 event time and object ids on text and image queries; an invalid filter is INVALID_ARGUMENT naming its field; with
-the retrieval workers gone, a query answered before gets its cached answer (from_cache) and a new one is partial."""
+the retrieval workers gone, a query answered before gets its cached answer (from_cache) and a new one is partial;
+a 5 MB image query is answered and one over MMRAG_MAX_QUERY_IMAGE_BYTES is INVALID_ARGUMENT naming the limit."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -134,6 +136,17 @@ def test_results_per_object_and_filters_on_text_and_image_queries(deployment: An
     with pytest.raises(grpc.RpcError) as refused:
         client.search(question, event_time_from_ms=5, event_time_to_ms=5)
     assert "filter.event_time_to_ms" in (refused.value.details() or "")
+
+    # Image queries over gRPC's 4 MiB default are taken; over the service's own limit they are refused by name.
+    noise = Image.frombytes("RGB", (1400, 1200), np.random.default_rng(0).integers(0, 256, 1400 * 1200 * 3, np.uint8))
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG")
+    assert len(buf.getvalue()) > 5_000_000
+    assert client.search(image=buf.getvalue(), top_k=3)  # a 5 MB image query answers
+    with pytest.raises(grpc.RpcError) as refused:
+        client.search(image=b"\x89PNG" + bytes(16 << 20))  # over the 16 MiB limit, within what gRPC takes
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "MMRAG_MAX_QUERY_IMAGE_BYTES" in (refused.value.details() or "")
 
     # Retrieval stops answering: the same query gets its last complete answer, flagged; a new one is partial.
     before = client.reply(question, top_k=50)

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 
-from mmrag.errors import RetryableError
+from mmrag.errors import PermanentError, RetryableError
 from mmrag.keyword_index import KeywordIndex
 from mmrag.vector_index import Hit, IndexSearcher, SearchFilter
 
@@ -44,7 +44,7 @@ class KeywordShard:
         started = time.monotonic()
         try:
             rows = list(self.index.shard_rows(self.shard))
-        except RetryableError as exc:
+        except (RetryableError, PermanentError) as exc:
             self.last_error = str(exc)
             log.warning("keyword index of shard %d not refreshed, the last build answers: %s", self.shard, exc)
             return False
