@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.retrieval_eval import BUCKET, DATA, Corpus, Models, Query, object_rows, shard_indexes
+from bench.retrieval_eval import BUCKET, DATA, Corpus, Models, Query, object_rows, shards_of
 from mmrag.faiss_index import FaissIndex
 from mmrag.pb.events_pb2 import SearchReply, SearchRequest
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clip = write_random_clip(Path(tempfile.mkdtemp()) / "clip-random", seed=0) if not argv else Path(argv[0])
     models = Models.load(clip)
     rows = object_rows(Corpus(docs, {}, []), models, 2)
-    indexes = shard_indexes(rows, list(docs), models.space, 2)
+    indexes = [s.index for s in shards_of(rows, list(docs), models.space, 2)]
     on = sorted(best_score(models, indexes, q.text) for q in answered)
     off = sorted(best_score(models, indexes, t) for t in OFF_TOPIC)
     print(f"answered ({len(on)}): min {on[0]:.3f} p10 {on[len(on) // 10]:.3f} median {on[len(on) // 2]:.3f}")
