@@ -67,20 +67,22 @@ class SearchResult(_message.Message):
     def __init__(self, object_id: _Optional[str] = ..., vector_id: _Optional[str] = ..., version: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., chunk_index: _Optional[int] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., shard: _Optional[int] = ..., has_text: _Optional[bool] = ..., has_image: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "partial", "missing_shards", "space_id", "from_cache", "degraded")
+    __slots__ = ("results", "partial", "missing_shards", "space_id", "from_cache", "degraded", "space_name")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    SPACE_NAME_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     partial: bool
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
     space_id: str
     from_cache: bool
     degraded: str
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ..., from_cache: _Optional[bool] = ..., degraded: _Optional[str] = ...) -> None: ...
+    space_name: str
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ..., from_cache: _Optional[bool] = ..., degraded: _Optional[str] = ..., space_name: _Optional[str] = ...) -> None: ...
 
 class AskRequest(_message.Message):
     __slots__ = ("question", "top_k", "max_tokens", "filter")
@@ -129,20 +131,22 @@ class AskSource(_message.Message):
     def __init__(self, number: _Optional[int] = ..., object_id: _Optional[str] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ..., modality: _Optional[str] = ..., version: _Optional[str] = ..., page: _Optional[int] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., chunk_index: _Optional[int] = ...) -> None: ...
 
 class AskSources(_message.Message):
-    __slots__ = ("sources", "partial", "missing_shards", "space_id", "from_cache", "degraded")
+    __slots__ = ("sources", "partial", "missing_shards", "space_id", "from_cache", "degraded", "space_name")
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    SPACE_NAME_FIELD_NUMBER: _ClassVar[int]
     sources: _containers.RepeatedCompositeFieldContainer[AskSource]
     partial: bool
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
     space_id: str
     from_cache: bool
     degraded: str
-    def __init__(self, sources: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ..., from_cache: _Optional[bool] = ..., degraded: _Optional[str] = ...) -> None: ...
+    space_name: str
+    def __init__(self, sources: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ..., from_cache: _Optional[bool] = ..., degraded: _Optional[str] = ..., space_name: _Optional[str] = ...) -> None: ...
 
 class AskDelta(_message.Message):
     __slots__ = ("text",)
