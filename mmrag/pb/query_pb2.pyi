@@ -165,7 +165,7 @@ class AskTimings(_message.Message):
     def __init__(self, retrieve_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class AskFinal(_message.Message):
-    __slots__ = ("answer", "citations", "timings", "is_degraded", "degraded_reason", "model", "finish_reason", "prompt_tokens", "completion_tokens", "citations_inferred")
+    __slots__ = ("answer", "citations", "timings", "is_degraded", "degraded_reason", "model", "finish_reason", "prompt_tokens", "completion_tokens", "citations_inferred", "from_cache")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class AskFinal(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_INFERRED_FIELD_NUMBER: _ClassVar[int]
+    FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[AskSource]
     timings: AskTimings
@@ -186,7 +187,8 @@ class AskFinal(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     citations_inferred: bool
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., timings: _Optional[_Union[AskTimings, _Mapping]] = ..., is_degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., citations_inferred: _Optional[bool] = ...) -> None: ...
+    from_cache: bool
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., timings: _Optional[_Union[AskTimings, _Mapping]] = ..., is_degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., model: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., citations_inferred: _Optional[bool] = ..., from_cache: _Optional[bool] = ...) -> None: ...
 
 class ObjectStatusRequest(_message.Message):
     __slots__ = ("object_id",)
