@@ -9,7 +9,9 @@ make them durable, and commit what was consumed, with one rule for what an error
   aborted, nothing was committed, and the caller rewinds or re-offers the batch later (back-pressure, never DLQ).
 
 Commit retries are bounded by ``commit_deadline_s``, which the settings keep below both the transaction timeout and
-max.poll.interval.ms, so a slow commit never gets the consumer thrown out of its group.
+max.poll.interval.ms, so a slow commit never gets the consumer thrown out of its group. Every transactional call runs
+under a ``CallWatchdog``: one that blocks past its own timeout (a coordinator failover can hang librdkafka there)
+ends the process, whose restart fences this incarnation (mmrag/watchdog.py).
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from mmrag.kafka_clients import encode_headers
 from mmrag.messages import Output, output_headers, serialize
+from mmrag.watchdog import CallWatchdog, exit_stuck
 
 log = logging.getLogger(__name__)
+
+INIT_TIMEOUT_S = 30.0  # one init_transactions call
+INIT_GIVE_UP_S = 180.0  # retries of init_transactions while the transaction coordinator moves
 
 # Per-record refusals: the broker or the client will refuse this record however often it is sent.
 RECORD_ERRORS = frozenset(
@@ -93,11 +99,40 @@ class _Reports:
 class Delivery:
     """Delivers batches through one producer, transactional or not (see the module docstring for the rules)."""
 
-    def __init__(self, producer: Any, *, transactional: bool, stage: str, commit_deadline_s: float) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        *,
+        transactional: bool,
+        stage: str,
+        commit_deadline_s: float,
+        mark_dead: Callable[[str], None] | None = None,
+        on_overrun: Callable[[str], None] = exit_stuck,
+    ) -> None:
         self.producer = producer
         self.transactional = transactional
         self.stage = stage
         self.commit_deadline_s = commit_deadline_s
+        self.watchdog = CallWatchdog(stage, on_overrun, mark_dead)
+
+    def start_transactions(self, give_up_s: float = INIT_GIVE_UP_S) -> None:
+        """init_transactions (transactional producers only): fences a previous incarnation of the same
+        transactional.id and aborts what it left open. Retried while Kafka says it may succeed (a coordinator moving
+        after a broker failure answers NOT_COORDINATOR or times out for a while), up to ``give_up_s``."""
+        if not self.transactional:
+            return
+        deadline = time.monotonic() + give_up_s
+        while True:
+            try:
+                with self.watchdog.guard("init_transactions", INIT_TIMEOUT_S):
+                    self.producer.init_transactions(INIT_TIMEOUT_S)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.fatal() or not err.retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("%s: init_transactions not done yet (%s); retrying", self.stage, err)
+                time.sleep(1.0)
 
     def deliver(
         self,
@@ -122,7 +157,8 @@ class Delivery:
             if before_commit is not None:
                 before_commit()
             if offsets:
-                self.producer.send_offsets_to_transaction(list(offsets), group_metadata, self.commit_deadline_s)
+                with self.watchdog.guard("send_offsets_to_transaction", self.commit_deadline_s):
+                    self.producer.send_offsets_to_transaction(list(offsets), group_metadata, self.commit_deadline_s)
             self._commit()
         except (NotDeliveredError, RejectedOutputsError, KafkaException) as exc:
             self._abort(exc)
@@ -130,17 +166,21 @@ class Delivery:
                 raise NotDeliveredError(f"transaction aborted: {exc.args[0]}") from exc
             raise
 
+    def _flush(self) -> int:
+        with self.watchdog.guard("flush", self.commit_deadline_s):
+            return int(self.producer.flush(self.commit_deadline_s))
+
     def _produce_and_flush(self, outputs: Sequence[Encoded], alone: Collection[int]) -> None:
         reports = _Reports()
         for index, out in enumerate(outputs):
             if index in alone:
-                self.producer.flush(self.commit_deadline_s)
+                self._flush()
             self._produce(out, reports.callback(index))
             if index in alone:
-                self.producer.flush(self.commit_deadline_s)
+                self._flush()
                 if reports.failures:
                     break  # a transaction takes no more records after a failure: report this one
-        left = self.producer.flush(self.commit_deadline_s)
+        left = self._flush()
         refused = {i: err.str() for i, err in reports.failures.items() if err.code() in RECORD_ERRORS}
         if refused:
             raise RejectedOutputsError(refused)
@@ -171,7 +211,8 @@ class Delivery:
         while True:
             left = deadline - time.monotonic()
             try:
-                self.producer.commit_transaction(max(1.0, left))
+                with self.watchdog.guard("commit_transaction", max(1.0, left)):
+                    self.producer.commit_transaction(max(1.0, left))
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
@@ -186,7 +227,8 @@ class Delivery:
             raise cause
         log.warning("%s: aborting the transaction (%s)", self.stage, cause)
         try:
-            self.producer.abort_transaction(self.commit_deadline_s)
+            with self.watchdog.guard("abort_transaction", self.commit_deadline_s):
+                self.producer.abort_transaction(self.commit_deadline_s)
         except KafkaException as exc:
             if exc.args[0].fatal():
                 raise

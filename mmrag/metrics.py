@@ -11,6 +11,11 @@ FAILED = Counter("mmrag_messages_failed_total", "Message failures by error class
 DLQ = Counter("mmrag_dlq_total", "Messages a stage sent to the DLQ", ["stage"])
 RETRIES = Counter("mmrag_retries_total", "Batch retries after a retryable error", ["stage"])
 OUTAGES = Counter("mmrag_backoffs_total", "Batches rewound because a dependency was down (back-pressure)", ["stage"])
+STUCK_CALLS = Counter(
+    "mmrag_stuck_calls_total",
+    "Kafka client calls that blocked past their limit (the process restarts)",
+    ["stage", "call"],
+)
 BACKPRESSURE = Gauge("mmrag_backpressure", "1 while the stage backs off from a broken dependency", ["stage"])
 BATCH_SIZE = Histogram(
     "mmrag_batch_size", "Messages per processed batch", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)

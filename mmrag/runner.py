@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +24,7 @@ from opentelemetry import trace
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from mmrag import metrics
+from mmrag.backpressure import Backpressure
 from mmrag.delivery import Delivery, Encoded, NotDeliveredError, RejectedOutputsError, encode
 from mmrag.dlq import Origin, dead_letter
 from mmrag.errors import PermanentError, RetryableError
@@ -143,7 +143,7 @@ class StageRunner(Generic[T]):
         self.tracer = setup_tracing(self.stage)
         self.consumer_overrides = dict(consumer_overrides or {})
         self.producer_overrides = dict(producer_overrides or {})
-        self.outages = 0  # consecutive batches that met a broken dependency
+        self.backpressure = Backpressure(self.stage, settings, self.probes)
         self._suspects: set[tuple[str, int, int]] = set()  # inputs whose output Kafka refused in a shared request
         self._consumer: Any = None
         self._producer: Any = None
@@ -162,12 +162,14 @@ class StageRunner(Generic[T]):
         if txn_id:
             producer_extra["transaction.timeout.ms"] = s.transaction_timeout_ms
         self._producer = make_producer(s.bootstrap_servers, txn_id, **producer_extra)
-        if self.transactional:
-            # Fences a previous incarnation with the same id and aborts whatever it left open.
-            self._producer.init_transactions(30)
         self._delivery = Delivery(
-            self._producer, transactional=self.transactional, stage=self.stage, commit_deadline_s=s.commit_deadline_s
+            self._producer,
+            transactional=self.transactional,
+            stage=self.stage,
+            commit_deadline_s=s.commit_deadline_s,
+            mark_dead=self.probes.set_dead,
         )
+        self._delivery.start_transactions()  # fences a previous incarnation, aborts what it left open
         keeper = self._keeper = PollKeeper(self._consumer, self.stage)
         restore = callable(getattr(self.handler, "on_assign", None))
         self._consumer.subscribe(
@@ -225,7 +227,7 @@ class StageRunner(Generic[T]):
         except (OutageError, NotDeliveredError) as exc:
             self._back_off(batch, exc)
             return 0
-        self._recovered()
+        self.backpressure.recovered()
         self._record(batch)
         return len(batch.items)
 
@@ -425,21 +427,10 @@ class StageRunner(Generic[T]):
         self._hook("on_abort")
         self._rewind(batch)
         self._end_spans(batch, f"backed off: {cause}")
-        self.outages += 1
-        s = self.settings
-        delay = random.uniform(0.5, 1.0) * min(s.backoff_max_s, s.retry_initial_s * 2 ** min(self.outages, 20))
-        metrics.BACKPRESSURE.labels(self.stage).set(1)
-        metrics.OUTAGES.labels(self.stage).inc()
-        self.probes.set_ready(False, f"dependency unavailable, backing off ({self.outages}x): {cause}")
-        log.warning("%s: %s; batch rewound, retrying in %.1fs (outage %d)", self.stage, cause, delay, self.outages)
+        delay = self.backpressure.enter(cause)
+        outages = self.backpressure.outages
+        log.warning("%s: %s; batch rewound, retrying in %.1fs (outage %d)", self.stage, cause, delay, outages)
         self.keeper.wait(delay)
-
-    def _recovered(self) -> None:
-        if self.outages:
-            log.info("%s: dependency back after %d back-off(s); ready again", self.stage, self.outages)
-            self.outages = 0
-            metrics.BACKPRESSURE.labels(self.stage).set(0)
-            self.probes.set_ready(True)
 
     def _rewind(self, batch: _Batch) -> None:
         for tp in batch.first_offsets():

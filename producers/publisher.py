@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from mmrag import metrics
+from mmrag.backpressure import Backpressure
 from mmrag.delivery import Delivery, NotDeliveredError, RejectedOutputsError, encode
 from mmrag.dlq import Origin, dead_letter
 from mmrag.errors import PermanentError, RetryableError
@@ -48,8 +48,8 @@ class ChangePublisher:
         self.probes = probes or Probes(stage)
         self.transactional_id = transactional_id
         self.tracer = setup_tracing(stage)
+        self.backpressure = Backpressure(stage, settings, self.probes)
         self.batches = 0
-        self.outages = 0  # consecutive receives that met an unreachable source
         self._stop = threading.Event()  # run()'s: a back-off ends early when the service stops
         self._producer: Any = None
         self._delivery: Delivery | None = None
@@ -61,14 +61,14 @@ class ChangePublisher:
         if self.transactional_id:
             extra["transaction.timeout.ms"] = s.transaction_timeout_ms
         self._producer = make_producer(s.bootstrap_servers, self.transactional_id, **extra)
-        if self.transactional_id:
-            self._producer.init_transactions(30)
         self._delivery = Delivery(
             self._producer,
             transactional=bool(self.transactional_id),
             stage=self.stage,
             commit_deadline_s=s.commit_deadline_s,
+            mark_dead=self.probes.set_dead,
         )
+        self._delivery.start_transactions()
         self.source.start()
         self.probes.set_ready(True)
 
@@ -92,7 +92,7 @@ class ChangePublisher:
         except RetryableError as exc:
             self._back_off(exc)
             return 0
-        self._recovered()
+        self.backpressure.recovered()
         if batch is None:
             return None
         if not batch.notifications:
@@ -109,21 +109,9 @@ class ChangePublisher:
         return len(batch.notifications)
 
     def _back_off(self, cause: RetryableError) -> None:
-        self.outages += 1
-        s = self.settings
-        delay = random.uniform(0.5, 1.0) * min(s.backoff_max_s, s.retry_initial_s * 2 ** min(self.outages, 20))
-        metrics.BACKPRESSURE.labels(self.stage).set(1)
-        metrics.OUTAGES.labels(self.stage).inc()
-        self.probes.set_ready(False, f"dependency unavailable, backing off ({self.outages}x): {cause}")
-        log.warning("%s: %s; retrying in %.1fs (outage %d)", self.stage, cause, delay, self.outages)
+        delay = self.backpressure.enter(cause)
+        log.warning("%s: %s; retrying in %.1fs (outage %d)", self.stage, cause, delay, self.backpressure.outages)
         self._stop.wait(delay)
-
-    def _recovered(self) -> None:
-        if self.outages:
-            log.info("%s: source back after %d back-off(s); ready again", self.stage, self.outages)
-            self.outages = 0
-            metrics.BACKPRESSURE.labels(self.stage).set(0)
-            self.probes.set_ready(True)
 
     def _outputs(self, batch: SourceBatch) -> tuple[list[Output], list[str | None]]:
         """Records for every notification of the batch, and per notification the problem that refused it (or None)."""
