@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_stack.processes import alive_pid, free_port
-from local_stack.stack import Deployment, start_infra, stop_infra, stop_services
+from local_stack.stack import Deployment, IndexBackend, start_infra, stop_infra, stop_services
 from local_stack.stack_status import ProcessStatus, stack_status
 from local_stack.state import STACK_FILE, ServiceRecord, StackRecord, stack_lock
 from local_stack.supervisor import start_supervisor, stop_supervisor, supervisor_pid
@@ -37,6 +37,7 @@ class StackOptions:
     kafka_port: int | None = None
     s3_port: int | None = None
     milvus_port: int | None = None
+    index_backend: IndexBackend = "milvus"  # the updater's MMRAG_INDEX_BACKEND; chooses the shards' workers too
 
 
 def running_processes(state_dir: Path) -> list[str]:
@@ -74,6 +75,7 @@ def stack_up(state_dir: Path, options: StackOptions, ready_timeout_s: float = 30
             bucket=options.bucket,
             shards=options.shards,
             grpc_port=grpc_port,
+            index_backend=options.index_backend,
         )
         dep.prepare()
         services = [s for s in dep.all_services() if _selected(s.name, options.services)]

@@ -7,6 +7,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from local_stack import kafka_broker
 from local_stack.milvus import start_milvus_lite, stop_milvus_lite
@@ -20,6 +21,14 @@ from operator_cli.deployables import SERVICE_MODULES
 
 log = logging.getLogger(__name__)
 ENDPOINTS_FILE = "endpoints.json"
+IndexBackend = Literal["milvus", "faiss", "both"]
+# Which retrieval workers serve each shard: Milvus workers search the collection, Faiss workers their shard of
+# vectors.v1. With `both` each shard gets one of each; both kinds join retrieval-shard-<k> and answer alike.
+SHARD_WORKERS: dict[str, tuple[str, ...]] = {
+    "milvus": ("retrieval_worker",),
+    "faiss": ("faiss_worker",),
+    "both": ("retrieval_worker", "faiss_worker"),
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class Deployment:
     shards: int = 2
     grpc_port: int = 50051
     queue_url: str = ""
+    index_backend: IndexBackend = "milvus"
 
     def prepare(self) -> None:
         """Creates the topics, the bucket and its notification queue (idempotent)."""
@@ -113,6 +123,7 @@ class Deployment:
             "MMRAG_SQS_QUEUE_URL": self.queue_url,
             "MMRAG_GRPC_PORT": str(self.grpc_port),
             "MMRAG_STATE_DIR": str(self.state_dir),
+            "MMRAG_INDEX_BACKEND": self.index_backend,
         }
 
     def service(self, name: str, instance: str = "0", **extra: str) -> Service:
@@ -131,9 +142,15 @@ class Deployment:
             "query_service",
             "llm_worker",
         ]
-        services = [self.service(n) for n in names]
-        services += [self.service("retrieval_worker", str(k), MMRAG_SHARD=str(k)) for k in range(self.shards)]
-        return services
+        return [self.service(n) for n in names] + self.shard_workers()
+
+    def shard_workers(self, **extra: str) -> list[Service]:
+        """One retrieval worker per shard of each kind ``index_backend`` serves from (see SHARD_WORKERS)."""
+        return [
+            self.service(kind, str(k), MMRAG_SHARD=str(k), **extra)
+            for kind in SHARD_WORKERS[self.index_backend]
+            for k in range(self.shards)
+        ]
 
 
 def start_services(services: list[Service], timeout_s: float = 180) -> list[Service]:

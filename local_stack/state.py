@@ -89,6 +89,7 @@ class StackRecord:
             shards=int(env["MMRAG_SHARDS"]),
             grpc_port=int(env["MMRAG_GRPC_PORT"]),
             queue_url=env["MMRAG_SQS_QUEUE_URL"],
+            index_backend=env.get("MMRAG_INDEX_BACKEND", "milvus"),  # type: ignore[arg-type]
         )
 
     def client_env(self) -> dict[str, str]:
@@ -103,6 +104,7 @@ class StackRecord:
             "MMRAG_COLLECTION_PREFIX",
             "MMRAG_SHARDS",
             "MMRAG_CLIP_MODEL_DIR",
+            "MMRAG_INDEX_BACKEND",
         )
         env = {key: self.settings[key] for key in keys if key in self.settings}
         env["MMRAG_BUCKET"] = self.bucket

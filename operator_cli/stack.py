@@ -42,6 +42,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--clip-model-dir", type=Path, default=default_clip_model_dir())
     up.add_argument("--bucket", default="mmrag-demo", help="bucket created and connected to the queue")
     up.add_argument("--topic-prefix", default="")
+    up.add_argument(
+        "--index-backend",
+        choices=("milvus", "faiss", "both"),
+        default=os.environ.get("MMRAG_INDEX_BACKEND") or "milvus",
+        help="what the updater writes and which workers serve each shard (Milvus, Faiss or one of each); "
+        "default: $MMRAG_INDEX_BACKEND, else milvus",
+    )
     up.add_argument("--services", default="", help="comma-separated subset (e.g. sqs_bridge,normalizer)")
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service to be ready")
     for flag, default_env in (("grpc", "MMRAG_GRPC_PORT"), ("kafka", None), ("s3", None), ("milvus", None)):
@@ -72,6 +79,7 @@ def _up(args: argparse.Namespace) -> int:
         kafka_port=args.kafka_port,
         s3_port=args.s3_port,
         milvus_port=args.milvus_port,
+        index_backend=args.index_backend,
     )
     if not (options.clip_model_dir / "config.json").exists():
         print(
