@@ -32,6 +32,7 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("dlq", partitions=1),
     TopicSpec("backfill-checkpoints", compacted=True, partitions=1),
     TopicSpec("eval-log"),  # one JSON record per Ask (evaluation + audit), key = request id
+    TopicSpec("object-access", compacted=True),  # last time a query returned each object (TTL by not-accessed)
 )
 
 
@@ -100,6 +101,10 @@ class Topics:
     @property
     def eval_log(self) -> str:
         return self.name("eval-log")
+
+    @property
+    def object_access(self) -> str:
+        return self.name("object-access")
 
 
 # Largest record of the system (producers' message.max.bytes, topics' max.message.bytes): an EmbeddingBatch at the
