@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mmrag.errors import PermanentError
 from mmrag.ids import shard_for, vector_id
 from mmrag.pb.events_pb2 import EmbeddingBatch, IndexState, IndexStatus, Modality
 from mmrag.space import EmbeddingSpace
@@ -51,9 +52,16 @@ def plan_update(
         status.detail = "not updated within the TTL: deleted from the index by pruning" if batch.expired else ""
         return IndexPlan([], [r.vector_id for r in existing], status)
     same = [r for r in existing if r.version == batch.version]
-    rows = (
-        _text_rows(batch, same, space) if batch.modality == Modality.MODALITY_TEXT else _image_rows(batch, same, space)
-    )
+    try:
+        text = batch.modality == Modality.MODALITY_TEXT
+        rows = _text_rows(batch, same, space) if text else _image_rows(batch, same, space)
+    except ValueError as exc:  # a vector of the wrong size: made by another model than this space's
+        raise PermanentError(
+            "index_updater",
+            f"{batch.object_id} (version {batch.version})",
+            f"its embeddings do not fit space {space.id}: {exc}",
+            "re-embed it with this space's models (mmrag dlq replay after fixing the embedder's model settings)",
+        ) from exc
     rows = [_place(r, batch, space, shards, now_ms) for r in rows]
     keep = {r.vector_id for r in rows}
     status.state = IndexState.INDEX_STATE_INDEXED

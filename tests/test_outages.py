@@ -343,6 +343,7 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
     from local_stack import kafka_broker
     from local_stack.processes import free_port
     from local_stack.stack import stop_services
+    from local_stack.supervisor import Supervisor
 
     cluster = kafka_broker.start_cluster(tmp_path / "kafka3", 3, ready_timeout_s=240)
     endpoints = Endpoints(cluster.bootstrap_servers, infra.s3_endpoint_url, infra.milvus_uri)
@@ -351,11 +352,18 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         tmp_path / "state", endpoints, clip_dir, prefix, f"bucket-{unique}", f"queue-{unique}", 2, free_port()
     )
     figures = Figures("broker-killed")
+    supervising = threading.Event()
     try:
         dep.prepare()
         wait_for_transactions(cluster.bootstrap_servers)
         names = ("sqs_bridge", "normalizer", "text_embedder", "vision_embedder", "index_updater")
-        services = start_services([dep.service(n, PYTHONFAULTHANDLER="1") for n in names], timeout_s=240)
+        services = [dep.service(n, PYTHONFAULTHANDLER="1") for n in names]
+        # Supervised as `mmrag stack up` runs them: a process that exits (fenced, or ended by its watchdog on a
+        # Kafka call the failover left hung) is restarted, and its new incarnation fences the old one.
+        supervisor = Supervisor(dep.state_dir, services)
+        threading.Thread(target=supervisor.run, args=(supervising,), name="supervisor", daemon=True).start()
+        for service in services:
+            service.wait_ready(240)
         victim = busiest_broker(cluster.bootstrap_servers, prefix)
         objects = {f"notes/{n:02d}.md": note(n) for n in range(30)} | {
             f"img/{n:02d}.png": red_circle_png() for n in range(10)
@@ -372,6 +380,9 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         oids = {f"{dep.bucket}/{k}" for k in objects}
         all_in = wait_until(lambda: oids <= indexed(dep), 240, interval_s=2)
         figures.values.update(killed_broker=victim, indexed_after_kill_s=round(time.monotonic() - killed, 1))
+        figures.values["restarts"] = {
+            w.service.name: [w.restarts, w.last_exit] for w in supervisor.watched if w.restarts
+        }
         dlq = dead_letters(dep)
         delivery_figures(figures, dep, oids, dlq)
         figures.sample_rss([(s.name, s.pid) for s in services])
@@ -387,6 +398,7 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         assert_all_serving(services)
         figures.values["stop_s"] = stop_times(services)
     finally:
+        supervising.set()
         figures.print()
         stop_services(dep.state_dir)
         cluster.stop()
