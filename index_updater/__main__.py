@@ -12,6 +12,7 @@ from mmrag.pb.events_pb2 import EmbeddingBatch
 from mmrag.runner import StageRunner
 from mmrag.service import service_main
 from mmrag.space import space_from_settings
+from mmrag.space_catalog import SpaceSpec, spec_properties
 from mmrag.telemetry import Probes
 from mmrag.vector_index import IndexWriter
 from mmrag.vector_log import VectorLogTable
@@ -29,7 +30,9 @@ def build(settings: IndexUpdaterSettings, probes: Probes) -> StageRunner[Embeddi
             space.id,
         )
     else:
-        index = MilvusIndex.for_space(settings, space, settings.space_name)
+        name = settings.space_name
+        spec = SpaceSpec.of(settings, space, name, settings.collection_for(space.id, name))
+        index = MilvusIndex.for_space(settings, space, name, spec_properties(spec))  # serving reads the spec
     handler = IndexUpdater(settings, space, index, lambda: changelog.partition_count(topics.vectors))
     decoders = {settings.topics.embeddings: proto_decoder(EmbeddingBatch, handler.stage)}
     return StageRunner(

@@ -169,7 +169,8 @@ def _describe(exc: Exception) -> str:
 
 
 class MilvusIndex:
-    """Cheap constructor; ``start()`` connects and creates the collection and alias when missing."""
+    """Cheap constructor; ``start()`` connects and creates the collection and alias when missing (with ``create``
+    false a missing collection is a PermanentError instead) and keeps ``properties`` on the collection."""
 
     def __init__(
         self,
@@ -179,10 +180,14 @@ class MilvusIndex:
         token: str = "",
         alias: str | None = None,
         timeout_s: float = CALL_TIMEOUT_S,
+        properties: dict[str, str] | None = None,
+        create: bool = True,
     ) -> None:
         self.uri = uri
         self.collection = collection
-        self.dim = dim
+        self.dim = dim  # read from the collection at start when it exists
+        self.properties = properties or {}
+        self.create = create
         self.token = token
         self.alias = alias
         self.timeout_s = timeout_s
@@ -191,16 +196,23 @@ class MilvusIndex:
         self._fields = PAYLOAD_FIELDS  # plus content_type when the collection has it (read at start)
 
     @classmethod
-    def for_space(cls, settings: VectorStoreSettings, space: EmbeddingSpace, space_name: str = "") -> MilvusIndex:
+    def for_space(
+        cls,
+        settings: VectorStoreSettings,
+        space: EmbeddingSpace,
+        space_name: str = "",
+        properties: dict[str, str] | None = None,
+    ) -> MilvusIndex:
         """The collection of ``space`` (named ``space_name`` when a re-index space); the live alias is created with
         it only when it points nowhere, so a re-index never takes it from the serving space (`mmrag reindex
-        --swap` moves it)."""
+        --swap` moves it). ``properties``: kept on the collection (the updater's space spec)."""
         return cls(
             settings.milvus_uri,
             settings.collection_for(space.id, space_name),
             space.dim,
             settings.milvus_token.get_secret_value(),
             alias=settings.live_alias,
+            properties=properties,
         )
 
     @property
@@ -215,9 +227,14 @@ class MilvusIndex:
     def start(self) -> None:
         self._started = True
         try:
+            if not self.create and not self.client.has_collection(self.collection):
+                raise PermanentError(
+                    STAGE, self.collection, "no such collection", "start or rebuild its space (`mmrag reindex`)"
+                )
             self._ensure(lambda: self.client.has_collection(self.collection), self._create)
             self.client.load_collection(self.collection, timeout=self.timeout_s)
             self._read_fields()
+            self._keep_properties()
             if self.alias:
                 alias = self.alias
                 self._ensure(
@@ -231,8 +248,17 @@ class MilvusIndex:
                 "check that Milvus runs at MMRAG_MILVUS_URI",
             ) from exc
 
+    def close(self) -> None:
+        """Lets the connection go (a later call connects again)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(MilvusException, grpc.RpcError):
+                client.close()
+
     def _read_fields(self) -> None:
-        fields = {f["name"] for f in self.client.describe_collection(self.collection, timeout=self.timeout_s)["fields"]}
+        described = self.client.describe_collection(self.collection, timeout=self.timeout_s)
+        self.dim = next(int(f["params"]["dim"]) for f in described["fields"] if f["name"] == "vector")
+        fields = {f["name"] for f in described["fields"]}
         self._fields = [*PAYLOAD_FIELDS, CONTENT_TYPE] if CONTENT_TYPE in fields else PAYLOAD_FIELDS
         if CONTENT_TYPE not in fields:
             log.warning(
@@ -241,6 +267,11 @@ class MilvusIndex:
                 self.collection,
                 CONTENT_TYPE,
             )
+
+    def _keep_properties(self) -> None:
+        found = self.client.describe_collection(self.collection, timeout=self.timeout_s).get("properties") or {}
+        if any(found.get(k) != v for k, v in self.properties.items()):
+            self.client.alter_collection_properties(self.collection, self.properties, timeout=self.timeout_s)
 
     @staticmethod
     def _ensure(exists: Callable[[], bool], create: Callable[[], object]) -> None:

@@ -5,24 +5,28 @@ from __future__ import annotations
 import sys
 import threading
 
+from confluent_kafka import Producer
+
 from mmrag import pii
 from mmrag.kafka_clients import make_producer
 from mmrag.pb.events_pb2 import GenerateChunk, SearchReply
 from mmrag.request_reply import FAST_PRODUCER
 from mmrag.service import service_main
 from mmrag.space import space_clip_encoder, space_from_settings
+from mmrag.space_catalog import SpaceSpec
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
 from query_service.ask import Asker, AskLimits
 from query_service.caches import EmbeddingCache, ResultCache
 from query_service.eval_log import EvalLog
-from query_service.fusion import JointFusion, ModalityFusion
+from query_service.fusion import Fusion, JointFusion, ModalityFusion
 from query_service.generation import GenerationClient
 from query_service.llm_breaker import LlmBreaker, WorkerPresence
 from query_service.query_encoder import QueryEncoder
 from query_service.reply_client import RequestReplyClient, Route
 from query_service.search import ShardedSearch
 from query_service.server import QueryServicer, QueryServiceSettings, serve
+from query_service.spaces import LiveSpaces, ServingBuilder, ServingSpace, milvus_alias_resolver
 from query_service.status_view import StatusView
 
 
@@ -34,11 +38,6 @@ class QueryService:
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         pii.redact_logs()  # questions and answers may carry PII: nothing logged keeps it
-        space = space_from_settings(s)
-        encoder = QueryEncoder(
-            space, MiniLMEncoder(threads=s.torch_threads), space_clip_encoder(s), EmbeddingCache(s.embedding_cache_size)
-        )
-        encoder.warm_up()
         t = s.topics
         replies = RequestReplyClient(
             s.bootstrap_servers,
@@ -53,35 +52,67 @@ class QueryService:
         self.probes.add_check("replies", replies.health)
         self.probes.add_check("llm", lambda: (True, f"{breaker.detail()}, llm workers: {presence.workers}"))
         producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
-        results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size)
-        route = Route(producer, t.search_requests, t.search_replies, replies)
-        fusion = (
-            ModalityFusion(space.text_dim, space.image_weight, encoder.clip_sentences)
-            if s.fusion == "modality"
-            else JointFusion()
-        )
-        search = ShardedSearch(route, space.id, s.shards, fusion, results, s.keyword_search)
-        llm_route = Route(producer, t.llm_requests, t.llm_replies, replies)
-        generation = GenerationClient(llm_route, s.llm_first_token_timeout_s, s.llm_stall_timeout_s)
-        limits = AskLimits(
-            s.search_timeout_s,
-            s.ask_timeout_s,
-            s.ask_max_sources,
-            s.ask_chunks_per_source,
-            s.ask_max_tokens,
-            s.ask_min_score,
-        )
-        asker = Asker(limits, encoder, search, generation, breaker, presence, EvalLog(producer, t.eval_log))
+        build = serving_builder(s, producer, replies, breaker, presence)
+        space = space_from_settings(s)
+        configured = SpaceSpec.of(s, space, s.space_name, s.collection_for(space.id, s.space_name))
+        resolve = milvus_alias_resolver(s) if s.space_refresh_s > 0 else None
+        spaces = LiveSpaces(configured, build, resolve, s.collection_prefix, s.space_refresh_s)
+        spaces.start()
+        self.probes.add_check("space", spaces.health)
         status_view = StatusView(s.bootstrap_servers, t, s.instance_id)
         status_view.start()
         self.probes.add_check("status-view", status_view.health)
         try:
-            serve(s, QueryServicer(s, encoder, search, asker, status_view), self.probes, stop)
+            serve(s, QueryServicer(s, spaces.current, status_view), self.probes, stop)
         finally:
+            spaces.close()
             status_view.close()
             presence.close()
             replies.close()
             producer.flush(5)
+
+
+def serving_builder(
+    s: QueryServiceSettings,
+    producer: Producer,
+    replies: RequestReplyClient,
+    breaker: LlmBreaker,
+    presence: WorkerPresence,
+) -> ServingBuilder:
+    """Builds one space's encoder (its CLIP; the MiniLM encoder is shared), fusion, search and Ask, all bound to
+    that space; the routes, the LLM client, the breaker and the eval log are shared by every space."""
+    t = s.topics
+    minilm = MiniLMEncoder(threads=s.torch_threads)
+    route = Route(producer, t.search_requests, t.search_replies, replies)
+    generation = GenerationClient(
+        Route(producer, t.llm_requests, t.llm_replies, replies), s.llm_first_token_timeout_s, s.llm_stall_timeout_s
+    )
+    limits = AskLimits(
+        s.search_timeout_s,
+        s.ask_timeout_s,
+        s.ask_max_sources,
+        s.ask_chunks_per_source,
+        s.ask_max_tokens,
+        s.ask_min_score,
+    )
+    eval_log = EvalLog(producer, t.eval_log)
+
+    def build(spec: SpaceSpec) -> ServingSpace:
+        space = spec.check(s)
+        clip = space_clip_encoder(spec.settings(s))
+        encoder = QueryEncoder(space, minilm, clip, EmbeddingCache(s.embedding_cache_size))
+        encoder.warm_up()
+        fusion: Fusion = (
+            ModalityFusion(space.text_dim, space.image_weight, encoder.clip_sentences)
+            if s.fusion == "modality"
+            else JointFusion()
+        )
+        results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size)
+        search = ShardedSearch(route, space.id, s.shards, fusion, results, s.keyword_search, spec.space_name)
+        asker = Asker(limits, encoder, search, generation, breaker, presence, eval_log)
+        return ServingSpace(spec, encoder, search, asker)
+
+    return build
 
 
 def main(argv: list[str] | None = None) -> int:

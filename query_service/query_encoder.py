@@ -27,7 +27,9 @@ class QueryEncoder:
         self.cache = cache
 
     def warm_up(self) -> None:
-        self.text.warm_up()
+        """Loads the models not loaded yet (the MiniLM encoder may be shared by the encoders of several spaces)."""
+        if not self.text.is_warm:
+            self.text.warm_up()
         self.clip.warm_up()
 
     def encode(self, text: str, image: bytes) -> np.ndarray:

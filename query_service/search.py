@@ -77,16 +77,27 @@ def merge_replies(replies: list[SearchReply], top_k: int, raw_chunks: bool) -> l
 
 
 def list_requests(
-    fusion: Fusion, vector: np.ndarray, query_text: str, keyword: bool, top_k: int, space_id: str, scope: Scope
+    fusion: Fusion,
+    vector: np.ndarray,
+    query_text: str,
+    keyword: bool,
+    top_k: int,
+    space_id: str,
+    scope: Scope,
+    space_name: str = "",
 ) -> dict[str, SearchRequest]:
     """The requests of one search, by list: one per query vector the fusion ranks by, and with ``keyword`` (and a
-    query text) one for the shards' keyword indexes."""
+    query text) one for the shards' keyword indexes; each names the space (id and name) the shards search."""
     requests = {
-        name: SearchRequest(space_id=space_id, query_vector=v.tolist(), top_k=top_k, query_text=query_text)
+        name: SearchRequest(
+            space_id=space_id, space_name=space_name, query_vector=v.tolist(), top_k=top_k, query_text=query_text
+        )
         for name, v in fusion.queries(vector).items()
     }
     if keyword and query_text.strip():
-        requests[KEYWORD] = SearchRequest(space_id=space_id, top_k=top_k, query_text=query_text, keyword=True)
+        requests[KEYWORD] = SearchRequest(
+            space_id=space_id, space_name=space_name, top_k=top_k, query_text=query_text, keyword=True
+        )
     return {name: scope.fill(r) for name, r in requests.items()}
 
 
@@ -117,7 +128,9 @@ def outcome_of(
 
 class ShardedSearch:
     """Scatters a query to every shard through search.requests.v1 (one request per list the fusion ranks by),
-    gathers the replies until the deadline, merges each list over the shards and fuses the lists."""
+    gathers the replies until the deadline, merges each list over the shards and fuses the lists. Every request
+    names the space (``space_id``, ``space_name``) its vector was encoded in; a reply from another space counts as
+    that shard's error (never merged)."""
 
     def __init__(
         self,
@@ -127,9 +140,11 @@ class ShardedSearch:
         fusion: Fusion | None = None,
         cache: ResultCache | None = None,
         keyword: bool = False,
+        space_name: str = "",
     ) -> None:
         self.route = route
         self.space_id = space_id
+        self.space_name = space_name
         self.shards = shards
         self.fusion = fusion or JointFusion()
         self.cache = cache
@@ -158,7 +173,9 @@ class ShardedSearch:
 
     def _search(self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str, scope: Scope) -> SearchOutcome:
         start = time.monotonic()
-        requests = list_requests(self.fusion, vector, query_text, self.keyword, top_k, self.space_id, scope)
+        requests = list_requests(
+            self.fusion, vector, query_text, self.keyword, top_k, self.space_id, scope, self.space_name
+        )
         replies = self._gather(requests, start + timeout_s)
         outcome = outcome_of(replies, self.fusion, vector, top_k, scope.raw_chunks, self.shards)
         SEARCH_SECONDS.observe(time.monotonic() - start)
@@ -182,5 +199,14 @@ class ShardedSearch:
                     reply = waiting.next(deadline)
                     if reply is None:
                         break
-                    replies[name].append(reply)  # type: ignore[arg-type]
+                    replies[name].append(self._same_space(reply))  # type: ignore[arg-type]
         return replies
+
+    def _same_space(self, reply: SearchReply) -> SearchReply:
+        """``reply``, with an error when its hits come from another space than the query's (mixed spaces)."""
+        if not reply.error and (reply.space_id, reply.space_name) != (self.space_id, self.space_name):
+            reply.error = (
+                f"shard {reply.shard} answered from space {reply.space_id}/{reply.space_name}, the query is of space "
+                f"{self.space_id}/{self.space_name}: mixed spaces refused -> update the retrieval workers"
+            )
+        return reply

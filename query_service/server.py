@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any, Literal
 
@@ -17,11 +17,10 @@ from mmrag.errors import PermanentError
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
 from mmrag.telemetry import Probes
-from query_service.ask import Asker, RetrievalUnavailableError
+from query_service.ask import RetrievalUnavailableError
 from query_service.eval_log import Client
 from query_service.filters import FilterError, scope_of
-from query_service.query_encoder import QueryEncoder
-from query_service.search import ShardedSearch
+from query_service.spaces import ServingSpace
 from query_service.status_view import StatusView, answer_status
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,12 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
         ge=1,
         description="largest image a Search takes; gRPC takes 1 MiB more per request so a larger one is answered "
         "INVALID_ARGUMENT naming this limit (gRPC's own 4 MiB default refused before the service could say why)",
+    )
+    space_refresh_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds between looks at the live alias: queries follow a swap to the space it names (encoded "
+        "with that space's models); 0 = serve the configured space only (no Milvus, e.g. Faiss alone)",
     )
     keyword_search: bool = Field(
         default=True,
@@ -80,15 +85,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def __init__(
         self,
         settings: QueryServiceSettings,
-        encoder: QueryEncoder,
-        search: ShardedSearch,
-        asker: Asker | None = None,
+        spaces: Callable[[], ServingSpace],
         status_view: StatusView | None = None,
     ) -> None:
+        """``spaces``: the space answering now (query_service/spaces.py); each call takes it once, so one space
+        encodes and answers the whole call."""
         self.settings = settings
-        self.encoder = encoder
-        self.sharded = search
-        self.asker = asker
+        self.spaces = spaces
         self.status_view = status_view
 
     def Search(self, request: query_pb2.SearchQuery, context: Any) -> query_pb2.SearchResponse:  # noqa: N802
@@ -105,19 +108,21 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             scope = scope_of(request.filter, request.raw_chunks)
         except FilterError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        space = self.spaces()
         try:
-            vector = self.encoder.encode(request.text, request.image)
+            vector = space.encoder.encode(request.text, request.image)
         except (ValueError, PermanentError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"query: {exc}")
         remaining = context.time_remaining()
         timeout = (
             min(self.settings.search_timeout_s, remaining) if remaining is not None else self.settings.search_timeout_s
         )
-        outcome = self.sharded.search(vector, top_k, timeout, request.text, scope)
+        outcome = space.search.search(vector, top_k, timeout, request.text, scope)
         response = query_pb2.SearchResponse(
             partial=outcome.partial,
             missing_shards=outcome.missing_shards,
-            space_id=self.sharded.space_id,
+            space_id=space.spec.space_id,
+            space_name=space.spec.space_name,
             from_cache=outcome.from_cache,
             degraded=outcome.degraded,
         )
@@ -141,7 +146,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     def Ask(self, request: query_pb2.AskRequest, context: Any) -> Iterator[query_pb2.AskResponse]:  # noqa: N802
         """Streams the sources, the answer deltas, then the final message (see query_service/ask.py)."""
-        asker = self.asker
+        asker = self.spaces().asker
         if asker is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "Ask needs the LLM path; this server was built without it")
             return

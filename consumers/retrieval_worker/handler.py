@@ -12,6 +12,7 @@ from pydantic import Field
 
 from consumers.retrieval_worker.keyword import KeywordShard, KeywordUnavailableError
 from consumers.retrieval_worker.per_object import best_per_object
+from consumers.retrieval_worker.spaces import ShardSpace, ShardSpaces, SpaceOpener, SpaceUnavailableError
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.messages import Envelope, Output
 from mmrag.pb.events_pb2 import Modality, SearchHit, SearchReply, SearchRequest
@@ -89,20 +90,27 @@ def search_shard(
     return search(top_k) if req.raw_chunks else best_per_object(search, top_k)
 
 
+def keyword_shard(settings: RetrievalWorkerSettings, index: IndexSearcher) -> KeywordShard | None:
+    refresh = settings.keyword_refresh_s
+    return KeywordShard(index, settings.shard, refresh) if refresh > 0 else None
+
+
 class RetrievalWorker:
     stage = STAGE
 
-    def __init__(self, settings: RetrievalWorkerSettings, space_id: str, index: IndexSearcher) -> None:
+    def __init__(
+        self, settings: RetrievalWorkerSettings, space_id: str, index: IndexSearcher, opener: SpaceOpener | None = None
+    ) -> None:
+        """``index``: the shard of the worker's own space (``space_id``, MMRAG_SPACE_NAME); ``opener`` opens the
+        index of another space a request names (None: such requests are refused)."""
         self.settings = settings
         self.space_id = space_id
         self.index = index
-        refresh = settings.keyword_refresh_s
-        self.keywords = KeywordShard(index, settings.shard, refresh) if refresh > 0 else None
+        self.keywords = keyword_shard(settings, index)
+        self.spaces = ShardSpaces(ShardSpace(space_id, settings.space_name, index, self.keywords), opener)
 
     def warm_up(self) -> None:
-        self.index.start()
-        if self.keywords is not None:
-            self.keywords.start()
+        self.spaces.start()
 
     def handle(self, batch: Sequence[Envelope[SearchRequest]]) -> list[ItemResult]:
         return [self._answer(env) for env in batch]
@@ -119,17 +127,20 @@ class RetrievalWorker:
         if address.expired:
             EXPIRED.labels(str(self.settings.shard)).inc()
             return []  # the caller gave up already; answering would only fill its reply partition
-        reply = SearchReply(correlation_id=address.correlation_id, shard=self.settings.shard, space_id=self.space_id)
         req = env.value
-        if req.space_id != self.space_id:
-            reply.error = f"query built for space {req.space_id}, shard {self.settings.shard} serves {self.space_id}"
+        reply = SearchReply(
+            correlation_id=address.correlation_id,
+            shard=self.settings.shard,
+            space_id=req.space_id,
+            space_name=req.space_name,
+        )
+        try:
+            space = self.spaces.get(req.space_id, req.space_name)
+            hits = search_shard(space.index, req, self.settings.shard, self.settings.max_top_k, space.keywords)
+        except (SpaceUnavailableError, RetryableError, PermanentError, KeywordUnavailableError) as exc:
+            reply.error = str(exc)  # the query service degrades (keyword fallback, partial): no retry here
         else:
-            try:
-                hits = search_shard(self.index, req, self.settings.shard, self.settings.max_top_k, self.keywords)
-            except (RetryableError, KeywordUnavailableError) as exc:
-                reply.error = str(exc)  # the query service degrades (keyword fallback, partial): no retry here
-            else:
-                reply.hits.extend(to_hit(h) for h in hits)
+            reply.hits.extend(to_hit(h) for h in hits)
         return [
             Output(
                 address.topic,

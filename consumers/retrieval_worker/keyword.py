@@ -30,10 +30,13 @@ class KeywordShard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Builds once (a failure is logged, the thread tries again) and starts refreshing."""
-        self.refresh()
-        self._thread = threading.Thread(target=self._run, name=f"keyword-shard-{self.shard}", daemon=True)
+    def start(self, wait: bool = True) -> None:
+        """Builds once (a failure is logged, the thread tries again) and starts refreshing; without ``wait`` the
+        first build runs in the thread too (until it is done, keyword searches raise KeywordUnavailableError)."""
+        if wait:
+            self.refresh()
+        name = f"keyword-shard-{self.shard}"
+        self._thread = threading.Thread(target=self._run, args=(not wait,), name=name, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -58,6 +61,8 @@ class KeywordShard:
             raise KeywordUnavailableError(f"keyword index of shard {self.shard} not built yet: {self.last_error}")
         return self.keywords.search(text, top_k, where)
 
-    def _run(self) -> None:
+    def _run(self, build_first: bool) -> None:
+        if build_first:
+            self.refresh()
         while not self._stop.wait(self.refresh_s):
             self.refresh()
