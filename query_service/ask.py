@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 from prometheus_client import Counter, Histogram
 
 from mmrag import pii
@@ -18,6 +19,7 @@ from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import GenerateRequest
 from mmrag.pb.query_pb2 import AskDelta, AskFinal, AskResponse, AskSources, AskTimings
+from query_service.answer_cache import AnswerCache, CachedAnswer, cacheable
 from query_service.eval_log import Client, EvalLog, eval_record
 from query_service.extractive import extractive_answer, supporting_sources
 from query_service.filters import Scope
@@ -25,7 +27,7 @@ from query_service.generation import GenerationClient
 from query_service.grounding import NOT_FOUND, UNGROUNDED, grounding_problem, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError, WorkerPresence
 from query_service.query_encoder import QueryEncoder
-from query_service.search import SearchOutcome, ShardedSearch
+from query_service.search import SearchOutcome, ShardedSearch, ShardHit
 from query_service.sources import INSTRUCTION, Source, cited_numbers, select_sources
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class Asker:
         breaker: LlmBreaker,
         presence: WorkerPresence | None,
         eval_log: EvalLog | None = None,
+        answers: AnswerCache | None = None,
     ) -> None:
         self.limits = limits
         self.encoder = encoder
@@ -98,6 +101,7 @@ class Asker:
         self.breaker = breaker
         self.presence = presence
         self.eval_log = eval_log
+        self.answers = answers  # the answer cache (query_service/answer_cache.py); None = every Ask generates
 
     def ask(
         self,
@@ -109,44 +113,75 @@ class Asker:
         scope: Scope | None = None,
     ) -> Iterator[AskResponse]:
         """The Ask event stream, then its record on the eval log. RetrievalUnavailableError when no shard answered;
-        ValueError for a bad question. ``scope``: the filter its sources must pass (chunks are always retrieved)."""
+        ValueError for a bad question. ``scope``: the filter its sources must pass (chunks are always retrieved).
+        With an answer cache: a close enough question answered before from sources that have not changed since is
+        answered from it (``from_cache``); a new cacheable answer is stored before its final message."""
         answer = Answer(time.monotonic())
         budget = min(time_left_s, self.limits.ask_timeout_s) if time_left_s is not None else self.limits.ask_timeout_s
-        deadline = answer.start + budget
-        outcome = self._retrieve(question, top_k, deadline, replace(scope or Scope(), raw_chunks=True))
+        scope = replace(scope or Scope(), raw_chunks=True)
+        vector = self.encoder.encode(question, b"")
+        key = AnswerCache.scope_key(self.search.space_id, scope, top_k, max_tokens, self.limits)
+        cached = self.answers.lookup(vector, key) if self.answers is not None else None
+        if cached is not None:
+            yield from self._replay(question, cached, answer, client or Client())
+            return
+        outcome = self._retrieve(vector, question, top_k, answer.start + budget, scope)
         answer.retrieved_at = time.monotonic()
         answer.sources = select_sources(outcome.hits, self.limits.max_sources, self.limits.chunks_per_source)
-        yield AskResponse(
-            sources=AskSources(
-                sources=[s.ask_source() for s in answer.sources],
-                partial=outcome.partial,
-                missing_shards=outcome.missing_shards,
-                space_id=self.search.space_id,
-                from_cache=outcome.from_cache,
-                degraded=outcome.degraded,
-            )
+        sources = AskSources(
+            sources=[s.ask_source() for s in answer.sources],
+            partial=outcome.partial,
+            missing_shards=outcome.missing_shards,
+            space_id=self.search.space_id,
+            from_cache=outcome.from_cache,
+            degraded=outcome.degraded,
         )
-        if not answer.sources or nothing_relevant(outcome.hits, self.limits.min_score):
+        yield AskResponse(sources=sources)
+        generated = yield from self._respond(question, max_tokens, answer.start + budget, answer, outcome.hits)
+        final = self._final(answer)
+        if generated and self.answers is not None and cacheable(sources, final):
+            self.answers.store_answer(vector, key, sources, final, answer.asked_at_ms)
+        yield AskResponse(final=final)
+        self._finish(question, outcome.hits, answer, final, client or Client())
+
+    def _respond(
+        self, question: str, max_tokens: int, deadline: float, answer: Answer, hits: Sequence[ShardHit]
+    ) -> Generator[AskResponse, None, bool]:
+        """The answer's deltas: "not found" when nothing relevant was retrieved, else generated (or degraded);
+        True when generation was tried."""
+        if not answer.sources or nothing_relevant(hits, self.limits.min_score):
             NOT_FOUND_TOTAL.inc()
             answer.text = NOT_FOUND
             yield from answer.delta(NOT_FOUND, last=True)
-        else:
-            yield from self._answer(question, max_tokens, deadline, answer)
-        final = self._final(answer)
+            return False
+        yield from self._answer(question, max_tokens, deadline, answer)
+        return True
+
+    def _replay(self, question: str, cached: CachedAnswer, answer: Answer, client: Client) -> Iterator[AskResponse]:
+        """A cached answer as a stream: its sources, the whole answer as one delta, its final with this call's
+        timings; both flagged ``from_cache``."""
+        sources, final = AskSources.FromString(cached.sources), AskFinal.FromString(cached.final)
+        sources.from_cache = final.from_cache = True
+        answer.retrieved_at = answer.first_token_at = time.monotonic()
+        yield AskResponse(sources=sources)
+        yield AskResponse(delta=AskDelta(text=final.answer))
+        final.timings.CopyFrom(answer.timings())
         yield AskResponse(final=final)
+        self._finish(question, [], answer, final, client)
+
+    def _finish(self, question: str, hits: Sequence[ShardHit], answer: Answer, final: AskFinal, client: Client) -> None:
         pii.count(answer.redactor.counts)
-        self._record(question, outcome, answer, final, client or Client())
+        self._record(question, hits, answer, final, client)
         ASK_SECONDS.observe(time.monotonic() - answer.start)
 
-    def _record(self, question: str, outcome: SearchOutcome, answer: Answer, final: AskFinal, client: Client) -> None:
+    def _record(self, question: str, hits: Sequence[ShardHit], answer: Answer, final: AskFinal, client: Client) -> None:
         if self.eval_log is not None:
-            hits, space = outcome.hits, self.search.space_id
+            space = self.search.space_id
             asked_at, counts = answer.asked_at_ms, answer.redactor.counts
             record = eval_record(answer.request_id, question, hits, final, space, client, asked_at, counts)
             self.eval_log.write(record)
 
-    def _retrieve(self, question: str, top_k: int, deadline: float, scope: Scope) -> SearchOutcome:
-        vector = self.encoder.encode(question, b"")
+    def _retrieve(self, vector: np.ndarray, question: str, top_k: int, deadline: float, scope: Scope) -> SearchOutcome:
         timeout = max(0.05, min(self.limits.search_timeout_s, deadline - time.monotonic()))
         outcome = self.search.search(vector, top_k, timeout, question, scope)
         if len(outcome.missing_shards) == self.search.shards:

@@ -64,6 +64,17 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     result_cache_stale_s: float = Field(
         default=300.0, ge=0, description="when retrieval times out, a kept answer this old is given instead"
     )
+    # Ask answer cache (query_service/answer_cache.py): a close question in the same scope, no source changed since
+    answer_cache_size: int = Field(default=1024, ge=0, description="answers kept (0 = no answer cache)")
+    answer_cache_similarity: float = Field(
+        default=0.97, gt=0, le=1, description="least cosine between two questions' query vectors to share an answer"
+    )
+    answer_cache_ttl_s: float = Field(
+        default=900.0, gt=0, description="an answer is served this long at most (a source changing drops it at once)"
+    )
+    cache_redis_url: str = Field(
+        default="", description="redis://host:port/db: the answer cache in Redis, shared by replicas; '' = in process"
+    )
     # Ask: sources, generation through llm.requests.v1, the breaker and the degraded answer
     ask_timeout_s: float = Field(default=60.0, description="an Ask's whole budget when the client sets no deadline")
     ask_max_sources: int = Field(default=5, ge=1, description="numbered sources (one per object) given to the LLM")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -45,6 +45,12 @@ class StatusView:
         self._consumer: Consumer | None = None
         self.error = ""
         self.read = 0
+        self._listeners: list[Callable[[IndexStatus], None]] = []
+
+    def on_index_status(self, listener: Callable[[IndexStatus], None]) -> None:
+        """Calls ``listener`` in the view's thread with every IndexStatus it reads, history first (the answer
+        cache's invalidation); add listeners before ``start``. A listener's exception is logged, the view goes on."""
+        self._listeners.append(listener)
 
     def start(self) -> None:
         """Assigns every partition of the three topics from the beginning; notes their ends to catch up to."""
@@ -122,11 +128,21 @@ class StatusView:
         raw = value.encode() if isinstance(value, str) else value
         with self._lock:
             record = self._records.setdefault(object_id, ObjectRecord())
-            self._apply(record, where[0], raw, headers, msg)
+            status = self._apply(record, where[0], raw, headers, msg)
+        if status is not None:
+            self._notify(status)
+
+    def _notify(self, status: IndexStatus) -> None:
+        for listener in self._listeners:
+            try:
+                listener(status)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop GetObjectStatus
+                log.exception("status view: a listener failed on %s", status.object_id)
 
     def _apply(
         self, record: ObjectRecord, topic: str, raw: bytes | None, headers: dict[str, str], msg: Message
-    ) -> None:
+    ) -> IndexStatus | None:
+        """Keeps what ``msg`` says of its object; returns it when it is an index status."""
         written_ms = msg.timestamp()[1]
         if topic == self.topics.objects:
             record.seen = ObjectSeen(
@@ -142,10 +158,12 @@ class StatusView:
                 status.ParseFromString(raw)
             except DecodeError:
                 log.warning("status view: undecodable IndexStatus at offset %s", msg.offset())
-                return
+                return None
             record.status = status
+            return status
         elif topic == self.topics.dlq:
             record.add_failure(_failure(raw, headers, int(msg.offset() or 0), written_ms))
+        return None
 
 
 def _failure(raw: bytes | None, headers: Mapping[str, str], offset: int, written_ms: int) -> Failure:

@@ -69,3 +69,35 @@ def deployment(infra: object, clip_dir: Path, tmp_path: Path, unique: str) -> It
         yield dep
     finally:
         stop_services(dep.state_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian's, installed by scripts/setup.sh) on a free loopback port, nothing persisted."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    from local_stack.processes import free_port, wait_until
+
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing -> run scripts/setup.sh (apt-get install redis-server)")
+    port, work = free_port(), tmp_path_factory.mktemp("redis")
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)]
+    with (work / "redis.log").open("wb") as out:
+        server = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_until(lambda: _pings(redis.Redis.from_url(url)), 20, f"redis-server on port {port}")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _pings(client: object) -> bool:
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not listening yet
+        return False
