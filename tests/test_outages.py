@@ -362,6 +362,7 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         # Kafka call the failover left hung) is restarted, and its new incarnation fences the old one.
         supervisor = Supervisor(dep.state_dir, services)
         threading.Thread(target=supervisor.run, args=(supervising,), name="supervisor", daemon=True).start()
+        assert wait_until(lambda: all(s.proc is not None for s in services), 30), "the supervisor started them"
         for service in services:
             service.wait_ready(240)
         victim = busiest_broker(cluster.bootstrap_servers, prefix)
