@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pytest
 from confluent_kafka import Producer
 from rich.console import Console
 
-from local_stack.services import Service
 from mmrag.kafka_clients import encode_headers
 from mmrag.messages import now_ms
-from mmrag.object_store import S3ObjectStore
-from mmrag.pb import query_pb2, query_pb2_grpc
+from mmrag.pb import query_pb2
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource
 from mmrag.request_reply import ReplyAddress
 from operator_cli.ask import stream_answer
-from producers.upload import upload_files
+from tests.ask_tools import (
+    Asked,
+    ask,
+    assert_answered_from_sources,
+    llm_worker,
+    metric,
+    readiness,
+    start_with_corpus,
+)
 from tests.kafka_tools import read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -36,66 +40,6 @@ CORPUS = {
 }
 QUESTION = "Which animals live in tide pools?"
 ANSWERING = "tide-pools.md"
-
-
-@dataclass
-class Asked:
-    sources: list[query_pb2.AskSource] = field(default_factory=list)
-    deltas: list[str] = field(default_factory=list)
-    final: query_pb2.AskFinal | None = None
-    order: list[str] = field(default_factory=list)
-
-
-def ask(port: int, question: str, timeout_s: float = 120) -> Asked:
-    asked = Asked()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = query_pb2_grpc.QueryServiceStub(channel)
-        for event in stub.Ask(query_pb2.AskRequest(question=question, top_k=5), timeout=timeout_s):
-            kind = event.WhichOneof("event")
-            asked.order.append(kind)
-            if kind == "sources":
-                asked.sources.extend(event.sources.sources)
-            elif kind == "delta":
-                asked.deltas.append(event.delta.text)
-            else:
-                asked.final = event.final
-    return asked
-
-
-def searched_objects(port: int, text: str) -> set[str]:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = query_pb2_grpc.QueryServiceStub(channel).Search(query_pb2.SearchQuery(text=text, top_k=5), timeout=10)
-    return {r.object_id for r in reply.results}
-
-
-def llm_worker(deployment, instance: str = "0") -> Service:  # type: ignore[no-untyped-def]
-    env = {**deployment.env(), "MMRAG_INSTANCE_ID": f"llm_worker-{instance}", "MMRAG_LLM_MAX_TOKENS": "64"}
-    return Service(f"llm_worker-{instance}", "consumers.llm_worker", env, deployment.state_dir / "logs")
-
-
-def metric(service: Service, name: str) -> float:
-    text = urllib.request.urlopen(service.probe_url + "/metrics").read().decode()
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
-    return values[0] if values else 0.0
-
-
-def readiness(service: Service) -> str:
-    return str(urllib.request.urlopen(service.probe_url + "/readyz").read().decode())
-
-
-def assert_answered_from_sources(asked: Asked, source_key: str) -> None:
-    assert asked.order[0] == "sources" and asked.order[-1] == "final" and set(asked.order[1:-1]) == {"delta"}
-    assert asked.sources[0].object_id.endswith(source_key), "retrieval ranks the matching document first"
-    final = asked.final
-    assert final is not None and not final.is_degraded, final.degraded_reason
-    assert final.answer == "".join(asked.deltas) and len(asked.deltas) > 1, "the answer arrives as a stream"
-    assert final.citations, f"the answer cites a source: {final.answer!r}"
-    retrieved = {(s.number, s.object_id) for s in asked.sources}
-    assert all((c.number, c.object_id) in retrieved for c in final.citations)
-    assert final.citations[0].object_id.endswith(source_key)
-    assert final.completion_tokens > 0 and final.model
-    t = final.timings
-    assert 0 < t.retrieve_ms < t.first_token_ms < t.total_ms
 
 
 def assert_degraded(asked: Asked, reasons: set[str]) -> query_pb2.AskFinal:
@@ -115,32 +59,25 @@ def send_expired_request(bootstrap: str, prefix: str) -> str:
     )
     producer = Producer({"bootstrap.servers": bootstrap})
     producer.produce(
-        f"{prefix}llm.requests.v1", request.SerializeToString(), cid, headers=encode_headers(address.headers())
+        f"{prefix}llm.requests.v1", request.SerializeToString(), cid, headers=dict(encode_headers(address.headers()))
     )
     assert producer.flush(10) == 0
     return cid
 
 
-def test_ask_streams_cited_answers_degrades_without_workers_and_recovers(  # type: ignore[no-untyped-def]
+def test_ask_streams_cited_answers_degrades_without_workers_and_recovers(
     deployment, bootstrap: str, tmp_path: Path
 ) -> None:
-    from local_stack.stack import start_services
-
-    names = ["sqs_bridge", "normalizer", "text_embedder", "index_updater"]
     query = deployment.service(
         "query_service",
         MMRAG_LLM_FIRST_TOKEN_TIMEOUT_S="60",  # 2 busy cores: a cold first token can take long
         MMRAG_LLM_BREAKER_FAIL_MAX="2",
         MMRAG_LLM_BREAKER_RESET_S="3",
+        MMRAG_ANSWER_CACHE_SIZE="0",  # the same question is asked again: it must reach the LLM path each time
     )
-    shards = [deployment.service("retrieval_worker", str(k), MMRAG_SHARD=str(k)) for k in range(deployment.shards)]
     worker = llm_worker(deployment)
-    start_services([deployment.service(n) for n in names] + shards + [query, worker])
-    for name, text in CORPUS.items():
-        (tmp_path / name).write_text(text)
-    upload_files(S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket, [tmp_path / n for n in CORPUS])
+    start_with_corpus(deployment, CORPUS, "tide pools sea anemones", tmp_path, [query, worker])
     port = deployment.grpc_port
-    wait_for(lambda: len(searched_objects(port, "tide pools sea anemones")) == 3, 120, "the corpus to be searchable")
 
     assert_answered_from_sources(ask(port, QUESTION), ANSWERING)
 

@@ -3,10 +3,7 @@ server (llama-cpp-python's own `llama_cpp.server`, started here on loopback over
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +11,11 @@ import pytest
 
 from consumers.llm_worker.generator import ChatMessage, Delta, GenerationError, GenerationParams, Generator
 from consumers.llm_worker.llama_cpp_generator import LlamaCppGenerator
-from consumers.llm_worker.models import DEFAULT_MODEL, gguf_path, packaged_model
+from consumers.llm_worker.models import DEFAULT_MODEL, packaged_model
 from consumers.llm_worker.openai_generator import OpenAIGenerator
-from local_stack.processes import free_port, wait_until
+from local_stack.processes import free_port
 from query_service.sources import INSTRUCTION
+from tests.llama_server import llama_server
 
 SOURCE = "[1] harbour-notes.md\nThe lighthouse of Port Velmar was repainted bright green in 1987 after a storm.\n\n"
 QUESTION = (
@@ -26,32 +24,10 @@ QUESTION = (
 MESSAGES = [ChatMessage("system", INSTRUCTION), ChatMessage("user", "Sources:\n\n" + SOURCE + QUESTION)]
 
 
-def _serving(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m llama_cpp.server` over the default model; yields its /v1 base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path(DEFAULT_MODEL))]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
-    chat_format = packaged_model(DEFAULT_MODEL).chat_format
-    cmd += ["--chat_format", chat_format] if chat_format else []
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_until(lambda: proc.poll() is None and _serving(base + "/models"), 120, f"llama_cpp.server ({log})")
+def llama_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with llama_server(tmp_path_factory.mktemp("llama-server") / "server.log") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 @pytest.fixture(scope="module", params=["llamacpp", "openai"])
@@ -60,7 +36,7 @@ def generator(request: pytest.FixtureRequest) -> Generator:
         gen: Generator = LlamaCppGenerator(DEFAULT_MODEL, threads=1, context_tokens=2048)
     else:
         system_role = packaged_model(DEFAULT_MODEL).system_role
-        gen = OpenAIGenerator(request.getfixturevalue("llama_server"), "", "", 2048, 60, system_role=system_role)
+        gen = OpenAIGenerator(request.getfixturevalue("llama_server_url"), "", "", 2048, 60, system_role=system_role)
     gen.warm_up()
     return gen
 
