@@ -1,13 +1,20 @@
-"""Index freshness on both paths: an embedding batch produced onto embeddings.v1 -> searchable through
-search.requests.v1, p50 and p99, at a steady rate below capacity; Milvus (updater -> Milvus <- retrieval workers)
-and Faiss (updater -> vectors.v1 -> Faiss workers), one after the other, on their own topics.
+"""Freshness on both paths, p50 and p99 at a steady rate below capacity, Milvus (updater -> Milvus <- retrieval
+workers) and Faiss (updater -> vectors.v1 -> Faiss workers), one after the other, each on its own topics:
 
-    uv run --no-sync python -m bench.index_freshness [--rate 2] [--seconds 30] [--shards 2]
+- index: an embedding batch produced onto embeddings.v1 -> searchable through search.requests.v1 (the updater and
+  the workers only);
+- upload: a text object put into the bucket -> returned by the query service's Search (the whole local stack of
+  that backend: S3 notification -> SQS bridge -> normalizer -> text embedder -> updater -> workers -> gRPC).
 
-Starts its own Kafka and milvus-lite (local_stack) and the deployables as processes. Each object's batch carries
-one random vector; a poller asks every shard for each object not found yet (top 1, its own vector as the query)
-every 100 ms, so times include up to one polling round (~100 ms plus a request-reply round trip). Upload ->
-embedding (the normalizer and embedders) comes before this and is the same for both paths.
+    uv run --no-sync python -m bench.index_freshness [--rate 2] [--seconds 30] [--upload-rate 1]
+        [--upload-seconds 30] [--shards 2] [--stages index,upload]
+
+Starts its own Kafka, local S3 and milvus-lite (local_stack) and the deployables as processes, with their default
+settings, except the query service's result cache (off: a repeated query would be answered from it for
+MMRAG_RESULT_CACHE_TTL_S, 5 s, and hide a new object that long). Index stage: each batch carries one random vector;
+a poller asks every shard for each object not found yet (top 1, its own vector as the query). Upload stage: a Search
+for each object not found yet, filtered to its id. Both poll every ~100 ms, so times include up to one polling
+round (~100 ms plus a round trip). One warm-up object first (the first requests meet group rebalances).
 """
 
 from __future__ import annotations
@@ -18,16 +25,20 @@ import time
 import uuid
 from pathlib import Path
 
+import grpc
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from local_stack.processes import free_port
 from local_stack.services import Service
-from local_stack.stack import start_infra, stop_infra
+from local_stack.stack import Deployment, Endpoints, start_infra, start_services, stop_infra, stop_services
 from mmrag.clip import write_random_clip
 from mmrag.ids import vector_id
 from mmrag.messages import now_ms
+from mmrag.object_store import S3ObjectStore
+from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, Modality, SearchReply, SearchRequest
 from mmrag.request_reply import ReplyAddress
 from mmrag.settings import SpaceSettings
@@ -46,6 +57,25 @@ class Poller:
         self.replies.assign([TopicPartition(topics.search_replies, 0, high)])
         self.pending: dict[str, tuple[np.ndarray, float]] = {}  # vector id -> (query, produced at)
         self.found: dict[str, float] = {}  # vector id -> seconds from produced to searchable
+        self.batches = Producer({"bootstrap.servers": bootstrap})
+        self.rng = np.random.default_rng(0)
+
+    def send(self, oid: str) -> None:
+        """Produces one object's embedding batch (one random text vector) and starts waiting for it."""
+        space = self.space
+        text = self.rng.standard_normal(space.text_dim).astype(np.float32)
+        batch = EmbeddingBatch(
+            object_id=oid,
+            version="v1",
+            modality=Modality.MODALITY_TEXT,
+            model_id=space.text_model_id,
+            dim=space.text_dim,
+            chunks=[Chunk(index=0, text=oid, vector=text.tolist())],
+            event_time_ms=now_ms(),
+        )
+        self.batches.produce(self.topics.embeddings, batch.SerializeToString(), oid)
+        self.batches.flush(5)
+        self.pending[vector_id(oid, "v1", "chunk-0", space.id)] = (space.fuse(text, None), time.monotonic())
 
     def round(self) -> None:
         asked: dict[str, str] = {}
@@ -100,79 +130,129 @@ def run_path(
     try:
         for s in services:
             s.wait_ready(180)
-        return drive(Poller(bootstrap, topics, space, args.shards), Producer({"bootstrap.servers": bootstrap}), args)
+        return drive(Poller(bootstrap, topics, space, args.shards), args.rate, args.seconds)
     finally:
         for s in services:
             s.stop()
 
 
-def send(poller: Poller, producer: Producer, oid: str, rng: np.random.Generator) -> None:
-    """Produces one object's embedding batch and starts waiting for it."""
-    space = poller.space
-    text = rng.standard_normal(space.text_dim).astype(np.float32)
-    batch = EmbeddingBatch(
-        object_id=oid,
-        version="v1",
-        modality=Modality.MODALITY_TEXT,
-        model_id=space.text_model_id,
-        dim=space.text_dim,
-        chunks=[Chunk(index=0, text=oid, vector=text.tolist())],
-        event_time_ms=now_ms(),
+class UploadProbe:
+    """Puts text objects into the bucket and asks the query service's Search for each one not found yet."""
+
+    QUERY = "freshness probe of the upload path"
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.store = S3ObjectStore(dep.s3_settings(), "bench")
+        self.stub = query_pb2_grpc.QueryServiceStub(grpc.insecure_channel(f"127.0.0.1:{dep.grpc_port}"))
+        self.pending: dict[str, float] = {}  # object id -> put at
+        self.found: dict[str, float] = {}  # object id -> seconds from put to returned by Search
+
+    def send(self, name: str) -> None:
+        key = name.replace("bench/", "fresh/")
+        at = time.monotonic()
+        self.store.put(self.dep.bucket, key, f"{self.QUERY}: object {key}.".encode(), "text/plain")
+        self.pending[f"{self.dep.bucket}/{key}"] = at
+
+    def round(self) -> None:
+        for oid in list(self.pending):
+            query = query_pb2.SearchQuery(text=self.QUERY, top_k=1, filter=query_pb2.Filter(object_ids=[oid]))
+            try:
+                reply = self.stub.Search(query, timeout=5)
+            except grpc.RpcError:
+                continue  # not serving yet (warm-up): asked again next round
+            if not reply.partial and any(r.object_id == oid for r in reply.results):
+                self.found[oid] = time.monotonic() - self.pending.pop(oid)
+
+
+def upload_path(name: str, endpoints: Endpoints, clip_dir: Path, work: Path, args: argparse.Namespace) -> list[float]:
+    """The whole local stack of backend ``name`` on its own topics and bucket; upload -> Search times, sorted."""
+    tag = f"up{uuid.uuid4().hex[:6]}"
+    dep = Deployment(
+        work / f"upload-{name}",
+        endpoints,
+        clip_dir,
+        topic_prefix=f"{tag}.",
+        bucket=f"fresh-{tag}",
+        queue=f"fresh-{tag}",
+        shards=args.shards,
+        grpc_port=free_port(),
+        index_backend=name,  # type: ignore[arg-type]
     )
-    producer.produce(poller.topics.embeddings, batch.SerializeToString(), oid)
-    producer.flush(5)
-    poller.pending[vector_id(oid, "v1", "chunk-0", space.id)] = (space.fuse(text, None), time.monotonic())
+    dep.prepare()
+    names = ("sqs_bridge", "normalizer", "text_embedder", "index_updater")
+    services = [dep.service(n) for n in names] + dep.shard_workers()
+    services.append(dep.service("query_service", MMRAG_RESULT_CACHE_TTL_S="0"))
+    try:
+        start_services(services, 300)
+        return drive(UploadProbe(dep), args.upload_rate, args.upload_seconds)
+    finally:
+        stop_services(dep.state_dir)
 
 
-def drive(poller: Poller, producer: Producer, args: argparse.Namespace) -> list[float]:
-    """After one warm-up object (the first requests meet group rebalances and cold caches), produces objects at the
-    rate and polls until each is searchable; the seconds each took, sorted."""
-    rng = np.random.default_rng(0)
-    send(poller, producer, "bench/warm-up.txt", rng)
-    deadline = time.monotonic() + 120
-    while poller.pending and time.monotonic() < deadline:
-        poller.round()
-    poller.found.clear()
-    total = int(args.rate * args.seconds)
-    began, sent = time.monotonic(), 0
-    while len(poller.found) < total and time.monotonic() - began < args.seconds + 60:
-        while sent < total and time.monotonic() - began >= sent / args.rate:
-            send(poller, producer, f"bench/fresh-{sent}.txt", rng)
-            sent += 1
-        poller.round()
+def drive(probe: Poller | UploadProbe, rate: float, seconds: float) -> list[float]:
+    """After one warm-up object (the first requests meet group rebalances and cold caches), sends objects at
+    ``rate`` per second for ``seconds`` and polls until each is searchable; the seconds each took, sorted."""
+    probe.send("bench/warm-up.txt")
+    deadline = time.monotonic() + 180
+    while probe.pending and time.monotonic() < deadline:
+        probe.round()
         time.sleep(0.1)
-    missing = total - len(poller.found)
+    probe.found.clear()
+    total = int(rate * seconds)
+    began, sent = time.monotonic(), 0
+    while len(probe.found) < total and time.monotonic() - began < seconds + 60:
+        while sent < total and time.monotonic() - began >= sent / rate:
+            probe.send(f"bench/fresh-{sent}.txt")
+            sent += 1
+        probe.round()
+        time.sleep(0.1)
+    missing = total - len(probe.found)
     if missing:
         raise RuntimeError(f"{missing} of {total} objects never became searchable: see the services' logs")
-    return sorted(poller.found.values())
+    return sorted(probe.found.values())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rate", type=float, default=2.0, help="objects per second")
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=2.0, help="index stage: embedding batches per second")
+    parser.add_argument("--seconds", type=float, default=30.0, help="index stage: how long")
+    parser.add_argument("--upload-rate", type=float, default=1.0, help="upload stage: objects put per second")
+    parser.add_argument("--upload-seconds", type=float, default=30.0, help="upload stage: how long")
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--stages", default="index,upload", help="comma-separated: index, upload")
     args = parser.parse_args()
-    console = Console()
+    stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         endpoints = start_infra(work / "infra")
         try:
             clip_dir = write_random_clip(work / "clip", seed=0)
-            results = {
-                p: run_path(p, endpoints.bootstrap_servers, endpoints.milvus_uri, clip_dir, work, args)
-                for p in ("milvus", "faiss")
-            }
+            for path in ("milvus", "faiss"):
+                if "index" in stages:
+                    results["index", path] = run_path(
+                        path, endpoints.bootstrap_servers, endpoints.milvus_uri, clip_dir, work, args
+                    )
+                if "upload" in stages:
+                    results["upload", path] = upload_path(path, endpoints, clip_dir, work, args)
         finally:
             stop_infra(work / "infra")
-    table = Table(title=f"embeddings.v1 -> searchable, {args.rate}/s for {args.seconds:.0f} s, {args.shards} shards")
-    for col in ("path", "objects", "p50 s", "p99 s", "max s", "> 1 s"):
+    print_table(results, args)
+
+
+def print_table(results: dict[tuple[str, str], list[float]], args: argparse.Namespace) -> None:
+    table = Table(
+        title=f"freshness, {args.shards} shards: index = embeddings.v1 -> searchable at {args.rate}/s for "
+        f"{args.seconds:.0f} s; upload = bucket put -> Search at {args.upload_rate}/s for {args.upload_seconds:.0f} s"
+    )
+    for col in ("stage", "path", "objects", "p50 s", "p99 s", "max s", "> 1 s"):
         table.add_column(col, justify="right")
-    for path, times in results.items():
+    for (stage, path), times in results.items():
         t = np.array(times)
         p50, p99 = np.median(t), np.percentile(t, 99)
-        table.add_row(path, str(len(t)), f"{p50:.2f}", f"{p99:.2f}", f"{t.max():.2f}", str(int((t > 1).sum())))
-    console.print(table)
+        table.add_row(stage, path, str(len(t)), f"{p50:.2f}", f"{p99:.2f}", f"{t.max():.2f}", str(int((t > 1).sum())))
+    Console().print(table)
 
 
 if __name__ == "__main__":
