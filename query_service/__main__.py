@@ -16,7 +16,7 @@ from mmrag.space import space_clip_encoder, space_from_settings
 from mmrag.space_catalog import SpaceSpec
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
-from query_service.answer_cache import AnswerCache, open_answer_cache
+from query_service.answer_cache import AnswerCache, IndexedObjects, open_answer_cache
 from query_service.ask import Asker, AskLimits
 from query_service.caches import EmbeddingCache, ResultCache
 from query_service.eval_log import EvalLog
@@ -54,10 +54,10 @@ class QueryService:
         self.probes.add_check("llm", lambda: (True, f"{breaker.detail()}, llm workers: {presence.workers}"))
         producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
         status_view = StatusView(s.bootstrap_servers, t, s.instance_id)
-        answers = open_answer_cache(s, lambda: status_view.caught_up)  # one for every space (scoped by space id)
-        if answers is not None:
-            status_view.on_index_status(answers.on_index_status)
-        build = serving_builder(s, producer, replies, breaker, presence, answers)
+        indexed = IndexedObjects()  # the index's current versions: the answer cache's and Search's freshness
+        answers = open_answer_cache(s, lambda: status_view.caught_up, indexed)  # one for every space (scoped by id)
+        status_view.on_index_status(answers.on_index_status if answers is not None else indexed.observe)
+        build = serving_builder(s, producer, replies, breaker, presence, indexed, answers)
         space = space_from_settings(s)
         configured = SpaceSpec.of(s, space, s.space_name, s.collection_for(space.id, s.space_name))
         resolve = milvus_alias_resolver(s) if s.space_refresh_s > 0 else None
@@ -82,6 +82,7 @@ def serving_builder(
     replies: RequestReplyClient,
     breaker: LlmBreaker,
     presence: WorkerPresence,
+    indexed: IndexedObjects | None = None,
     answers: AnswerCache | None = None,
 ) -> ServingBuilder:
     """Builds one space's encoder (its CLIP; the MiniLM encoder is shared), fusion, search and Ask, all bound to
@@ -113,7 +114,7 @@ def serving_builder(
             else JointFusion()
         )
         results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size)
-        search = ShardedSearch(route, space.id, s.shards, fusion, results, s.keyword_search, spec.space_name)
+        search = ShardedSearch(route, space.id, s.shards, fusion, results, s.keyword_search, spec.space_name, indexed)
         asker = Asker(limits, encoder, search, generation, breaker, presence, eval_log, answers)
         return ServingSpace(spec, encoder, search, asker)
 

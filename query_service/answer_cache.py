@@ -169,6 +169,11 @@ class IndexedObjects:
         with self._lock:
             return self._latest.get(object_id)
 
+    def superseded(self, object_id: str, version: str) -> bool:
+        """Whether the index no longer holds this version of the object (overwritten or removed since)."""
+        now = self.get(object_id)
+        return now is not None and (not now.live or now.version != version)
+
 
 def unit(vector: np.ndarray) -> np.ndarray:
     v = np.asarray(vector, dtype=np.float32).ravel()
@@ -302,7 +307,9 @@ def cacheable(sources: AskSources, final: AskFinal) -> bool:
     return retrieval_whole and not final.is_degraded and bool(final.citations) and bool(sources.sources)
 
 
-def open_answer_cache(settings: QueryServiceSettings, ready: Callable[[], bool]) -> AnswerCache | None:
+def open_answer_cache(
+    settings: QueryServiceSettings, ready: Callable[[], bool], objects: IndexedObjects | None = None
+) -> AnswerCache | None:
     """The answer cache the settings ask for: in Redis (``cache_redis_url``, keys under the topic prefix) or in
     process; None when ``answer_cache_size`` is 0."""
     s = settings
@@ -313,4 +320,4 @@ def open_answer_cache(settings: QueryServiceSettings, ready: Callable[[], bool])
         from query_service.answer_store_redis import RedisAnswerStore  # noqa: PLC0415 - redis only when asked for
 
         store = RedisAnswerStore(s.cache_redis_url, f"mmrag:{s.topic_prefix}answers:", s.answer_cache_size)
-    return AnswerCache(store, s.answer_cache_similarity, s.answer_cache_ttl_s, ready=ready)
+    return AnswerCache(store, s.answer_cache_similarity, s.answer_cache_ttl_s, objects, ready)

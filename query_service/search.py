@@ -21,6 +21,7 @@ from query_service.fusion import KEYWORD, Fusion, JointFusion
 from query_service.reply_client import Route
 
 if TYPE_CHECKING:
+    from query_service.answer_cache import IndexedObjects
     from query_service.caches import ResultCache
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 SEARCH_SECONDS = Histogram("mmrag_search_seconds", "Search latency end to end", buckets=LATENCY_BUCKETS)
 PARTIAL = Counter("mmrag_search_partial_total", "Searches answered without every shard")
 EMPTY = Counter("mmrag_search_empty_total", "Searches that retrieved nothing")
+SUPERSEDED = Counter(
+    "mmrag_search_superseded_keyword_hits_total", "Keyword hits dropped: a version the index no longer holds"
+)
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,21 @@ def outcome_of(
     )
 
 
+def without_superseded(reply: SearchReply, indexed: IndexedObjects) -> SearchReply:
+    """A keyword reply without the hits of versions the index no longer holds (index-status.v1 says so): a shard's
+    keyword index lags its vector index by up to its refresh, and an overwritten or deleted object must not come
+    back from it."""
+    kept = [h for h in reply.hits if not indexed.superseded(h.object_id, h.version)]
+    if len(kept) == len(reply.hits):
+        return reply
+    SUPERSEDED.inc(len(reply.hits) - len(kept))
+    pruned = SearchReply()
+    pruned.CopyFrom(reply)
+    del pruned.hits[:]
+    pruned.hits.extend(kept)
+    return pruned
+
+
 class ShardedSearch:
     """Scatters a query to every shard through search.requests.v1 (one request per list the fusion ranks by),
     gathers the replies until the deadline, merges each list over the shards and fuses the lists. Every request
@@ -141,6 +160,7 @@ class ShardedSearch:
         cache: ResultCache | None = None,
         keyword: bool = False,
         space_name: str = "",
+        indexed: IndexedObjects | None = None,
     ) -> None:
         self.route = route
         self.space_id = space_id
@@ -149,6 +169,7 @@ class ShardedSearch:
         self.fusion = fusion or JointFusion()
         self.cache = cache
         self.keyword = keyword  # also rank by the shards' keyword indexes (hybrid; the fallback when vectors fail)
+        self.indexed = indexed  # the index's current versions (status view): stale keyword hits are dropped
 
     def search(
         self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str = "", scope: Scope | None = None
@@ -177,6 +198,8 @@ class ShardedSearch:
             self.fusion, vector, query_text, self.keyword, top_k, self.space_id, scope, self.space_name
         )
         replies = self._gather(requests, start + timeout_s)
+        if self.indexed is not None and KEYWORD in replies:
+            replies[KEYWORD] = [without_superseded(r, self.indexed) for r in replies[KEYWORD]]
         outcome = outcome_of(replies, self.fusion, vector, top_k, scope.raw_chunks, self.shards)
         SEARCH_SECONDS.observe(time.monotonic() - start)
         if outcome.partial:

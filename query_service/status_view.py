@@ -45,9 +45,9 @@ class StatusView:
         self._consumer: Consumer | None = None
         self.error = ""
         self.read = 0
-        self._listeners: list[Callable[[IndexStatus], None]] = []
+        self._listeners: list[Callable[[IndexStatus], object]] = []
 
-    def on_index_status(self, listener: Callable[[IndexStatus], None]) -> None:
+    def on_index_status(self, listener: Callable[[IndexStatus], object]) -> None:
         """Calls ``listener`` in the view's thread with every IndexStatus it reads, history first (the answer
         cache's invalidation); add listeners before ``start``. A listener's exception is logged, the view goes on."""
         self._listeners.append(listener)

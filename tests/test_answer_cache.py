@@ -261,3 +261,26 @@ def test_ask_never_caches_a_degraded_or_not_found_answer() -> None:
     ask(not_found, "Anything?")
     assert not ask(not_found, "Anything?")[-1].final.from_cache
     assert cache.store.citing("b/choir") == []
+
+
+def test_keyword_hits_of_a_version_the_index_no_longer_holds_are_dropped() -> None:
+    """A shard's keyword index lags its vector index by up to its refresh: Search drops what index-status.v1 says
+    was overwritten or deleted, and keeps what it does not know."""
+    from mmrag.pb.events_pb2 import SearchReply
+    from query_service.search import without_superseded
+
+    objects = IndexedObjects()
+    objects.observe(indexed("b/new.md", "v2", T0))
+    objects.observe(indexed("b/gone.md", "v1", T0, IndexState.INDEX_STATE_DELETED))
+    reply = SearchReply(
+        shard=1,
+        hits=[
+            SearchHit(vector_id="old", object_id="b/new.md", version="v1"),
+            SearchHit(vector_id="new", object_id="b/new.md", version="v2"),
+            SearchHit(vector_id="gone", object_id="b/gone.md", version="v1"),
+            SearchHit(vector_id="unknown", object_id="b/other.md", version="v3"),
+        ],
+    )
+    kept = without_superseded(reply, objects)
+    assert [h.vector_id for h in kept.hits] == ["new", "unknown"] and kept.shard == 1
+    assert len(reply.hits) == 4, "the reply itself is left as it came"
