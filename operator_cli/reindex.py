@@ -6,7 +6,9 @@ and index updater run in groups ``<group>.<NAME>`` that start at the earliest of
 write ``embeddings.<NAME>.v1`` and the collection ``<prefix>_<space id>_<NAME>``, while the live space keeps
 serving and ingesting (a new upload reaches both: every group reads objects.v1). Consumer offsets are the
 checkpoint: starting the same space again resumes it. ``--swap`` moves the live alias once every group of the
-space has caught up (lag 0); ``--rollback`` moves it back to where the last swap took it from.
+space has caught up (lag 0); ``--rollback`` moves it back to where the last swap took it from; ``--keep N`` drops
+the old spaces beyond the N most recent (operator_cli/spaces.py). The progress view exports its figures as
+Prometheus gauges (``--metrics-port``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from confluent_kafka.admin import OffsetSpec
+from prometheus_client import Gauge, start_http_server
 from pymilvus import MilvusClient
 from rich.live import Live
 from rich.table import Table
@@ -25,11 +29,12 @@ from rich.table import Table
 from local_stack.processes import alive_pid, stop_all_detached
 from local_stack.services import Service
 from mmrag.milvus_index import move_alias
-from mmrag.settings import BaseServiceSettings, VectorStoreSettings
+from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
 from mmrag.topics import Topics, ensure_topics
 from operator_cli.connection import CommandError, OperatorSettings, console, friendly
 from operator_cli.group_offsets import end_offsets
 from operator_cli.lag import group_lags
+from operator_cli.spaces import drop, load_swaps, spaces, spaces_table, swaps_path, to_drop
 
 # (stage, base consumer group, the topic it reads, module)
 STAGES = (
@@ -37,8 +42,13 @@ STAGES = (
     ("vision_embedder", "embedder-vision", "objects", "consumers.vision_embedder"),
     ("index_updater", "index-updater", "embeddings", "index_updater"),
 )
+PROGRESS = {
+    "done": Gauge("mmrag_reindex_done", "Records of the stage's input its group has read", ["space", "stage"]),
+    "total": Gauge("mmrag_reindex_total", "Records the stage's input topic holds now", ["space", "stage"]),
+    "lag": Gauge("mmrag_reindex_lag", "Records the stage's group still has to read", ["space", "stage"]),
+    "rate": Gauge("mmrag_reindex_rate", "Records per second over the last interval", ["space", "stage"]),
+}
 MODEL_FLAGS = ("clip_model_dir", "precision", "text_weight", "image_weight", "clip_text_for_text", "index_backend")
-SWAPS_FILE = "swaps.json"
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,14 @@ def progress_table(name: str, stages: list[StageProgress], rates: dict[str, floa
     return table
 
 
+def export_progress(name: str, stages: list[StageProgress], rates: dict[str, float]) -> None:
+    """Sets the ``mmrag_reindex_*`` gauges of space ``name`` (served by ``--metrics-port``)."""
+    for s in stages:
+        figures = {"done": s.done, "total": s.total, "lag": s.lag, "rate": rates.get(s.stage, 0.0)}
+        for metric, value in figures.items():
+            PROGRESS[metric].labels(name, s.stage).set(value)
+
+
 def _rates(before: list[StageProgress], after: list[StageProgress], seconds: float) -> dict[str, float]:
     return {a.stage: max(0, a.done - b.done) / seconds for b, a in zip(before, after, strict=True) if seconds > 0}
 
@@ -117,6 +135,7 @@ def _rates(before: list[StageProgress], after: list[StageProgress], seconds: flo
 def follow(name: str, interval_s: float, swap: bool, timeout_s: float) -> bool:
     """Shows the space's progress until it caught up (then swaps when asked); False after ``timeout_s``."""
     before, at = progress(name), time.monotonic()
+    export_progress(name, before, {})
     deadline = at + timeout_s
     with Live(progress_table(name, before, {}), console=console(), transient=False) as live:
         while not caught_up(before):
@@ -124,7 +143,9 @@ def follow(name: str, interval_s: float, swap: bool, timeout_s: float) -> bool:
                 return False
             time.sleep(interval_s)
             now, after = time.monotonic(), progress(name)
-            live.update(progress_table(name, after, _rates(before, after, now - at)))
+            rates = _rates(before, after, now - at)
+            export_progress(name, after, rates)
+            live.update(progress_table(name, after, rates))
             before, at = after, now
     if swap:
         swap_to(name)
@@ -150,10 +171,6 @@ def space_collection(client: MilvusClient, store: VectorStoreSettings, name: str
     return found[0]
 
 
-def _swaps_path() -> Path:
-    return BaseServiceSettings().state_dir / "reindex" / SWAPS_FILE
-
-
 def swap_to(name: str, force: bool = False) -> str:
     """Moves the live alias to space ``name``'s collection once it caught up; records where it pointed before."""
     if not force and not caught_up(progress(name)):
@@ -161,7 +178,7 @@ def swap_to(name: str, force: bool = False) -> str:
     client, store = _client()
     collection = space_collection(client, store, name)
     before = move_alias(client, store.live_alias, collection)
-    path = _swaps_path()
+    path = swaps_path()
     swaps = json.loads(path.read_text()) if path.exists() else []
     swaps.append({"alias": store.live_alias, "from": before, "to": collection, "at_ms": int(time.time() * 1000)})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +188,7 @@ def swap_to(name: str, force: bool = False) -> str:
 
 def rollback() -> str:
     """Moves the live alias back to where the last swap took it from."""
-    path = _swaps_path()
+    path = swaps_path()
     swaps = json.loads(path.read_text()) if path.exists() else []
     if not swaps or swaps[-1]["from"] is None:
         raise CommandError(f"no swap to roll back in {path} -> `mmrag reindex --swap` records them")
@@ -208,8 +225,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.rollback:
         print(f"live alias -> {rollback()}")
         return 0
+    if args.keep is not None:
+        return keep_spaces(args.keep, args.yes)
     if args.rebuild_from == "vectors":
-        return _rebuild(args.space or "")
+        return _rebuild(args.space or "", _models(args))
     if not args.space:
         raise CommandError("name the space: `mmrag reindex --space NAME` (its groups and collection carry it)")
     if args.stop:
@@ -226,17 +245,50 @@ def _run(args: argparse.Namespace) -> int:
     start_space(args.space, _overrides(args))
     if args.detach:
         return 0
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
     return 0 if follow(args.space, args.interval, args.auto_swap, args.timeout) else 1
 
 
-def _rebuild(name: str) -> int:
+def _models(args: argparse.Namespace) -> SpaceSettings:
+    """The environment's model settings with the flags given on top (what the space's embedders would run with)."""
+    given = {f: getattr(args, f) for f in MODEL_FLAGS if f != "index_backend" and getattr(args, f) is not None}
+    return SpaceSettings(**given)
+
+
+def _rebuild(name: str, models: SpaceSettings) -> int:
     from index_updater.rebuild import rebuild_from_vectors
 
     settings = BaseServiceSettings(space_name=name)
-    rebuilt = rebuild_from_vectors(settings.bootstrap_servers, settings.topics, VectorStoreSettings(), name)
+    rebuilt = rebuild_from_vectors(settings.bootstrap_servers, settings.topics, VectorStoreSettings(), name, models)
+    kept = "with its space spec" if rebuilt.spec_kept else "WITHOUT a space spec (see the warning)"
     print(
-        f"rebuilt {rebuilt.collection} (space {rebuilt.space_id}) from {settings.topics.vectors}: {rebuilt.rows} rows"
+        f"rebuilt {rebuilt.collection} (space {rebuilt.space_id}) from {settings.topics.vectors}: {rebuilt.rows} rows, "
+        f"{kept}"
     )
+    return 0
+
+
+def keep_spaces(keep: int, yes: bool, ask: Callable[[str], str] = input) -> int:
+    """Drops the old spaces beyond the ``keep`` most recent (never the live one or the rollback target) after a
+    confirmation (``yes`` skips it); stops their re-index processes first."""
+    client, store = _client()
+    rows = spaces(client, store, load_swaps(swaps_path()))
+    console().print(spaces_table(rows, store.live_alias))
+    doomed = to_drop(rows, keep)
+    if not doomed:
+        print(f"nothing to drop: at most {keep} old spaces besides the live one and the rollback target")
+        return 0
+    print("to drop: " + ", ".join(f"{s.label} ({s.collection})" for s in doomed))
+    if not yes and ask("drop these spaces (collection, groups, topics)? [y/N] ").strip().lower() not in ("y", "yes"):
+        print("nothing dropped")
+        return 1
+    settings = OperatorSettings()
+    for space in doomed:
+        if space.space_name:
+            stop_space(space.space_name)
+        for what in drop(client, settings.admin(), store, settings.topic_prefix, space):
+            print(f"dropped {what}")
     return 0
 
 
@@ -255,6 +307,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--stop", action="store_true", help="stop the space's processes")
     parser.add_argument("--detach", action="store_true", help="start the processes and exit (no progress view)")
     parser.add_argument("--rebuild-from", choices=["vectors"], help="rebuild the space's collection from vectors.v1")
+    parser.add_argument("--keep", type=int, help="drop the old spaces beyond the N most recent (asks first)")
+    parser.add_argument("--yes", action="store_true", help="with --keep: drop without asking")
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve the progress as Prometheus gauges here")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between progress updates")
     parser.add_argument("--timeout", type=float, default=86400.0, help="give up following after this many seconds")
     parser.add_argument("--json", action="store_true", help="with --status: also as JSON")

@@ -1,16 +1,21 @@
-"""`mmrag status s3://bucket/key`: "is it searchable yet", from the query service's GetObjectStatus."""
+"""`mmrag status s3://bucket/key`: "is it searchable yet", from the query service's GetObjectStatus, with the model
+of the space that indexed it; `mmrag status` alone: the embedding spaces (models, rows, which one is live)."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 
 import grpc
+from pymilvus import MilvusClient
+from pymilvus.exceptions import MilvusException
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from mmrag.pb import query_pb2, query_pb2_grpc
+from mmrag.settings import VectorStoreSettings
 from operator_cli.connection import (
     CommandError,
     OperatorSettings,
@@ -20,6 +25,7 @@ from operator_cli.connection import (
     friendly,
     print_json,
 )
+from operator_cli.spaces import SpaceRow, load_swaps, spaces, spaces_table, swaps_path
 
 STATE_STYLE = {
     "indexed": "green",
@@ -52,13 +58,33 @@ def object_status(target: str, object_id: str, timeout_s: float) -> query_pb2.Ob
             raise
 
 
-def status_table(s: query_pb2.ObjectStatusResponse) -> Table:
+def space_models() -> dict[str, str]:
+    """Space id -> its CLIP model id (and where it serves), from the collections' specs; {} when Milvus cannot be
+    asked (the status still shows the space id)."""
+    try:
+        rows = _space_rows()
+    except (MilvusException, grpc.RpcError, ValueError):  # best effort: the status matters more than the model
+        return {}
+    return {r.space_id: r.model + (" (live)" if r.live else "") for r in rows if r.spec is not None}
+
+
+def _space_rows() -> list[SpaceRow]:
+    store = VectorStoreSettings()
+    client = MilvusClient(uri=store.milvus_uri, token=store.milvus_token.get_secret_value(), timeout=5, dedicated=True)
+    try:
+        return spaces(client, store, load_swaps(swaps_path()))
+    finally:
+        client.close()
+
+
+def status_table(s: query_pb2.ObjectStatusResponse, models: dict[str, str] | None = None) -> Table:
     table = Table(title=escape(f"s3://{s.object_id}"), title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     rows = [("version", s.version or "-")]
     if s.space_id:
-        rows.append(("embedding space", s.space_id))
+        model = (models or {}).get(s.space_id)
+        rows.append(("embedding space", f"{s.space_id}: {model}" if model else s.space_id))
     rows += [("event time", format_ms(s.event_time_ms)), ("indexed at", format_ms(s.indexed_at_ms))]
     if s.freshness_ms:
         rows.append(("freshness", f"{s.freshness_ms / 1000:.2f}s from upload to searchable"))
@@ -87,6 +113,8 @@ def as_dict(s: query_pb2.ObjectStatusResponse) -> dict[str, object]:
 
 @friendly
 def _run(args: argparse.Namespace) -> int:
+    if args.object is None:
+        return _spaces(args)
     target = args.target or OperatorSettings().target
     oid = object_id_of(args.object)
     deadline = time.monotonic() + args.wait
@@ -100,16 +128,32 @@ def _run(args: argparse.Namespace) -> int:
         if found is not None:
             break
         time.sleep(0.5)
+    models = space_models()
     if args.json:
-        print_json(as_dict(found))
+        print_json({**as_dict(found), "space_model": models.get(found.space_id, "")})
     else:
-        console().print(status_table(found))
+        console().print(status_table(found, models))
+    return 0
+
+
+def _spaces(args: argparse.Namespace) -> int:
+    try:
+        rows = _space_rows()
+    except (MilvusException, grpc.RpcError, ValueError) as exc:
+        raise CommandError(f"cannot list the embedding spaces in Milvus ({exc}) -> check MMRAG_MILVUS_URI") from exc
+    if args.json:
+        print_json([{**asdict(r), "spec": asdict(r.spec) if r.spec else None} for r in rows])
+    else:
+        console().print(spaces_table(rows, VectorStoreSettings().live_alias))
     return 0
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("status", help="is an object searchable yet: pending, indexed, skipped, failed, deleted")
-    parser.add_argument("object", help="s3://bucket/key")
+    parser = sub.add_parser(
+        "status",
+        help="is an object searchable yet (pending, indexed, ...); alone: the embedding spaces and the live one",
+    )
+    parser.add_argument("object", nargs="?", help="s3://bucket/key (none: list the embedding spaces)")
     parser.add_argument(
         "--target", help="the query service's gRPC address (default MMRAG_QUERY_TARGET or 127.0.0.1:MMRAG_GRPC_PORT)"
     )

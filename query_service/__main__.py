@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from functools import partial
 
 from confluent_kafka import Producer
 
@@ -27,7 +28,7 @@ from query_service.query_encoder import QueryEncoder
 from query_service.reply_client import RequestReplyClient, Route
 from query_service.search import ShardedSearch
 from query_service.server import QueryServicer, QueryServiceSettings, serve
-from query_service.spaces import LiveSpaces, ServingBuilder, ServingSpace, milvus_alias_resolver
+from query_service.spaces import LiveSpaces, ServingBuilder, ServingSpace, milvus_alias_resolver, probe_shards
 from query_service.status_view import StatusView
 
 
@@ -61,7 +62,8 @@ class QueryService:
         space = space_from_settings(s)
         configured = SpaceSpec.of(s, space, s.space_name, s.collection_for(space.id, s.space_name))
         resolve = milvus_alias_resolver(s) if s.space_refresh_s > 0 else None
-        spaces = LiveSpaces(configured, build, resolve, s.collection_prefix, s.space_refresh_s)
+        probe = partial(probe_shards, timeout_s=max(5.0, 4 * s.search_timeout_s))
+        spaces = LiveSpaces(configured, build, resolve, s.collection_prefix, s.space_refresh_s, probe=probe)
         spaces.start()
         self.probes.add_check("space", spaces.health)
         status_view.start()

@@ -4,10 +4,12 @@ Every query is answered entirely by one space: the servicer takes one ``ServingS
 encoder (its CLIP, its precision, its fusion weights) and searches with its ``ShardedSearch``, whose requests name
 that space (id and name: the collection the shards search). A thread looks at the alias (one Milvus
 ``describe_collection(alias)`` gives the collection and the spec its updater kept on it, mmrag.space_catalog); when
-it names another space, that space's encoder is loaded and warmed in the thread, and only then do new queries go
-to it, so a swap costs no query a model load and no query mixes spaces. The ``keep`` most recently served spaces
-stay loaded (a rollback is instant). A space that cannot be served here (no spec and not the configured space, its
-model files missing or different) leaves the previous one serving, with the reason in readiness details and logs.
+it names another space, that space's encoder is loaded and warmed in the thread and one probe search must be
+answered by every shard from that space (the workers open its collection), and only then do new queries go to it,
+so a swap costs no query a model load or a partial answer, and no query mixes spaces. The ``keep`` most recently
+served spaces stay loaded (a rollback is instant). A space that cannot be served here (no spec and not the
+configured space, its model files missing or different, a shard that cannot search it) leaves the previous one
+serving, with the reason in readiness details and logs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import grpc
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from mmrag.milvus_index import milvus_client
 from mmrag.settings import VectorStoreSettings
 from mmrag.space_catalog import SpaceSpec, live_collection, parse_collection
 from query_service.query_encoder import QueryEncoder
@@ -33,7 +36,8 @@ if TYPE_CHECKING:
     from query_service.ask import Asker
 
 log = logging.getLogger(__name__)
-RETRY_FAILED_S = 30.0  # a space that could not be served here is tried again this often, not at every look
+RETRY_FAILED_S = 10.0  # a space that could not be served here is tried again this often, not at every look
+PROBE_TEXT = "probe"
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,18 @@ class LiveSpaces:
         collection_prefix: str,
         refresh_s: float = 1.0,
         keep: int = 2,
+        probe: Callable[[ServingSpace], None] | None = None,
     ) -> None:
         """``configured``: this service's own space (MMRAG_* model settings), served while the alias points
-        nowhere; ``resolve`` None: serve it only (no vector store to ask, e.g. Faiss alone)."""
+        nowhere; ``resolve`` None: serve it only (no vector store to ask, e.g. Faiss alone); ``probe``: raises
+        ValueError while a space built for a switch cannot answer yet (see ``probe_shards``)."""
         self.configured = configured
         self.build = build
         self.resolve = resolve
         self.collection_prefix = collection_prefix
         self.refresh_s = refresh_s
         self.keep = keep
+        self.probe = probe
         self.problem = ""  # why the alias's space is not the one serving ('' when it is)
         self._loaded: OrderedDict[str, ServingSpace] = OrderedDict()  # by collection, most recent last
         self._current: ServingSpace | None = None
@@ -138,8 +145,14 @@ class LiveSpaces:
         except ValueError as exc:
             self._failed[spec.collection] = (time.monotonic(), str(exc))
             raise
-        self._failed.pop(spec.collection, None)
         self._loaded[spec.collection] = serving
+        if self._current is not None and self._current is not serving and self.probe is not None:
+            try:
+                self.probe(serving)
+            except ValueError as exc:
+                self._failed[spec.collection] = (time.monotonic(), str(exc))
+                raise
+        self._failed.pop(spec.collection, None)
         while len(self._loaded) > self.keep:
             _, dropped = self._loaded.popitem(last=False)
             log.info("let space %s go (kept the %d most recent)", dropped.spec.label, self.keep)
@@ -160,6 +173,18 @@ class LiveSpaces:
                 log.exception("following the live alias failed once; the last space answers")
 
 
+def probe_shards(serving: ServingSpace, timeout_s: float) -> None:
+    """One search in ``serving``'s space; ValueError naming the shards that did not answer it from that space (a
+    worker that cannot open its collection, or not yet)."""
+    vector = serving.encoder.encode(PROBE_TEXT, b"")
+    outcome = serving.search.search(vector, 1, timeout_s, PROBE_TEXT)
+    if outcome.missing_shards:
+        raise ValueError(
+            f"space {serving.spec.label}: shards {outcome.missing_shards} did not answer a probe from it "
+            f"({'; '.join(outcome.errors) or 'no reply in time'}) -> check the retrieval workers"
+        )
+
+
 def milvus_alias_resolver(store: VectorStoreSettings, timeout_s: float = 5.0) -> AliasResolver:
     """Reads the live alias through a dedicated client, made again after a failure (a new channel)."""
     client: MilvusClient | None = None
@@ -168,7 +193,7 @@ def milvus_alias_resolver(store: VectorStoreSettings, timeout_s: float = 5.0) ->
         nonlocal client
         if client is None:
             token = store.milvus_token.get_secret_value()
-            client = MilvusClient(uri=store.milvus_uri, token=token, timeout=timeout_s, dedicated=True)
+            client = milvus_client(store.milvus_uri, token, timeout_s)
         try:
             return live_collection(client, store.live_alias)
         except (MilvusException, grpc.RpcError):

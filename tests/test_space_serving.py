@@ -162,3 +162,25 @@ def test_a_space_spec_round_trips_and_rebuilds_its_space(clip_dir: Path) -> None
         other.check(settings)
     assert parse_collection("mmrag", f"mmrag_{space.id}_my_space") == (space.id, "my_space")
     assert parse_collection("mmrag", "mmrag_live") is None and parse_collection("other", f"mmrag_{space.id}") is None
+
+
+def test_a_space_whose_shards_cannot_answer_yet_is_not_switched_to() -> None:
+    def build(s: SpaceSpec) -> ServingSpace:
+        return ServingSpace(s, None, ShardedSearch(None, s.space_id, 2, space_name=s.space_name))  # type: ignore[arg-type]
+
+    ready: set[str] = set()
+
+    def probe(serving: ServingSpace) -> None:
+        if serving.spec.space_id not in ready:
+            raise ValueError(f"space {serving.spec.label}: shards [1] did not answer a probe from it")
+
+    alias = FakeAlias()
+    spaces = LiveSpaces(spec("aaaaaaaaaa"), build, alias, "mmrag", refresh_s=0, probe=probe)
+    spaces.start()  # the first space is not probed (the workers may start after the query service)
+    alias.target = ("mmrag_bbbbbbbbbb_b", spec("bbbbbbbbbb", "b"))
+    spaces.refresh()
+    assert spaces.current().spec.space_id == "aaaaaaaaaa" and "did not answer a probe" in spaces.problem
+    ready.add("bbbbbbbbbb")
+    spaces._failed.clear()  # instead of waiting RETRY_FAILED_S
+    spaces.refresh()
+    assert spaces.current().spec.space_id == "bbbbbbbbbb" and not spaces.problem
