@@ -36,6 +36,21 @@ from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
 log = logging.getLogger(__name__)
 
 STAGE = "milvus"
+# pymilvus pings every 10 s, also without calls; a gRPC-core server with its defaults (milvus-lite) takes a ping
+# without data once per 5 min and answers more with GOAWAY too_many_pings (the channel drops, the logs fill). These
+# ping only during calls, at most every 330 s: every server accepts that (real Milvus allows a ping every 5 s).
+MILVUS_GRPC_OPTIONS = {
+    "grpc.keepalive_time_ms": 330_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.keepalive_permit_without_calls": False,
+}
+
+
+def milvus_client(uri: str, token: str = "", timeout_s: float | None = None) -> MilvusClient:
+    """A dedicated client (its own channel: closing it really drops it) with keepalive settings any server takes."""
+    return MilvusClient(uri=uri, token=token, timeout=timeout_s, dedicated=True, grpc_options=MILVUS_GRPC_OPTIONS)
+
+
 PAYLOAD_FIELDS = [
     "id",
     "object_id",
@@ -221,7 +236,7 @@ class MilvusIndex:
         if not self._started:
             raise RuntimeError(f"MilvusIndex({self.collection}) used before start()")
         if self._client is None:  # dedicated: closing it really drops the channel (a shared one stays in backoff)
-            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s, dedicated=True)
+            self._client = milvus_client(self.uri, self.token, self.timeout_s)
         return self._client
 
     def start(self) -> None:
