@@ -3,13 +3,16 @@ generation slot), streams GenerateChunks to each requester's reply partition.
 
 Requests are interactive: a request's offset is committed when it is taken, so a crashed worker's requests are not
 generated twice; their requesters' deadlines turn them into degraded answers (and a redelivered request would be
-past its deadline anyway). While every slot is busy the assignment is paused and the loop keeps polling."""
+past its deadline anyway). Requests fetched while every slot is busy wait in the worker uncommitted (a rebalance
+hands them to the partition's next owner) and are taken oldest first across partitions when a slot frees, expired
+ones dropped unworked on the way; past LOOKAHEAD waiting, the assignment is paused and the loop keeps polling."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +43,35 @@ TOKENS = Counter("mmrag_llm_tokens_total", "Tokens by kind (prompt, completion)"
 BUSY = Gauge("mmrag_llm_busy_slots", "Generations running now")
 
 
+# Requests held fetched but not taken, at most; beyond it the assignment is paused (they stay in Kafka).
+LOOKAHEAD = 256
+
+
+class Waiting:
+    """Fetched, untaken requests per partition in offset order; ``pop_oldest`` takes the head with the oldest
+    timestamp, so requests are taken in arrival order across partitions, each partition's order kept."""
+
+    def __init__(self) -> None:
+        self._queues: dict[tuple[str, int], deque[Any]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def add(self, msg: Any) -> None:
+        self._queues.setdefault((msg.topic(), msg.partition()), deque()).append(msg)
+
+    def pop_oldest(self) -> Any | None:
+        queues = [q for q in self._queues.values() if q]
+        if not queues:
+            return None
+        return min(queues, key=lambda q: (q[0].timestamp()[1], q[0].partition())).popleft()
+
+    def drop(self, partitions: list[Any]) -> None:
+        """Forgets the requests of revoked partitions: uncommitted, their next owner reads them."""
+        for tp in partitions:
+            self._queues.pop((tp.topic, tp.partition), None)
+
+
 @dataclass(frozen=True)
 class Job:
     request: GenerateRequest
@@ -59,6 +91,7 @@ class LlmWorker:
         self._consumer: Any = None
         self._producer: Any = None
         self._paused = False
+        self._waiting = Waiting()
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -67,7 +100,7 @@ class LlmWorker:
         self._consumer = make_consumer(s.bootstrap_servers, s.group, **FAST_CONSUMER)
         self._producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
         pool = ThreadPoolExecutor(self.generator.concurrency, thread_name_prefix="generate")
-        self._consumer.subscribe([s.topics.llm_requests])
+        self._consumer.subscribe([s.topics.llm_requests], on_revoke=self._revoked, on_lost=self._revoked)
         self.probes.set_ready(True)
         log.info("llm worker ready: model %s, %d slot(s)", self.generator.model, self.generator.concurrency)
         try:
@@ -80,33 +113,44 @@ class LlmWorker:
             self._consumer.close()
 
     def step(self, pool: ThreadPoolExecutor) -> None:
-        """One turn of the loop: take as many requests as there are free slots, else keep polling paused."""
+        """One turn of the loop: fetch what came (waiting requests stay uncommitted), then take the oldest waiting
+        requests while there are free slots."""
         self._running = [f for f in self._running if not f.done()]
         room = self.generator.concurrency - len(self._running)
-        assignment = self._consumer.assignment()
-        if room <= 0:
-            self._consumer.pause(assignment)  # again each turn: a rebalance may have added partitions
-            self._paused = True
-            msg = self._consumer.poll(0.05)
-            if msg is not None and not msg.error():  # fetched before the pause took: read it again later
-                self._consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
-            self._producer.poll(0)
-            return
-        if self._paused:
-            self._consumer.resume(assignment)
-            self._paused = False
-        for msg in self._consumer.consume(num_messages=room, timeout=0.05):
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("llm worker consumer: %s", msg.error())
-                continue
-            job = self._take(msg)
+        self._fetch(0.0 if room > 0 and len(self._waiting) else 0.05)
+        while room > 0 and (msg := self._waiting.pop_oldest()) is not None:
+            job = self._take(msg)  # None: expired (dropped unworked) or bad (dead-lettered)
             self._consumer.commit(
                 offsets=[TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)], asynchronous=True
             )
             if job is not None:
                 self._running.append(pool.submit(self._generate, job))
+                room -= 1
         self._producer.poll(0)
+
+    def _fetch(self, timeout_s: float) -> None:
+        """Adds what the consumer has to the waiting requests: the first within ``timeout_s``, then what is already
+        fetched. While LOOKAHEAD requests wait, the assignment is paused (again each turn: a rebalance may add
+        partitions) and the loop keeps polling, so the group never sees a stalled member."""
+        full = len(self._waiting) >= LOOKAHEAD
+        assignment = self._consumer.assignment()
+        if full:
+            self._consumer.pause(assignment)
+        elif self._paused:
+            self._consumer.resume(assignment)
+        self._paused = full
+        msg = self._consumer.poll(timeout_s)
+        if msg is None:
+            return
+        rest = self._consumer.consume(num_messages=max(1, LOOKAHEAD - len(self._waiting)), timeout=0)
+        for m in [msg, *rest]:
+            if not m.error():
+                self._waiting.add(m)
+            elif m.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("llm worker consumer: %s", m.error())
+
+    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
+        self._waiting.drop(partitions)
 
     def _take(self, msg: Any) -> Job | None:
         """The job of a request, or None when it is expired (counted) or bad (dead-lettered, durably)."""
