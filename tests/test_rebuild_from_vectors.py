@@ -17,6 +17,7 @@ from mmrag.milvus_index import MilvusIndex, alias_target
 from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, Modality
 from mmrag.settings import BaseServiceSettings, SpaceSettings
 from mmrag.space import EmbeddingSpace, space_from_settings
+from mmrag.space_catalog import collection_spec
 from mmrag.topics import Topics, ensure_topics
 from operator_cli.main import main as mmrag
 from tests.kafka_tools import read_topic, wait_for
@@ -124,6 +125,8 @@ def test_rebuild_from_vectors_serves_the_same_results(  # type: ignore[no-untype
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert mmrag(["reindex", "--rebuild-from", "vectors"]) == 0
+    _, spec = collection_spec(MilvusClient(uri=infra.milvus_uri, dedicated=True), collection)
+    assert spec is not None and (spec.space_id, spec.clip_model_dir) == (space.id, str(clip_dir))  # serving reads it
 
     after = MilvusIndex(infra.milvus_uri, collection, space.dim)
     after.start()
