@@ -84,9 +84,19 @@ def space_services(name: str, overrides: dict[str, str], state_dir: Path) -> lis
     return [Service(f"{stage}-{name}", module, env, space_dir(state_dir, name)) for stage, _, _, module in STAGES]
 
 
-def progress(name: str) -> list[StageProgress]:
+def progress(name: str, attempts: int = 3) -> list[StageProgress]:
     """Per stage of space ``name``: the records of its input topic and its group's lag (a group that committed
-    nothing yet has everything still to do)."""
+    nothing yet has everything still to do). Asked again after a second when the brokers cannot say yet (a topic
+    just created has no leader for a moment); CommandError when they still cannot."""
+    for _ in range(attempts - 1):
+        try:
+            return _progress(name)
+        except CommandError:
+            time.sleep(1.0)
+    return _progress(name)
+
+
+def _progress(name: str) -> list[StageProgress]:
     settings = SpaceOperatorSettings(space_name=name)
     admin = settings.admin()
     topics = settings.topics

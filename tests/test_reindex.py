@@ -55,7 +55,7 @@ def vector_bytes(rows: dict[str, VectorRow]) -> dict[str, bytes]:
     return {vid: np.asarray(r.vector, np.float32).tobytes() for vid, r in rows.items()}
 
 
-def test_reindex_same_space_and_another_clip_then_swap_and_rollback(  # type: ignore[no-untyped-def]
+def test_reindex_replays_the_same_space_bit_for_bit_then_swap_and_rollback(  # type: ignore[no-untyped-def]
     deployment, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = deployment.env()
