@@ -63,6 +63,7 @@ def write_corpus(root: Path, images: int) -> list[Path]:
     """The documents plus ``images`` shapes (a circle, square or triangle of a colour, at a seeded place)."""
     rng = np.random.default_rng(0)
     files = sorted(DOCS.glob("*.md"))
+    root.mkdir(parents=True, exist_ok=True)
     for i in range(images):
         img = Image.new("RGB", (64, 64), "white")
         draw = ImageDraw.Draw(img)

@@ -70,7 +70,7 @@ def space_models() -> dict[str, str]:
 
 def _space_rows() -> list[SpaceRow]:
     store = VectorStoreSettings()
-    client = MilvusClient(uri=store.milvus_uri, token=store.milvus_token.get_secret_value(), timeout=5, dedicated=True)
+    client = MilvusClient(uri=store.milvus_uri, token=store.milvus_token.get_secret_value(), timeout=2, dedicated=True)
     try:
         return spaces(client, store, load_swaps(swaps_path()))
     finally:
