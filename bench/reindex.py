@@ -31,11 +31,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 from PIL import Image, ImageDraw
-from pymilvus import MilvusClient
 
 from local_stack.processes import free_port
 from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
 from mmrag.clip import write_random_clip
+from mmrag.milvus_index import milvus_client
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.settings import SpaceSettings, VectorStoreSettings
@@ -119,7 +119,7 @@ def live_caught_up() -> bool:
 def indexed_objects(collection: str) -> int:
     """Distinct objects with rows in ``collection`` (0 while it does not exist)."""
     store = VectorStoreSettings()
-    client = MilvusClient(uri=store.milvus_uri, dedicated=True)  # a channel per look: idle ones get GOAWAY
+    client = milvus_client(store.milvus_uri)
     try:
         if not client.has_collection(collection):
             return 0
@@ -205,7 +205,7 @@ def rebuild_rate(dep: Deployment, clip_b: Path) -> dict[str, float]:
 
     store = VectorStoreSettings()
     space_b = space_from_settings(SpaceSettings(clip_model_dir=clip_b))
-    client = MilvusClient(uri=store.milvus_uri, dedicated=True)
+    client = milvus_client(store.milvus_uri)
     client.drop_collection(store.collection_for(space_b.id, "b"))
     client.close()
     began = time.monotonic()

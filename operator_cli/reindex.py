@@ -28,7 +28,7 @@ from rich.table import Table
 
 from local_stack.processes import alive_pid, stop_all_detached
 from local_stack.services import Service
-from mmrag.milvus_index import move_alias
+from mmrag.milvus_index import milvus_client, move_alias
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
 from mmrag.topics import Topics, ensure_topics
 from operator_cli.connection import CommandError, OperatorSettings, console, friendly
@@ -165,7 +165,7 @@ def follow(name: str, interval_s: float, swap: bool, timeout_s: float) -> bool:
 def _client() -> tuple[MilvusClient, VectorStoreSettings]:
     store = VectorStoreSettings()
     token = store.milvus_token.get_secret_value()
-    return MilvusClient(uri=store.milvus_uri, token=token, dedicated=True), store
+    return milvus_client(store.milvus_uri, token), store
 
 
 def space_collection(client: MilvusClient, store: VectorStoreSettings, name: str) -> str:

@@ -8,12 +8,12 @@ import time
 from dataclasses import asdict
 
 import grpc
-from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mmrag.milvus_index import milvus_client
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.settings import VectorStoreSettings
 from operator_cli.connection import (
@@ -70,7 +70,7 @@ def space_models() -> dict[str, str]:
 
 def _space_rows() -> list[SpaceRow]:
     store = VectorStoreSettings()
-    client = MilvusClient(uri=store.milvus_uri, token=store.milvus_token.get_secret_value(), timeout=2, dedicated=True)
+    client = milvus_client(store.milvus_uri, store.milvus_token.get_secret_value(), timeout_s=2)
     try:
         return spaces(client, store, load_swaps(swaps_path()))
     finally:
