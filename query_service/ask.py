@@ -133,6 +133,7 @@ class Asker:
             partial=outcome.partial,
             missing_shards=outcome.missing_shards,
             space_id=self.search.space_id,
+            space_name=self.search.space_name,
             from_cache=outcome.from_cache,
             degraded=outcome.degraded,
         )
