@@ -38,7 +38,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     for parser in (up, down, status, env):
         parser.add_argument("--state-dir", type=Path, default=default_state_dir(), help="default: $MMRAG_STATE_DIR")
     up.add_argument("--nodes", type=int, default=1, help="Kafka nodes (3 for fault drills)")
-    up.add_argument("--shards", type=int, default=2, help="retrieval shards (one worker each)")
+    up.add_argument("--shards", type=int, default=2, help="retrieval shards (a worker per shard and kind)")
     up.add_argument("--clip-model-dir", type=Path, default=default_clip_model_dir())
     up.add_argument("--bucket", default="mmrag-demo", help="bucket created and connected to the queue")
     up.add_argument("--topic-prefix", default="")
