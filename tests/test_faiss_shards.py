@@ -50,8 +50,8 @@ class Searcher:
         while time.monotonic() < deadline:  # a rebalance may hold a request past its deadline: ask again
             cid = uuid.uuid4().hex
             address = ReplyAddress(cid, self.topics.search_replies, 0, now_ms() + 8000)
-            request = SearchRequest(
-                correlation_id=cid, space_id=self.space_id, query_vector=query.tolist(), top_k=top_k
+            request = SearchRequest(  # chunk level (raw_chunks): what an exact index of the same rows returns
+                correlation_id=cid, space_id=self.space_id, query_vector=query.tolist(), top_k=top_k, raw_chunks=True
             )
             self.producer.produce(
                 self.topics.search_requests, request.SerializeToString(), cid, headers=address.headers()
