@@ -30,5 +30,6 @@ def test_topics_are_created_once_with_compaction_and_shard_partitions(bootstrap:
             topics.vectors,
             topics.index_status,
             topics.name("backfill-checkpoints"),
+            topics.object_access,
         }
         assert policy == ("compact" if compacted else "delete"), resource.name
