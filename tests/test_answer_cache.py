@@ -216,7 +216,7 @@ class Encoder:
 
 
 class Search:
-    space_id, shards = "space-1", 1
+    space_id, shards, space_name = "space-1", 1, ""
 
     def search(self, vector: object, top_k: int, timeout: float, text: str, scope: object = None) -> SearchOutcome:
         hit = SearchHit(vector_id="b/choir#0", object_id="b/choir", version="v1", score=0.9, text=CHOIR, has_text=True)

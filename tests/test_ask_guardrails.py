@@ -28,7 +28,7 @@ class Encoder:
 
 
 class Search:
-    space_id, shards = "space-1", 1
+    space_id, shards, space_name = "space-1", 1, ""
 
     def __init__(self, score: float) -> None:
         self.score = score
