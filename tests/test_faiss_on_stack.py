@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymilvus import MilvusClient
 
 from local_stack.stack import Deployment, Endpoints
 from local_stack.state import StackRecord
 from mmrag.ids import shard_for
+from mmrag.milvus_index import milvus_client
 from mmrag.object_store import S3ObjectStore
 from mmrag.topics import Topics
 from tests.kafka_tools import read_topic, wait_for
@@ -93,7 +93,7 @@ def test_upload_then_search_answered_by_faiss_workers_on_the_stack(deployment: A
     answer = client.search("kafka consumer groups share partitions", top_k=10)
     assert {r.object_id for r in answer} == every and len(answer) == len(every)
     assert answer[-1].object_id == f"{b}/docs/tides.txt"  # the unrelated text ranks last
-    assert [r.score for r in answer] == sorted((r.score for r in answer), reverse=True)
+    # (no score order asserted: results come in the fusion's rank order, scores stay joint similarities)
 
     # Who answered: each Faiss worker holds its shard's rows (from vectors.v1) and answered; Milvus holds nothing.
     vectors = read_topic(deployment.endpoints.bootstrap_servers, Topics(deployment.topic_prefix).vectors, idle_s=1.5)
@@ -104,7 +104,7 @@ def test_upload_then_search_answered_by_faiss_workers_on_the_stack(deployment: A
         assert f", {rows} rows, flat" in readyz(worker)
         assert search_requests_answered(worker) > 0
     prefix = deployment.env()["MMRAG_COLLECTION_PREFIX"]
-    milvus = MilvusClient(uri=deployment.endpoints.milvus_uri)
+    milvus = milvus_client(deployment.endpoints.milvus_uri)
     assert not [c for c in milvus.list_collections() if c.startswith(prefix)]
 
     # A delete reaches the Faiss workers through vectors.v1 tombstones.

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-from pymilvus import MilvusClient
 
 from local_stack.services import Service
 from mmrag.messages import now_ms
-from mmrag.milvus_index import MilvusIndex, alias_target
+from mmrag.milvus_index import MilvusIndex, alias_target, milvus_client
 from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, Modality
 from mmrag.settings import BaseServiceSettings, SpaceSettings
 from mmrag.space import EmbeddingSpace, space_from_settings
@@ -117,7 +116,7 @@ def test_rebuild_from_vectors_serves_the_same_results(  # type: ignore[no-untype
     results = [[(h.row.vector_id, h.score) for h in before.search(q, 10)] for q in queries]
     assert len(rows) == 15 and {r.object_id for r in rows.values()} == set(oids[:5])
 
-    client = MilvusClient(uri=infra.milvus_uri)
+    client = milvus_client(infra.milvus_uri)
     client.drop_alias(f"{prefix}_live")
     client.drop_collection(collection)
     assert collection not in client.list_collections()
@@ -125,7 +124,7 @@ def test_rebuild_from_vectors_serves_the_same_results(  # type: ignore[no-untype
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert mmrag(["reindex", "--rebuild-from", "vectors"]) == 0
-    _, spec = collection_spec(MilvusClient(uri=infra.milvus_uri, dedicated=True), collection)
+    _, spec = collection_spec(milvus_client(infra.milvus_uri), collection)
     assert spec is not None and (spec.space_id, spec.clip_model_dir) == (space.id, str(clip_dir))  # serving reads it
 
     after = MilvusIndex(infra.milvus_uri, collection, space.dim)

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from pymilvus import MilvusClient
 
 from local_stack.stack import start_services
-from mmrag.milvus_index import MilvusIndex, alias_target
+from mmrag.milvus_index import MilvusIndex, alias_target, milvus_client
 from mmrag.object_store import S3ObjectStore
 from mmrag.settings import SpaceSettings
 from mmrag.space import EmbeddingSpace, space_from_settings
@@ -89,7 +88,7 @@ def test_reindex_replays_the_same_space_bit_for_bit_then_swap_and_rollback(  # t
     finally:
         stop_space("same")
 
-    client = MilvusClient(uri=uri, dedicated=True)  # a fresh channel: a cached idle one may be gone (GOAWAY)
+    client = milvus_client(uri)  # its own channel, keepalive the server takes
     assert alias_target(client, f"{prefix}_live") == collection_a  # a re-index never takes the alias itself
     same = rows_of(uri, f"{collection_a}_same", space_a, oids)
     assert vector_bytes(same) == vector_bytes(rows_a)

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import REGISTRY, generate_latest
-from pymilvus import MilvusClient
 from rich.console import Console
 
-from mmrag.milvus_index import MilvusIndex, alias_target, move_alias
+from mmrag.milvus_index import MilvusIndex, alias_target, milvus_client, move_alias
 from mmrag.settings import VectorStoreSettings
 from mmrag.space_catalog import SpaceSpec, spec_properties
 from mmrag.topics import Topics, ensure_topics
@@ -79,7 +78,7 @@ def test_status_lists_spaces_and_keep_drops_only_old_ones(deployment, monkeypatc
     path = Path(env["MMRAG_STATE_DIR"]) / "reindex" / "swaps.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(swaps))
-    client = MilvusClient(uri=uri, dedicated=True)
+    client = milvus_client(uri)
     move_alias(client, f"{prefix}_live", a.collection)
 
     rows = spaces(client, VectorStoreSettings(), swaps)
