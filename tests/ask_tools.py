@@ -18,6 +18,16 @@ from tests.kafka_tools import wait_for
 
 INDEXING = ["sqs_bridge", "normalizer", "text_embedder", "index_updater"]
 
+# The Ask tests' corpus: SmolLM2 answers tests/test_ask.py's question from tide-pools.md.
+CORPUS = {
+    "kafka-groups.md": "Kafka consumer groups split the partitions of a topic between their members. Each partition "
+    "is read by exactly one member of the group, and the group commits offsets to remember how far it has read.",
+    "sourdough.md": "Sourdough bread rises with a starter of wild yeast and lactic acid bacteria instead of baker's "
+    "yeast. The starter is fed flour and water every day and the dough ferments for many hours before baking.",
+    "tide-pools.md": "Tide pools are rocky pools on the seashore that the sea fills at high tide. Sea anemones, "
+    "starfish, crabs and small fish live in them and survive the hours when the tide is out.",
+}
+
 
 @dataclass
 class Asked:

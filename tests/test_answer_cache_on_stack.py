@@ -18,18 +18,11 @@ from local_stack.services import Service
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from producers.upload import upload_files
+from tests.ask_tools import CORPUS
 from tests.kafka_tools import wait_for
 
 pytestmark = pytest.mark.kafka
 
-CORPUS = {  # tests/test_ask.py's: SmolLM2 answers its question from tide-pools.md
-    "kafka-groups.md": "Kafka consumer groups split the partitions of a topic between their members. Each partition "
-    "is read by exactly one member of the group, and the group commits offsets to remember how far it has read.",
-    "sourdough.md": "Sourdough bread rises with a starter of wild yeast and lactic acid bacteria instead of baker's "
-    "yeast. The starter is fed flour and water every day and the dough ferments for many hours before baking.",
-    "tide-pools.md": "Tide pools are rocky pools on the seashore that the sea fills at high tide. Sea anemones, "
-    "starfish, crabs and small fish live in them and survive the hours when the tide is out.",
-}
 OVERWRITTEN = (
     "Tide pools are rocky pools on the seashore that the sea fills at high tide. Octopuses, hermit crabs and "
     "limpets live in them and hide under the seaweed when the tide is out."

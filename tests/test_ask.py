@@ -18,6 +18,7 @@ from mmrag.pb.events_pb2 import GenerateRequest, PromptSource
 from mmrag.request_reply import ReplyAddress
 from operator_cli.ask import stream_answer
 from tests.ask_tools import (
+    CORPUS,
     Asked,
     ask,
     assert_answered_from_sources,
@@ -30,14 +31,6 @@ from tests.kafka_tools import read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
 
-CORPUS = {
-    "kafka-groups.md": "Kafka consumer groups split the partitions of a topic between their members. Each partition "
-    "is read by exactly one member of the group, and the group commits offsets to remember how far it has read.",
-    "sourdough.md": "Sourdough bread rises with a starter of wild yeast and lactic acid bacteria instead of baker's "
-    "yeast. The starter is fed flour and water every day and the dough ferments for many hours before baking.",
-    "tide-pools.md": "Tide pools are rocky pools on the seashore that the sea fills at high tide. Sea anemones, "
-    "starfish, crabs and small fish live in them and survive the hours when the tide is out.",
-}
 QUESTION = "Which animals live in tide pools?"
 ANSWERING = "tide-pools.md"
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.ask_tools import Asked, ask, assert_answered_from_sources, llm_worker, start_with_corpus
+from tests.ask_tools import CORPUS, Asked, ask, assert_answered_from_sources, llm_worker, start_with_corpus
 from tests.kafka_tools import read_topic, wait_for
 from tests.llama_server import llama_server
-from tests.test_ask import ANSWERING, CORPUS, QUESTION
+from tests.test_ask import ANSWERING, QUESTION
 
 pytestmark = pytest.mark.kafka
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from local_stack.stack import start_services
+from local_stack.stack import Deployment, start_services
 from mmrag.milvus_index import MilvusIndex, alias_target, milvus_client
 from mmrag.object_store import S3ObjectStore
 from mmrag.settings import SpaceSettings
@@ -44,6 +44,16 @@ def live_caught_up() -> bool:
     return all(lags.get(g) == 0 for g in LIVE_GROUPS)
 
 
+def upload_corpus(deployment: Deployment, tmp_path: Path) -> list[str]:
+    """Uploads the re-index tests' corpus (two texts and an image under ``c/``); returns their object ids."""
+    store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
+    (tmp_path / "a.md").write_text("# Partitions\nA topic is split into partitions; each is an ordered log.\n")
+    (tmp_path / "b.md").write_text("# Compaction\nA compacted topic keeps the latest value of every key.\n")
+    (tmp_path / "circle.png").write_bytes(circle_png())
+    upload_files(store, bucket, [tmp_path / "a.md", tmp_path / "b.md", tmp_path / "circle.png"], prefix="c")
+    return [f"{bucket}/c/a.md", f"{bucket}/c/b.md", f"{bucket}/c/circle.png"]
+
+
 def rows_of(uri: str, collection: str, space: EmbeddingSpace, oids: list[str]) -> dict[str, VectorRow]:
     index = MilvusIndex(uri, collection, space.dim)
     index.start()
@@ -63,12 +73,7 @@ def test_reindex_replays_the_same_space_bit_for_bit_then_swap_and_rollback(  # t
     live = [deployment.service(n) for n in ("sqs_bridge", "normalizer", "text_embedder", "vision_embedder")]
     live.append(deployment.service("index_updater"))
     start_services(live)
-    store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
-    (tmp_path / "a.md").write_text("# Partitions\nA topic is split into partitions; each is an ordered log.\n")
-    (tmp_path / "b.md").write_text("# Compaction\nA compacted topic keeps the latest value of every key.\n")
-    (tmp_path / "circle.png").write_bytes(circle_png())
-    upload_files(store, bucket, [tmp_path / "a.md", tmp_path / "b.md", tmp_path / "circle.png"], prefix="c")
-    oids = [f"{bucket}/c/a.md", f"{bucket}/c/b.md", f"{bucket}/c/circle.png"]
+    oids = upload_corpus(deployment, tmp_path)
     space_a = space_from_settings(SpaceSettings(clip_model_dir=clip_dir))
     uri, prefix = env["MMRAG_MILVUS_URI"], env["MMRAG_COLLECTION_PREFIX"]
     collection_a = f"{prefix}_{space_a.id}"

@@ -25,9 +25,8 @@ from mmrag.settings import SpaceSettings
 from mmrag.space import space_from_settings
 from mmrag.vector_index import VectorRow
 from operator_cli.reindex import caught_up, progress, rollback, start_space, stop_space, swap_to
-from producers.upload import upload_files
 from tests.kafka_tools import wait_for
-from tests.test_reindex import circle_png, live_caught_up
+from tests.test_reindex import live_caught_up, upload_corpus
 
 pytestmark = pytest.mark.kafka
 QUERY = "how is a topic split into ordered logs"
@@ -94,7 +93,6 @@ def test_queries_never_fail_through_reindex_swap_and_rollback(
     deployment, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from local_stack.stack import start_services
-    from mmrag.object_store import S3ObjectStore
 
     env = deployment.env()
     for name, value in env.items():
@@ -103,12 +101,7 @@ def test_queries_never_fail_through_reindex_swap_and_rollback(
     live.append(deployment.service("index_updater"))
     serving = [deployment.service("query_service", MMRAG_RESULT_CACHE_TTL_S="0"), *deployment.shard_workers()]
     start_services(live + serving)
-    store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
-    (tmp_path / "a.md").write_text("# Partitions\nA topic is split into partitions; each is an ordered log.\n")
-    (tmp_path / "b.md").write_text("# Compaction\nA compacted topic keeps the latest value of every key.\n")
-    (tmp_path / "circle.png").write_bytes(circle_png())
-    upload_files(store, bucket, [tmp_path / "a.md", tmp_path / "b.md", tmp_path / "circle.png"], prefix="c")
-    oids = [f"{bucket}/c/a.md", f"{bucket}/c/b.md", f"{bucket}/c/circle.png"]
+    oids = upload_corpus(deployment, tmp_path)
     space_a = space_from_settings(SpaceSettings(clip_model_dir=clip_dir))
     uri, prefix = env["MMRAG_MILVUS_URI"], env["MMRAG_COLLECTION_PREFIX"]
     collection_a = f"{prefix}_{space_a.id}"
