@@ -87,3 +87,12 @@ def zip_bomb_docx(body_mib: int) -> bytes:
             for _ in range(body_mib):
                 body.write(b"<w:p>" + b"a" * (1 << 20))
     return buf.getvalue()
+
+
+def circle_png(fill: str = "red") -> bytes:
+    """A 64x64 PNG: a filled circle on white (the stack tests' image upload and image query)."""
+    img = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill=fill)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

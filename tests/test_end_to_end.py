@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
-from PIL import Image, ImageDraw
 
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from producers.upload import upload_files
+from tests.documents import circle_png
 from tests.kafka_tools import Landed, read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -21,14 +20,6 @@ KAFKA_DOC = """# Consumer groups
 Kafka consumer groups split the partitions of a topic between their members. Each partition is read by exactly
 one member of the group, and the group commits offsets to remember how far it has read.
 """
-
-
-def red_circle_png() -> bytes:
-    img = Image.new("RGB", (64, 64), "white")
-    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill="red")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def search(port: int, text: str = "", image: bytes = b"", top_k: int = 10) -> query_pb2.SearchResponse:
@@ -73,7 +64,7 @@ def test_upload_search_delete_and_dlq(deployment, bootstrap: str, tmp_path: Path
     services = start_services(deployment.all_services())
     store = S3ObjectStore(deployment.s3_settings(), "test")
     bucket, port = deployment.bucket, deployment.grpc_port
-    circle = red_circle_png()
+    circle = circle_png()
     files = {
         "kafka groups.md": KAFKA_DOC.encode(),
         "circle.png": circle,

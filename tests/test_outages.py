@@ -34,6 +34,7 @@ from confluent_kafka import Producer
 from local_stack.stack import Deployment, Endpoints, start_services
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, MediaKind, Modality
+from tests.documents import circle_png
 from tests.drill_tools import (
     Figures,
     assert_all_serving,
@@ -49,7 +50,7 @@ from tests.drill_tools import (
 )
 from tests.tcp_link import TcpLink
 from tests.test_awkward_keys import deployment_index
-from tests.test_end_to_end import red_circle_png, search
+from tests.test_end_to_end import search
 
 pytestmark = pytest.mark.kafka
 INDEXED = IndexState.INDEX_STATE_INDEXED
@@ -230,7 +231,7 @@ def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra
             os.kill(embedder.pid or 0, signal.SIGSTOP)
         store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
         objects = {f"notes/{n:02d}.md": note(n) for n in range(4)}
-        objects |= {f"img/circle-{n}.png": red_circle_png() for n in range(2)}
+        objects |= {f"img/circle-{n}.png": circle_png() for n in range(2)}
         oids = upload(store, bucket, objects)
         events = f"{deployment.topic_prefix}objects.v1"
         in_kafka = wait_until(lambda: oids <= {m.key for m in read_to_end(infra.bootstrap_servers, events)}, 90)
@@ -368,7 +369,7 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
             service.wait_ready(240)
         victim = busiest_broker(cluster.bootstrap_servers, prefix)
         objects = {f"notes/{n:02d}.md": note(n) for n in range(30)} | {
-            f"img/{n:02d}.png": red_circle_png() for n in range(10)
+            f"img/{n:02d}.png": circle_png() for n in range(10)
         }
         third = threading.Event()
         store = S3ObjectStore(dep.s3_settings(), "test")

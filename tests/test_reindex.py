@@ -6,13 +6,11 @@ tests/test_reindex_serving.py."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from local_stack.stack import Deployment, start_services
 from mmrag.milvus_index import MilvusIndex, alias_target, milvus_client
@@ -25,18 +23,11 @@ from operator_cli.connection import OperatorSettings
 from operator_cli.lag import group_lags
 from operator_cli.reindex import caught_up, progress, rollback, start_space, stop_space, swap_to
 from producers.upload import upload_files
+from tests.documents import circle_png
 from tests.kafka_tools import wait_for
 
 pytestmark = pytest.mark.kafka
 LIVE_GROUPS = ("embedder-text", "embedder-vision", "index-updater")
-
-
-def circle_png() -> bytes:
-    img = Image.new("RGB", (64, 64), "white")
-    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill="blue")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def live_caught_up() -> bool:
@@ -49,7 +40,7 @@ def upload_corpus(deployment: Deployment, tmp_path: Path) -> list[str]:
     store, bucket = S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket
     (tmp_path / "a.md").write_text("# Partitions\nA topic is split into partitions; each is an ordered log.\n")
     (tmp_path / "b.md").write_text("# Compaction\nA compacted topic keeps the latest value of every key.\n")
-    (tmp_path / "circle.png").write_bytes(circle_png())
+    (tmp_path / "circle.png").write_bytes(circle_png("blue"))
     upload_files(store, bucket, [tmp_path / "a.md", tmp_path / "b.md", tmp_path / "circle.png"], prefix="c")
     return [f"{bucket}/c/a.md", f"{bucket}/c/b.md", f"{bucket}/c/circle.png"]
 

@@ -13,11 +13,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from local_stack.s3 import ensure_bucket_with_queue
 from mmrag.object_store import S3ObjectStore, s3_client
 from mmrag.pb import query_pb2, query_pb2_grpc
+from tests.documents import circle_png
 from tests.kafka_tools import wait_for
 
 pytestmark = pytest.mark.kafka
@@ -30,14 +31,6 @@ LONG_KAFKA = " ".join(
 )
 HTML = "<html><body><h1>Consumer groups</h1><p>Kafka consumer groups share partitions.</p></body></html>"
 TIDES = "Tide pools hold sea stars, anemones and nudibranchs at low tide on rocky shores."
-
-
-def circle_png() -> bytes:
-    img = Image.new("RGB", (64, 64), "white")
-    ImageDraw.Draw(img).ellipse((12, 12, 52, 52), fill="red")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class Client:
