@@ -112,8 +112,9 @@ class Latency:
 
 def live_caught_up() -> bool:
     """Every group of the live space (normalizer, embedders, updater) has read everything there is."""
-    lags = {g.group: g.total for g in group_lags(OperatorSettings())}
-    return all(lags.get(g) == 0 for g in LIVE_GROUPS)
+    settings = OperatorSettings()
+    lags = {g.group: g.total for g in group_lags(settings)}
+    return all(lags.get(settings.topic_prefix + g) == 0 for g in LIVE_GROUPS)
 
 
 def indexed_objects(collection: str) -> int:

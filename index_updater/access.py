@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, Producer, TopicPartition
 
 from mmrag.changelog import ChangelogReader
 from mmrag.errors import RetryableError
-from mmrag.kafka_clients import consumer_config, producer_config
+from mmrag.kafka_clients import consumer_config, producer_config, watermark_offsets
 from mmrag.pb.events_pb2 import SearchReply
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class ReplyFold:
         written. RetryableError when Kafka does not answer or the replies cannot be read to their end in time."""
         found, ends = Accesses(), []
         for tp in self._partitions():
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=30)
+            low, high = watermark_offsets(self.consumer, tp, 30)
             (committed,) = self.consumer.committed([tp], timeout=30)
             start, lost = start_offset(committed.offset if committed.offset != OFFSET_INVALID else -1, low)
             if lost:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from confluent_kafka import Producer
 from pydantic import Field
 
-from index_updater.access import Accesses, ReplyFold, read_accesses
+from index_updater.access import ACCESS_GROUP, Accesses, ReplyFold, read_accesses
 from mmrag.changelog import ChangelogReader, LoggedRecord
 from mmrag.kafka_clients import producer_config
 from mmrag.messages import CONTENT_TYPE_PROTOBUF, now_ms
@@ -97,7 +97,9 @@ def record_accesses(settings: PruningSettings, now: int, dry_run: bool) -> Acces
     """Folds the replies since the last run into object-access.v1 (not in a dry run) and returns every access."""
     topics = settings.topics
     stored = read_accesses(settings.bootstrap_servers, topics.object_access)
-    fold = ReplyFold(settings.bootstrap_servers, topics.search_replies, topics.object_access)
+    fold = ReplyFold(
+        settings.bootstrap_servers, topics.search_replies, topics.object_access, settings.group_id(ACCESS_GROUP)
+    )
     try:
         new, ends = fold.fold(now)
         if not dry_run:

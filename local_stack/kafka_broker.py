@@ -23,6 +23,7 @@ from subprocess import DEVNULL, PIPE, Popen, run
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from local_stack.processes import free_port
 from mmrag.settings import cache_dir as project_cache_dir
 
 KAFKA_VERSION = "4.3.1"
@@ -229,11 +230,8 @@ def _plan_cluster(base_dir: Path, nodes: int, first_port: int | None, heap_mb: i
         ports = [(first_port + i, first_port + nodes + i) for i in range(nodes)]
     elif previous is not None:
         ports = [(node.port, node.controller_port) for node in previous.nodes]
-    else:  # all sockets stay open until each has its port, so the kernel hands out distinct ones
-        socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2 * nodes)]
-        free = [sock.getsockname()[1] for sock in socks]
-        for sock in socks:
-            sock.close()
+    else:  # distinct ports below the ephemeral range: a restarted node gets its port back
+        free = [free_port() for _ in range(2 * nodes)]
         ports = [(free[2 * i], free[2 * i + 1]) for i in range(nodes)]
     members = [KafkaNode(i + 1, port, cport, base_dir / f"node-{i + 1}") for i, (port, cport) in enumerate(ports)]
     # 16 random bytes, urlsafe base64 unpadded: the format of `kafka-storage random-uuid`, without a JVM start.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,11 +13,33 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now, below the kernel's ephemeral range and never handed out before by this process.
+
+    A port from ``bind(0)`` is an ephemeral one: between closing the probe socket and the service binding it, any
+    outgoing connection on the machine (Kafka clients open many) may take it as its local port, and the service
+    dies with "Address already in use". Ports under the ephemeral range are never given to outgoing connections."""
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    floor = 15000 if low > 20000 else 1024
+    for _ in range(200):
+        port = random.randrange(floor, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"[local stack] no free port in {floor}-{low - 1} after 200 tries -> stop other local services")
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:

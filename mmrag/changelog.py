@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from mmrag.errors import RetryableError
-from mmrag.kafka_clients import consumer_config, decode_headers
+from mmrag.kafka_clients import consumer_config, decode_headers, watermark_offsets
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class ChangelogReader:
         """Partitions with anything to read (an empty partition sends no end-of-partition event to wait for)."""
         found = set()
         for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            low, high = watermark_offsets(consumer, TopicPartition(topic, p), 30)
             if high > low:
                 found.add(p)
         return found

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+# Errors of a partition whose leader is being elected or moving: a topic created a moment ago, a broker failover.
+_LEADER_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+}
 
 
 def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
@@ -61,3 +72,25 @@ def key_partition(key: str, partitions: int) -> int:
     """The partition librdkafka's default partitioner gives a non-empty key (CRC-32 mod count). Stages that keep
     per-key state write with it explicitly, so an input partition and the same output partition hold the same keys."""
     return zlib.crc32(key.encode()) % partitions
+
+
+def _leader_moving(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and exc.args[0].code() in _LEADER_MOVING
+
+
+def watermark_offsets(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """(low, high) of ``tp``, asked of its leader; retried while that leader is elected or moves (a just-created
+    topic answers NOT_LEADER_FOR_PARTITION for a moment), within ``timeout_s`` in all. Other errors raise at once."""
+    deadline = time.monotonic() + timeout_s
+
+    def ask() -> tuple[int, int]:
+        low, high = consumer.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+        return int(low), int(high)
+
+    retrying = Retrying(
+        stop=stop_after_delay(timeout_s),
+        wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception(_leader_moving),
+        reraise=True,
+    )
+    return retrying(ask)

@@ -67,9 +67,16 @@ class BaseServiceSettings(BaseSettings):
     def topics(self) -> Topics:
         return Topics(self.topic_prefix, self.space_name)
 
+    def group_id(self, base: str) -> str:
+        """Consumer group ``base`` of this deployment: ``<topic prefix><base>``. Deployments sharing a cluster under
+        different prefixes share no group (a shared group rebalances across them) and no transactional id (their
+        producers would fence each other)."""
+        return f"{self.topic_prefix}{base}"
+
     def consumer_group(self, base: str) -> str:
-        """The group of stage ``base`` in this space: ``base`` for the live space, ``base.<space name>`` else."""
-        return f"{base}.{self.space_name}" if self.space_name else base
+        """The group of stage ``base`` in this deployment and space: ``<prefix><base>`` for the live space,
+        ``<prefix><base>.<space name>`` else."""
+        return self.group_id(base) + (f".{self.space_name}" if self.space_name else "")
 
     @property
     def commit_deadline_s(self) -> float:

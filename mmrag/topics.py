@@ -189,12 +189,21 @@ def _set_max_message_bytes(admin: AdminClient, names: list[str], max_message_byt
 
 
 def _wait_visible(admin: AdminClient, names: list[str], bootstrap_servers: str, timeout_s: float = 15) -> None:
-    """Waits until the broker's metadata lists every created topic (a created topic is not listed at once)."""
+    """Waits until the broker's metadata lists every created topic with a leader for each partition (a created
+    topic is not listed at once, and its partitions answer NOT_LEADER_FOR_PARTITION until leaders are elected)."""
     deadline = time.monotonic() + timeout_s
-    while not set(names) <= set(admin.list_topics(timeout=timeout_s).topics):
+
+    def ready() -> bool:
+        listed = admin.list_topics(timeout=timeout_s).topics
+        return all(
+            n in listed and listed[n].partitions and all(p.leader >= 0 for p in listed[n].partitions.values())
+            for n in names
+        )
+
+    while not ready():
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"[topics] created {names} but the broker at {bootstrap_servers} does not list them after "
-                f"{timeout_s:.0f}s -> check the broker's log"
+                f"[topics] created {names} but the broker at {bootstrap_servers} does not list them with leaders "
+                f"after {timeout_s:.0f}s -> check the broker's log"
             )
         time.sleep(0.1)

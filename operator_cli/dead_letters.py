@@ -13,7 +13,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 
 import mmrag.pb.events_pb2  # noqa: F401 - registers the payload types the preview decodes by name
 from mmrag.dlq import DLQ_PREFIX, REPLAY_FIRST_FAILURE_MS, REPLAY_OF, REPLAY_PRIOR_ATTEMPTS, failed_version
-from mmrag.kafka_clients import consumer_config, decode_headers
+from mmrag.kafka_clients import consumer_config, decode_headers, watermark_offsets
 from operator_cli.connection import CommandError
 
 READ_TIMEOUT_S = 60.0
@@ -156,7 +156,7 @@ def read_records(
             raise CommandError(f"topic {topic} not found -> check MMRAG_TOPIC_PREFIX, or create it (`mmrag topics`)")
         pending = {}
         for p in partitions if partitions is not None else sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            low, high = watermark_offsets(consumer, TopicPartition(topic, p), 15)
             if high > max(low, start):
                 pending[p] = high
         yield from _drain(consumer, topic, pending, start, limit)

@@ -108,7 +108,7 @@ def _progress(name: str) -> list[StageProgress]:
     lags = {g.group: g.total for g in group_lags(settings)}
     found = []
     for stage, base, _, _ in STAGES:
-        group, topic = f"{base}.{name}", wanted[base]
+        group, topic = f"{settings.topic_prefix}{base}.{name}", wanted[base]
         total = sum(ends[tp] - starts[tp] for tp in parts[topic])
         found.append(StageProgress(stage, group, topic, total, lags.get(group, total)))
     return found

@@ -213,7 +213,9 @@ class Normalizer:
 def build(settings: NormalizerSettings, probes: Probes) -> StageRunner[RawChanges]:
     handler = Normalizer(settings, S3ObjectStore(settings, STAGE), ChangelogReader(settings.bootstrap_servers, STAGE))
     decoders = {settings.topics.s3_events: decode_changes}
-    return StageRunner(settings, handler, group=settings.group, decoders=decoders, transactional=True, probes=probes)
+    return StageRunner(
+        settings, handler, group=settings.group_id(settings.group), decoders=decoders, transactional=True, probes=probes
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,9 @@ class QueryService:
             s.instance_id,
         )
         replies.start()
-        presence = WorkerPresence(s.bootstrap_servers, s.llm_group, t.llm_requests, s.llm_presence_interval_s)
+        presence = WorkerPresence(
+            s.bootstrap_servers, s.group_id(s.llm_group), t.llm_requests, s.llm_presence_interval_s
+        )
         presence.start()
         breaker = LlmBreaker(s.llm_breaker_fail_max, s.llm_breaker_reset_s)
         self.probes.add_check("replies", replies.health)

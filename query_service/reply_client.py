@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from google.protobuf.message import DecodeError, Message
 from prometheus_client import Counter
 
-from mmrag.kafka_clients import consumer_config, decode_headers
+from mmrag.kafka_clients import consumer_config, decode_headers, watermark_offsets
 from mmrag.messages import Output
 from mmrag.producing import produce_outputs
 from mmrag.request_reply import CORRELATION_ID, FAST_CONSUMER, ReplyAddress
@@ -70,7 +70,7 @@ class RequestReplyClient:
         self._consumer = Consumer(self._config)
         assignment = []
         for topic in self.reply_types:
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, self.partition), timeout=15)
+            _, high = watermark_offsets(self._consumer, TopicPartition(topic, self.partition), 15)
             assignment.append(TopicPartition(topic, self.partition, high))
         self._consumer.assign(assignment)
         self._thread = threading.Thread(target=self._loop, name="reply-client", daemon=True)

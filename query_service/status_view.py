@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from google.protobuf.message import DecodeError
 
 from mmrag.dlq import failed_version
-from mmrag.kafka_clients import consumer_config, decode_headers
+from mmrag.kafka_clients import consumer_config, decode_headers, watermark_offsets
 from mmrag.messages import now_ms
 from mmrag.pb.events_pb2 import IndexStatus
 from mmrag.pb.query_pb2 import ObjectStatusResponse
@@ -63,7 +63,7 @@ class StatusView:
             raise RuntimeError(f"[query_service] status view: topics {missing} missing -> run `mmrag topics`")
         partitions = [TopicPartition(n, p, OFFSET_BEGINNING) for n in names for p in sorted(metadata[n].partitions)]
         for tp in partitions:
-            low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            low, high = watermark_offsets(consumer, tp, 30)
             if high > low:
                 self._loading.add((tp.topic, tp.partition))
                 self._ends[(tp.topic, tp.partition)] = high

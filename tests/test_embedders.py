@@ -114,10 +114,14 @@ def test_two_vision_embedders_split_partitions_and_embed_each_image_once(deploym
     members = start_services([deployment.service("vision_embedder", str(i), MMRAG_MAX_BATCH="4") for i in (0, 1)])
     admin = AdminClient({"bootstrap.servers": deployment.endpoints.bootstrap_servers})
 
-    def group_size() -> int:
-        return len(admin.describe_consumer_groups(["embedder-vision"])["embedder-vision"].result().members)
+    group = deployment.topic_prefix + "embedder-vision"
 
-    wait_for(lambda: group_size() == 2, 60, "both members in the group")
+    def both_assigned() -> bool:  # a member counts once it holds partitions (joined and the rebalance done)
+        described = admin.describe_consumer_groups([group])[group].result()
+        held = [m for m in described.members if m.assignment and m.assignment.topic_partitions]
+        return len(held) == 2 and str(described.state).endswith("STABLE")
+
+    wait_for(both_assigned, 60, "both members holding partitions")
     colours = ["red", "blue", "green", "yellow", "purple", "orange"]
     images = {
         f"img/{c}-{i}.png": (png_bytes(words_image(c.upper(), size=(64, 64))), IMAGE) for c in colours for i in range(3)

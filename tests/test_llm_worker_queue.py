@@ -107,7 +107,7 @@ def test_queued_requests_wait_in_kafka_go_in_arrival_order_and_expired_ones_are_
         # Arrival order across the 3 partitions; a consumer alone would hand out partition 0's backlog first.
         queued = [("late-1", 0.5), ("second", 120), ("late-2", 0.5), ("third", 120), ("fourth", 120), ("fifth", 120)]
         ids = {q: send(producer, topics, q, deadline, n % 3) for n, (q, deadline) in enumerate(queued, start=2)}
-        waiting = committed(bootstrap, group, topics.llm_requests)
+        waiting = committed(bootstrap, settings.group_id(group), topics.llm_requests)
         time.sleep(1)  # the late ones expire while they wait
         model.release.set()
         answered = wait_for(lambda: len(f := finals(bootstrap, topics)) >= 5 and f, 180, "five answers")
@@ -121,4 +121,5 @@ def test_queued_requests_wait_in_kafka_go_in_arrival_order_and_expired_ones_are_
     assert set(finals(bootstrap, topics)) == generated
     assert all(not c.error and c.completion_tokens > 0 for c in answered.values())
     assert expired_total() - expired_before == 2
-    assert sum(committed(bootstrap, group, topics.llm_requests)) == 7, "every request is accounted for"
+    accounted = sum(committed(bootstrap, settings.group_id(group), topics.llm_requests))
+    assert accounted == 7, "every request is accounted for"

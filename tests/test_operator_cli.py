@@ -77,18 +77,18 @@ def start(deployment: Any, names: list[str], **extra: str) -> dict[str, Any]:
     return services
 
 
-def assert_drained_without_marker_lag(capsys: pytest.CaptureFixture[str]) -> None:
+def assert_drained_without_marker_lag(capsys: pytest.CaptureFixture[str], prefix: str) -> None:
     """Everything consumed: lag 0 in every group, although objects.v1 (written in transactions) ends with commit
     markers that offsets alone would count as lag 1."""
 
     def drained() -> dict[str, Any] | None:
         lag = json_of(capsys, "lag")
         names = {g["group"] for g in lag["groups"]}
-        wanted = {"object-normalizer", "embedder-text", "index-updater"}
+        wanted = {prefix + g for g in ("object-normalizer", "embedder-text", "index-updater")}
         return lag if wanted <= names and all(g["total_lag"] == 0 for g in lag["groups"]) else None
 
     lag = wait_for(drained, 60, "every group to drain")
-    text = group(lag, "embedder-text")
+    text = group(lag, prefix + "embedder-text")
     assert text is not None and text["state"] == "stable" and len(text["members"]) == 1
     marker_ends = [p for p in text["partitions"] if p["committed"] == p["end"] - 1 and p["lag"] == 0]
     assert marker_ends and all(p["markers"] == 1 and p["topic"].endswith("objects.v1") for p in marker_ends)
@@ -121,35 +121,30 @@ def test_search_status_lag_and_offsets(deployment, monkeypatch, capsys) -> None:
     code, table, _ = run(capsys, "search", question)
     assert code == 0 and "kafka groups.md" in table and "text" in table
 
-    assert_drained_without_marker_lag(capsys)
-    code, _, err = run(capsys, "offsets", "reset", "embedder-text", "--to", "earliest")
+    assert_drained_without_marker_lag(capsys, deployment.topic_prefix)
+    updater = deployment.topic_prefix + "index-updater"  # groups carry the deployment's prefix, as topics do
+    code, _, err = run(capsys, "offsets", "reset", deployment.topic_prefix + "embedder-text", "--to", "earliest")
     assert code == 2 and "active member" in err and "stop them first" in err
 
     services["index_updater"].stop()
     store.put(bucket, "docs/tide-pools.md", TIDE_DOC.encode())
     wait_for(lambda: state_of(capsys, tide_doc) == "pending", 60, "the new document to be pending")
     stopped = wait_for(
-        lambda: (
-            (g := group(json_of(capsys, "lag", "--group", "index-updater"), "index-updater"))
-            and g["total_lag"] > 0
-            and g
-        ),
+        lambda: (g := group(json_of(capsys, "lag", "--group", updater), updater)) and g["total_lag"] > 0 and g,
         60,
         "lag of the stopped index updater",
     )
     assert stopped["state"] == "empty" and stopped["members"] == []
 
-    plan = json_of(
-        capsys, "offsets", "reset", "index-updater", "--to", "earliest", "--topic", "embeddings", "--dry-run"
-    )
+    plan = json_of(capsys, "offsets", "reset", updater, "--to", "earliest", "--topic", "embeddings", "--dry-run")
     assert plan["dry_run"] and plan["moves"] and all(m["topic"].endswith("embeddings.v1") for m in plan["moves"])
     assert any(m["current"] is not None and m["target"] < m["current"] for m in plan["moves"])
-    after_dry_run = group(json_of(capsys, "lag", "--group", "index-updater"), "index-updater")
+    after_dry_run = group(json_of(capsys, "lag", "--group", updater), updater)
     assert after_dry_run is not None and after_dry_run["total_lag"] == stopped["total_lag"]
-    code, table, _ = run(capsys, "offsets", "reset", "index-updater", "--to", "earliest", "--dry-run")
-    assert code == 0 and "dry run: would reset group index-updater" in table
-    reset = json_of(capsys, "offsets", "reset", "index-updater", "--to", "earliest", "--topic", "embeddings")
-    committed = group(json_of(capsys, "lag", "--group", "index-updater"), "index-updater")
+    code, table, _ = run(capsys, "offsets", "reset", updater, "--to", "earliest", "--dry-run")
+    assert code == 0 and f"dry run: would reset group {updater}" in table
+    reset = json_of(capsys, "offsets", "reset", updater, "--to", "earliest", "--topic", "embeddings")
+    committed = group(json_of(capsys, "lag", "--group", updater), updater)
     assert committed is not None
     assert {(p["topic"], p["partition"]): p["committed"] for p in committed["partitions"]} == {
         (m["topic"], m["partition"]): m["target"] for m in reset["moves"]

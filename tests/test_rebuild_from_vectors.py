@@ -28,8 +28,8 @@ SHARDS = 2
 def test_a_space_names_its_groups_and_the_topics_it_produces() -> None:
     live, space_b = BaseServiceSettings(topic_prefix="p."), BaseServiceSettings(topic_prefix="p.", space_name="b")
     assert (live.consumer_group("index-updater"), space_b.consumer_group("index-updater")) == (
-        "index-updater",
-        "index-updater.b",
+        "p.index-updater",
+        "p.index-updater.b",
     )
     assert [space_b.topics.embeddings, space_b.topics.vectors, space_b.topics.index_status] == [
         "p.embeddings.b.v1",

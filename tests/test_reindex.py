@@ -31,8 +31,9 @@ LIVE_GROUPS = ("embedder-text", "embedder-vision", "index-updater")
 
 
 def live_caught_up() -> bool:
-    lags = {g.group: g.total for g in group_lags(OperatorSettings())}
-    return all(lags.get(g) == 0 for g in LIVE_GROUPS)
+    settings = OperatorSettings()
+    lags = {g.group: g.total for g in group_lags(settings)}
+    return all(lags.get(settings.topic_prefix + g) == 0 for g in LIVE_GROUPS)
 
 
 def upload_corpus(deployment: Deployment, tmp_path: Path) -> list[str]:

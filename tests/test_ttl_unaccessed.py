@@ -97,8 +97,8 @@ def ask(bootstrap: str, topics: Topics, space_id: str, query: list[float]) -> Se
         replies.close()
 
 
-def committed(bootstrap: str, topic: str) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": ACCESS_GROUP})
+def committed(bootstrap: str, topic: str, prefix: str) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": prefix + ACCESS_GROUP})
     try:
         parts = [TopicPartition(topic, p) for p in range(4)]
         return [tp.offset for tp in consumer.committed(parts, timeout=10)]
@@ -153,7 +153,7 @@ def test_pruning_job_expires_objects_no_query_returned(infra: Any, clip_dir: Pat
         assert list(access) == ["bk/asked.txt"] and SINCE_KEY not in access  # the whole reply log was there
         assert access["bk/asked.txt"]["last_access_ms"] > indexed_at
         ends = [read_high(bootstrap, topics.search_replies, p) for p in range(4)]
-        assert committed(bootstrap, topics.search_replies) == ends  # the replies are folded once
+        assert committed(bootstrap, topics.search_replies, topics.prefix) == ends  # the replies are folded once
 
         time.sleep(max(0.0, (access["bk/asked.txt"]["last_access_ms"] + ttl_s * 1000 - now_ms()) / 1000) + 1)
         assert prune(settings) == ["bk/asked.txt"]  # no query returned it since

@@ -23,7 +23,7 @@ from prometheus_client import Counter, Gauge
 from consumers.faiss_worker.snapshot import SnapshotMark, load_latest, write_snapshot
 from mmrag.errors import PermanentError
 from mmrag.faiss_index import FaissIndex, FaissSettings
-from mmrag.kafka_clients import consumer_config
+from mmrag.kafka_clients import consumer_config, watermark_offsets
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
 from mmrag.vector_log import decode_record, from_record
 
@@ -85,7 +85,7 @@ class FaissShard:
             )
         )
         self._consumer = consumer
-        low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, self.shard), timeout=30)
+        low, high = watermark_offsets(consumer, TopicPartition(self.topic, self.shard), 30)
         if self.next_offset < low:  # what the snapshot lacks was deleted from the log: rebuild from the start
             log.warning("%s: snapshot at %d precedes the log start %d; rebuilding", STAGE, self.next_offset, low)
             self.index, self.next_offset = FaissIndex(self.dim, self.settings), 0

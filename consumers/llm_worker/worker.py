@@ -97,7 +97,7 @@ class LlmWorker:
         self._stop = stop
         self.generator.warm_up()
         s = self.settings
-        self._consumer = make_consumer(s.bootstrap_servers, s.group, **FAST_CONSUMER)
+        self._consumer = make_consumer(s.bootstrap_servers, s.group_id(s.group), **FAST_CONSUMER)
         self._producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
         pool = ThreadPoolExecutor(self.generator.concurrency, thread_name_prefix="generate")
         self._consumer.subscribe([s.topics.llm_requests], on_revoke=self._revoked, on_lost=self._revoked)

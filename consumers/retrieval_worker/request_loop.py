@@ -26,7 +26,7 @@ def request_loop(
     return StageRunner(
         settings,
         handler,
-        group=settings.group,
+        group=settings.group_id(settings.group),
         decoders=decoders,
         transactional=False,
         probes=probes,
