@@ -40,6 +40,7 @@ from bench.ask_worker import TIMINGS_ENV, Timing, timed_stream
 from consumers.llm_worker.generator import ChatMessage, GenerationParams
 from consumers.llm_worker.llama_cpp_generator import LlamaCppGenerator
 from consumers.llm_worker.models import DEFAULT_MODEL
+from consumers.llm_worker.settings import LlmWorkerSettings
 from local_stack.processes import free_port, wait_until
 from local_stack.services import Service
 from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
@@ -151,7 +152,8 @@ class Generated:
 def generation_phase(
     stub: query_pb2_grpc.QueryServiceStub, timings: Path, questions: Sequence[str], max_tokens: int
 ) -> list[Generated]:
-    bare_gen = LlamaCppGenerator(DEFAULT_MODEL, threads=1, context_tokens=2048)
+    worker = LlmWorkerSettings()  # the worker's own defaults: the same threads for decoding and for prompts
+    bare_gen = LlamaCppGenerator(DEFAULT_MODEL, worker.llm_threads, 2048, threads_batch=worker.llm_threads_batch)
     bare_gen.warm_up()
     seen = len(new_timings(timings, 0))
     runs = []

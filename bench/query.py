@@ -45,7 +45,7 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
-from consumers.retrieval_worker.handler import search_shard, to_hit
+from consumers.retrieval_worker.handler import answer_into
 from consumers.retrieval_worker.keyword import KeywordShard
 from index_updater.handler import IndexUpdaterSettings
 from local_stack.processes import free_port
@@ -70,7 +70,7 @@ from query_service.filters import Scope
 from query_service.fusion import ModalityFusion
 from query_service.query_encoder import QueryEncoder
 from query_service.reply_client import RequestReplyClient, Route
-from query_service.search import ShardedSearch, list_requests, outcome_of
+from query_service.search import ShardedSearch, list_replies, outcome_of, search_request
 
 CORPUS = Path(__file__).resolve().parent / "data" / "mixed_corpus" / "docs"
 BATCH = 2000
@@ -129,6 +129,7 @@ def local_indexes(
         return [milvus] * shards
     indexes = [FaissIndex(space.dim, FaissSettings()) for _ in range(shards)]
     for k, index in enumerate(indexes):
+        index.start()  # the worker's thread settings
         index.upsert([r for r in rows if r.shard == k])
     return list(indexes)
 
@@ -145,15 +146,13 @@ class InProcess:
 
     def search(self, text: str) -> list[str]:
         vector = self.encoder.encode(text, b"")
-        requests = list_requests(self.fusion, vector, text, True, self.top_k, self.space_id, Scope())
-        replies = {
-            name: [
-                SearchReply(shard=k, space_id=self.space_id, hits=[to_hit(h) for h in search_shard(i, r, k, 100, kw)])
-                for k, (i, kw) in enumerate(self.shards)
-            ]
-            for name, r in requests.items()
-        }
-        outcome = outcome_of(replies, self.fusion, vector, self.top_k, raw_chunks=False, shards=len(self.shards))
+        request = search_request(self.fusion, vector, text, True, self.top_k, self.space_id, Scope())
+        replies = []
+        for k, (index, keywords) in enumerate(self.shards):
+            replies.append(SearchReply(shard=k, space_id=self.space_id))
+            answer_into(replies[-1], index, keywords, request, k, 100)
+        by_list = list_replies(request, replies)
+        outcome = outcome_of(by_list, self.fusion, vector, self.top_k, raw_chunks=False, shards=len(self.shards))
         return [h.hit.object_id for h in outcome.hits]
 
 

@@ -44,7 +44,7 @@ from query_service.caches import EmbeddingCache
 from query_service.filters import Scope
 from query_service.fusion import Fusion, JointFusion, ModalityFusion, own_half, reciprocal_rank_fusion
 from query_service.query_encoder import QueryEncoder
-from query_service.search import ShardHit, list_requests, outcome_of
+from query_service.search import ShardHit, list_replies, outcome_of, search_request
 
 DATA = Path(__file__).resolve().parent / "data" / "mixed_corpus"
 BUCKET = "eval"
@@ -166,18 +166,19 @@ class Setup:
 def searcher(models: Models, shards: list[Shard], setup: Setup, top_k: int = K) -> Searcher:
     """The Search API's ranking of objects for a query: the query service's requests, merge and fusion, each shard
     answered by the retrieval worker's search, without Kafka in between."""
-    from consumers.retrieval_worker.handler import search_shard, to_hit
+    from consumers.retrieval_worker.handler import answer_into
 
     space = models.space
 
     def answer(shard: Shard, k: int, request: SearchRequest) -> SearchReply:
-        hits = search_shard(shard.index, request, k, 100, shard.keywords)
-        return SearchReply(shard=k, space_id=space.id, hits=[to_hit(h) for h in hits])
+        reply = SearchReply(shard=k, space_id=space.id)
+        answer_into(reply, shard.index, shard.keywords, request, k, 100)
+        return reply
 
     def search(query: Query) -> list[str]:
         vector = models.query.encode(query.text, query.image)
-        requests = list_requests(setup.fusion, vector, query.text, setup.keyword, top_k, space.id, Scope())
-        replies = {name: [answer(s, k, r) for k, s in enumerate(shards)] for name, r in requests.items()}
+        request = search_request(setup.fusion, vector, query.text, setup.keyword, top_k, space.id, Scope())
+        replies = list_replies(request, [answer(s, k, request) for k, s in enumerate(shards)])
         outcome = outcome_of(replies, setup.fusion, vector, top_k, raw_chunks=False, shards=len(shards))
         return [h.hit.object_id for h in outcome.hits]
 

@@ -104,6 +104,7 @@ def serving_builder(
         s.ask_chunks_per_source,
         s.ask_max_tokens,
         s.ask_min_score,
+        s.ask_source_words,
     )
     eval_log = EvalLog(producer, t.eval_log)
 

@@ -49,6 +49,7 @@ class AskLimits:
     chunks_per_source: int
     max_tokens: int
     min_score: float = float("-inf")  # MMRAG_ASK_MIN_SCORE: a best hit under it -> "not found", no generation
+    source_words: int = 0  # MMRAG_ASK_SOURCE_WORDS: a longer text source is focused on the question (0: whole)
 
 
 @dataclass
@@ -127,7 +128,10 @@ class Asker:
             return
         outcome = self._retrieve(vector, question, top_k, answer.start + budget, scope)
         answer.retrieved_at = time.monotonic()
-        answer.sources = select_sources(outcome.hits, self.limits.max_sources, self.limits.chunks_per_source)
+        limits = self.limits
+        answer.sources = select_sources(
+            outcome.hits, limits.max_sources, limits.chunks_per_source, question, limits.source_words
+        )
         sources = AskSources(
             sources=[s.ask_source() for s in answer.sources],
             partial=outcome.partial,

@@ -3,76 +3,18 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from query_service.sources import Source
+from query_service.text_terms import SENTENCE_END, terms
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_WORD = re.compile(r"[a-z0-9]+")
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "can",
-        "do",
-        "does",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "i",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "their",
-        "there",
-        "these",
-        "this",
-        "to",
-        "was",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-        "you",
-        "your",
-    ]
-)
 MIN_WORDS = 4
-
-
-def terms(text: str) -> set[str]:
-    """Content words, lower-cased, a plural "s" dropped ("partitions" meets "partition")."""
-    found = set()
-    for word in _WORD.findall(text.lower()):
-        if word in _STOPWORDS or len(word) < 2:
-            continue
-        found.add(word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word)
-    return found
 
 
 def sentences(text: str) -> list[str]:
     """Sentences of prose; markdown headings, bullets' markers and fragments under MIN_WORDS words are left out."""
     found = []
-    for part in _SENTENCE_END.split(text):
+    for part in SENTENCE_END.split(text):
         sentence = part.strip().lstrip("-*• ").strip()
         if sentence.startswith("#") or len(sentence.split()) < MIN_WORDS:
             continue
@@ -109,7 +51,7 @@ def supporting_sources(answer: str, sources: Sequence[Source], min_share: float 
     least ``min_share``; numbers in first-supported order."""
     found: list[int] = []
     source_terms = [(s.number, terms(s.text)) for s in sources]
-    for part in _SENTENCE_END.split(answer):
+    for part in SENTENCE_END.split(answer):
         words = terms(part)
         if len(words) < 2 or not source_terms:
             continue

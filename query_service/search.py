@@ -6,7 +6,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,7 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
-from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
+from mmrag.pb.events_pb2 import SearchHit, SearchList, SearchReply, SearchRequest
 from query_service.filters import Scope
 from query_service.fusion import KEYWORD, Fusion, JointFusion
 from query_service.reply_client import Route
@@ -80,7 +79,7 @@ def merge_replies(replies: list[SearchReply], top_k: int, raw_chunks: bool) -> l
     return chunks[:top_k] if raw_chunks else merge_per_object(chunks, top_k)
 
 
-def list_requests(
+def search_request(
     fusion: Fusion,
     vector: np.ndarray,
     query_text: str,
@@ -89,20 +88,36 @@ def list_requests(
     space_id: str,
     scope: Scope,
     space_name: str = "",
-) -> dict[str, SearchRequest]:
-    """The requests of one search, by list: one per query vector the fusion ranks by, and with ``keyword`` (and a
-    query text) one for the shards' keyword indexes; each names the space (id and name) the shards search."""
-    requests = {
-        name: SearchRequest(
-            space_id=space_id, space_name=space_name, query_vector=v.tolist(), top_k=top_k, query_text=query_text
-        )
-        for name, v in fusion.queries(vector).items()
-    }
+) -> SearchRequest:
+    """The one request of a search, naming the space (id and name) the shards search, with its lists: one per query
+    vector the fusion ranks by, and with ``keyword`` (and a query text) the shards' keyword indexes."""
+    lists = [SearchList(name=name, query_vector=v.tolist()) for name, v in fusion.queries(vector).items()]
     if keyword and query_text.strip():
-        requests[KEYWORD] = SearchRequest(
-            space_id=space_id, space_name=space_name, top_k=top_k, query_text=query_text, keyword=True
-        )
-    return {name: scope.fill(r) for name, r in requests.items()}
+        lists.append(SearchList(name=KEYWORD, keyword=True))
+    request = SearchRequest(space_id=space_id, space_name=space_name, top_k=top_k, query_text=query_text, lists=lists)
+    return scope.fill(request)
+
+
+def list_replies(request: SearchRequest, replies: Iterable[SearchReply]) -> dict[str, list[SearchReply]]:
+    """Each list's shard replies, from the shards' replies to ``request`` (one per shard, a ``ListHits`` per list):
+    a reply's own error is every list's; a list a reply lacks is that shard's error for it."""
+    found: dict[str, list[SearchReply]] = {listed.name: [] for listed in request.lists}
+    for reply in replies:
+        answered = {listed.name: listed for listed in reply.lists}
+        for name, got in found.items():
+            part = answered.get(name)
+            error = reply.error or (
+                part.error
+                if part is not None
+                else f"shard {reply.shard} did not answer list {name!r} -> update the retrieval workers"
+            )
+            hits = part.hits if part is not None and not error else []
+            got.append(
+                SearchReply(
+                    shard=reply.shard, space_id=reply.space_id, space_name=reply.space_name, hits=hits, error=error
+                )
+            )
+    return found
 
 
 def outcome_of(
@@ -146,8 +161,8 @@ def without_superseded(reply: SearchReply, indexed: IndexedObjects) -> SearchRep
 
 
 class ShardedSearch:
-    """Scatters a query to every shard through search.requests.v1 (one request per list the fusion ranks by),
-    gathers the replies until the deadline, merges each list over the shards and fuses the lists. Every request
+    """Scatters a query to every shard through search.requests.v1 (one request holding every list the fusion ranks
+    by), gathers the replies until the deadline, merges each list over the shards and fuses the lists. Every request
     names the space (``space_id``, ``space_name``) its vector was encoded in; a reply from another space counts as
     that shard's error (never merged)."""
 
@@ -194,10 +209,10 @@ class ShardedSearch:
 
     def _search(self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str, scope: Scope) -> SearchOutcome:
         start = time.monotonic()
-        requests = list_requests(
+        request = search_request(
             self.fusion, vector, query_text, self.keyword, top_k, self.space_id, scope, self.space_name
         )
-        replies = self._gather(requests, start + timeout_s)
+        replies = list_replies(request, self._gather(request, start + timeout_s))
         if self.indexed is not None and KEYWORD in replies:
             replies[KEYWORD] = [without_superseded(r, self.indexed) for r in replies[KEYWORD]]
         outcome = outcome_of(replies, self.fusion, vector, top_k, scope.raw_chunks, self.shards)
@@ -208,21 +223,17 @@ class ShardedSearch:
             EMPTY.inc()
         return outcome
 
-    def _gather(self, requests: dict[str, SearchRequest], deadline: float) -> dict[str, list[SearchReply]]:
-        """Sends one request per list at once, then reads each one's shard replies until ``deadline``."""
+    def _gather(self, request: SearchRequest, deadline: float) -> list[SearchReply]:
+        """Sends the request, then reads the shards' replies (one each) until ``deadline``."""
         deadline_ms = now_ms() + int(max(0.0, deadline - time.monotonic()) * 1000)
-        with ExitStack() as stack:
-            pending = {}
-            for name, request in requests.items():
-                request.correlation_id = uuid.uuid4().hex
-                pending[name] = stack.enter_context(self.route.send(request.correlation_id, request, deadline_ms))
-            replies: dict[str, list[SearchReply]] = {name: [] for name in requests}
-            for name, waiting in pending.items():
-                while len(replies[name]) < self.shards:
-                    reply = waiting.next(deadline)
-                    if reply is None:
-                        break
-                    replies[name].append(self._same_space(reply))  # type: ignore[arg-type]
+        request.correlation_id = uuid.uuid4().hex
+        replies: list[SearchReply] = []
+        with self.route.send(request.correlation_id, request, deadline_ms) as waiting:
+            while len(replies) < self.shards:
+                reply = waiting.next(deadline)
+                if reply is None:
+                    break
+                replies.append(self._same_space(reply))  # type: ignore[arg-type]
         return replies
 
     def _same_space(self, reply: SearchReply) -> SearchReply:

@@ -79,6 +79,12 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     ask_timeout_s: float = Field(default=60.0, description="an Ask's whole budget when the client sets no deadline")
     ask_max_sources: int = Field(default=5, ge=1, description="numbered sources (one per object) given to the LLM")
     ask_chunks_per_source: int = Field(default=2, ge=1, description="best chunks of one object joined in a source")
+    ask_source_words: int = Field(
+        default=60,
+        ge=0,
+        description="a text source longer than this is focused on the question: its best-matching sentences "
+        "within this many words (the first token costs every prompt token: bench.ask); 0 = whole chunks",
+    )
     ask_max_tokens: int = Field(default=256, ge=1)
     # Calibrated by `python -m bench.ask_min_score` (33 documents, 49 answered vs 12 off-topic questions): answered
     # best scores 0.128-0.469, off-topic 0.051-0.167 (10 of 12 under 0.125). 0.12 keeps every answered question

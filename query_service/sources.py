@@ -1,10 +1,13 @@
 """Retrieval -> prompt fusion on the query side: the numbered sources an answer may cite, and the citations it made.
 
 One source per object (its best chunks, deduplicated, in reading order), best object first; an image is described
-by the text OCR found in it and its key. The worker trims the sources to its model's context (its tokenizer)."""
+by the text OCR found in it and its key. A long text source is focused on the question: its sentences that share
+most words with it, within a word budget (the model's first token costs every prompt token). The worker then trims
+the sources to its model's context (its tokenizer)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from mmrag.pb.events_pb2 import Modality, PromptSource, SearchHit
 from mmrag.pb.query_pb2 import AskSource
 from query_service.search import ShardHit
+from query_service.text_terms import SENTENCE_END, terms
 
 SNIPPET_CHARS = 300
 INSTRUCTION = (
@@ -19,6 +23,7 @@ INSTRUCTION = (
     "numbers in square brackets, like [1]. If the sources do not contain the answer, say that they do not."
 )
 CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+GAP = " … "
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,41 @@ def describe_image(hit: SearchHit) -> str:
     return f"An image file named {key}." + (f" Text in the image: {ocr}" if ocr else " No text was found in it.")
 
 
-def select_sources(hits: Sequence[ShardHit], max_sources: int, chunks_per_source: int) -> list[Source]:
+def focus(text: str, question: str, max_words: int) -> str:
+    """``text`` within ``max_words`` words: its sentences that best match ``question`` (shared content words,
+    length-normalized), then the earliest others while words are left, kept in reading order with " … " where
+    sentences were left out. ``text`` itself when it fits or ``max_words`` is 0."""
+    if max_words <= 0 or len(text.split()) <= max_words:
+        return text
+    parts = [p.strip() for p in SENTENCE_END.split(text) if p.strip() and p.strip() != "…"]
+    wanted = terms(question)
+
+    def score(part: str) -> float:
+        words = terms(part)
+        return len(wanted & words) / math.sqrt(len(words)) if words else 0.0
+
+    ranked = sorted(range(len(parts)), key=lambda i: (-score(parts[i]), i))
+    keep, used = set(), 0
+    for i in ranked:
+        size = len(parts[i].split())
+        if used + size <= max_words:
+            keep.add(i)
+            used += size
+    if not keep:  # the best sentence alone is over the budget: its first words
+        return " ".join(parts[ranked[0]].split()[:max_words]) + GAP.rstrip()
+    out, last = GAP.lstrip() if min(keep) > 0 else "", -1
+    for i in sorted(keep):
+        out += ("" if last < 0 else " " if i == last + 1 else GAP) + parts[i]
+        last = i
+    return out + (GAP.rstrip() if last != len(parts) - 1 else "")
+
+
+def select_sources(
+    hits: Sequence[ShardHit], max_sources: int, chunks_per_source: int, question: str = "", source_words: int = 0
+) -> list[Source]:
     """Groups hits by object in the search's order (best first: the fusion's, not necessarily by score), keeps each
-    object's best distinct chunks in reading order."""
+    object's best distinct chunks in reading order, each text source focused on ``question`` within
+    ``source_words`` words (0: whole chunks)."""
     by_object: dict[str, list[SearchHit]] = {}
     for shard_hit in hits:
         chunks = by_object.setdefault(shard_hit.hit.object_id, [])
@@ -75,7 +112,7 @@ def select_sources(hits: Sequence[ShardHit], max_sources: int, chunks_per_source
             sources.append(Source(number, best, describe_image(best), "image"))
             continue
         text = "\n…\n".join(c.text.strip() for c in sorted(chunks, key=lambda c: c.chunk_index))
-        sources.append(Source(number, best, text, "text"))
+        sources.append(Source(number, best, focus(text, question, source_words), "text"))
     return sources
 
 

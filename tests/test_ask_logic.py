@@ -12,7 +12,7 @@ from query_service.extractive import extractive_answer, sentences, supporting_so
 from query_service.grounding import foreign_citations, grounding_problem, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError
 from query_service.search import ShardHit
-from query_service.sources import cited_numbers, select_sources
+from query_service.sources import cited_numbers, focus, select_sources
 
 pytestmark = pytest.mark.unit
 
@@ -56,6 +56,26 @@ def test_sources_are_one_per_object_best_first_with_chunks_in_reading_order() ->
     assert sources[0].best.chunk_index == 1 and sources[0].ask_source().char_start == 100
     assert sources[1].text == "An image file named img.png. Text in the image: STOP sign"
     assert sources[1].prompt_source().label == "image b/img.png"
+
+
+def test_a_long_source_is_focused_on_the_question_within_its_word_budget() -> None:
+    text = (
+        "Tide pools form on rocky shores. Sea stars cling to the rocks there. "
+        "A Kafka consumer group splits the partitions of a topic between its members. "
+        "Bread needs flour, water and salt. Each partition is read by one member of the group at a time."
+    )
+    question = "how does a consumer group split partitions between members"
+    focused = focus(text, question, 30)
+    assert words(focused) <= 31  # the budget, and at most one gap mark
+    assert "splits the partitions of a topic between its members" in focused
+    assert "Each partition is read by one member of the group" in focused
+    assert "Bread" not in focused and focused.startswith("… A Kafka")  # reading order, cuts marked
+    assert focus(text, question, 0) == text and focus(text, question, 200) == text
+    first_words = focus("word " * 50, "nothing matches", 10)
+    assert words(first_words) == 11 and first_words.endswith("…")  # one over-long sentence: its first words
+    long = [hit("b/doc.txt", 0.9, text)]
+    assert select_sources(long, 3, 1, question, 30)[0].text == focused
+    assert select_sources(long, 3, 1)[0].text == text
 
 
 def test_citations_are_the_given_numbers_in_first_cited_order() -> None:

@@ -14,11 +14,11 @@ from mmrag.errors import RetryableError
 from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.keyword_index import KeywordIndex, keyword_tokens
 from mmrag.messages import Envelope, now_ms
-from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
+from mmrag.pb.events_pb2 import SearchHit, SearchList, SearchReply, SearchRequest
 from mmrag.request_reply import ReplyAddress
 from mmrag.vector_index import Hit, SearchFilter, VectorRow
 from query_service.fusion import JointFusion
-from query_service.search import outcome_of
+from query_service.search import list_replies, outcome_of
 
 pytestmark = pytest.mark.unit
 DIM = 4
@@ -111,6 +111,31 @@ def test_the_worker_answers_keyword_requests_and_keeps_them_when_the_vector_inde
     assert [h.object_id for h in ask(worker, by_keyword).hits] == ["b/git.md"]
     no_keywords = RetrievalWorker(RetrievalWorkerSettings(shard=0, keyword_refresh_s=0), "space", index)
     assert "no keyword index" in ask(no_keywords, by_keyword).error
+
+
+def test_one_request_carries_every_list_and_each_list_answers_or_fails_alone() -> None:
+    index = FailingAfterStart(DIM, FaissSettings(faiss_gpu="off"))
+    index.upsert(rows())
+    worker = RetrievalWorker(RetrievalWorkerSettings(shard=0, keyword_refresh_s=3600), "space", index)
+    worker.warm_up()
+    lists = [
+        SearchList(name="text", query_vector=np.ones(DIM).tolist()),
+        SearchList(name="keyword", keyword=True),
+    ]
+    request = SearchRequest(space_id="space", top_k=3, query_text="F-2307", lists=lists, buckets=["b"])
+    answered = ask(worker, request)
+    assert [part.name for part in answered.lists] == ["text", "keyword"] and not answered.hits
+    assert [h.object_id for h in answered.lists[1].hits] == ["b/solar.md"]  # the filter holds for every list
+    assert all(h.object_id.startswith("b/") for h in answered.lists[0].hits) and len(answered.lists[0].hits) == 3
+    index.down = True
+    failed = ask(worker, request)
+    assert "unreachable" in failed.lists[0].error and not failed.lists[0].hits
+    assert [h.object_id for h in failed.lists[1].hits] == ["b/solar.md"] and not failed.lists[1].error
+    by_list = list_replies(request, [failed, SearchReply(shard=1, error="space unavailable")])
+    assert [(r.shard, bool(r.error), len(r.hits)) for r in by_list["text"]] == [(0, True, 0), (1, True, 0)]
+    assert [(r.shard, bool(r.error), len(r.hits)) for r in by_list["keyword"]] == [(0, False, 1), (1, True, 0)]
+    old_worker = list_replies(request, [SearchReply(shard=0, hits=failed.lists[1].hits)])  # answers no list
+    assert all("did not answer list" in got[0].error for got in old_worker.values())
 
 
 def reply(shard: int, *oids: str, error: str = "") -> SearchReply:

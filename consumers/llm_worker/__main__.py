@@ -27,7 +27,13 @@ def make_generator(s: LlmWorkerSettings) -> Generator:
         )
     name = s.llm_model if s.llm_model_path is None else s.llm_model_path.stem
     return LlamaCppGenerator(
-        name, s.llm_threads, s.llm_context_tokens, s.llm_model_path, s.llm_chat_format, s.llm_system_role
+        name,
+        s.llm_threads,
+        s.llm_context_tokens,
+        s.llm_model_path,
+        s.llm_chat_format,
+        s.llm_system_role,
+        threads_batch=s.llm_threads_batch,
     )
 
 

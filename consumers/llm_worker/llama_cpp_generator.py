@@ -29,15 +29,19 @@ class LlamaCppGenerator:
         chat_format: str | None = None,
         system_role: bool = True,
         seed: int = 0,
+        threads_batch: int | None = None,
     ) -> None:
         """``model`` names a packaged GGUF (models.py), located at warm-up, with its chat format; a ``model_path``
-        is used as it is (its GGUF chat template unless ``chat_format`` names one)."""
+        is used as it is (its GGUF chat template unless ``chat_format`` names one). ``threads`` decode (one token
+        at a time: memory-bound, extra threads mostly wait at barriers), ``threads_batch`` (None: as ``threads``)
+        evaluate the prompt (a matrix product over every prompt token: compute-bound, it splits well)."""
         self.model = model
         self.model_path = model_path
         packaged = None if model_path else packaged_model(model)
         self.chat_format = packaged.chat_format if packaged else chat_format
         self.system_role = packaged.system_role if packaged else system_role
         self.threads = threads
+        self.threads_batch = threads if threads_batch is None else threads_batch
         self.context_tokens = context_tokens
         self.seed = seed
         self._llm: Any = None
@@ -51,7 +55,7 @@ class LlamaCppGenerator:
             model_path=str(path),
             n_ctx=self.context_tokens,
             n_threads=self.threads or None,
-            n_threads_batch=self.threads or None,
+            n_threads_batch=self.threads_batch or None,
             seed=self.seed,
             chat_format=self.chat_format,
             verbose=False,
@@ -60,11 +64,12 @@ class LlamaCppGenerator:
         loaded = time.monotonic() - start
         reply = "".join(d.text for d in self.stream([ChatMessage("user", "Say OK.")], GenerationParams(4)))
         log.info(
-            "llama.cpp %s loaded in %.2fs (%d ctx, %s threads), warm-up reply %r",
+            "llama.cpp %s loaded in %.2fs (%d ctx, %s threads, %s for prompts), warm-up reply %r",
             path.name,
             loaded,
             self.context_tokens,
             self.threads or "auto",
+            self.threads_batch or "auto",
             reply,
         )
 

@@ -22,6 +22,12 @@ class LlmWorkerSettings(BaseServiceSettings):
         description="llama.cpp threads (0 = its default); more only on cores of its own: on a shared 2-core box a "
         "second thread spinning at llama.cpp's barriers made generation 8x slower (bench.llm_faithfulness --threads)",
     )
+    llm_threads_batch: int = Field(
+        default=2,
+        ge=0,
+        description="llama.cpp threads evaluating the prompt (0 = its default): the first token's cost is the "
+        "prompt's, a compute-bound matrix product that splits over cores (bench.ask, FACTS)",
+    )
     llm_context_tokens: int = Field(default=2048, ge=256, description="context window the prompt is trimmed to")
     llm_max_tokens: int = Field(default=256, ge=1, description="answer length cap (requests may ask for less)")
     llm_base_url: str = Field(default="http://127.0.0.1:8000/v1", description="openai backend: the /v1 base URL")

@@ -15,7 +15,7 @@ from consumers.retrieval_worker.per_object import best_per_object
 from consumers.retrieval_worker.spaces import ShardSpace, ShardSpaces, SpaceOpener, SpaceUnavailableError
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.messages import Envelope, Output
-from mmrag.pb.events_pb2 import Modality, SearchHit, SearchReply, SearchRequest
+from mmrag.pb.events_pb2 import Modality, SearchHit, SearchList, SearchReply, SearchRequest
 from mmrag.request_reply import CORRELATION_ID, reply_address
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
@@ -23,6 +23,9 @@ from mmrag.vector_index import Hit, IndexSearcher, SearchFilter, media_type
 
 log = logging.getLogger(__name__)
 STAGE = "retrieval_worker"
+# A shard's failures to answer, sent back as the reply's (or the list's) error: the query service degrades (keyword
+# fallback, partial answer); nothing is retried here.
+ANSWER_ERRORS = (SpaceUnavailableError, RetryableError, PermanentError, KeywordUnavailableError)
 EXPIRED = Counter("mmrag_search_requests_expired_total", "Requests dropped because their deadline passed", ["shard"])
 
 
@@ -72,22 +75,55 @@ def request_filter(req: SearchRequest) -> SearchFilter:
 
 
 def search_shard(
-    index: IndexSearcher, req: SearchRequest, shard: int, max_top_k: int, keywords: KeywordShard | None = None
+    index: IndexSearcher,
+    req: SearchRequest,
+    shard: int,
+    max_top_k: int,
+    keywords: KeywordShard | None = None,
+    listed: SearchList | None = None,
 ) -> list[Hit]:
     """One shard's answer to a request: its ``top_k`` best objects (each its best chunk), or with ``raw_chunks``
     its ``top_k`` best chunks, within the request's filters; by the query vector, or with ``keyword`` by the
-    keyword index over ``query_text``. Raises RetryableError (the index) or KeywordUnavailableError."""
+    keyword index over ``query_text`` (``listed``: one of the request's lists, whose vector or keyword flag
+    counts instead). Raises RetryableError (the index) or KeywordUnavailableError."""
     top_k = max(1, min(req.top_k or 10, max_top_k))
     where = request_filter(req)
+    keyword, query_vector = (
+        (listed.keyword, listed.query_vector) if listed is not None else (req.keyword, req.query_vector)
+    )
     search: Callable[[int], list[Hit]]
-    if req.keyword:
+    if keyword:
         if keywords is None:
             raise KeywordUnavailableError(f"shard {shard} keeps no keyword index (MMRAG_KEYWORD_REFRESH_S=0)")
         search = partial(keywords.search, req.query_text, where=where)
     else:
-        vector = np.asarray(req.query_vector, dtype=np.float32)
+        vector = np.asarray(query_vector, dtype=np.float32)
         search = partial(index.search, vector, shard=shard, where=where)
     return search(top_k) if req.raw_chunks else best_per_object(search, top_k)
+
+
+def answer_into(
+    reply: SearchReply,
+    index: IndexSearcher,
+    keywords: KeywordShard | None,
+    req: SearchRequest,
+    shard: int,
+    max_top_k: int,
+) -> None:
+    """The shard's answer to ``req`` in ``reply``: for a request with lists, one ``ListHits`` per list in its order
+    (each its hits or its error); else the single list's hits (or the reply's error)."""
+    if not req.lists:
+        try:
+            reply.hits.extend(to_hit(h) for h in search_shard(index, req, shard, max_top_k, keywords))
+        except ANSWER_ERRORS as exc:
+            reply.error = str(exc)
+        return
+    for listed in req.lists:
+        answer = reply.lists.add(name=listed.name)
+        try:
+            answer.hits.extend(to_hit(h) for h in search_shard(index, req, shard, max_top_k, keywords, listed))
+        except ANSWER_ERRORS as exc:
+            answer.error = str(exc)
 
 
 def keyword_shard(settings: RetrievalWorkerSettings, index: IndexSearcher) -> KeywordShard | None:
@@ -136,11 +172,10 @@ class RetrievalWorker:
         )
         try:
             space = self.spaces.get(req.space_id, req.space_name)
-            hits = search_shard(space.index, req, self.settings.shard, self.settings.max_top_k, space.keywords)
-        except (SpaceUnavailableError, RetryableError, PermanentError, KeywordUnavailableError) as exc:
-            reply.error = str(exc)  # the query service degrades (keyword fallback, partial): no retry here
+        except ANSWER_ERRORS as exc:
+            reply.error = str(exc)  # every list's: the query service degrades (partial); no retry here
         else:
-            reply.hits.extend(to_hit(h) for h in hits)
+            answer_into(reply, space.index, space.keywords, req, self.settings.shard, self.settings.max_top_k)
         return [
             Output(
                 address.topic,

@@ -184,8 +184,18 @@ class IndexStatus(_message.Message):
     modality: Modality
     def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., state: _Optional[_Union[IndexState, str]] = ..., text_chunks: _Optional[int] = ..., image_vectors: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., detail: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ...) -> None: ...
 
+class SearchList(_message.Message):
+    __slots__ = ("name", "query_vector", "keyword")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    query_vector: _containers.RepeatedScalarFieldContainer[float]
+    keyword: bool
+    def __init__(self, name: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., keyword: _Optional[bool] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text", "object_ids", "modality", "raw_chunks", "buckets", "key_prefix", "content_types", "event_time_from_ms", "event_time_to_ms", "keyword", "space_name")
+    __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text", "object_ids", "modality", "raw_chunks", "buckets", "key_prefix", "content_types", "event_time_from_ms", "event_time_to_ms", "keyword", "space_name", "lists")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +211,7 @@ class SearchRequest(_message.Message):
     EVENT_TIME_TO_MS_FIELD_NUMBER: _ClassVar[int]
     KEYWORD_FIELD_NUMBER: _ClassVar[int]
     SPACE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LISTS_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     space_id: str
     query_vector: _containers.RepeatedScalarFieldContainer[float]
@@ -216,7 +227,18 @@ class SearchRequest(_message.Message):
     event_time_to_ms: int
     keyword: bool
     space_name: str
-    def __init__(self, correlation_id: _Optional[str] = ..., space_id: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., query_text: _Optional[str] = ..., object_ids: _Optional[_Iterable[str]] = ..., modality: _Optional[_Union[Modality, str]] = ..., raw_chunks: _Optional[bool] = ..., buckets: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[str] = ..., content_types: _Optional[_Iterable[str]] = ..., event_time_from_ms: _Optional[int] = ..., event_time_to_ms: _Optional[int] = ..., keyword: _Optional[bool] = ..., space_name: _Optional[str] = ...) -> None: ...
+    lists: _containers.RepeatedCompositeFieldContainer[SearchList]
+    def __init__(self, correlation_id: _Optional[str] = ..., space_id: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., query_text: _Optional[str] = ..., object_ids: _Optional[_Iterable[str]] = ..., modality: _Optional[_Union[Modality, str]] = ..., raw_chunks: _Optional[bool] = ..., buckets: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[str] = ..., content_types: _Optional[_Iterable[str]] = ..., event_time_from_ms: _Optional[int] = ..., event_time_to_ms: _Optional[int] = ..., keyword: _Optional[bool] = ..., space_name: _Optional[str] = ..., lists: _Optional[_Iterable[_Union[SearchList, _Mapping]]] = ...) -> None: ...
+
+class ListHits(_message.Message):
+    __slots__ = ("name", "hits", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    error: str
+    def __init__(self, name: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("vector_id", "object_id", "version", "score", "text", "chunk_index", "char_start", "char_end", "page", "has_text", "has_image")
@@ -245,20 +267,22 @@ class SearchHit(_message.Message):
     def __init__(self, vector_id: _Optional[str] = ..., object_id: _Optional[str] = ..., version: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., chunk_index: _Optional[int] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., has_text: _Optional[bool] = ..., has_image: _Optional[bool] = ...) -> None: ...
 
 class SearchReply(_message.Message):
-    __slots__ = ("correlation_id", "shard", "hits", "error", "space_id", "space_name")
+    __slots__ = ("correlation_id", "shard", "hits", "error", "space_id", "space_name", "lists")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     SPACE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LISTS_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     shard: int
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     error: str
     space_id: str
     space_name: str
-    def __init__(self, correlation_id: _Optional[str] = ..., shard: _Optional[int] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., error: _Optional[str] = ..., space_id: _Optional[str] = ..., space_name: _Optional[str] = ...) -> None: ...
+    lists: _containers.RepeatedCompositeFieldContainer[ListHits]
+    def __init__(self, correlation_id: _Optional[str] = ..., shard: _Optional[int] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., error: _Optional[str] = ..., space_id: _Optional[str] = ..., space_name: _Optional[str] = ..., lists: _Optional[_Iterable[_Union[ListHits, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("correlation_id", "question", "max_tokens", "instruction", "sources", "temperature", "top_p", "deadline_ms")
