@@ -13,9 +13,9 @@ backend and the query service start with their default settings (modality fusion
 cache phase); every text is encoded once beforehand, so query encoding is an embedding-cache hit everywhere and the
 rows compare the search itself:
 
-- in process: the query service's requests, each shard's answer by the retrieval worker's ``search_shard`` over an
-  index of the same rows in this process (Faiss: built here the way a worker builds it; Milvus: the same collection)
-  with its keyword index, shards and lists one after the other, the merge and the fusion;
+- in process: the query service's request, each shard's answer by the retrieval worker's ``answer_into`` over an
+  index of the same rows in this process (Faiss: built here the way a worker builds it, same thread settings;
+  Milvus: the same collection) with its keyword index, shards one after the other, the merge and the fusion;
 - Kafka: the query service's ``ShardedSearch`` in this process over search.requests.v1 / search.replies.v1 (its own
   reply partition), no gRPC;
 - gRPC Search at 1 and 8 concurrent clients; and a cache hit: the same query asked again at once (from_cache).
