@@ -3,7 +3,7 @@ Kafka -> llm.requests.v1 -> the LLM worker -> llm.replies.v1 -> the client), and
 open.
 
     uv run --frozen --no-sync python -m bench.ask [--questions 12] [--degraded 30] [--max-tokens 32]
-        [--max-sources 3] [--chunks-per-source 1]
+        [--max-sources N] [--chunks-per-source N] [--source-words N]
 
 Starts its own Kafka, local S3 and milvus-lite (local_stack) and the deployables as processes, uploads the 33
 documents of `bench/data/mixed_corpus` and asks its questions, each once (no cache answers). The LLM worker is the
@@ -14,9 +14,9 @@ worker's model: first token - called), i.e. everything between retrieval and the
 model. Then the LLM worker is stopped: the first Asks degrade (no worker) and open the breaker; the rest are
 degraded answers with the breaker open.
 
-The first token is the prompt's cost: ~1,100 prompt tokens (Ask's defaults, 5 sources of 2 chunks over this
-corpus) took the 1-thread model 63-72 s to a first token on the loaded shared box, so the bench asks with fewer,
-shorter sources by default (its options set MMRAG_ASK_MAX_SOURCES / MMRAG_ASK_CHUNKS_PER_SOURCE)."""
+The first token is the prompt's cost (~200 prompt tokens a second on 2 threads here): the bench asks with the
+query service's own defaults (sources focused on the question); --max-sources, --chunks-per-source and
+--source-words set MMRAG_ASK_MAX_SOURCES / MMRAG_ASK_CHUNKS_PER_SOURCE / MMRAG_ASK_SOURCE_WORDS to try others."""
 
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def start_stack(work: Path, bootstrap_dir: Path, args: argparse.Namespace) -> tu
     worker_env = {**dep.env(), "MMRAG_INSTANCE_ID": "llm_worker-0", "MMRAG_LLM_MAX_TOKENS": str(args.max_tokens)}
     worker_env[TIMINGS_ENV] = str(timings)
     worker = Service("llm_worker", "bench.ask_worker", worker_env, dep.state_dir / "logs")
-    sources = {"MMRAG_ASK_MAX_SOURCES": str(args.max_sources), "MMRAG_ASK_CHUNKS_PER_SOURCE": str(args.chunks)}
+    chosen = {"MAX_SOURCES": args.max_sources, "CHUNKS_PER_SOURCE": args.chunks, "SOURCE_WORDS": args.source_words}
+    sources = {f"MMRAG_ASK_{name}": str(value) for name, value in chosen.items() if value is not None}
     query = dep.service("query_service", **QUERY_ENV, **sources)
     indexing = [dep.service(n) for n in ("sqs_bridge", "normalizer", "text_embedder", "index_updater")]
     start_services([*indexing, *dep.shard_workers(), query, worker], timeout_s=300)
@@ -224,8 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=12, help="Asks generated (after 2 warm-up Asks)")
     parser.add_argument("--degraded", type=int, default=30, help="Asks after the LLM worker stopped")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--max-sources", type=int, default=3, help="numbered sources in the prompt")
-    parser.add_argument("--chunks-per-source", dest="chunks", type=int, default=1)
+    parser.add_argument("--max-sources", type=int, help="numbered sources in the prompt (default: the service's)")
+    parser.add_argument("--chunks-per-source", dest="chunks", type=int, help="(default: the service's)")
+    parser.add_argument("--source-words", type=int, help="focus budget of a source (default: the service's)")
     args = parser.parse_args(argv)
     spec = json.loads((DATA / "questions.json").read_text())["questions"]
     questions = [q["query"] for q in spec if q["kind"] in ("text", "keyword")]

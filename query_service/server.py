@@ -77,10 +77,10 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     )
     # Ask: sources, generation through llm.requests.v1, the breaker and the degraded answer
     ask_timeout_s: float = Field(default=60.0, description="an Ask's whole budget when the client sets no deadline")
-    ask_max_sources: int = Field(default=5, ge=1, description="numbered sources (one per object) given to the LLM")
+    ask_max_sources: int = Field(default=3, ge=1, description="numbered sources (one per object) given to the LLM")
     ask_chunks_per_source: int = Field(default=2, ge=1, description="best chunks of one object joined in a source")
     ask_source_words: int = Field(
-        default=60,
+        default=25,
         ge=0,
         description="a text source longer than this is focused on the question: its best-matching sentences "
         "within this many words (the first token costs every prompt token: bench.ask); 0 = whole chunks",

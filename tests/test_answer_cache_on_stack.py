@@ -18,7 +18,7 @@ from local_stack.services import Service
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from producers.upload import upload_files
-from tests.ask_tools import CORPUS
+from tests.ask_tools import CORPUS, PROMPT_AS_TESTED
 from tests.kafka_tools import wait_for
 
 pytestmark = pytest.mark.kafka
@@ -64,7 +64,7 @@ def test_replicas_share_answers_in_redis_and_an_overwrite_drops_them(
 ) -> None:
     from local_stack.stack import start_services
 
-    cache = {"MMRAG_CACHE_REDIS_URL": redis_url, "MMRAG_LLM_FIRST_TOKEN_TIMEOUT_S": "60"}
+    cache = {"MMRAG_CACHE_REDIS_URL": redis_url, "MMRAG_LLM_FIRST_TOKEN_TIMEOUT_S": "60", **PROMPT_AS_TESTED}
     first = deployment.service("query_service", **cache)
     second_port = free_port()
     second = deployment.service(

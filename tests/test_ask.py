@@ -19,6 +19,7 @@ from mmrag.request_reply import ReplyAddress
 from operator_cli.ask import stream_answer
 from tests.ask_tools import (
     CORPUS,
+    PROMPT_AS_TESTED,
     Asked,
     ask,
     assert_answered_from_sources,
@@ -67,6 +68,7 @@ def test_ask_streams_cited_answers_degrades_without_workers_and_recovers(
         MMRAG_LLM_BREAKER_FAIL_MAX="2",
         MMRAG_LLM_BREAKER_RESET_S="3",
         MMRAG_ANSWER_CACHE_SIZE="0",  # the same question is asked again: it must reach the LLM path each time
+        **PROMPT_AS_TESTED,
     )
     worker = llm_worker(deployment)
     start_with_corpus(deployment, CORPUS, "tide pools sea anemones", tmp_path, [query, worker])

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.ask_tools import CORPUS, Asked, ask, assert_answered_from_sources, llm_worker, start_with_corpus
+from tests.ask_tools import (
+    CORPUS,
+    PROMPT_AS_TESTED,
+    Asked,
+    ask,
+    assert_answered_from_sources,
+    llm_worker,
+    start_with_corpus,
+)
 from tests.kafka_tools import read_topic, wait_for
 from tests.llama_server import llama_server
 from tests.test_ask import ANSWERING, QUESTION
@@ -53,7 +61,7 @@ def test_http_backend_streams_not_found_never_generates_and_pii_is_redacted(
     prefix = deployment.topic_prefix
     with llama_server(tmp_path / "llama-server.log") as base_url:
         worker = llm_worker(deployment, MMRAG_LLM_BACKEND="openai", MMRAG_LLM_BASE_URL=base_url)
-        query = deployment.service("query_service", MMRAG_LLM_FIRST_TOKEN_TIMEOUT_S="60")
+        query = deployment.service("query_service", MMRAG_LLM_FIRST_TOKEN_TIMEOUT_S="60", **PROMPT_AS_TESTED)
         corpus = {**CORPUS, "contact.md": CONTACT}
         start_with_corpus(deployment, corpus, "tide pools sea anemones", tmp_path, [query, worker])
         port = deployment.grpc_port

@@ -107,6 +107,8 @@ def test_queued_requests_wait_in_kafka_go_in_arrival_order_and_expired_ones_are_
         # Arrival order across the 3 partitions; a consumer alone would hand out partition 0's backlog first.
         queued = [("late-1", 0.5), ("second", 120), ("late-2", 0.5), ("third", 120), ("fourth", 120), ("fifth", 120)]
         ids = {q: send(producer, topics, q, deadline, n % 3) for n, (q, deadline) in enumerate(queued, start=2)}
+        # The worker orders what it has fetched: wait until all six are (a partition's first fetch can lag).
+        wait_for(lambda: REGISTRY.get_sample_value("mmrag_llm_waiting_requests") == 6, 30, "six requests fetched")
         waiting = committed(bootstrap, settings.group_id(group), topics.llm_requests)
         time.sleep(1)  # the late ones expire while they wait
         model.release.set()

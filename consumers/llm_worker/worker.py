@@ -41,6 +41,7 @@ FIRST_TOKEN = Histogram("mmrag_llm_first_token_seconds", "Request taken to first
 GENERATION_SECONDS = Histogram("mmrag_llm_generation_seconds", "Request taken to final chunk", buckets=LATENCY_BUCKETS)
 TOKENS = Counter("mmrag_llm_tokens_total", "Tokens by kind (prompt, completion)", ["kind"])
 BUSY = Gauge("mmrag_llm_busy_slots", "Generations running now")
+WAITING = Gauge("mmrag_llm_waiting_requests", "Requests fetched and waiting for a free slot (not committed yet)")
 
 
 # Requests held fetched but not taken, at most; beyond it the assignment is paused (they stay in Kafka).
@@ -126,6 +127,7 @@ class LlmWorker:
             if job is not None:
                 self._running.append(pool.submit(self._generate, job))
                 room -= 1
+        WAITING.set(len(self._waiting))
         self._producer.poll(0)
 
     def _fetch(self, timeout_s: float) -> None:
