@@ -157,6 +157,9 @@ class FaissIndex:
         with self._lock:
             return len(self._rows)
 
+    def rows_version(self) -> int | None:
+        return self._version
+
     def shard_rows(self, shard: int) -> Iterator[VectorRow]:
         """The payload rows of ``shard`` (vectors empty), as they were when called."""
         with self._lock:

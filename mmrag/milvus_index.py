@@ -400,6 +400,9 @@ class MilvusIndex:
         )
         return int(found[0]["count(*)"])
 
+    def rows_version(self) -> int | None:
+        return None  # another process (the updater) writes the collection: no cheap way to tell a change
+
     def shard_rows(self, shard: int, page: int = 1000) -> Iterator[VectorRow]:
         """The payload rows of ``shard`` (vectors empty), page by page (a query iterator: no offset limit)."""
         pages = self._call(

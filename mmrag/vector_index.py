@@ -139,6 +139,11 @@ class IndexSearcher(Protocol):
         """Every row of ``shard`` with its payload (vectors may be left empty): what a keyword index is built from."""
         ...
 
+    def rows_version(self) -> int | None:
+        """A number that changes whenever a row changes (a keyword index built at one version is current while it
+        stays); None when the backend cannot tell cheaply (every refresh rebuilds)."""
+        ...
+
 
 class VectorIndex(IndexWriter, IndexSearcher, Protocol):
     """A backend: both sides over one store."""

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from consumers.retrieval_worker.handler import RetrievalWorker, RetrievalWorkerSettings
+from consumers.retrieval_worker.keyword import KeywordShard
 from mmrag.errors import RetryableError
 from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.keyword_index import KeywordIndex, keyword_tokens
 from mmrag.messages import Envelope, now_ms
 from mmrag.pb.events_pb2 import SearchHit, SearchList, SearchReply, SearchRequest
 from mmrag.request_reply import ReplyAddress
-from mmrag.vector_index import Hit, SearchFilter, VectorRow
+from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
 from query_service.fusion import JointFusion
 from query_service.search import list_replies, outcome_of
 
@@ -85,6 +86,9 @@ class FailingAfterStart(FaissIndex):
             raise RetryableError("milvus", "rows", "unreachable", "check Milvus")
         return super().shard_rows(shard)
 
+    def rows_version(self) -> int | None:
+        return None  # as Milvus: every refresh reads the rows
+
 
 def ask(worker: RetrievalWorker, request: SearchRequest) -> SearchReply:
     address = ReplyAddress("c1", "replies", 0, now_ms() + 60_000)
@@ -111,6 +115,18 @@ def test_the_worker_answers_keyword_requests_and_keeps_them_when_the_vector_inde
     assert [h.object_id for h in ask(worker, by_keyword).hits] == ["b/git.md"]
     no_keywords = RetrievalWorker(RetrievalWorkerSettings(shard=0, keyword_refresh_s=0), "space", index)
     assert "no keyword index" in ask(no_keywords, by_keyword).error
+
+
+def test_a_keyword_shard_rebuilds_only_when_its_rows_changed() -> None:
+    index = FaissIndex(DIM, FaissSettings(faiss_gpu="off"))
+    index.upsert(rows())
+    shard = KeywordShard(index, 0, refresh_s=3600)
+    assert shard.refresh() and shard.search("F-2307", 5, NO_FILTER)
+    built_at = shard.built_at
+    assert shard.refresh() and shard.built_at == built_at  # nothing changed: the build stays, no CPU spent
+    index.delete(["v0"])  # b/solar.md
+    assert shard.refresh() and shard.built_at > built_at
+    assert {h.row.object_id for h in shard.search("F-2307", 5, NO_FILTER)} == {"c/solar-copy.md"}
 
 
 def test_one_request_carries_every_list_and_each_list_answers_or_fails_alone() -> None:

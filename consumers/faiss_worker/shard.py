@@ -145,6 +145,9 @@ class FaissShard:
     def shard_rows(self, shard: int) -> Iterator[VectorRow]:
         return self.index.shard_rows(shard)
 
+    def rows_version(self) -> int | None:
+        return self.index.rows_version()
+
     # -- materializing -----------------------------------------------------------------------------------------
 
     def snapshot(self) -> None:
