@@ -105,6 +105,7 @@ def serving_builder(
         s.ask_max_tokens,
         s.ask_min_score,
         s.ask_source_words,
+        s.ask_label_bucket,
     )
     eval_log = EvalLog(producer, t.eval_log)
 

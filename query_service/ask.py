@@ -50,6 +50,7 @@ class AskLimits:
     max_tokens: int
     min_score: float = float("-inf")  # MMRAG_ASK_MIN_SCORE: a best hit under it -> "not found", no generation
     source_words: int = 0  # MMRAG_ASK_SOURCE_WORDS: a longer text source is focused on the question (0: whole)
+    label_bucket: bool = True  # MMRAG_ASK_LABEL_BUCKET: sources labelled bucket/key (else the key alone)
 
 
 @dataclass
@@ -219,7 +220,7 @@ class Asker:
             question=question,
             max_tokens=min(max_tokens or self.limits.max_tokens, self.limits.max_tokens),
             instruction=INSTRUCTION,
-            sources=[s.prompt_source() for s in answer.sources],
+            sources=[s.prompt_source(self.limits.label_bucket) for s in answer.sources],
         )
         for chunk in self.generation.stream(request, deadline):
             if chunk.text:

@@ -79,6 +79,9 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     ask_timeout_s: float = Field(default=60.0, description="an Ask's whole budget when the client sets no deadline")
     ask_max_sources: int = Field(default=3, ge=1, description="numbered sources (one per object) given to the LLM")
     ask_chunks_per_source: int = Field(default=2, ge=1, description="best chunks of one object joined in a source")
+    ask_label_bucket: bool = Field(
+        default=False, description="label the LLM's sources bucket/key; False: the key alone (fewer prompt tokens)"
+    )
     ask_source_words: int = Field(
         default=25,
         ge=0,

@@ -29,11 +29,12 @@ CORPUS = {
 }
 
 
-# The prompt these tests' answers were checked with: every source (up to 5) whole. Ask's defaults (3 sources, each
-# focused to 25 words) are for a first token under a second; SmolLM2-135M's answer to a fixed question flips with
-# any change of its prompt (measured: the tide-pool question is answered right, from [1], with whole sources, and
-# wrongly with them cut to 25 words), so the tests pin the prompt their assertions were made against.
-PROMPT_AS_TESTED = {"MMRAG_ASK_MAX_SOURCES": "5", "MMRAG_ASK_SOURCE_WORDS": "0"}
+# The prompt these tests' answers were checked with: every source (up to 5) whole, labelled bucket/key. Ask's
+# defaults (3 sources focused to 25 words, labelled by key) are for a first token under a second; SmolLM2-135M's
+# answer to a fixed question flips with any change of its prompt (measured: the tide-pool question is answered
+# right with whole sources labelled bucket/key, wrongly with them cut to 25 words or labelled by key alone), so the
+# tests pin the prompt their assertions were made against.
+PROMPT_AS_TESTED = {"MMRAG_ASK_MAX_SOURCES": "5", "MMRAG_ASK_SOURCE_WORDS": "0", "MMRAG_ASK_LABEL_BUCKET": "true"}
 
 
 @dataclass

@@ -56,6 +56,7 @@ def test_sources_are_one_per_object_best_first_with_chunks_in_reading_order() ->
     assert sources[0].best.chunk_index == 1 and sources[0].ask_source().char_start == 100
     assert sources[1].text == "An image file named img.png. Text in the image: STOP sign"
     assert sources[1].prompt_source().label == "image b/img.png"
+    assert sources[1].prompt_source(with_bucket=False).label == "image img.png"
 
 
 def test_a_long_source_is_focused_on_the_question_within_its_word_budget() -> None:
