@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,6 +77,7 @@ BATCH = 2000
 TIMEOUT_S = 10.0
 HIT = "gRPC Search, result-cache hit"
 INPROC, KAFKA, GRPC = "in process (no Kafka, no gRPC)", "Kafka request-reply, no gRPC", "gRPC Search, 1 client"
+EIGHT = "gRPC Search, 8 clients"
 
 
 def vocabulary() -> list[str]:
@@ -160,21 +161,25 @@ class InProcess:
 class Measured:
     times: list[float]  # ms per search
     wall_s: float
-    cpu_s: float  # CPU seconds used meanwhile by this process and the stack's processes
+    cpu_by: dict[str, float]  # CPU seconds used meanwhile by this process ("bench") and each of the stack's
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu_by.values())
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """CPU seconds (user + system) used so far by this process and ``pids``: a search's cost, which the machine's
-    load does not inflate the way it inflates wall time."""
+def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process and each named pid: a search's cost, which the
+    machine's load does not inflate the way it inflates wall time."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = time.process_time()
-    for pid in pids:
+    found = {"bench": time.process_time()}
+    for name, pid in pids.items():
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
+        found[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return found
 
 
-def timed(search: Callable[[str], object], texts: Sequence[str], pids: Sequence[int], clients: int = 1) -> Measured:
+def timed(search: Callable[[str], object], texts: Sequence[str], pids: Mapping[str, int], clients: int = 1) -> Measured:
     """Milliseconds of each search (``clients`` at a time), the wall seconds and the CPU seconds of them all."""
 
     def one(text: str) -> float:
@@ -185,7 +190,8 @@ def timed(search: Callable[[str], object], texts: Sequence[str], pids: Sequence[
     began, cpu = time.perf_counter(), cpu_seconds(pids)
     with ThreadPoolExecutor(clients) as pool:
         times = list(pool.map(one, texts))
-    return Measured(times, time.perf_counter() - began, cpu_seconds(pids) - cpu)
+    after = cpu_seconds(pids)
+    return Measured(times, time.perf_counter() - began, {name: after[name] - cpu[name] for name in after})
 
 
 def broker_pids(infra_dir: Path) -> list[int]:
@@ -293,7 +299,8 @@ def run(args: argparse.Namespace, dep: Deployment) -> None:
     try:
         services = start_services([*dep.shard_workers(), dep.service("query_service")], 1800)
         print(f"services ready {time.monotonic() - began:.0f} s after the first row", flush=True)
-        pids = [p for p in (s.pid for s in services) if p] + broker_pids(dep.state_dir.parent / "infra")
+        pids = {s.name: s.pid for s in services if s.pid}
+        pids.update({f"broker-{n}": pid for n, pid in enumerate(broker_pids(dep.state_dir.parent / "infra"))})
         measure(args, dep, space, local_indexes(rows, space, args.shards, milvus), words, pids)
     finally:
         stop_services(dep.state_dir)
@@ -305,7 +312,7 @@ def measure(
     space: EmbeddingSpace,
     indexes: list[IndexSearcher],
     words: list[str],
-    pids: list[int],
+    pids: dict[str, int],
 ) -> None:
     rng = np.random.default_rng(1)
     n = args.queries
@@ -325,16 +332,16 @@ def measure(
     kafka, close_kafka = kafka_search(dep, encoder, fusion, space, args.top_k)
     every = [t for texts in phases.values() for t in texts]
     print(f"warming up: {len(every)} queries through gRPC, {2 * n} in process, {n // 4} over Kafka", flush=True)
-    timed(grpc_search, every, [], 4)  # warm-up: the service's embedding cache, group joins, page caches
-    timed(local.search, phases["inproc"] + phases["kafka"], [])  # this process' embedding and sentence caches
-    timed(kafka, phases["kafka"][: n // 4], [])
+    timed(grpc_search, every, {}, 4)  # warm-up: the service's embedding cache, group joins, page caches
+    timed(local.search, phases["inproc"] + phases["kafka"], {})  # this process' embedding and sentence caches
+    timed(kafka, phases["kafka"][: n // 4], {})
     time.sleep(6)  # the warm-up's answers leave the 5 s result cache
     grpc_search.partial = grpc_search.cached = 0
     results = {
         INPROC: timed(local.search, phases["inproc"], pids),
         KAFKA: timed(kafka, phases["kafka"], pids),
         GRPC: timed(grpc_search, phases["1"], pids),
-        "gRPC Search, 8 clients": timed(grpc_search, phases["8"], pids, 8),
+        EIGHT: timed(grpc_search, phases["8"], pids, 8),
     }
     uncached = grpc_search.cached
     same = sum(set(local.search(t)) == set(grpc_search(t)) for t in phases["inproc"][:20])
@@ -358,6 +365,9 @@ def report(
         n = len(m.times)
         table.add_row(name, str(n), f"{p50:.1f}", f"{p99:.1f}", f"{n / m.wall_s:.0f}", f"{1000 * m.cpu_s / n:.1f}")
     Console().print(table)
+    busy = results[EIGHT]
+    shares = ", ".join(f"{name} {1000 * s / len(busy.times):.1f}" for name, s in sorted(busy.cpu_by.items()))
+    print(f"CPU ms a search by process at 8 clients (bench = the clients): {shares}")
     base = stats(results[INPROC].times)[0]
     for name in (KAFKA, GRPC):
         p50 = stats(results[name].times)[0]
