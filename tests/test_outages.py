@@ -127,6 +127,7 @@ def upload(store: S3ObjectStore, bucket: str, objects: dict[str, bytes]) -> set[
     return {f"{bucket}/{key}" for key in objects}
 
 
+@pytest.mark.slow  # a fault drill: Milvus stopped for longer than the retry budget (~100 s with its setup)
 def test_milvus_down_longer_than_the_retry_budget_is_back_pressure(
     deployment: Deployment, infra: Endpoints, tmp_path: Path
 ) -> None:
@@ -213,6 +214,7 @@ def _answers(port: int, text: str, oid: str) -> bool:
     return fresh and bool(reply.results) and reply.results[0].object_id == oid
 
 
+@pytest.mark.slow  # a fault drill: the object store stopped under uploads (~75 s)
 def test_object_store_unreachable_is_back_pressure(deployment: Deployment, infra: Endpoints, tmp_path: Path) -> None:
     from local_stack.s3 import start_moto, stop_moto
 
