@@ -4,12 +4,11 @@ starting a second set of services."""
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from local_stack.processes import alive_pid, free_port
+from local_stack.processes import alive_pid, free_port, port_free
 from local_stack.stack import Deployment, IndexBackend, start_infra, stop_infra, stop_services
 from local_stack.stack_status import ProcessStatus, stack_status
 from local_stack.state import STACK_FILE, ServiceRecord, StackRecord, stack_lock
@@ -93,19 +92,10 @@ def _selected(label: str, wanted: tuple[str, ...]) -> bool:
 def _port(port: int | None, flag: str, preferred: int | None = None) -> int:
     """``port`` if free (ValueError naming ``flag`` otherwise); None: ``preferred`` when free, else any free one."""
     if port is not None:
-        if not _free(port):
+        if not port_free(port):
             raise ValueError(f"port {port} ({flag}) is in use -> pick another, or leave {flag} out for a free one")
         return port
-    return preferred if preferred is not None and _free(preferred) else free_port()
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+    return preferred if preferred is not None and port_free(preferred) else free_port()
 
 
 def wait_ready(state_dir: Path, timeout_s: float) -> list[ProcessStatus]:

@@ -30,16 +30,20 @@ def free_port() -> int:
     floor = 15000 if low > 20000 else 1024
     for _ in range(200):
         port = random.randrange(floor, low)
-        if port in _handed_out:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
+        if port not in _handed_out and port_free(port):
+            _handed_out.add(port)
+            return port
     raise RuntimeError(f"[local stack] no free port in {floor}-{low - 1} after 200 tries -> stop other local services")
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:

@@ -61,6 +61,11 @@ class FaissSettings(BaseSettings):
     )
 
 
+def _threads(setting: int) -> int:
+    """A thread-count setting as a count: 0 = every core."""
+    return setting or os.cpu_count() or 1
+
+
 @contextmanager
 def omp_threads(n: int) -> Iterator[None]:
     """Faiss' OpenMP threads are ``n`` within the block (process-wide), then what they were."""
@@ -117,7 +122,7 @@ class FaissIndex:
 
     def start(self) -> None:
         """Nothing to connect (the index lives in this process); applies MMRAG_FAISS_THREADS, process-wide."""
-        faiss.omp_set_num_threads(self.settings.faiss_threads or os.cpu_count() or 1)
+        faiss.omp_set_num_threads(_threads(self.settings.faiss_threads))
 
     # -- writer side ---------------------------------------------------------------------------------------------
 
@@ -248,7 +253,7 @@ class FaissIndex:
         for new, row in enumerate(rows):
             self._remember(new, row)
         self.kind = "flat" if kind == "ivf" and not rows else kind  # nothing to train lists on: flat until the next
-        with omp_threads(self.settings.faiss_build_threads or os.cpu_count() or 1):
+        with omp_threads(_threads(self.settings.faiss_build_threads)):
             self._index = self._empty(self.kind, vectors)
             self._add(vectors, np.arange(len(rows), dtype=np.int64))
         self._next_id, self._dead = len(rows), 0

@@ -25,6 +25,13 @@ def default_clip_model_dir() -> Path:
     return cache_dir() / "models" / "clip-easyvqa"
 
 
+def group_name(topic_prefix: str, base: str, space_name: str = "") -> str:
+    """Consumer group ``base`` of the deployment ``topic_prefix`` in a space: ``<prefix><base>`` for the live space,
+    ``<prefix><base>.<space name>`` else. Deployments sharing a cluster under different prefixes share no group (a
+    shared group rebalances across them) and no transactional id (their producers would fence each other)."""
+    return f"{topic_prefix}{base}" + (f".{space_name}" if space_name else "")
+
+
 class BaseServiceSettings(BaseSettings):
     """What every deployable needs: Kafka, topics, identity, probes and retry bounds."""
 
@@ -68,15 +75,12 @@ class BaseServiceSettings(BaseSettings):
         return Topics(self.topic_prefix, self.space_name)
 
     def group_id(self, base: str) -> str:
-        """Consumer group ``base`` of this deployment: ``<topic prefix><base>``. Deployments sharing a cluster under
-        different prefixes share no group (a shared group rebalances across them) and no transactional id (their
-        producers would fence each other)."""
-        return f"{self.topic_prefix}{base}"
+        """Consumer group ``base`` of this deployment, whatever its space: ``<topic prefix><base>``."""
+        return group_name(self.topic_prefix, base)
 
     def consumer_group(self, base: str) -> str:
-        """The group of stage ``base`` in this deployment and space: ``<prefix><base>`` for the live space,
-        ``<prefix><base>.<space name>`` else."""
-        return self.group_id(base) + (f".{self.space_name}" if self.space_name else "")
+        """The group of stage ``base`` in this deployment and space (see ``group_name``)."""
+        return group_name(self.topic_prefix, base, self.space_name)
 
     @property
     def commit_deadline_s(self) -> float:

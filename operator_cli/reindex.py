@@ -29,7 +29,7 @@ from rich.table import Table
 from local_stack.processes import alive_pid, stop_all_detached
 from local_stack.services import Service
 from mmrag.milvus_index import milvus_client, move_alias
-from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
+from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings, group_name
 from mmrag.topics import Topics, ensure_topics
 from operator_cli.connection import CommandError, OperatorSettings, console, friendly
 from operator_cli.group_offsets import end_offsets
@@ -108,7 +108,7 @@ def _progress(name: str) -> list[StageProgress]:
     lags = {g.group: g.total for g in group_lags(settings)}
     found = []
     for stage, base, _, _ in STAGES:
-        group, topic = f"{settings.topic_prefix}{base}.{name}", wanted[base]
+        group, topic = group_name(settings.topic_prefix, base, name), wanted[base]
         total = sum(ends[tp] - starts[tp] for tp in parts[topic])
         found.append(StageProgress(stage, group, topic, total, lags.get(group, total)))
     return found

@@ -17,7 +17,7 @@ from pymilvus import MilvusClient
 from rich.table import Table
 
 from mmrag.milvus_index import alias_target
-from mmrag.settings import BaseServiceSettings, VectorStoreSettings
+from mmrag.settings import BaseServiceSettings, VectorStoreSettings, group_name
 from mmrag.space_catalog import SpaceSpec, parse_collection, space_collections
 from mmrag.topics import SPACE_OWNED, Topics
 
@@ -95,7 +95,7 @@ def drop(
     if not space.space_name:
         return dropped  # the unnamed space's groups and topics are the deployment's own
     existing = {g.group_id for g in admin.list_consumer_groups().result(timeout=15).valid}
-    groups = [g for g in (f"{topic_prefix}{base}.{space.space_name}" for base in SPACE_GROUPS) if g in existing]
+    groups = [g for g in (group_name(topic_prefix, base, space.space_name) for base in SPACE_GROUPS) if g in existing]
     if groups:
         for group, future in admin.delete_consumer_groups(groups).items():
             future.result(timeout=15)
