@@ -27,6 +27,7 @@ from pymilvus.exceptions import (
     ParamError,
     PrimaryKeyException,
 )
+from tenacity import Retrying, stop_after_delay, wait_fixed
 
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.settings import VectorStoreSettings
@@ -295,9 +296,12 @@ class MilvusIndex:
             return
         try:
             create()
-        except MilvusException:
-            if not exists():
-                raise
+        except MilvusException as exc:
+            # The winner's create may still be under way (milvus-lite: its files exist, the collection not yet).
+            for attempt in Retrying(stop=stop_after_delay(5), wait=wait_fixed(0.2), reraise=True):
+                with attempt:
+                    if not exists():
+                        raise exc
 
     def _alias_target(self) -> str | None:
         """The collection the alias points at, or None when no collection holds it."""

@@ -152,7 +152,7 @@ class StageRunner(Generic[T]):
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, stop: threading.Event | None = None) -> None:
         """Connects clients, subscribes and warms the handler up; readiness turns green afterwards."""
         s = self.settings
         consumer_extra = {"max.poll.interval.ms": s.max_poll_interval_ms, **self.consumer_overrides}
@@ -177,13 +177,13 @@ class StageRunner(Generic[T]):
             on_assign=lambda consumer, tps: keeper.on_assign(consumer, tps, restore),
             on_revoke=keeper.on_revoke,
         )
-        self.handler.warm_up()
+        self._warm_up(stop)
         self.probes.set_ready(True)
         log.info("%s: group %s consuming %s (transactional=%s)", self.stage, self.group, list(self.decoders), txn_id)
 
     def run(self, stop: threading.Event) -> None:
         """Processes batches until ``stop`` is set; fatal Kafka errors propagate (the supervisor restarts us)."""
-        self.start()
+        self.start(stop)
         try:
             while not stop.is_set():
                 self.step()
@@ -431,6 +431,22 @@ class StageRunner(Generic[T]):
         outages = self.backpressure.outages
         log.warning("%s: %s; batch rewound, retrying in %.1fs (outage %d)", self.stage, cause, delay, outages)
         self.keeper.wait(delay)
+
+    def _warm_up(self, stop: threading.Event | None) -> None:
+        """Warms the handler up; a dependency that is down (RetryableError: Milvus starting, a collection another
+        process is creating) is waited for like any outage, in the group, readiness red with the reason."""
+        while True:
+            try:
+                self.handler.warm_up()
+            except RetryableError as exc:
+                delay = self.backpressure.enter(exc)
+                log.warning("%s: warm-up waits for a dependency: %s; next try in %.1fs", self.stage, exc, delay)
+                self.keeper.wait(delay)
+                if stop is not None and stop.is_set():
+                    raise
+                continue
+            self.backpressure.recovered()
+            return
 
     def _rewind(self, batch: _Batch) -> None:
         for tp in batch.first_offsets():

@@ -182,6 +182,50 @@ def test_an_outage_backs_off_and_never_dead_letters(bootstrap: str, unique: str,
     assert committed(bootstrap, f"g{unique}", in_topic) == 1
 
 
+class ColdStart(Echo):
+    """Echo whose dependency is away at warm-up the first ``failures`` times (Milvus starting, a collection being
+    created by another process)."""
+
+    def __init__(self, out_topic: str, failures: int) -> None:
+        super().__init__(out_topic)
+        self.failures = failures
+        self.warm_ups = 0
+
+    def warm_up(self) -> None:
+        self.warm_ups += 1
+        if self.warm_ups <= self.failures:
+            raise RetryableError("echo", "store", "collection being created", "wait for it")
+
+
+def test_a_dependency_away_at_warm_up_is_waited_for(bootstrap: str, unique: str, topics: tuple[str, str, str]) -> None:
+    """A RetryableError at warm-up is an outage like any other: readiness red with the reason, back-off, try again;
+    the process neither exits nor dead-letters, and consumes once warm."""
+    in_topic, out_topic, dlq_topic = topics
+    produce(bootstrap, in_topic, [b"one"])
+    handler = ColdStart(out_topic, failures=2)
+    runner = make_runner(bootstrap, unique, handler, in_topic, True, backoff_max_s=0.2)
+    reasons: list[str] = []
+    set_ready = runner.probes.set_ready
+
+    def record(ready: bool, reason: str = "") -> None:
+        if not ready:
+            reasons.append(reason)
+        set_ready(ready, reason)
+
+    runner.probes.set_ready = record  # type: ignore[method-assign]
+    runner.start()
+    assert handler.warm_ups == 3 and runner.probes.ready
+    assert len(reasons) == 2 and all("collection being created" in r for r in reasons)
+    seen = 0
+    for _ in range(100):
+        seen += runner.step()
+        if seen:
+            break
+    runner.close()
+    assert seen == 1 and len(read_topic(bootstrap, out_topic, idle_s=1)) == 1
+    assert read_topic(bootstrap, dlq_topic, idle_s=0.5) == []
+
+
 class Big(Echo):
     """Echo whose output for "big" is larger than any limit the tests set (random text: lz4 can't shrink it)."""
 
