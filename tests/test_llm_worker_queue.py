@@ -68,6 +68,7 @@ def send(producer: Producer, topics: Topics, question: str, deadline_in_s: float
         topics.llm_requests, value, cid, partition=partition, headers=dict(encode_headers(address.headers()))
     )
     assert producer.flush(10) == 0
+    time.sleep(0.005)  # arrival order is timestamp order, in ms: requests of one ms across partitions have none
     return cid
 
 

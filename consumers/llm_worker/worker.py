@@ -50,7 +50,8 @@ LOOKAHEAD = 256
 
 class Waiting:
     """Fetched, untaken requests per partition in offset order; ``pop_oldest`` takes the head with the oldest
-    timestamp, so requests are taken in arrival order across partitions, each partition's order kept."""
+    timestamp, so requests are taken in arrival order across partitions, each partition's order kept (Kafka
+    timestamps are in ms: requests of the same ms on different partitions go by partition number)."""
 
     def __init__(self) -> None:
         self._queues: dict[tuple[str, int], deque[Any]] = {}
