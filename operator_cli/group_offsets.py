@@ -1,7 +1,8 @@
 """Consumer groups of one deployment as the cluster sees them: state, members, committed offsets, end offsets.
 
 A group belongs to the deployment when it has committed offsets on one of its topics, or members assigned to one
-(group names are not prefixed, the topics are: `mmrag lag` under one prefix shows only that deployment's part).
+(group names carry the deployment's topic prefix, `mmrag.settings.group_name`; a command naming a group accepts
+the name without the prefix too).
 Ends are read_committed (the last stable offset), so an open transaction's records are not counted as lag.
 """
 
@@ -74,14 +75,25 @@ def _member(description: Any, topics: set[str]) -> Member:
     return Member(description.client_id, description.host, mine)
 
 
-def project_groups(admin: AdminClient, topics: set[str], only: str | None = None) -> list[GroupOffsets]:
-    """The groups with offsets or members on ``topics``, by name; ``only`` = just that group (CommandError when
-    the cluster does not know it)."""
+def resolve_group(ids: Iterable[str], name: str, prefix: str) -> str:
+    """The group ``name`` means among ``ids``: itself, or the deployment's group of that base name
+    (``<prefix><name>``, e.g. ``embedder-text`` -> ``demo.embedder-text``); CommandError when neither exists."""
+    known = set(ids)
+    for candidate in (name, f"{prefix}{name}"):
+        if candidate in known:
+            return candidate
+    also = f" nor {prefix + name!r}" if prefix else ""
+    raise CommandError(f"no consumer group {name!r}{also} on this cluster -> `mmrag lag` lists the groups")
+
+
+def project_groups(
+    admin: AdminClient, topics: set[str], only: str | None = None, prefix: str = ""
+) -> list[GroupOffsets]:
+    """The groups with offsets or members on ``topics``, by name; ``only`` = just that group, named in full or
+    without the deployment's ``prefix`` (CommandError when the cluster knows neither)."""
     ids = list_group_ids(admin)
     if only is not None:
-        if only not in ids:
-            raise CommandError(f"no consumer group {only!r} on this cluster -> `mmrag lag` lists the groups")
-        ids = [only]
+        ids = [resolve_group(ids, only, prefix)]
     groups = describe_groups(admin, ids, topics)
     return [g for g in groups.values() if g.committed or only is not None]
 

@@ -91,7 +91,7 @@ def count_records(bootstrap: str, gaps: Mapping[Partition, tuple[int, int]], tim
 def group_lags(settings: OperatorSettings, only: str | None = None) -> list[GroupLag]:
     """The deployment's groups with their lag, by group name."""
     admin = settings.admin()
-    groups = project_groups(admin, settings.project_topics(), only)
+    groups = project_groups(admin, settings.project_topics(), only, settings.topic_prefix)
     partitions = {tp for g in groups for tp in g.committed}
     ends = end_offsets(admin, partitions)
     starts = end_offsets(

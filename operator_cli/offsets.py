@@ -45,8 +45,11 @@ def parse_target(text: str) -> tuple[str, OffsetSpec]:
     return format_ms(ms), OffsetSpec.for_timestamp(ms)
 
 
-def plan_reset(settings: OperatorSettings, group: str, spec: OffsetSpec, topics: list[str] | None) -> list[Move]:
-    """Where each of the group's partitions would move; CommandError while the group has members."""
+def plan_reset(
+    settings: OperatorSettings, group: str, spec: OffsetSpec, topics: list[str] | None
+) -> tuple[str, list[Move]]:
+    """The group's full name (``group`` may omit the deployment's prefix) and where each of its partitions would
+    move; CommandError while the group has members."""
     admin = settings.admin()
     wanted = settings.project_topics()
     if topics:
@@ -55,7 +58,8 @@ def plan_reset(settings: OperatorSettings, group: str, spec: OffsetSpec, topics:
         if unknown:
             raise CommandError(f"{unknown} are not topics of this deployment -> name them as `mmrag lag` shows them")
         wanted = named
-    found = project_groups(admin, wanted, only=group)[0]
+    found = project_groups(admin, wanted, only=group, prefix=settings.topic_prefix)[0]
+    group = found.group
     if found.members:
         hosts = ", ".join(sorted({f"{m.client_id}@{m.host}" for m in found.members}))
         raise CommandError(
@@ -67,7 +71,7 @@ def plan_reset(settings: OperatorSettings, group: str, spec: OffsetSpec, topics:
         raise CommandError(f"group {group!r} has no offsets on {sorted(wanted)} -> nothing to reset")
     targets = end_offsets(admin, partitions, spec)
     latest = end_offsets(admin, [tp for tp in partitions if targets[tp] < 0])
-    return [
+    return group, [
         Move(t, p, found.committed[(t, p)], targets[(t, p)] if targets[(t, p)] >= 0 else latest[(t, p)])
         for t, p in partitions
     ]
@@ -95,13 +99,13 @@ def moves_table(group: str, to: str, moves: list[Move], dry_run: bool) -> Table:
 def _run(args: argparse.Namespace) -> int:
     settings = OperatorSettings()
     to, spec = parse_target(args.to)
-    moves = plan_reset(settings, args.group, spec, args.topic)
+    group, moves = plan_reset(settings, args.group, spec, args.topic)
     if not args.dry_run:
-        apply_reset(settings, args.group, moves)
+        apply_reset(settings, group, moves)
     if args.json:
-        print_json({"group": args.group, "to": to, "dry_run": args.dry_run, "moves": [asdict(m) for m in moves]})
+        print_json({"group": group, "to": to, "dry_run": args.dry_run, "moves": [asdict(m) for m in moves]})
     else:
-        console().print(moves_table(args.group, to, moves, args.dry_run))
+        console().print(moves_table(group, to, moves, args.dry_run))
     return 0
 
 

@@ -123,8 +123,10 @@ def test_search_status_lag_and_offsets(deployment, monkeypatch, capsys) -> None:
 
     assert_drained_without_marker_lag(capsys, deployment.topic_prefix)
     updater = deployment.topic_prefix + "index-updater"  # groups carry the deployment's prefix, as topics do
-    code, _, err = run(capsys, "offsets", "reset", deployment.topic_prefix + "embedder-text", "--to", "earliest")
+    code, _, err = run(capsys, "offsets", "reset", "embedder-text", "--to", "earliest")  # the prefix may be left out
     assert code == 2 and "active member" in err and "stop them first" in err
+    code, _, err = run(capsys, "offsets", "reset", "no-such-group", "--to", "earliest")
+    assert code == 2 and "no consumer group 'no-such-group'" in err and "mmrag lag" in err
 
     services["index_updater"].stop()
     store.put(bucket, "docs/tide-pools.md", TIDE_DOC.encode())
@@ -139,9 +141,9 @@ def test_search_status_lag_and_offsets(deployment, monkeypatch, capsys) -> None:
     plan = json_of(capsys, "offsets", "reset", updater, "--to", "earliest", "--topic", "embeddings", "--dry-run")
     assert plan["dry_run"] and plan["moves"] and all(m["topic"].endswith("embeddings.v1") for m in plan["moves"])
     assert any(m["current"] is not None and m["target"] < m["current"] for m in plan["moves"])
-    after_dry_run = group(json_of(capsys, "lag", "--group", updater), updater)
+    after_dry_run = group(json_of(capsys, "lag", "--group", "index-updater"), updater)
     assert after_dry_run is not None and after_dry_run["total_lag"] == stopped["total_lag"]
-    code, table, _ = run(capsys, "offsets", "reset", updater, "--to", "earliest", "--dry-run")
+    code, table, _ = run(capsys, "offsets", "reset", "index-updater", "--to", "earliest", "--dry-run")
     assert code == 0 and f"dry run: would reset group {updater}" in table
     reset = json_of(capsys, "offsets", "reset", updater, "--to", "earliest", "--topic", "embeddings")
     committed = group(json_of(capsys, "lag", "--group", updater), updater)
