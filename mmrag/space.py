@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -28,9 +29,9 @@ class EmbeddingSpace:
     image_weight: float
     clip_text_for_text: bool = False
 
-    @property
+    @cached_property
     def id(self) -> str:
-        """Short hash of models, revisions, weights and dims: vectors of two spaces never mix."""
+        """Short hash of models, revisions, weights and dims: vectors of two spaces never mix (worked out once)."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
