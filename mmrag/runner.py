@@ -132,8 +132,12 @@ class StageRunner(Generic[T]):
         probes: Probes | None = None,
         consumer_overrides: Mapping[str, Any] | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
+        eager: bool = False,
     ) -> None:
+        """``eager``: a batch is what has arrived when the first message does (request-reply stages: a request
+        never waits for others to fill a batch); else up to ``max_batch`` messages within ``max_wait_ms``."""
         self.settings = settings
+        self.eager = eager
         self.handler = handler
         self.stage = handler.stage
         self.group = group
@@ -206,11 +210,23 @@ class StageRunner(Generic[T]):
 
     # -- one batch -------------------------------------------------------------------------------------------
 
+    def _poll(self) -> list[Message]:
+        """One poll batch. librdkafka's consume(n, timeout) returns when n messages are there or the timeout is
+        over, so a lone message waits the whole timeout; eager, the first message ends the wait and whatever
+        else is already fetched joins it."""
+        s = self.settings
+        if not self.eager:
+            return list(self._consumer.consume(s.max_batch, s.max_wait_ms / 1000))
+        first = list(self._consumer.consume(1, s.max_wait_ms / 1000))
+        if not first or s.max_batch <= 1:
+            return first
+        return first + list(self._consumer.consume(s.max_batch - 1, 0))
+
     def step(self) -> int:
         """Polls one batch and carries it through to a commit. Returns how many messages it committed (0 when the
         batch was rewound because a dependency is down: it comes again after the back-off)."""
         self._restore_assigned()
-        raw = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_ms / 1000)
+        raw = self._poll()
         batch = _Batch([_Item(_Consumed.of(m)) for m in raw if not self._is_transport_error(m)])
         if not batch.items:
             return 0

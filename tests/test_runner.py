@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -180,6 +181,33 @@ def test_an_outage_backs_off_and_never_dead_letters(bootstrap: str, unique: str,
     assert read_topic(bootstrap, dlq_topic, idle_s=0.5) == []
     assert len(read_topic(bootstrap, out_topic, idle_s=1)) == 1
     assert committed(bootstrap, f"g{unique}", in_topic) == 1
+
+
+def test_an_eager_runner_handles_a_lone_request_without_waiting_to_fill_a_batch(
+    bootstrap: str, unique: str, topics: tuple[str, str, str]
+) -> None:
+    """Request-reply stages poll eagerly: the first message ends the poll (plus what is already fetched), where a
+    batching stage waits up to max_wait_ms for max_batch messages."""
+    in_topic, out_topic, _ = topics
+    config = BaseServiceSettings(
+        bootstrap_servers=bootstrap, topic_prefix=f"t{unique}.", instance_id="test", max_wait_ms=8000
+    )  # type: ignore[call-arg]
+    runner = StageRunner(
+        config, Echo(out_topic), group=f"g{unique}", decoders={in_topic: text_decoder}, transactional=False, eager=True
+    )
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not runner.keeper.assigned and time.monotonic() < deadline:  # joined, the topic still empty
+            runner.step()
+        produce(bootstrap, in_topic, [b"lone"])
+        began = time.monotonic()
+        handled = runner.step()
+        took = time.monotonic() - began
+    finally:
+        runner.close()
+    assert handled == 1
+    assert took < 4, f"a lone request waited {took:.1f} s of the 8 s batch window"
 
 
 class ColdStart(Echo):

@@ -31,7 +31,9 @@ EXPIRED = Counter("mmrag_search_requests_expired_total", "Requests dropped becau
 
 class RetrievalWorkerSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings):
     shard: int = 0
-    max_wait_ms: int = 5
+    max_wait_ms: int = Field(
+        default=100, description="longest wait for the next request; a request is answered when it arrives (eager)"
+    )
     max_top_k: int = 100
     keyword_refresh_s: float = Field(
         default=30.0, ge=0, description="seconds between rebuilds of the shard's keyword index; 0 = no keyword index"

@@ -32,4 +32,5 @@ def request_loop(
         probes=probes,
         consumer_overrides=FAST_CONSUMER,
         producer_overrides=FAST_PRODUCER,
+        eager=True,
     )
