@@ -135,7 +135,8 @@ class StageRunner(Generic[T]):
         eager: bool = False,
     ) -> None:
         """``eager``: a batch is what has arrived when the first message does (request-reply stages: a request
-        never waits for others to fill a batch); else up to ``max_batch`` messages within ``max_wait_ms``."""
+        never waits for others to fill a batch), its offsets committed in the background; else up to ``max_batch``
+        messages within ``max_wait_ms``, offsets committed before the next batch."""
         self.settings = settings
         self.eager = eager
         self.handler = handler
@@ -426,8 +427,10 @@ class StageRunner(Generic[T]):
         )
 
     def _commit_offsets(self, batch: _Batch) -> None:
+        """Synchronously, but eager (request-reply) stages commit in the background: a request answered again after
+        a crash is a duplicate reply its caller drops, not worth a broker round trip before the next request."""
         try:
-            self._consumer.commit(offsets=batch.offsets(), asynchronous=False)
+            self._consumer.commit(offsets=batch.offsets(), asynchronous=self.eager)
         except KafkaException as exc:
             if exc.args[0].fatal():
                 raise
