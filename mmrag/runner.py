@@ -182,7 +182,8 @@ class StageRunner(Generic[T]):
             on_assign=lambda consumer, tps: keeper.on_assign(consumer, tps, restore),
             on_revoke=keeper.on_revoke,
         )
-        self._warm_up(stop)
+        if not self._warm_up(stop):
+            return  # stopped while waiting for a dependency
         self.probes.set_ready(True)
         log.info("%s: group %s consuming %s (transactional=%s)", self.stage, self.group, list(self.decoders), txn_id)
 
@@ -451,9 +452,10 @@ class StageRunner(Generic[T]):
         log.warning("%s: %s; batch rewound, retrying in %.1fs (outage %d)", self.stage, cause, delay, outages)
         self.keeper.wait(delay)
 
-    def _warm_up(self, stop: threading.Event | None) -> None:
+    def _warm_up(self, stop: threading.Event | None) -> bool:
         """Warms the handler up; a dependency that is down (RetryableError: Milvus starting, a collection another
-        process is creating) is waited for like any outage, in the group, readiness red with the reason."""
+        process is creating) is waited for like any outage, in the group, readiness red with the reason. False
+        when ``stop`` was set meanwhile."""
         while True:
             try:
                 self.handler.warm_up()
@@ -462,10 +464,10 @@ class StageRunner(Generic[T]):
                 log.warning("%s: warm-up waits for a dependency: %s; next try in %.1fs", self.stage, exc, delay)
                 self.keeper.wait(delay)
                 if stop is not None and stop.is_set():
-                    raise
+                    return False
                 continue
             self.backpressure.recovered()
-            return
+            return True
 
     def _rewind(self, batch: _Batch) -> None:
         for tp in batch.first_offsets():
