@@ -35,15 +35,15 @@ def test_watch_mirrors_a_directory_into_the_bucket(deployment, tmp_path: Path) -
         return {k: store.get(bucket, k) for k in found}
 
     try:
-        wait_for(lambda: "mirror/old/existing.md" in keys(), 10, "the initial sync")
+        wait_for(lambda: "mirror/old/existing.md" in keys(), 30, "the initial sync")
         (root / "new file+1.txt").write_text("first")
         (root / ".draft.swp").write_text("editor noise")
-        wait_for(lambda: keys().get("mirror/new file+1.txt") == b"first", 10, "the new file")
+        wait_for(lambda: keys().get("mirror/new file+1.txt") == b"first", 30, "the new file")
         (root / "new file+1.txt").write_text("second")
-        wait_for(lambda: keys().get("mirror/new file+1.txt") == b"second", 10, "the modification")
+        wait_for(lambda: keys().get("mirror/new file+1.txt") == b"second", 30, "the modification")
         (root / "old" / "existing.md").rename(root / "moved.md")
         (root / "same.md").unlink()
-        wait_for(lambda: "mirror/same.md" not in keys(), 10, "the deletion")
+        wait_for(lambda: "mirror/same.md" not in keys(), 30, "the deletion")
     finally:
         stop.set()
         watcher.join(10)
