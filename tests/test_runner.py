@@ -96,7 +96,13 @@ def run_until_drained(runner: StageRunner[str], expected: int) -> None:
 
 
 def make_runner(
-    bootstrap: str, unique: str, handler: Echo, in_topic: str, transactional: bool, **settings: object
+    bootstrap: str,
+    unique: str,
+    handler: Echo,
+    in_topic: str,
+    transactional: bool,
+    eager: bool = False,
+    **settings: object,
 ) -> StageRunner[str]:
     config = BaseServiceSettings(
         bootstrap_servers=bootstrap,
@@ -107,7 +113,12 @@ def make_runner(
         **settings,
     )  # type: ignore[arg-type]
     return StageRunner(
-        config, handler, group=f"g{unique}", decoders={in_topic: text_decoder}, transactional=transactional
+        config,
+        handler,
+        group=f"g{unique}",
+        decoders={in_topic: text_decoder},
+        transactional=transactional,
+        eager=eager,
     )
 
 
@@ -189,12 +200,7 @@ def test_an_eager_runner_handles_a_lone_request_without_waiting_to_fill_a_batch(
     """Request-reply stages poll eagerly: the first message ends the poll (plus what is already fetched), where a
     batching stage waits up to max_wait_ms for max_batch messages."""
     in_topic, out_topic, _ = topics
-    config = BaseServiceSettings(
-        bootstrap_servers=bootstrap, topic_prefix=f"t{unique}.", instance_id="test", max_wait_ms=8000
-    )  # type: ignore[call-arg]
-    runner = StageRunner(
-        config, Echo(out_topic), group=f"g{unique}", decoders={in_topic: text_decoder}, transactional=False, eager=True
-    )
+    runner = make_runner(bootstrap, unique, Echo(out_topic), in_topic, False, eager=True, max_wait_ms=8000)
     runner.start()
     try:
         deadline = time.monotonic() + 60
