@@ -3,6 +3,7 @@ milvus-lite server, started once; each test gets its own topic prefix, bucket, q
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -49,8 +50,13 @@ def unique() -> str:
 
 
 @pytest.fixture
-def deployment(infra: object, clip_dir: Path, tmp_path: Path, unique: str) -> Iterator[object]:
-    """A fresh namespace (topics, bucket, queue, collection) with no services started; stops what a test starts."""
+def deployment(
+    infra: object, clip_dir: Path, tmp_path: Path, unique: str, request: pytest.FixtureRequest
+) -> Iterator[object]:
+    """A fresh namespace (topics, bucket, queue, collection) with no services started; stops what a test starts.
+
+    The bucket is named after the test, not at random: object ids (bucket/key) reach answer prompts, and a tiny
+    model's greedy answer to a fixed prompt is reproducible while one to a prompt that differs each run is not."""
     from local_stack.processes import free_port
     from local_stack.stack import Deployment, stop_services
 
@@ -59,7 +65,7 @@ def deployment(infra: object, clip_dir: Path, tmp_path: Path, unique: str) -> It
         endpoints=infra,
         clip_model_dir=clip_dir,  # type: ignore[arg-type]
         topic_prefix=f"t{unique}.",
-        bucket=f"bucket-{unique}",
+        bucket=f"bucket-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}",
         queue=f"queue-{unique}",
         shards=2,
         grpc_port=free_port(),

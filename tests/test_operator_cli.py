@@ -198,8 +198,9 @@ def test_dlq_replay_after_the_cause_is_fixed(deployment, monkeypatch, capsys) ->
 
     first = wait_for(lambda: dead_letters_of(capsys, oid), 60, "the refused upload on the DLQ")[0]
     assert first["attempts"] == 1 and "bucket not allowed" in first["message"] and first["replay_of"] is None
-    refused = status_of(capsys, oid)
-    assert refused is not None and refused["state"] == "failed" and refused["failed_stage"] == "normalizer"
+    # the query service's status view follows the status topic a moment behind the DLQ, which the CLI reads directly
+    refused = wait_for(lambda: (s := status_of(capsys, oid)) and s["state"] == "failed" and s, 30, "the failed status")
+    assert refused["failed_stage"] == "normalizer"
     assert "MMRAG_ALLOWED_BUCKETS" in refused["fix"] and refused["dlq_offset"] == first["offset"]
 
     # replayed before the fix: it fails again, comes back once with its attempts carried on, and is not replayed
