@@ -33,7 +33,8 @@ CORPUS = {
 # defaults (3 sources focused to 25 words, labelled by key) are for a first token under a second; SmolLM2-135M's
 # answer to a fixed question flips with any change of its prompt (measured: the tide-pool question is answered
 # right with whole sources labelled bucket/key, wrongly with them cut to 25 words or labelled by key alone), so the
-# tests pin the prompt their assertions were made against.
+# tests pin the prompt their assertions were made against (the `deployment` fixture's bucket name, which the labels
+# carry, is the same every run for the same test).
 PROMPT_AS_TESTED = {"MMRAG_ASK_MAX_SOURCES": "5", "MMRAG_ASK_SOURCE_WORDS": "0", "MMRAG_ASK_LABEL_BUCKET": "true"}
 
 
