@@ -5,7 +5,9 @@ ivf), rebuilt from the live vectors when the threshold is crossed. Internal ids 
 order, so replicas applying the same records build the same index. A delete or an overwrite only marks the old id
 dead (HNSW cannot remove, flat removal moves the whole array): searches exclude dead ids with an ``IDSelector`` and
 the index is rebuilt from its live rows once dead ones exceed ``MMRAG_FAISS_COMPACT_FRACTION`` of it.
-Thread-safe: one lock around every call (searches are short; the materializing thread takes turns with them).
+Thread-safe: one lock around every call (searches are short; the materializing thread takes turns with them), except
+a rebuild's construction: the new index is built beside the old one, which keeps answering searches, and swapped in
+under the lock (writers are serialized by a lock of their own, so nothing changes the rows meanwhile).
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class FaissIndex:
         self.dim = dim
         self.settings = settings or FaissSettings()
         self.kind: Kind = "flat"
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the state: searches, and a writer's changes
+        self._writing = threading.Lock()  # one writer at a time: a rebuild reads the state without ``_lock``
         self._index: Any = self._empty("flat", None)
         self._rows: dict[int, VectorRow] = {}  # payload without the vector (Faiss holds it)
         self._ids: dict[str, int] = {}
@@ -131,25 +134,37 @@ class FaissIndex:
         if not rows:
             return
         vectors = np.stack([self._checked(r) for r in rows])
-        with self._lock:
-            pending: dict[int, int] = {}  # position in ``rows`` -> internal id, not yet in Faiss: added together
-            for position, row in enumerate(rows):
-                self._forget(row.vector_id)
-                pending[position] = self._next_id
-                self._remember(self._next_id, row)
-                if self._rebuild_due(self._index.ntotal + len(pending)):
-                    self._add_pending(vectors, pending)
-                    pending = {}
+        with self._writing:
+            done = 0
+            while done < len(rows):
+                with self._lock:
+                    done, rebuild = self._upsert_until_rebuild(rows, vectors, done)
+                    self._changed()
+                if rebuild:
                     self._rebuild(self._wanted())
-            self._add_pending(vectors, pending)
-            self._changed()
+
+    def _upsert_until_rebuild(self, rows: Sequence[VectorRow], vectors: np.ndarray, start: int) -> tuple[int, bool]:
+        """Applies ``rows[start:]`` until a rebuild is due; returns how far it got and whether one is due."""
+        pending: dict[int, int] = {}  # position in ``rows`` -> internal id, not yet in Faiss: added together
+        for position in range(start, len(rows)):
+            row = rows[position]
+            self._forget(row.vector_id)
+            pending[position] = self._next_id
+            self._remember(self._next_id, row)
+            if self._rebuild_due(self._index.ntotal + len(pending)):
+                self._add_pending(vectors, pending)
+                return position + 1, True
+        self._add_pending(vectors, pending)
+        return len(rows), False
 
     def delete(self, vector_ids: Sequence[str]) -> None:
-        with self._lock:
+        with self._writing:
             for vid in vector_ids:
-                if self._forget(vid) and self._rebuild_due(self._index.ntotal):
+                with self._lock:
+                    rebuild = self._forget(vid) and self._rebuild_due(self._index.ntotal)
+                    self._changed()
+                if rebuild:
                     self._rebuild(self._wanted())
-            self._changed()
 
     def rows_of(self, object_id: str) -> list[VectorRow]:
         with self._lock:
@@ -244,19 +259,26 @@ class FaissIndex:
         return self._wanted() != self.kind or self._dead > self.settings.faiss_compact_fraction * max(1, ntotal)
 
     def _rebuild(self, kind: Kind) -> None:
-        """A new index of ``kind`` over the live rows, renumbered 0..n-1 in their old order (deterministic)."""
-        old_ids = np.array(sorted(self._rows), dtype=np.int64)
-        vectors = self._index.reconstruct_batch(old_ids) if len(old_ids) else np.empty((0, self.dim), np.float32)
-        rows = [self._rows[i] for i in old_ids.tolist()]
-        self._rows, self._ids, self._by_object = {}, {}, {}
-        self._cols = _Columns.empty(max(1024, len(rows)))
-        for new, row in enumerate(rows):
-            self._remember(new, row)
-        self.kind = "flat" if kind == "ivf" and not rows else kind  # nothing to train lists on: flat until the next
+        """A new index of ``kind`` over the live rows, renumbered 0..n-1 in their old order (deterministic). Built
+        in a fresh instance while this one keeps answering searches; its state is swapped in under the lock. Only a
+        writer (holding ``_writing``) calls it: the rows cannot change while it builds."""
+        with self._lock:
+            old_ids = np.array(sorted(self._rows), dtype=np.int64)
+            vectors = self._index.reconstruct_batch(old_ids) if len(old_ids) else np.empty((0, self.dim), np.float32)
+            rows = [self._rows[i] for i in old_ids.tolist()]
+        new = FaissIndex(self.dim, self.settings)
+        new._cols = _Columns.empty(max(1024, len(rows)))
+        for internal, row in enumerate(rows):
+            new._remember(internal, row)
+        new.kind = "flat" if kind == "ivf" and not rows else kind  # nothing to train lists on: flat until the next
         with omp_threads(_threads(self.settings.faiss_build_threads)):
-            self._index = self._empty(self.kind, vectors)
-            self._add(vectors, np.arange(len(rows), dtype=np.int64))
-        self._next_id, self._dead = len(rows), 0
+            new._index = new._empty(new.kind, vectors)
+            new._add(vectors, np.arange(len(rows), dtype=np.int64))
+        with self._lock:
+            self._index, self.kind, self._cols = new._index, new.kind, new._cols
+            self._rows, self._ids, self._by_object = new._rows, new._ids, new._by_object
+            self._next_id, self._dead = len(rows), 0
+            self._changed()
 
     def _add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Adds to the index. HNSW one point at a time on one thread: a batch is inserted level by level and threads

@@ -3,6 +3,8 @@ switch at the threshold and rebuild deterministically, and the updater's vectors
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -151,3 +153,32 @@ def test_replicas_applying_the_same_records_in_other_batches_answer_the_same(ann
     assert a.state()[0] == b.state()[0], "the same index, byte for byte (an HNSW graph included)"
     queries = np.stack([r.vector for r in rows(20, seed=11)])
     assert answers(a, queries) == answers(b, queries)
+
+
+def test_searches_are_answered_by_the_old_index_while_a_rebuild_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = FaissSettings(faiss_ann="hnsw", faiss_ann_threshold=300, faiss_gpu="off")
+    index = FaissIndex(DIM, settings)
+    data = rows(400)
+    index.upsert(data[:299])
+    building, searched = threading.Event(), threading.Event()
+    real_add = FaissIndex._add
+
+    def held_add(self: FaissIndex, vectors: np.ndarray, ids: np.ndarray) -> None:
+        if self is not index:  # the rebuild's new index: held until a search went through
+            building.set()
+            searched.wait(30)
+        real_add(self, vectors, ids)
+
+    monkeypatch.setattr(FaissIndex, "_add", held_add)
+    with ThreadPoolExecutor(2) as pool:
+        writer = pool.submit(index.upsert, data[299:])  # the 300th row crosses the threshold: flat -> HNSW
+        assert building.wait(30)
+        during = pool.submit(lambda: (index.kind, [h.row.vector_id for h in index.search(data[5].vector, 2)]))
+        try:
+            assert during.result(timeout=10)[0] == "flat", "the old index answered while the new one was built"
+            assert during.result()[1][0] == "v5"
+        finally:
+            searched.set()
+        writer.result(timeout=30)
+    assert (index.kind, index.count()) == ("hnsw", 400)
+    assert [h.row.vector_id for h in index.search(data[350].vector, 1)] == ["v350"]
