@@ -52,8 +52,9 @@ class FaissSettings(BaseSettings):
     faiss_threads: int = Field(
         default=1,
         ge=0,
-        description="OpenMP threads of Faiss' searches in this process; 0 = every core. One query at a time gains "
-        "nothing from more: idle threads spin, a search took 31 CPU-ms instead of 12 (bench.query in process)",
+        description="OpenMP threads of Faiss' searches (the searching thread's); 0 = every core. One query at a "
+        "time gains nothing from more: idle threads spin, a search took 31 CPU-ms instead of 12 (bench.query in "
+        "process)",
     )
     faiss_build_threads: int = Field(
         default=0, ge=0, description="OpenMP threads while a shard is (re)built: IVF training and adds; 0 = every core"
@@ -70,7 +71,8 @@ def _threads(setting: int) -> int:
 
 @contextmanager
 def omp_threads(n: int) -> Iterator[None]:
-    """Faiss' OpenMP threads are ``n`` within the block (process-wide), then what they were."""
+    """Faiss' OpenMP threads are ``n`` within the block, then what they were (libgomp keeps the setting per thread:
+    this thread's parallel regions only)."""
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(n)
     try:
@@ -124,7 +126,8 @@ class FaissIndex:
         self._gpu: Any = None  # a GPU copy of a flat index, made again after changes
 
     def start(self) -> None:
-        """Nothing to connect (the index lives in this process); applies MMRAG_FAISS_THREADS, process-wide."""
+        """Nothing to connect (the index lives in this process); applies MMRAG_FAISS_THREADS to the calling thread
+        (OpenMP settings are per thread: call it from the thread that searches, as the retrieval worker does)."""
         faiss.omp_set_num_threads(_threads(self.settings.faiss_threads))
 
     # -- writer side ---------------------------------------------------------------------------------------------
