@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from mmrag.pb.events_pb2 import Modality
+
 if TYPE_CHECKING:
     from mmrag.pb.events_pb2 import SearchHit
     from query_service.search import ShardHit
@@ -123,6 +125,12 @@ def _sentences(text: str) -> list[str]:
 def _unit(v: np.ndarray) -> np.ndarray | None:
     norm = float(np.linalg.norm(v))
     return None if norm == 0.0 else v / norm
+
+
+def list_half(name: str) -> Modality:
+    """The rows a list ranks, as the shards filter them (``SearchList.half``): the CLIP list images, the text list
+    rows with text, any other every row."""
+    return {CLIP: Modality.MODALITY_IMAGE, TEXT: Modality.MODALITY_TEXT}.get(name, Modality.MODALITY_UNSPECIFIED)
 
 
 def own_half(name: str, hit: SearchHit) -> bool:

@@ -16,7 +16,7 @@ from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import SearchHit, SearchList, SearchReply, SearchRequest
 from query_service.filters import Scope
-from query_service.fusion import KEYWORD, Fusion, JointFusion
+from query_service.fusion import KEYWORD, Fusion, JointFusion, list_half
 from query_service.reply_client import Route
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ def search_request(
 ) -> SearchRequest:
     """The one request of a search, naming the space (id and name) the shards search, with its lists: one per query
     vector the fusion ranks by, and with ``keyword`` (and a query text) the shards' keyword indexes."""
-    lists = [SearchList(name=name, query_vector=v.tolist()) for name, v in fusion.queries(vector).items()]
+    queries = fusion.queries(vector)
+    lists = [SearchList(name=name, query_vector=v.tolist(), half=list_half(name)) for name, v in queries.items()]
     if keyword and query_text.strip():
         lists.append(SearchList(name=KEYWORD, keyword=True))
     request = SearchRequest(space_id=space_id, space_name=space_name, top_k=top_k, query_text=query_text, lists=lists)

@@ -10,7 +10,7 @@ import pytest
 from consumers.retrieval_worker.handler import RetrievalWorker, RetrievalWorkerSettings
 from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.messages import Envelope, now_ms
-from mmrag.pb.events_pb2 import Modality, SearchReply, SearchRequest
+from mmrag.pb.events_pb2 import Modality, SearchList, SearchReply, SearchRequest
 from mmrag.request_reply import ReplyAddress
 from mmrag.vector_index import VectorRow
 
@@ -28,7 +28,8 @@ ROWS = [
 
 def ask(worker: RetrievalWorker, **fields: object) -> SearchReply:
     address = ReplyAddress("c1", "replies", 0, now_ms() + 60_000)
-    request = SearchRequest(correlation_id="c1", query_vector=np.ones(DIM).tolist(), top_k=10, **fields)  # type: ignore[arg-type]
+    fields = {"query_vector": np.ones(DIM).tolist(), "top_k": 10, **fields}
+    request = SearchRequest(correlation_id="c1", **fields)  # type: ignore[arg-type]
     (result,) = worker.handle([Envelope("c1", request, address.headers(), "requests", 0, 0, 0)])
     assert not isinstance(result, Exception)
     (output,) = result
@@ -51,3 +52,30 @@ def test_request_filters_reach_the_index() -> None:
     assert {h.vector_id for h in ask(worker, space_id="space", modality=Modality.MODALITY_IMAGE).hits} == {"i1", "ti"}
     other = ask(worker, space_id="other")
     assert other.error and not other.hits
+
+
+def test_each_list_ranks_only_the_rows_of_its_half() -> None:
+    # a joint layout of 3 text dims + 3 image dims; the query's image half points away from every image (cosines
+    # below 0), so text rows (image half 0) would outrank every image in an unfiltered image list
+    index = FaissIndex(DIM, FaissSettings(faiss_gpu="off"))
+    texts = [
+        VectorRow(f"t{i}", f"b/t{i}.txt", "v1", 0, 1, np.eye(DIM, dtype=np.float32)[i % 3], "t", has_text=True)
+        for i in range(12)
+    ]
+    image = np.zeros(DIM, dtype=np.float32)
+    image[3:] = -1 / np.sqrt(3)
+    images = [VectorRow(f"i{i}", f"b/i{i}.png", "v1", 0, 1, image, has_image=True) for i in range(3)]
+    index.upsert(texts + images)
+    worker = RetrievalWorker(RetrievalWorkerSettings(shard=1), "space", index)
+    text_half, image_half = np.ones(DIM, dtype=np.float32), np.ones(DIM, dtype=np.float32)
+    text_half[3:], image_half[:3] = 0, 0
+    lists = [
+        SearchList(name="text", query_vector=text_half.tolist(), half=Modality.MODALITY_TEXT),
+        SearchList(name="clip", query_vector=image_half.tolist(), half=Modality.MODALITY_IMAGE),
+        SearchList(name="joint", query_vector=image_half.tolist()),  # no half: every row
+    ]
+    reply = ask(worker, space_id="space", top_k=5, lists=lists)
+    by_name = {answer.name: [h.vector_id for h in answer.hits] for answer in reply.lists}
+    assert len(by_name["text"]) == 5 and all(v.startswith("t") for v in by_name["text"])
+    assert sorted(by_name["clip"]) == ["i0", "i1", "i2"]
+    assert len(by_name["joint"]) == 5 and all(v.startswith("t") for v in by_name["joint"])

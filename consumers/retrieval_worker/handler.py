@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -93,6 +94,10 @@ def search_shard(
     keyword, query_vector = (
         (listed.keyword, listed.query_vector) if listed is not None else (req.keyword, req.query_vector)
     )
+    if listed is not None and listed.half == Modality.MODALITY_TEXT:
+        where = replace(where, has_text=True)
+    elif listed is not None and listed.half == Modality.MODALITY_IMAGE:
+        where = replace(where, has_image=True)
     search: Callable[[int], list[Hit]]
     if keyword:
         if keywords is None:

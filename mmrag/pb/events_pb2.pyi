@@ -185,14 +185,16 @@ class IndexStatus(_message.Message):
     def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., state: _Optional[_Union[IndexState, str]] = ..., text_chunks: _Optional[int] = ..., image_vectors: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., detail: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ...) -> None: ...
 
 class SearchList(_message.Message):
-    __slots__ = ("name", "query_vector", "keyword")
+    __slots__ = ("name", "query_vector", "keyword", "half")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    HALF_FIELD_NUMBER: _ClassVar[int]
     name: str
     query_vector: _containers.RepeatedScalarFieldContainer[float]
     keyword: bool
-    def __init__(self, name: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., keyword: _Optional[bool] = ...) -> None: ...
+    half: Modality
+    def __init__(self, name: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., keyword: _Optional[bool] = ..., half: _Optional[_Union[Modality, str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text", "object_ids", "modality", "raw_chunks", "buckets", "key_prefix", "content_types", "event_time_from_ms", "event_time_to_ms", "keyword", "space_name", "lists")
