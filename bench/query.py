@@ -242,7 +242,11 @@ def kafka_search(
             raise RuntimeError(f"Kafka search partial: shards {outcome.missing_shards} missing ({outcome.errors})")
         return [h.hit.object_id for h in outcome.hits]
 
-    return search, replies.close
+    def close() -> None:
+        producer.flush(10)  # the last request's delivery report
+        replies.close()
+
+    return search, close
 
 
 def stats(times: Sequence[float]) -> tuple[float, float]:
