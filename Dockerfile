@@ -1,6 +1,10 @@
 # One image for every deployable; the command picks which (`mmrag <deployable>`). The local stack tooling
 # (local_stack/, the `local` extra: moto, milvus-lite, easy-vqa, watchdog) and the dev group stay out of it.
 FROM python:3.11-slim
+# tesseract (OCR in the text embedder) and fonts at run time; cmake and g++ build llama-cpp-python (LLM workers)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tesseract-ocr fonts-dejavu-core cmake g++ \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir uv
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./

@@ -30,6 +30,17 @@ SHARD_WORKERS: dict[str, tuple[str, ...]] = {
     "both": ("retrieval_worker", "faiss_worker"),
 }
 
+# The long-running deployables of a stack besides its shard workers (the deploy files run the same; a test checks).
+STACK_SERVICES = (
+    "sqs_bridge",
+    "normalizer",
+    "text_embedder",
+    "vision_embedder",
+    "index_updater",
+    "query_service",
+    "llm_worker",
+)
+
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -133,16 +144,7 @@ class Deployment:
         return Service(label, SERVICE_MODULES[name], env, self.state_dir / "logs")
 
     def all_services(self) -> list[Service]:
-        names = [
-            "sqs_bridge",
-            "normalizer",
-            "text_embedder",
-            "vision_embedder",
-            "index_updater",
-            "query_service",
-            "llm_worker",
-        ]
-        return [self.service(n) for n in names] + self.shard_workers()
+        return [self.service(n) for n in STACK_SERVICES] + self.shard_workers()
 
     def shard_workers(self, **extra: str) -> list[Service]:
         """One retrieval worker per shard of each kind ``index_backend`` serves from (see SHARD_WORKERS)."""

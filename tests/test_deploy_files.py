@@ -1,0 +1,45 @@
+"""The deploy files run every long-running deployable the local stack runs (a service missing there is a feature
+missing in a deployment: without LLM workers every Ask is degraded), each by its `mmrag` subcommand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from local_stack.stack import SHARD_WORKERS, STACK_SERVICES
+from operator_cli.deployables import SERVICE_MODULES
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def stack_services() -> set[str]:
+    """What `mmrag stack up` runs with Milvus (the deploy files' index backend), as `mmrag` subcommands."""
+    return {command(n) for n in (*STACK_SERVICES, *SHARD_WORKERS["milvus"])}
+
+
+def test_compose_runs_every_service_of_the_stack() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    ours = [s for s in compose["services"].values() if s.get("image") == "kafka-mmrag:latest"]
+    commands = {s["command"][0] for s in ours}
+    assert commands <= {command(n) for n in SERVICE_MODULES}
+    assert stack_services() - {"sqs-bridge"} <= commands  # compose's source is MinIO's webhook
+
+
+def test_helm_values_name_every_service_of_the_stack() -> None:
+    values = yaml.safe_load((ROOT / "helm/kafka-mmrag/values.yaml").read_text())
+    deployables = set(values["deployables"]) | {"retrieval-worker"}  # shards: a Deployment per shard
+    assert deployables <= {command(n) for n in SERVICE_MODULES}
+    assert stack_services() <= deployables
+
+
+def test_the_image_installs_what_the_deployables_need_from_apt() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    needed = set((ROOT / "scripts/apt-packages.txt").read_text().split()) - {"redis-server"}  # tests' cache only
+    assert all(package in dockerfile for package in needed | {"cmake", "g++"})  # + llama-cpp-python's build
