@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 ASK_SECONDS = Histogram("mmrag_ask_seconds", "Ask end to end", buckets=LATENCY_BUCKETS)
 ASK_FIRST_TOKEN = Histogram("mmrag_ask_first_token_seconds", "Ask start to first answer token", buckets=LATENCY_BUCKETS)
 DEGRADED = Counter("mmrag_ask_degraded_total", "Degraded (extractive) answers by reason", ["reason"])
-NOT_FOUND_TOTAL = Counter("mmrag_ask_not_found_total", "Asks answered 'not found' (best score under the minimum)")
+NOT_FOUND_TOTAL = Counter(
+    "mmrag_ask_not_found_total",
+    "Asks answered 'not found' (best score under the minimum, or an ungrounded answer the sources share no word with)",
+)
 
 
 class RetrievalUnavailableError(Exception):
@@ -240,7 +243,7 @@ class Asker:
 
     def _degrade(self, question: str, answer: Answer, reason: str) -> Iterator[AskResponse]:
         DEGRADED.labels(reason).inc()
-        summary = extractive_answer(question, answer.sources)
+        summary = extractive_answer(question, answer.sources) or NOT_FOUND  # sources without any text: nothing to quote
         text = f"\n\n(The answer broke off; from the sources:) {summary}" if answer.text else summary
         answer.text += text
         answer.final.is_degraded, answer.final.degraded_reason = True, reason
@@ -255,7 +258,12 @@ class Asker:
             return
         DEGRADED.labels(UNGROUNDED).inc()
         log.info("ungrounded answer (%s): falling back to the extractive answer", problem)
-        summary = extractive_answer(question, answer.sources)
+        # no sentence of the sources shares a word with the question, and the model's answer came from elsewhere:
+        # the sources do not answer it (a retrieval score over MMRAG_ASK_MIN_SCORE is a weaker signal than these two)
+        summary = extractive_answer(question, answer.sources, fallback=False)
+        if not summary:
+            NOT_FOUND_TOTAL.inc()
+            summary = NOT_FOUND
         answer.text, answer.sources_given = summary, 0
         answer.final.is_degraded, answer.final.degraded_reason = True, UNGROUNDED
         yield from answer.delta(f"\n\n(That answer is not grounded in the sources; from the sources:) {summary}", True)

@@ -9,23 +9,29 @@ from query_service.sources import Source
 from query_service.text_terms import SENTENCE_END, terms
 
 MIN_WORDS = 4
+FALLBACK_WORDS = 40  # a top source without a sentence of MIN_WORDS: this many of its first words
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences of prose; markdown headings, bullets' markers and fragments under MIN_WORDS words are left out."""
+    """Sentences of prose; markers of headings and bullets are stripped, fragments under MIN_WORDS words (a heading
+    on its own line, a short bullet) left out. A heading run into its first sentence (a focused source is one line)
+    stays with it."""
     found = []
     for part in SENTENCE_END.split(text):
-        sentence = part.strip().lstrip("-*• ").strip()
-        if sentence.startswith("#") or len(sentence.split()) < MIN_WORDS:
+        sentence = part.strip().lstrip("#-*• ").strip()
+        if len(sentence.split()) < MIN_WORDS:
             continue
         found.append(sentence)
     return found
 
 
-def extractive_answer(question: str, sources: Sequence[Source], max_sentences: int = 3, top_sources: int = 3) -> str:
+def extractive_answer(
+    question: str, sources: Sequence[Source], max_sentences: int = 3, top_sources: int = 3, fallback: bool = True
+) -> str:
     """Up to ``max_sentences`` sentences of the ``top_sources`` best sources, scored by question-term overlap
-    (length-normalized), in source order, each followed by its citation; the top source's first sentence when
-    nothing overlaps; an empty string without sources."""
+    (length-normalized), in source order, each followed by its citation. When nothing overlaps: with ``fallback``
+    the top source's first sentence (its first words when it has none), else an empty string; an empty string
+    without sources."""
     wanted = terms(question)
     scored: list[tuple[float, int, int, str]] = []
     for rank, source in enumerate(sources[:top_sources]):
@@ -36,11 +42,11 @@ def extractive_answer(question: str, sources: Sequence[Source], max_sentences: i
                 scored.append((overlap / math.sqrt(len(words)), rank, position, sentence))
     best = sorted(scored, key=lambda s: (-s[0], s[1], s[2]))[:max_sentences]
     if not best:
-        for source in sources:
-            first = sentences(source.text)
-            if first:
-                return f"{first[0]} [{source.number}]"
-        return ""
+        if not fallback or not sources:
+            return ""
+        top = sources[0]
+        first = sentences(top.text) or [" ".join(top.text.split()[:FALLBACK_WORDS])]
+        return f"{first[0]} [{top.number}]" if first[0] else ""
     picked = sorted(best, key=lambda s: (s[1], s[2]))
     return " ".join(f"{sentence} [{sources[rank].number}]" for _, rank, _, sentence in picked)
 

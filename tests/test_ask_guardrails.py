@@ -61,14 +61,17 @@ class Records(EvalLog):
 
 
 def run(
-    pieces: list[str], score: float = 0.9, min_score: float = 0.3, records: Records | None = None
+    pieces: list[str],
+    score: float = 0.9,
+    min_score: float = 0.3,
+    records: Records | None = None,
+    question: str = "How many members has the choir? I am bob@example.com",
 ) -> tuple[list[str], AskFinal, Generation]:
     generation = Generation(pieces)
     limits = AskLimits(2.0, 10.0, 5, 2, 64, min_score)
     breaker = LlmBreaker(3, 10.0)
     asker = Asker(limits, Encoder(), Search(score), generation, breaker, None, records)  # type: ignore[arg-type]
     deltas, final = [], AskFinal()
-    question = "How many members has the choir? I am bob@example.com"
     for event in asker.ask(question, 5, 0, None, Client("ipv4:10.0.0.7:4242", {"x-client-id": "nb-1"})):
         if event.WhichOneof("event") == "delta":
             deltas.append(event.delta.text)
@@ -94,6 +97,15 @@ def test_an_ungrounded_answer_falls_back_to_the_extractive_one() -> None:
     assert final.answer == f"{CHOIR} [1]"
     assert "".join(deltas).endswith(f"(That answer is not grounded in the sources; from the sources:) {CHOIR} [1]")
     assert [c.number for c in final.citations] == [1]
+
+
+def test_an_ungrounded_answer_to_a_question_no_source_speaks_of_is_not_found() -> None:
+    # retrieval scored over the minimum (a small corpus' best hit for anything), the model made an answer up, and no
+    # sentence of the sources shares a word with the question: quoting the top source would answer something else
+    deltas, final, _ = run(["The 2018 World Cup was won by ", "Brazil."], question="Who won the 2018 FIFA World Cup?")
+    assert final.is_degraded and final.degraded_reason == "ungrounded"
+    assert final.answer == NOT_FOUND and not final.citations
+    assert "".join(deltas).endswith(f"(That answer is not grounded in the sources; from the sources:) {NOT_FOUND}")
 
 
 def test_under_the_minimum_score_the_answer_is_not_found_without_generating() -> None:

@@ -98,6 +98,20 @@ def test_extractive_answer_takes_the_best_matching_sentences_cited() -> None:
     assert extractive_answer("zebra migration", sources).endswith("[1]")  # nothing overlaps: the top sentence
     assert extractive_answer("anything", []) == ""
     assert sentences("# Title\n- a bullet with four words\nshort one") == ["a bullet with four words"]
+    assert extractive_answer("zebra migration", sources, fallback=False) == ""
+    # a focused source is one line: its heading runs into the first sentence, which must stay quotable
+    castle = select_sources(
+        [hit("b/castles.md", 0.9, "# Japanese castles\nHimeji Castle is a UNESCO site. " + "More words here. " * 9)],
+        max_sources=5,
+        chunks_per_source=1,
+        question="Tell me about Himeji castle",
+        source_words=12,
+    )
+    assert castle[0].text.startswith("# Japanese castles Himeji Castle")
+    assert extractive_answer("Tell me about Himeji castle", castle).startswith("Japanese castles Himeji Castle is")
+    # a top source without any sentence of four words: its first words, never an empty answer
+    terse = select_sources([hit("b/list", 0.9, "Kc7\nRd1\nKd8")], max_sources=5, chunks_per_source=1)
+    assert extractive_answer("zebra", terse) == "Kc7 Rd1 Kd8 [1]"
 
 
 def test_an_answer_without_citations_is_attributed_to_the_sources_it_copies() -> None:
