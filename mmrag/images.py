@@ -13,13 +13,15 @@ MAX_PIXELS = 64_000_000  # decompression-bomb limit: larger images are refused, 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own check, for callers that open images elsewhere
 
 
-def decode_image(data: bytes, subject: str, stage: str, min_side: int = 0) -> Image.Image:
+def decode_image(
+    data: bytes, subject: str, stage: str, min_side: int = 0, fix: str = "re-upload a valid PNG/JPEG/WebP/GIF/SVG"
+) -> Image.Image:
     """An RGB image: EXIF orientation applied, first frame of animations, alpha flattened onto white, 16-bit and
     palette/CMYK converted. With ``min_side`` a large JPEG decodes in draft mode at the smallest scale that keeps
     both sides >= min_side (a 4000 px photo for a 224 px model never decodes at full size).
 
     An SVG is rasterized first (sanitized: no scripts, no references outside the document; see mmrag.svg).
-    Corrupt, truncated or oversized images raise PermanentError naming ``subject``.
+    Corrupt, truncated or oversized images raise PermanentError naming ``subject``, with ``fix`` as what to do.
     """
     if looks_like_svg(data):
         data = rasterize_svg(data, subject, stage)
@@ -32,10 +34,10 @@ def decode_image(data: bytes, subject: str, stage: str, min_side: int = 0) -> Im
             img.seek(0)
             img.load()
             return _to_rgb(ImageOps.exif_transpose(img))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise PermanentError(
-            stage, subject, f"cannot decode image ({type(exc).__name__}: {exc})", "re-upload a valid PNG/JPEG/WebP/GIF"
-        ) from exc
+    except UnidentifiedImageError as exc:
+        raise PermanentError(stage, subject, "cannot decode image (not PNG, JPEG, WebP, GIF or SVG data)", fix) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise PermanentError(stage, subject, f"cannot decode image ({type(exc).__name__}: {exc})", fix) from exc
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -37,8 +37,9 @@ class QueryEncoder:
 
         Raises ValueError when both are empty, PermanentError when the image cannot be decoded.
         """
-        if not text and not image:
-            raise ValueError("a query needs text, an image, or both")
+        if not text.strip() and not image:
+            raise ValueError("a query needs text, an image, or both (the text is empty or only white space)")
+        text = text if text.strip() else ""  # white space beside an image: an image query
         minilm = None
         clip_parts = []
         if text:
@@ -65,6 +66,7 @@ class QueryEncoder:
 
     def _cached_image(self, image: bytes) -> np.ndarray:
         def encode() -> tuple[np.ndarray, ...]:
-            return (self.clip.encode_images([decode_image(image, "query image", STAGE)])[0],)
+            decoded = decode_image(image, "query image", STAGE, fix="send a PNG, JPEG, WebP, GIF or SVG image")
+            return (self.clip.encode_images([decoded])[0],)
 
         return (encode() if self.cache is None else self.cache.image(image, encode))[0]

@@ -88,7 +88,10 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
         description="a text source longer than this is focused on the question: its best-matching sentences "
         "within this many words (the first token costs every prompt token: bench.ask); 0 = whole chunks",
     )
-    ask_max_tokens: int = Field(default=256, ge=1)
+    ask_max_tokens: int = Field(default=256, ge=1, description="the most answer tokens an Ask may ask for; its default")
+    ask_max_question_chars: int = Field(
+        default=2000, ge=1, description="a longer question is refused (INVALID_ARGUMENT): it would not fit the prompt"
+    )
     # Calibrated by `python -m bench.ask_min_score` (33 documents, 49 answered vs 12 off-topic questions): answered
     # best scores 0.128-0.469, off-topic 0.051-0.167 (10 of 12 under 0.125). 0.12 keeps every answered question
     # (a false "not found" is worse than a generation the grounding check can still catch) and stops 8 of 12.
@@ -173,6 +176,18 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         top_k = request.top_k or self.settings.default_top_k
         if not request.question.strip() or not 0 < top_k <= self.settings.max_top_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a question and top_k 1..{self.settings.max_top_k}")
+        s = self.settings
+        if len(request.question) > s.ask_max_question_chars:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"question: {len(request.question)} characters, over the limit of {s.ask_max_question_chars} "
+                "(MMRAG_ASK_MAX_QUESTION_CHARS); ask a shorter question",
+            )
+        if not 0 <= request.max_tokens <= s.ask_max_tokens:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_tokens must be 1..{s.ask_max_tokens} (MMRAG_ASK_MAX_TOKENS), or 0 for that default",
+            )
         try:
             scope = scope_of(request.filter)
         except FilterError as exc:

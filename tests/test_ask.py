@@ -7,13 +7,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 from confluent_kafka import Producer
 from rich.console import Console
 
 from mmrag.kafka_clients import encode_headers
 from mmrag.messages import now_ms
-from mmrag.pb import query_pb2
+from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource
 from mmrag.request_reply import ReplyAddress
 from operator_cli.ask import stream_answer
@@ -75,6 +76,16 @@ def test_ask_streams_cited_answers_degrades_without_workers_and_recovers(
     port = deployment.grpc_port
 
     assert_answered_from_sources(ask(port, QUESTION), ANSWERING)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        for request, said in (
+            (query_pb2.AskRequest(question="castle " * 500), "MMRAG_ASK_MAX_QUESTION_CHARS"),
+            (query_pb2.AskRequest(question=QUESTION, max_tokens=-5), "MMRAG_ASK_MAX_TOKENS"),
+            (query_pb2.AskRequest(question=QUESTION, max_tokens=10**9), "MMRAG_ASK_MAX_TOKENS"),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.Ask(request, timeout=30))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and said in str(refused.value.details())
 
     late = send_expired_request(bootstrap, deployment.topic_prefix)
     wait_for(lambda: metric(worker, "mmrag_llm_requests_expired_total") >= 1, 30, "the expired request to be dropped")

@@ -129,6 +129,11 @@ def test_results_per_object_and_filters_on_text_and_image_queries(deployment: An
     with pytest.raises(grpc.RpcError) as refused:
         client.search(question, event_time_from_ms=5, event_time_to_ms=5)
     assert "filter.event_time_to_ms" in (refused.value.details() or "")
+    for text, image, said in (("  \n ", b"", "white space"), ("", b"not an image at all", "not PNG, JPEG")):
+        with pytest.raises(grpc.RpcError) as refused:
+            client.search(text, image)
+        details = refused.value.details() or ""
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and said in details and "BytesIO" not in details
 
     # Image queries over gRPC's 4 MiB default are taken; over the service's own limit they are refused by name.
     noise = Image.frombytes("RGB", (1400, 1200), np.random.default_rng(0).integers(0, 256, 1400 * 1200 * 3, np.uint8))
