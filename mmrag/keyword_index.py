@@ -3,8 +3,8 @@ and rare words that a dense model misses, and the answers when the vector store 
 
 bm25s indexes are static: ``rebuild(rows)`` replaces the whole index with the rows given (a shard's rows with their
 text), so deletes and overwrites are whatever the rows say. Search is BM25 over identifier-aware tokens: lowercase
-words, plus every identifier joined by ``- . _ / :`` kept whole ("F-2307" -> "2307", "f-2307";
-"min.cleanable.dirty.ratio" -> the whole and its four words), so an exact code outranks its parts.
+words (English stop words left out), plus every identifier joined by ``- . _ / :`` kept whole ("F-2307" -> "2307",
+"f-2307"; "min.cleanable.dirty.ratio" -> the whole and its four words), so an exact code outranks its parts.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import numpy as np
+from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
+
+STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
 
 _IDENTIFIER = re.compile(r"\w+(?:[-._/:]\w+)*")
 _WORD = re.compile(r"\w+")
@@ -24,11 +27,13 @@ _OVERFETCH = 4  # filters are applied after BM25 ranks: fetch more, up to this m
 
 
 def keyword_tokens(text: str) -> list[str]:
-    """Lowercase words of two characters or more, and each identifier of several words also whole."""
+    """Lowercase words of two characters or more that are not English stop words (bm25s' list of 179: "how",
+    "is", "what"... would match every document that has them, and in a small shard BM25 weighs them high), and each
+    identifier of several words also whole."""
     tokens: list[str] = []
     for ident in _IDENTIFIER.findall(text.lower()):
         words = _WORD.findall(ident)
-        tokens.extend(w for w in words if len(w) > 1)
+        tokens.extend(w for w in words if len(w) > 1 and w not in STOPWORDS)
         if len(words) > 1:
             tokens.append(ident)
     return tokens

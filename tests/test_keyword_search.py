@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from consumers.retrieval_worker.handler import RetrievalWorker, RetrievalWorkerSettings
-from consumers.retrieval_worker.keyword import KeywordShard
+from consumers.retrieval_worker.keyword import MIN_REFRESH_S, KeywordShard
 from mmrag.errors import RetryableError
 from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.keyword_index import KeywordIndex, keyword_tokens
@@ -20,6 +20,7 @@ from mmrag.request_reply import ReplyAddress
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
 from query_service.fusion import JointFusion
 from query_service.search import list_replies, outcome_of
+from tests.kafka_tools import wait_for
 
 pytestmark = pytest.mark.unit
 DIM = 4
@@ -52,9 +53,9 @@ def test_tokens_keep_identifiers_whole_and_in_parts() -> None:
         "dirty",
         "ratio",
         "min.cleanable.dirty.ratio",
-        "and",
         "e0502",
     ]
+    assert keyword_tokens("How is it done, and what-is-it?") == ["done", "what-is-it"]  # stop words out, codes whole
 
 
 def test_bm25_finds_exact_identifiers_within_filters() -> None:
@@ -127,6 +128,21 @@ def test_a_keyword_shard_rebuilds_only_when_its_rows_changed() -> None:
     index.delete(["v0"])  # b/solar.md
     assert shard.refresh() and shard.built_at > built_at
     assert {h.row.object_id for h in shard.search("F-2307", 5, NO_FILTER)} == {"c/solar-copy.md"}
+
+
+def test_a_shard_that_reports_its_changes_has_a_new_row_in_its_keyword_index_within_seconds() -> None:
+    index = FaissIndex(DIM, FaissSettings(faiss_gpu="off"))
+    index.upsert(rows())
+    shard = KeywordShard(index, 0, refresh_s=3600)  # the ceiling: an index that cannot report changes waits this
+    shard.start()
+    try:
+        assert shard.next_wait_s() == MIN_REFRESH_S  # a build of 4 rows is far under 1/10 of a second
+        cello = VectorRow("new", "b/cello.md", "v1", 0, 0, np.ones(DIM, np.float32), "Cello tuning", has_text=True)
+        index.upsert([cello])
+        found = wait_for(lambda: shard.search("cello", 5, NO_FILTER), 10, "the new row in the keyword index")
+        assert [h.row.vector_id for h in found] == ["new"]
+    finally:
+        shard.close()
 
 
 def test_one_request_carries_every_list_and_each_list_answers_or_fails_alone() -> None:

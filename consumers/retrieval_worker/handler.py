@@ -37,7 +37,10 @@ class RetrievalWorkerSettings(BaseServiceSettings, SpaceSettings, VectorStoreSet
     )
     max_top_k: int = 100
     keyword_refresh_s: float = Field(
-        default=30.0, ge=0, description="seconds between rebuilds of the shard's keyword index; 0 = no keyword index"
+        default=30.0,
+        ge=0,
+        description="seconds between rebuilds of the shard's keyword index (the longest: a Faiss shard rebuilds ~1 s "
+        "after a change); 0 = no keyword index",
     )
 
     @property

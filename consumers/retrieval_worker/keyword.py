@@ -1,6 +1,10 @@
 """The shard's keyword index beside its vector index: built from the index's rows of the shard at warm-up and again
-every ``refresh_s`` in a thread, so deletes and overwrites reach it within that time. When the vector index cannot
-be read (Milvus down), the last build keeps answering: that is the keyword fallback."""
+in a thread, so new rows, deletes and overwrites reach it. An index that reports changes (Faiss: ``rows_version``)
+is rebuilt soon after it changed: after ``MIN_REFRESH_S``, or ``BUILD_SHARE``'s inverse times the last build's
+duration when that is longer (rebuilds take at most ~1/10 of a core), never later than ``refresh_s``; one that
+cannot report them (Milvus) every ``refresh_s``. Until a new row is in it, the row is found by the vector list
+alone. When the vector index cannot be read (Milvus down), the last build keeps answering: that is the keyword
+fallback."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from mmrag.keyword_index import KeywordIndex
 from mmrag.vector_index import Hit, IndexSearcher, SearchFilter
 
 log = logging.getLogger(__name__)
+MIN_REFRESH_S = 1.0
+BUILD_SHARE = 0.1
 
 
 class KeywordUnavailableError(Exception):
@@ -26,6 +32,7 @@ class KeywordShard:
         self.refresh_s = refresh_s
         self.keywords = KeywordIndex()
         self.built_at = 0.0  # monotonic time of the last build; 0 = never
+        self.build_s = 0.0  # how long the last build took
         self.built_version: int | None = None  # the index's rows_version the last build read
         self.last_error = ""
         self._stop = threading.Event()
@@ -58,8 +65,16 @@ class KeywordShard:
             return False
         kept = self.keywords.rebuild(rows)
         self.built_at, self.built_version, self.last_error = time.monotonic(), version, ""
-        log.info("keyword index of shard %d: %d chunks in %.2f s", self.shard, kept, self.built_at - started)
+        self.build_s = self.built_at - started
+        log.info("keyword index of shard %d: %d chunks in %.2f s", self.shard, kept, self.build_s)
         return True
+
+    def next_wait_s(self) -> float:
+        """Seconds until the next refresh: soon for an index that reports its changes (an unchanged one costs a
+        version check), ``refresh_s`` for one that cannot."""
+        if self.index.rows_version() is None:
+            return self.refresh_s
+        return min(self.refresh_s, max(MIN_REFRESH_S, self.build_s / BUILD_SHARE))
 
     def search(self, text: str, top_k: int, where: SearchFilter) -> list[Hit]:
         if not self.built_at:
@@ -69,5 +84,5 @@ class KeywordShard:
     def _run(self, build_first: bool) -> None:
         if build_first:
             self.refresh()
-        while not self._stop.wait(self.refresh_s):
+        while not self._stop.wait(self.next_wait_s()):
             self.refresh()
