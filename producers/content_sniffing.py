@@ -8,6 +8,7 @@ Markup is routed by its root element: HTML is a document (its visible text is ex
 
 from __future__ import annotations
 
+import mimetypes
 from dataclasses import dataclass
 
 import puremagic
@@ -19,6 +20,7 @@ SNIFF_BYTES = 8192
 ZIP_MAGIC = b"PK\x03\x04"
 DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 SVG_MIME = "image/svg+xml"
+TEXTUAL_APPLICATION_TYPES = frozenset({"application/json", "application/xml", "application/yaml", "application/x-yaml"})
 PREFERRED_LEGACY = "cp1252"  # Western European: what most legacy text is, and what its lookalikes are read as
 # Textual formats whose words sit among control words: indexing them raw would index the markup.
 REFUSED_TEXT = (("{\\rtf", "RTF (save it as DOCX or PDF)"), ("%!PS", "PostScript (save it as PDF)"))
@@ -42,8 +44,28 @@ class Sniffed:
         return self.media_kind != MediaKind.MEDIA_KIND_UNSUPPORTED
 
 
-def sniff(head: bytes) -> Sniffed:
-    """Routes an object by its first bytes: text, image, document (PDF, HTML, DOCX) or unsupported (with why)."""
+def sniff(head: bytes, key: str = "") -> Sniffed:
+    """Routes an object by its first bytes: text, image, document (PDF, HTML, DOCX) or unsupported (with why). The
+    bytes decide the kind; the key's extension only names the format of plain text (`.md` -> text/markdown, `.csv`
+    -> text/csv, `.json` -> application/json), which bytes cannot tell apart, so content-type filters find it."""
+    sniffed = _sniff(head)
+    if sniffed.media_kind == MediaKind.MEDIA_KIND_TEXT and sniffed.content_type.startswith("text/plain;"):
+        named = _textual_type(key)
+        if named:
+            return Sniffed(sniffed.media_kind, named + sniffed.content_type[len("text/plain") :])
+    return sniffed
+
+
+def _textual_type(key: str) -> str | None:
+    """The text format the key's extension names (text/*, JSON, YAML, XML), or None."""
+    guessed, encoding = mimetypes.guess_type(key.rsplit("/", 1)[-1], strict=False)
+    if guessed is None or encoding is not None:
+        return None
+    textual = guessed.startswith("text/") or guessed in TEXTUAL_APPLICATION_TYPES
+    return guessed if textual and guessed != "text/html" else None
+
+
+def _sniff(head: bytes) -> Sniffed:
     if not head:
         return _unsupported("", "the object is empty")
     bom = bom_charset(head)

@@ -177,7 +177,7 @@ class Normalizer:
             SKIPPED.labels(STAGE, "gone").inc()
             log.info("%s: %s is gone from the store; its delete or overwrite event follows", STAGE, change.object_id)
             return []
-        sniffed = sniff(head)
+        sniffed = sniff(head, change.key)
         if not sniffed.supported:
             fix = "upload text, markdown, PDF, HTML, DOCX or an image"
             problem = PermanentError(STAGE, change.object_id, f"unsupported content type: {sniffed.reason}", fix)

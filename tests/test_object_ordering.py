@@ -114,6 +114,18 @@ def test_sniffing_routes_by_bytes(head: bytes, kind: int, content_type: str) -> 
     assert (found.media_kind, found.content_type) == (kind, content_type)
 
 
+def test_the_key_names_the_format_of_plain_text_only() -> None:
+    text = b"# Notes\n\nKafka groups share partitions.\n"
+    assert sniff(text, "docs/notes.md").content_type == "text/markdown; charset=utf-8"
+    assert sniff(text, "data/rows.CSV").content_type == "text/csv; charset=utf-8"
+    legacy = "Grüße aus München, die Straße ist schön.".encode("cp1252")
+    assert sniff(legacy, "a.json").content_type == "application/json; charset=cp1252"
+    assert sniff(text, "no-extension").content_type == "text/plain; charset=utf-8"
+    assert sniff(text, "page.html").content_type == "text/plain; charset=utf-8"  # the bytes are not HTML
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+    assert sniff(png, "picture.md").content_type == "image/png"  # the bytes decide the kind
+
+
 @pytest.mark.parametrize(
     ("head", "why"),
     [

@@ -111,6 +111,8 @@ def test_results_per_object_and_filters_on_text_and_image_queries(deployment: An
     assert client.ids(question, modality="image") == {f"{b}/images/circle.png"}
     assert client.ids(question, modality="text") == texts
     assert client.ids(question, content_types=["text/html"]) == {f"{b}/docs/groups.html"}
+    markdown = {o for o in every if o.endswith(".md")}  # plain text by its bytes, markdown by its extension
+    assert markdown and client.ids(question, content_types=["text/markdown"]) == markdown
     assert client.ids(question, content_types=["image/png", "text/html"]) == {
         f"{b}/docs/groups.html",
         f"{b}/images/circle.png",
