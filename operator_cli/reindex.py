@@ -213,9 +213,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return {f"MMRAG_{f.upper()}": str(getattr(args, f)) for f in MODEL_FLAGS if getattr(args, f) is not None}
 
 
+def last_started_path() -> Path:
+    return BaseServiceSettings().state_dir / "reindex-last-space"
+
+
+def last_started() -> str:
+    """The space `mmrag reindex --space` last started here (what `--status` alone reports)."""
+    path = last_started_path()
+    if not path.exists():
+        raise CommandError("no re-index was started here -> `mmrag reindex --space NAME --status` names one")
+    return path.read_text().strip()
+
+
 def start_space(name: str, overrides: dict[str, str]) -> list[Service]:
     """Creates the space's topics and starts its processes (detached; they outlive this command)."""
     state_dir = BaseServiceSettings().state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    last_started_path().write_text(name)
     settings = BaseServiceSettings(space_name=name)
     ensure_topics(settings.bootstrap_servers, settings.topics, vector_shards=VectorStoreSettings().shards)
     services = space_services(name, overrides, state_dir)
@@ -239,6 +253,8 @@ def _run(args: argparse.Namespace) -> int:
         return keep_spaces(args.keep, args.yes)
     if args.rebuild_from == "vectors":
         return _rebuild(args.space or "", _models(args))
+    if args.status and not args.space:
+        args.space = last_started()
     if not args.space:
         raise CommandError("name the space: `mmrag reindex --space NAME` (its groups and collection carry it)")
     if args.stop:
@@ -249,8 +265,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.status:
         stages = progress(args.space)
-        console().print(progress_table(args.space, stages, {}))
-        print(json.dumps([asdict(s) for s in stages]) if args.json else "")
+        if args.json:
+            print(json.dumps({"space": args.space, "stages": [asdict(s) for s in stages]}))
+        else:
+            console().print(progress_table(args.space, stages, {}))
         return 0
     start_space(args.space, _overrides(args))
     if args.detach:
@@ -309,7 +327,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--space", help="the new space's name (letters, digits, _): its groups, topics, collection")
     for flag in MODEL_FLAGS:
         parser.add_argument(f"--{flag.replace('_', '-')}", default=None, help=f"MMRAG_{flag.upper()} of the space")
-    parser.add_argument("--status", action="store_true", help="progress of the space's stages, then exit")
+    parser.add_argument(
+        "--status", action="store_true", help="progress of the space's stages (no --space: the last started), then exit"
+    )
     parser.add_argument("--swap", action="store_true", help="move the live alias to the space (it must be caught up)")
     parser.add_argument("--force", action="store_true", help="with --swap: swap even when not caught up")
     parser.add_argument("--auto-swap", action="store_true", help="swap as soon as the space caught up")

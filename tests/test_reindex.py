@@ -6,6 +6,7 @@ tests/test_reindex_serving.py."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mmrag.space_catalog import collection_spec
 from mmrag.vector_index import VectorRow
 from operator_cli.connection import OperatorSettings
 from operator_cli.lag import group_lags
+from operator_cli.main import main
 from operator_cli.reindex import caught_up, progress, rollback, start_space, stop_space, swap_to
 from producers.upload import upload_files
 from tests.documents import circle_png
@@ -57,7 +59,7 @@ def vector_bytes(rows: dict[str, VectorRow]) -> dict[str, bytes]:
 
 
 def test_reindex_replays_the_same_space_bit_for_bit_then_swap_and_rollback(  # type: ignore[no-untyped-def]
-    deployment, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    deployment, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env = deployment.env()
     for name, value in env.items():
@@ -82,6 +84,10 @@ def test_reindex_replays_the_same_space_bit_for_bit_then_swap_and_rollback(  # t
     try:
         start_space("same", {})
         wait_for(lambda: caught_up(progress("same")), 420, "the space caught up")
+        capsys.readouterr()
+        assert main(["reindex", "--status", "--json"]) == 0  # from another terminal: the space last started
+        status = json.loads(capsys.readouterr().out)
+        assert status["space"] == "same" and all(s["lag"] == 0 for s in status["stages"]), status
     finally:
         stop_space("same")
 
