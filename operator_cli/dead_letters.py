@@ -200,9 +200,19 @@ def _record(topic: str, partition: int, offset: int, msg: Any) -> Record:
     )
 
 
-def read_dead_letters(bootstrap: str, dlq_topic: str, selection: Selection) -> list[DeadLetter]:
+def read_dead_letters(
+    bootstrap: str, dlq_topic: str, selection: Selection, stages: set[str] | None = None
+) -> list[DeadLetter]:
+    """The dead letters ``selection`` means; ``stages`` (when given) gets the stage of every one read."""
     start = selection.first_offset or 0
-    return [d for r in read_records(bootstrap, dlq_topic, start=start) if selection.matches(d := DeadLetter(r))]
+    found = []
+    for record in read_records(bootstrap, dlq_topic, start=start):
+        d = DeadLetter(record)
+        if stages is not None:
+            stages.add(d.stage)
+        if selection.matches(d):
+            found.append(d)
+    return found
 
 
 def dead_letter_at(bootstrap: str, dlq_topic: str, offset: int, partition: int = 0) -> DeadLetter:

@@ -68,11 +68,16 @@ def list_table(dead_letters: list[DeadLetter], topic: str) -> Table:
 @friendly
 def _list(args: argparse.Namespace) -> int:
     settings = OperatorSettings()
-    found = read_dead_letters(settings.bootstrap_servers, settings.topics.dlq, selection_of(args))
+    stages: set[str] = set()
+    found = read_dead_letters(settings.bootstrap_servers, settings.topics.dlq, selection_of(args), stages)
     if args.json:
         print_json([summary(d) for d in found])
     else:
         console().print(list_table(found, settings.topics.dlq))
+    if args.stage and args.stage not in stages:  # a typo, or a stage that never failed: say which ones did
+        known = ", ".join(sorted(stages)) or "none"
+        note = f"note: no dead letter of stage {args.stage!r}; stages on {settings.topics.dlq}: {known}"
+        print(note, file=sys.stderr)
     return 0
 
 

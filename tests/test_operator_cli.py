@@ -198,6 +198,8 @@ def test_dlq_replay_after_the_cause_is_fixed(deployment, monkeypatch, capsys) ->
 
     first = wait_for(lambda: dead_letters_of(capsys, oid), 60, "the refused upload on the DLQ")[0]
     assert first["attempts"] == 1 and "bucket not allowed" in first["message"] and first["replay_of"] is None
+    code, _, err = run(capsys, "dlq", "list", "--stage", "normalizr")  # a typo: nothing, and the stages there are
+    assert code == 0 and "no dead letter of stage 'normalizr'" in err and ": normalizer" in err, err
     # the query service's status view follows the status topic a moment behind the DLQ, which the CLI reads directly
     refused = wait_for(lambda: (s := status_of(capsys, oid)) and s["state"] == "failed" and s, 30, "the failed status")
     assert refused["failed_stage"] == "normalizer"
