@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mmrag.pb import query_pb2, query_pb2_grpc
 from operator_cli.connection import CommandError, OperatorSettings, console, friendly
+from operator_cli.query_filter import add_filter_flags, filter_of
 
 
 def sources_table(sources: query_pb2.AskSources) -> Table:
@@ -36,12 +37,20 @@ def footer(final: query_pb2.AskFinal) -> str:
     return "\n".join(lines)
 
 
-def stream_answer(target: str, question: str, top_k: int, timeout_s: float, console: Console) -> query_pb2.AskFinal:
+def stream_answer(
+    target: str,
+    question: str,
+    top_k: int,
+    timeout_s: float,
+    console: Console,
+    where: query_pb2.Filter | None = None,
+) -> query_pb2.AskFinal:
     """Prints the Ask stream as it arrives; returns the final message. grpc.RpcError when the server refuses."""
     final = query_pb2.AskFinal()
+    request = query_pb2.AskRequest(question=question, top_k=top_k, filter=where)
     with grpc.insecure_channel(target) as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
-        for event in stub.Ask(query_pb2.AskRequest(question=question, top_k=top_k), timeout=timeout_s):
+        for event in stub.Ask(request, timeout=timeout_s):
             kind = event.WhichOneof("event")
             if kind == "sources":
                 console.print(sources_table(event.sources))
@@ -60,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise CommandError('ask a question: mmrag ask "how do consumer groups share partitions?"')
     target = args.target or OperatorSettings().target
-    final = stream_answer(target, args.question, args.top_k, args.timeout, console())
+    final = stream_answer(target, args.question, args.top_k, args.timeout, console(), filter_of(args))
     return 0 if final.answer else 1
 
 
@@ -72,4 +81,5 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         "--target", help="the query service's gRPC address (default MMRAG_QUERY_TARGET or 127.0.0.1:MMRAG_GRPC_PORT)"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (it reaches the LLM worker)")
+    add_filter_flags(parser)
     parser.set_defaults(func=_run)

@@ -1,4 +1,4 @@
-"""`mmrag search "text" [--image FILE] [--top-k N]`: the query service's Search over gRPC, as a table or JSON."""
+"""`mmrag search "text" [--image FILE] [--top-k N] [filters]`: the query service's Search over gRPC, a table or JSON."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.text import Text
 
 from mmrag.pb import query_pb2, query_pb2_grpc
 from operator_cli.connection import CommandError, OperatorSettings, add_json_flag, console, friendly, print_json
+from operator_cli.query_filter import add_filter_flags, filter_of
 
 
 def kind(result: query_pb2.SearchResult) -> str:
@@ -24,10 +25,12 @@ def snippet(result: query_pb2.SearchResult, width: int = 90) -> str:
     return where + (text if len(text) <= width else text[: width - 3] + "...")
 
 
-def search(target: str, text: str, image: bytes, top_k: int, timeout_s: float) -> query_pb2.SearchResponse:
+def search(
+    target: str, text: str, image: bytes, top_k: int, timeout_s: float, where: query_pb2.Filter | None = None
+) -> query_pb2.SearchResponse:
+    query = query_pb2.SearchQuery(text=text, image=image, top_k=top_k, filter=where)
     with grpc.insecure_channel(target) as channel:
-        stub = query_pb2_grpc.QueryServiceStub(channel)
-        return stub.Search(query_pb2.SearchQuery(text=text, image=image, top_k=top_k), timeout=timeout_s)
+        return query_pb2_grpc.QueryServiceStub(channel).Search(query, timeout=timeout_s)
 
 
 def results_table(reply: query_pb2.SearchResponse) -> Table:
@@ -53,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         image = args.image.read_bytes()
     if not args.text and not image:
         raise CommandError('give a text, an --image FILE, or both: mmrag search "a red circle" --image circle.png')
-    reply = search(target, args.text, image, args.top_k, args.timeout)
+    reply = search(target, args.text, image, args.top_k, args.timeout, filter_of(args))
     if args.json:
         print_json(
             json_format.MessageToDict(
@@ -74,5 +77,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         "--target", help="the query service's gRPC address (default MMRAG_QUERY_TARGET or 127.0.0.1:MMRAG_GRPC_PORT)"
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    add_filter_flags(parser)
     add_json_flag(parser)
     parser.set_defaults(func=_run)

@@ -120,6 +120,16 @@ def test_search_status_lag_and_offsets(deployment, monkeypatch, capsys) -> None:
     assert not reply["partial"] and hit["has_text"] and "consumer groups" in hit["text"] and hit["score"] > 0
     code, table, _ = run(capsys, "search", question)
     assert code == 0 and "kafka groups.md" in table and "text" in table
+    for flags, expected in (
+        (["--prefix", "docs/kafka", "--content-type", "text/markdown", "--since", "1h"], [kafka_doc]),
+        (["--bucket", bucket, "--object", kafka_doc, "--modality", "text"], [kafka_doc]),
+        (["--prefix", "nothing-here/"], []),
+        (["--until", "1h"], []),  # uploaded within the hour: none before it
+    ):
+        found = json_of(capsys, "search", question, *flags)["results"]
+        assert [r["object_id"] for r in found] == expected, flags
+    code, _, err = run(capsys, "search", question, "--bucket", "Not_A_Bucket")
+    assert code == 2 and "filter.buckets[0]" in err, err
 
     assert_drained_without_marker_lag(capsys, deployment.topic_prefix)
     updater = deployment.topic_prefix + "index-updater"  # groups carry the deployment's prefix, as topics do
