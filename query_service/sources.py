@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mmrag import pii
 from mmrag.pb.events_pb2 import Modality, PromptSource, SearchHit
 from mmrag.pb.query_pb2 import AskSource
 from query_service.search import ShardHit
@@ -47,7 +48,9 @@ class Source:
 
     def ask_source(self) -> AskSource:
         b = self.best
-        snippet = b.text if len(b.text) <= SNIPPET_CHARS else b.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
+        text = pii.redact(b.text).text  # part of the answer stream, redacted like the answer (before the cut: a
+        # card number cut in half would fail its Luhn check and stay)
+        snippet = text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
         return AskSource(
             number=self.number,
             object_id=b.object_id,

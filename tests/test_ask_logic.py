@@ -12,7 +12,7 @@ from query_service.extractive import extractive_answer, sentences, supporting_so
 from query_service.grounding import foreign_citations, grounding_problem, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError
 from query_service.search import ShardHit
-from query_service.sources import cited_numbers, focus, select_sources
+from query_service.sources import SNIPPET_CHARS, cited_numbers, focus, select_sources
 
 pytestmark = pytest.mark.unit
 
@@ -199,3 +199,13 @@ def test_nothing_relevant_when_the_best_hit_is_under_the_minimum_score() -> None
     assert not nothing_relevant(hits, min_score=0.3)
     assert nothing_relevant(hits, min_score=0.32)
     assert nothing_relevant([], min_score=-1.0)
+
+
+def test_source_snippets_are_redacted_like_the_answer() -> None:
+    # the card number straddles the snippet's cut: redacted whole first, never cut into a number that fails Luhn
+    text = "Write to jane.doe@example.org about it. " + "Filler words here. " * 13 + "Card 4111 1111 1111 1111 paid."
+    assert text.index("4111") < SNIPPET_CHARS < text.index("paid")
+    (source,) = select_sources([hit("b/mail.txt", 0.9, text)], max_sources=5, chunks_per_source=1)
+    snippet = source.ask_source().snippet
+    assert "[email redacted]" in snippet and "jane" not in snippet and "4111" not in snippet
+    assert "Filler words" in snippet
