@@ -18,6 +18,7 @@ pytestmark = pytest.mark.kafka
 
 T0 = 1795438654000
 TEXT = "text/plain; charset=utf-8"
+MARKDOWN = "text/markdown; charset=utf-8"  # plain text by its bytes, markdown by its key
 
 
 def minio_body(bucket: str, key: str, name: str, t_ms: int, etag: str = "e1") -> bytes:
@@ -59,7 +60,8 @@ def test_minio_records_are_normalized_once_forwarded_and_restored(deployment, bo
     skipped = "mmrag_object_changes_skipped_total"
     wait_for(lambda: metric(normalizer.probe_url, skipped, reason="duplicate") == 1, 60, "the duplicate skipped")
     wait_for(lambda: len(object_records(bootstrap, prefix)) >= 2, 60, "both objects")
-    assert sorted(object_records(bootstrap, prefix)) == [(a, "MEDIA_KIND_TEXT", TEXT), (moved, "MEDIA_KIND_TEXT", TEXT)]
+    expected = [(a, "MEDIA_KIND_TEXT", TEXT), (moved, "MEDIA_KIND_TEXT", MARKDOWN)]
+    assert sorted(object_records(bootstrap, prefix)) == expected
     on_events = read_topic(bootstrap, events, idle_s=1.0)
     assert {r.partition for r in on_events if r.key == a} == {key_partition(a, 3)}  # librdkafka's partitioner agrees
     assert sorted(r.partition for r in on_events if r.key == moved) == sorted([home, (home + 1) % 3])  # forwarded once
@@ -80,5 +82,5 @@ def test_minio_records_are_normalized_once_forwarded_and_restored(deployment, bo
     assert sorted(object_records(bootstrap, prefix)) == [
         (a, "MEDIA_KIND_TEXT", TEXT),
         (a, "tombstone", ""),
-        (moved, "MEDIA_KIND_TEXT", TEXT),
+        (moved, "MEDIA_KIND_TEXT", MARKDOWN),
     ]

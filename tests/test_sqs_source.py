@@ -21,6 +21,7 @@ from tests.object_events import dlq_records, metric, object_records
 pytestmark = pytest.mark.kafka
 
 TEXT = "text/plain; charset=utf-8"
+MARKDOWN = "text/markdown; charset=utf-8"  # plain text by its bytes, markdown by its key
 ELF = b"\x7fELF\x02\x01\x01\x00" + bytes(56)
 T0 = 1795438654000
 
@@ -69,9 +70,9 @@ def test_uploads_and_deletes_land_once_each_with_decoded_keys_and_sniffed_types(
     assert sorted(records) == sorted(
         [
             (oid["docs/a b.txt"], "MEDIA_KIND_TEXT", TEXT),
-            (oid["docs/c+d.md"], "MEDIA_KIND_TEXT", TEXT),
+            (oid["docs/c+d.md"], "MEDIA_KIND_TEXT", MARKDOWN),
             (oid["docs/c+d.md"], "tombstone", ""),
-            (oid["docs/caf\u00e9/\u65e5\u672c \u00fc.md"], "MEDIA_KIND_TEXT", TEXT),
+            (oid["docs/caf\u00e9/\u65e5\u672c \u00fc.md"], "MEDIA_KIND_TEXT", MARKDOWN),
             (oid["docs/100% done?.txt"], "MEDIA_KIND_TEXT", TEXT),
             (oid["img/photo.txt"], "MEDIA_KIND_IMAGE", "image/png"),
             (oid["bin/tool.md"], "tombstone", "unsupported content type: binary content (application/octet-stream) "
