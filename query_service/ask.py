@@ -24,7 +24,7 @@ from query_service.eval_log import Client, EvalLog, eval_record
 from query_service.extractive import extractive_answer, supporting_sources
 from query_service.filters import Scope
 from query_service.generation import GenerationClient
-from query_service.grounding import NOT_FOUND, UNGROUNDED, grounding_problem, nothing_relevant
+from query_service.grounding import NOT_FOUND, UNGROUNDED, degenerate, grounding_problem, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError, WorkerPresence
 from query_service.query_encoder import QueryEncoder
 from query_service.search import SearchOutcome, ShardedSearch, ShardHit
@@ -33,6 +33,7 @@ from query_service.sources import INSTRUCTION, Source, cited_numbers, select_sou
 log = logging.getLogger(__name__)
 ASK_SECONDS = Histogram("mmrag_ask_seconds", "Ask end to end", buckets=LATENCY_BUCKETS)
 ASK_FIRST_TOKEN = Histogram("mmrag_ask_first_token_seconds", "Ask start to first answer token", buckets=LATENCY_BUCKETS)
+LOOP_WINDOW_CHARS = 400  # the answer's tail checked for a loop after each chunk (8 runs of a 4-word phrase fit)
 DEGRADED = Counter("mmrag_ask_degraded_total", "Degraded (extractive) answers by reason", ["reason"])
 NOT_FOUND_TOTAL = Counter(
     "mmrag_ask_not_found_total",
@@ -232,6 +233,9 @@ class Asker:
                     ASK_FIRST_TOKEN.observe(answer.first_token_at - answer.start)
                 answer.text += chunk.text
                 yield from answer.delta(chunk.text)
+                if degenerate(answer.text[-LOOP_WINDOW_CHARS:]):  # a loop that would run to the token limit
+                    answer.final.finish_reason = "repetition"  # the grounding check replaces it
+                    break
             if chunk.final:
                 f = answer.final
                 f.model, f.finish_reason = chunk.model, chunk.finish_reason

@@ -25,6 +25,12 @@ def sentences(text: str) -> list[str]:
     return found
 
 
+def quotable(source: Source) -> str:
+    """What an extractive answer quotes from: a text source's best chunk whole (its prompt text may be focused to a
+    few words, with sentences cut), an image's description."""
+    return source.best.text if source.modality == "text" and source.best.text.strip() else source.text
+
+
 def extractive_answer(
     question: str, sources: Sequence[Source], max_sentences: int = 3, top_sources: int = 3, fallback: bool = True
 ) -> str:
@@ -35,7 +41,7 @@ def extractive_answer(
     wanted = terms(question)
     scored: list[tuple[float, int, int, str]] = []
     for rank, source in enumerate(sources[:top_sources]):
-        for position, sentence in enumerate(sentences(source.text)):
+        for position, sentence in enumerate(sentences(quotable(source))):
             words = terms(sentence)
             overlap = len(wanted & words)
             if overlap:
@@ -45,7 +51,7 @@ def extractive_answer(
         if not fallback or not sources:
             return ""
         top = sources[0]
-        first = sentences(top.text) or [" ".join(top.text.split()[:FALLBACK_WORDS])]
+        first = sentences(quotable(top)) or [" ".join(quotable(top).split()[:FALLBACK_WORDS])]
         return f"{first[0]} [{top.number}]" if first[0] else ""
     picked = sorted(best, key=lambda s: (s[1], s[2]))
     return " ".join(f"{sentence} [{sources[rank].number}]" for _, rank, _, sentence in picked)

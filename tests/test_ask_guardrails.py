@@ -99,6 +99,15 @@ def test_an_ungrounded_answer_falls_back_to_the_extractive_one() -> None:
     assert [c.number for c in final.citations] == [1]
 
 
+def test_a_looping_answer_is_cut_short_and_replaced_by_the_extractive_one() -> None:
+    # greedy decoding of a small model can repeat one word to the token limit, citing a source on the way
+    deltas, final, _ = run(["The choir [1] has ", *["Kafka "] * 200, "members."])
+    streamed = "".join(deltas)
+    assert streamed.count("Kafka") < 20, "the loop is not read to its end"
+    assert final.is_degraded and final.degraded_reason == "ungrounded" and final.finish_reason == "repetition"
+    assert final.answer == f"{CHOIR} [1]"
+
+
 def test_an_ungrounded_answer_to_a_question_no_source_speaks_of_is_not_found() -> None:
     # retrieval scored over the minimum (a small corpus' best hit for anything), the model made an answer up, and no
     # sentence of the sources shares a word with the question: quoting the top source would answer something else

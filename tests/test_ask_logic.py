@@ -9,7 +9,7 @@ import pytest
 from consumers.llm_worker.prompt import build_prompt, trim_to_tokens
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource, SearchHit
 from query_service.extractive import extractive_answer, sentences, supporting_sources
-from query_service.grounding import foreign_citations, grounding_problem, nothing_relevant
+from query_service.grounding import degenerate, foreign_citations, grounding_problem, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError
 from query_service.search import ShardHit
 from query_service.sources import SNIPPET_CHARS, cited_numbers, focus, select_sources
@@ -107,8 +107,10 @@ def test_extractive_answer_takes_the_best_matching_sentences_cited() -> None:
         question="Tell me about Himeji castle",
         source_words=12,
     )
-    assert castle[0].text.startswith("# Japanese castles Himeji Castle")
-    assert extractive_answer("Tell me about Himeji castle", castle).startswith("Japanese castles Himeji Castle is")
+    assert castle[0].text.startswith("# Japanese castles Himeji Castle")  # the prompt's text: one line
+    assert sentences(castle[0].text)[0].startswith("Japanese castles Himeji Castle is")  # quotable all the same
+    # an extractive answer quotes the whole best chunk, not the prompt's focused (cut) text
+    assert extractive_answer("Tell me about Himeji castle", castle) == "Himeji Castle is a UNESCO site. [1]"
     # a top source without any sentence of four words: its first words, never an empty answer
     terse = select_sources([hit("b/list", 0.9, "Kc7\nRd1\nKd8")], max_sources=5, chunks_per_source=1)
     assert extractive_answer("zebra", terse) == "Kc7 Rd1 Kd8 [1]"
@@ -209,3 +211,11 @@ def test_source_snippets_are_redacted_like_the_answer() -> None:
     snippet = source.ask_source().snippet
     assert "[email redacted]" in snippet and "jane" not in snippet and "4111" not in snippet
     assert "Filler words" in snippet
+
+
+def test_a_loop_is_a_phrase_repeated_eight_times_in_a_row_at_any_alignment() -> None:
+    assert degenerate("x " + "Kafka " * 8) == "repeats 'Kafka' 8 times in a row"
+    assert degenerate("a b " + "the cat sat " * 8) is not None  # a 3-word phrase, not aligned to the start
+    assert degenerate("x " + "Kafka " * 7) is None
+    prose = "A consumer group shares partitions [1]. Each partition has one reader, one at a time [1]."
+    assert degenerate(prose * 3) is None  # a repeated sentence is longer than a 4-word phrase
