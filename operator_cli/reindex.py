@@ -213,13 +213,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return {f"MMRAG_{f.upper()}": str(getattr(args, f)) for f in MODEL_FLAGS if getattr(args, f) is not None}
 
 
-def last_started_path() -> Path:
-    return BaseServiceSettings().state_dir / "reindex-last-space"
+LAST_STARTED = "reindex-last-space"  # under the state directory: the space `--status` alone reports
 
 
 def last_started() -> str:
     """The space `mmrag reindex --space` last started here (what `--status` alone reports)."""
-    path = last_started_path()
+    path = BaseServiceSettings().state_dir / LAST_STARTED
     if not path.exists():
         raise CommandError("no re-index was started here -> `mmrag reindex --space NAME --status` names one")
     return path.read_text().strip()
@@ -229,7 +228,7 @@ def start_space(name: str, overrides: dict[str, str]) -> list[Service]:
     """Creates the space's topics and starts its processes (detached; they outlive this command)."""
     state_dir = BaseServiceSettings().state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    last_started_path().write_text(name)
+    (state_dir / LAST_STARTED).write_text(name)
     settings = BaseServiceSettings(space_name=name)
     ensure_topics(settings.bootstrap_servers, settings.topics, vector_shards=VectorStoreSettings().shards)
     services = space_services(name, overrides, state_dir)

@@ -68,16 +68,24 @@ def to_hit(hit: Hit) -> SearchHit:
 def request_filter(req: SearchRequest) -> SearchFilter:
     """The request's filters: object ids, the half its modality asks for, buckets, key prefix, content types and
     event-time range (an empty list or a 0 time = no condition)."""
-    return SearchFilter(
+    where = SearchFilter(
         object_ids=frozenset(req.object_ids) if req.object_ids else None,
-        has_text=True if req.modality == Modality.MODALITY_TEXT else None,
-        has_image=True if req.modality == Modality.MODALITY_IMAGE else None,
         buckets=frozenset(req.buckets) if req.buckets else None,
         key_prefix=req.key_prefix,
         content_types=frozenset(media_type(t) for t in req.content_types) if req.content_types else None,
         event_time_from_ms=req.event_time_from_ms or None,
         event_time_to_ms=req.event_time_to_ms or None,
     )
+    return with_half(where, req.modality)
+
+
+def with_half(where: SearchFilter, half: int) -> SearchFilter:
+    """``where`` also asking for rows with the ``half`` (a Modality) they must have: text, an image, or any."""
+    if half == Modality.MODALITY_TEXT:
+        return replace(where, has_text=True)
+    if half == Modality.MODALITY_IMAGE:
+        return replace(where, has_image=True)
+    return where
 
 
 def search_shard(
@@ -97,10 +105,8 @@ def search_shard(
     keyword, query_vector = (
         (listed.keyword, listed.query_vector) if listed is not None else (req.keyword, req.query_vector)
     )
-    if listed is not None and listed.half == Modality.MODALITY_TEXT:
-        where = replace(where, has_text=True)
-    elif listed is not None and listed.half == Modality.MODALITY_IMAGE:
-        where = replace(where, has_image=True)
+    if listed is not None:
+        where = with_half(where, listed.half)
     search: Callable[[int], list[Hit]]
     if keyword:
         if keywords is None:
