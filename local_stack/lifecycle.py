@@ -10,7 +10,7 @@ from pathlib import Path
 
 from local_stack.processes import alive_pid, free_port, port_free
 from local_stack.stack import Deployment, IndexBackend, start_infra, stop_infra, stop_services
-from local_stack.stack_status import ProcessStatus, stack_status
+from local_stack.stack_status import ProcessStatus, crash_hint, stack_status
 from local_stack.state import STACK_FILE, ServiceRecord, StackRecord, stack_lock
 from local_stack.supervisor import start_supervisor, stop_supervisor, supervisor_pid
 
@@ -110,7 +110,7 @@ def wait_ready(state_dir: Path, timeout_s: float) -> list[ProcessStatus]:
             raise RuntimeError(f"the supervisor of {state_dir} stopped -> see {state_dir / 'logs' / 'supervisor.log'}")
         crashing = [row for row in waiting if row.restarts >= CRASH_LOOP_RESTARTS]
         if crashing:
-            detail = "; ".join(f"{r.name} ({r.restarts} restarts): {r.last_error or r.detail}" for r in crashing)
+            detail = "; ".join(f"{r.name} ({r.restarts} restarts): {_crash_detail(r)}" for r in crashing)
             raise RuntimeError(
                 f"crashing at start: {detail} -> see the logs in {state_dir / 'logs'}; the supervisor keeps "
                 "restarting them until `mmrag stack down`"
@@ -122,6 +122,12 @@ def wait_ready(state_dir: Path, timeout_s: float) -> list[ProcessStatus]:
                 "(`mmrag stack status`); `mmrag stack down` stops the stack"
             )
         time.sleep(1)
+
+
+def _crash_detail(row: ProcessStatus) -> str:
+    """A crash signal's hint (what it likely means, what to do) first; else the last error line or probe answer."""
+    hint = crash_hint(row.name, row.last_exit)
+    return f"{hint} (last error line: {row.last_error or '-'})" if hint else row.last_error or row.detail
 
 
 def stack_down(state_dir: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -37,13 +38,19 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
-    """Whether ``port`` can be bound on 127.0.0.1 now."""
-    with socket.socket() as sock:
+    """Whether a server can bind ``port`` on loopback now, however it binds: an IPv4 socket, or an IPv6 one with
+    v4-mapped addresses as gRPC does (an IPv4-only bind succeeds beside such a listener), and nothing accepts there.
+    """
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::ffff:127.0.0.1"), (socket.AF_INET6, "::1")):
         try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+            with socket.socket(family) as sock:
+                sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE or family == socket.AF_INET:
+                return False  # else: no IPv6 on this machine, so nothing can listen there either
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from local_stack.processes import free_port, spawn_detached, wait_until
 
-_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback)\b|\w+(Error|Exception):")
+_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback|Fatal Python error)\b|\w+(Error|Exception):")
 
 
 def last_error_line(log: Path, tail_bytes: int = 65536) -> str:

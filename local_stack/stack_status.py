@@ -28,6 +28,7 @@ class ProcessStatus:
     detail: str = ""
     restarts: int = 0
     last_error: str = ""
+    last_exit: str = ""
 
     @property
     def running(self) -> bool:
@@ -46,9 +47,34 @@ def stack_status(state_dir: Path) -> list[ProcessStatus]:
         restarts = read_status(state_dir)
         for service in record.services:
             row = _service_status(state_dir, service.name, service.probe_port, service.grpc_port)
-            row.restarts = int(str(restarts.get(service.name, {}).get("restarts", 0)))
+            seen = restarts.get(service.name, {})
+            row.restarts = int(str(seen.get("restarts", 0)))
+            row.last_exit = str(seen.get("last_exit") or "")
+            if not row.ready and (hint := crash_hint(service.name, row.last_exit)):
+                row.detail = f"{row.detail}; {hint}" if row.detail else hint
             rows.append(row)
     return rows
+
+
+_NATIVE_CRASHES = ("SIGSEGV", "SIGILL", "SIGBUS", "SIGFPE")
+_LLAMA_CPP = (
+    "likely llama.cpp built for another CPU (a native build) -> check it with `uv run python -m "
+    "consumers.llm_worker.native_build` and rebuild portably: `uv cache clean llama-cpp-python && uv sync --frozen "
+    "--reinstall-package llama-cpp-python` (docs/architecture.md 'Natively built parts')"
+)
+
+
+def crash_hint(service: str, last_exit: str) -> str:
+    """What a process killed by a crash signal most likely means and what to do; '' for other exits."""
+    signal_name = next((name for name in _NATIVE_CRASHES if name in last_exit), None)
+    if signal_name is None:
+        return ""
+    if service.startswith("llm_worker"):
+        return f"{last_exit} in a native library: {_LLAMA_CPP}"
+    return (
+        f"{last_exit} in a native library: a wheel built for another CPU or a bug in it -> the log's "
+        "'Fatal Python error' stack names the library; reinstall it (`uv sync --frozen --reinstall-package NAME`)"
+    )
 
 
 def _infra_status(state_dir: Path) -> list[ProcessStatus]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import textwrap
@@ -72,6 +73,7 @@ def service_main(
         print(settings.printable())
         return 0
     setup_logging(settings.log_level)
+    faulthandler.enable()  # a crash in a native library (SIGSEGV, SIGILL) leaves its Python stack in the log
     probes = Probes(name)
     probes.serve(settings.probe_host, settings.probe_port)
     stop = threading.Event()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 
@@ -54,3 +55,18 @@ def require(*names: str) -> None:
             f"{', '.join(missing)} not set and {looked} -> start one with `mmrag stack up` (or set "
             f"MMRAG_STATE_DIR to a running stack's dir), or set {' and '.join(missing)} for your deployment"
         )
+
+
+def note_default_endpoints() -> None:
+    """Says on stderr when a command will talk to the built-in defaults because nothing named a deployment: with no
+    stack under this state dir, 127.0.0.1:50051 may be another stack's query service (or nothing)."""
+    if any(name in os.environ for name in ("MMRAG_BOOTSTRAP_SERVERS", "MMRAG_QUERY_TARGET", "MMRAG_GRPC_PORT")):
+        return
+    where = stack_state_dir()
+    looked = f"no local stack runs under {where}" if where else "the local stack tooling is not installed"
+    print(
+        f"mmrag: note: {looked} and no MMRAG_BOOTSTRAP_SERVERS / MMRAG_QUERY_TARGET is set -> using the defaults "
+        "(Kafka 127.0.0.1:9092, query service 127.0.0.1:50051), which may be another stack; set MMRAG_STATE_DIR to "
+        "the stack's dir (`mmrag stack env`) or MMRAG_* for your deployment",
+        file=sys.stderr,
+    )

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from operator_cli import ask, dlq, eval_export, lag, offsets, search, status
 from operator_cli.deployables import SERVICE_MODULES
-from operator_cli.local_endpoints import NoEndpointError, apply_stack_env, require
+from operator_cli.local_endpoints import NoEndpointError, apply_stack_env, note_default_endpoints, require
 
 _MANAGES_THE_STACK = ("stack", "demo", "kafka", "models")  # they pick their endpoints themselves
+_TALKS_TO_A_DEPLOYMENT = ("search", "ask", "status", "lag", "dlq", "offsets", "eval", "reindex", "topics")
 
 
 def _run_service(name: str, argv: Sequence[str]) -> int:
@@ -120,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in _MANAGES_THE_STACK:
         apply_stack_env()  # unset MMRAG_* endpoints come from a running local stack
+        if argv and argv[0] in _TALKS_TO_A_DEPLOYMENT and "--target" not in argv:
+            note_default_endpoints()
     if argv and argv[0].replace("-", "_") in SERVICE_MODULES:
         return _run_service(argv[0].replace("-", "_"), argv[1:])
     args = build_parser().parse_args(argv)

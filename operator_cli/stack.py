@@ -126,6 +126,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[ProcessStatus], state_dir: Path) -> None:
+    from local_stack.stack_status import crash_hint
+
     table = Table(title=f"stack under {state_dir}", title_justify="left")
     for column in ("process", "pid", "ports", "ready", "restarts", "detail / last error line"):
         table.add_column(column)
@@ -136,6 +138,9 @@ def _print_table(rows: list[ProcessStatus], state_dir: Path) -> None:
             row.name, str(row.pid or "-"), ",".join(map(str, row.ports)), ready, str(row.restarts), detail[:160]
         )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+    for row in rows:
+        if not row.ready and (hint := crash_hint(row.name, row.last_exit)):
+            print(f"{row.name}: {hint}")
 
 
 def _env(args: argparse.Namespace) -> int:

@@ -32,6 +32,13 @@ fi
 
 step "Python environment (uv sync --frozen, from uv.lock)"
 uv sync --frozen
+# A .venv synced before the portable build settings (or by hand) may hold a llama.cpp built for another CPU, which
+# `uv sync` keeps (same version): check what the library was compiled for and rebuild it when it went native.
+if ! uv run --frozen python -m consumers.llm_worker.native_build >/dev/null 2>&1; then
+  step "llama-cpp-python in .venv is not the portable build: rebuilding it (x86-64-v3; ~6 min on 2 cores, then cached)"
+  uv sync --frozen --reinstall-package llama-cpp-python
+  uv run --frozen python -m consumers.llm_worker.native_build
+fi
 
 step "Kafka broker jars (Maven Central, cached)"
 uv run --frozen mmrag kafka fetch

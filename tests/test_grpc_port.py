@@ -39,3 +39,20 @@ def test_a_free_port_serves() -> None:
     stop.set()  # serve returns right after starting
     serve(QueryServiceSettings(grpc_port=port), QueryServicer.__new__(QueryServicer), probes, stop)
     assert not probes.ready  # stopped again: readiness went back to false
+
+
+def test_a_port_a_grpc_server_listens_on_is_not_free() -> None:
+    """gRPC listens on an IPv6 socket with v4-mapped addresses ([::ffff:127.0.0.1]); an IPv4-only bind test passes
+    beside it, and a second stack then picked the port and crash-looped on "port taken"."""
+    from local_stack.processes import port_free
+
+    port = free_port()
+    assert port_free(port)
+    listener = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)])
+    assert listener.add_insecure_port(f"127.0.0.1:{port}") == port
+    listener.start()
+    try:
+        assert not port_free(port)
+    finally:
+        listener.stop(0)
+    assert port_free(port)

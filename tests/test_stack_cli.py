@@ -134,6 +134,12 @@ def test_commands_find_the_stack_by_themselves_or_say_what_to_do(stack: Path, tm
     assert "MMRAG_S3_ENDPOINT_URL" in lost.stderr and "`mmrag stack up`" in lost.stderr
     assert "Traceback" not in lost.stderr
 
+    # a command that talks to a deployment says when nothing named one and it falls back to the built-in defaults
+    unnamed = mmrag("lag", env={"MMRAG_CACHE_DIR": str(tmp_path / "empty")}, timeout=60)
+    assert "note: no local stack runs under" in unnamed.stderr and "127.0.0.1:50051" in unnamed.stderr
+    named = mmrag("lag", env={"MMRAG_STATE_DIR": str(stack)})
+    assert "note:" not in named.stderr, named.stderr
+
 
 def read_object(env: dict[str, str], bucket: str, key: str) -> bytes:
     from mmrag.object_store import s3_client
@@ -195,3 +201,22 @@ def test_supervisor_restarts_a_killed_service(stack: Path) -> None:
     log = (stack / "logs" / "supervisor.log").read_text()
     assert f"normalizer (pid {old['pid']}) exited (killed by SIGKILL)" in log
     assert processes_of(stack, "producers.normalizer") == [new["pid"]]
+
+
+def test_a_service_killed_by_a_crash_signal_is_reported_with_its_likely_cause(stack: Path) -> None:
+    """A native crash (SIGSEGV) leaves the Python stack in the service's log (faulthandler) and the exit signal in
+    `stack status`; a not-ready row that crashed names the likely cause and what to do."""
+    from local_stack.stack_status import crash_hint
+
+    old = status(stack)["normalizer"]
+    os.kill(old["pid"], signal.SIGSEGV)
+    new = wait_for(
+        lambda: (row := status(stack)["normalizer"])["ready"] and row["pid"] != old["pid"] and row,
+        180,
+        "the normalizer to be restarted and ready after a SIGSEGV",
+    )
+    assert new["last_exit"] == "killed by SIGSEGV"
+    assert "Fatal Python error: Segmentation fault" in (stack / "logs" / "normalizer.log").read_text()
+    assert "a wheel built for another CPU" in crash_hint("normalizer", new["last_exit"])
+    assert "consumers.llm_worker.native_build" in crash_hint("llm_worker-0", "killed by SIGILL")
+    assert crash_hint("normalizer", "exit code 1") == ""

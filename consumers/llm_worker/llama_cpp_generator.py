@@ -11,6 +11,7 @@ from typing import Any
 
 from consumers.llm_worker.generator import ChatMessage, Delta, GenerationError, GenerationParams, fold_system
 from consumers.llm_worker.models import gguf_path, packaged_model
+from consumers.llm_worker.native_build import check_installed
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,12 @@ class LlamaCppGenerator:
         self._llm: Any = None
 
     def warm_up(self) -> None:
+        """Refuses a llama.cpp library built for another CPU (NativeBuildError, before it can crash), loads the
+        model and evaluates a multi-token chat prompt: the self-test a natively built library died in (SIGSEGV)."""
         from llama_cpp import Llama
 
+        features = check_installed()
+        log.info("llama.cpp library compiled for %s", ", ".join(sorted(features)) or "baseline x86-64")
         start = time.monotonic()
         path = self.model_path or gguf_path(self.model)
         self._llm = Llama(
