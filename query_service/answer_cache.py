@@ -152,6 +152,7 @@ class IndexedObjects:
     def __init__(self) -> None:
         self._latest: dict[str, IndexedVersion] = {}
         self._lock = threading.Lock()
+        self.changes = 0  # index changes observed so far: a result computed at an older count may be stale
 
     def observe(self, status: IndexStatus) -> IndexedVersion | None:
         """The object's new state, or None when ``status`` changed nothing (SKIPPED, or older than the one kept)."""
@@ -163,6 +164,7 @@ class IndexedObjects:
             if kept is not None and kept.indexed_at_ms > state.indexed_at_ms:
                 return None
             self._latest[status.object_id] = state
+            self.changes += 1
         return state
 
     def get(self, object_id: str) -> IndexedVersion | None:

@@ -6,6 +6,7 @@ an extractive one from the same sources (is_degraded, with the reason); the brea
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Generator, Iterator, Sequence
@@ -21,16 +22,17 @@ from mmrag.pb.events_pb2 import GenerateRequest
 from mmrag.pb.query_pb2 import AskDelta, AskFinal, AskResponse, AskSources, AskTimings
 from query_service.answer_cache import AnswerCache, CachedAnswer, cacheable
 from query_service.eval_log import Client, EvalLog, eval_record
-from query_service.extractive import extractive_answer, supporting_sources
 from query_service.filters import Scope
 from query_service.generation import GenerationClient
-from query_service.grounding import NOT_FOUND, UNGROUNDED, degenerate, grounding_problem, nothing_relevant
+from query_service.grounding import NOT_FOUND, UNGROUNDED, degenerate, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError, WorkerPresence
 from query_service.query_encoder import QueryEncoder
 from query_service.search import SearchOutcome, ShardedSearch, ShardHit
-from query_service.sources import INSTRUCTION, Source, cited_numbers, select_sources
+from query_service.sources import INSTRUCTION, Source, select_sources
+from query_service.support import SupportChecker
 
 log = logging.getLogger(__name__)
+CITED = re.compile(r"\[(\d+)\]")  # the citations an extractive answer carries, one number each
 ASK_SECONDS = Histogram("mmrag_ask_seconds", "Ask end to end", buckets=LATENCY_BUCKETS)
 ASK_FIRST_TOKEN = Histogram("mmrag_ask_first_token_seconds", "Ask start to first answer token", buckets=LATENCY_BUCKETS)
 LOOP_WINDOW_CHARS = 400  # the answer's tail checked for a loop after each chunk (8 runs of a 4-word phrase fit)
@@ -55,6 +57,8 @@ class AskLimits:
     min_score: float = float("-inf")  # MMRAG_ASK_MIN_SCORE: a best hit under it -> "not found", no generation
     source_words: int = 0  # MMRAG_ASK_SOURCE_WORDS: a longer text source is focused on the question (0: whole)
     label_bucket: bool = True  # MMRAG_ASK_LABEL_BUCKET: sources labelled bucket/key (else the key alone)
+    support_min: float = 0.6  # MMRAG_ASK_SUPPORT_MIN: an answer sentence this close to a source sentence is said there
+    answer_min: float = 0.55  # MMRAG_ASK_ANSWER_MIN: a source sentence this close to the question answers it
 
 
 @dataclass
@@ -70,13 +74,23 @@ class Answer:
     first_token_at: float = 0.0
     sources_given: int = 0  # how many sources fit the model's context (0 = all, for extractive answers)
     final: AskFinal = field(default_factory=AskFinal)
-    redactor: pii.StreamRedactor = field(default_factory=pii.StreamRedactor)
+    citations: list[int] = field(default_factory=list)  # a supported answer's sources, as the support check found
+    redactor: pii.StreamRedactor = field(default_factory=pii.StreamRedactor)  # its counts: what the answer redacted
+    stream: pii.StreamRedactor = field(default_factory=pii.StreamRedactor)  # the provisional text's
 
-    def delta(self, text: str, last: bool = False) -> Iterator[AskResponse]:
-        """``text`` as a delta for the client, PII redacted (a short tail waits for the next piece unless last)."""
-        safe = self.redactor.feed(text) + (self.redactor.flush() if last else "")
+    def provisional(self, text: str, last: bool = False) -> Iterator[AskResponse]:
+        """Generated ``text`` as a provisional delta (not checked against the sources yet; the answer delta that
+        follows replaces it), PII redacted (a short tail waits for the next piece unless last)."""
+        safe = self.stream.feed(text) + (self.stream.flush() if last else "")
         if safe:
-            yield AskResponse(delta=AskDelta(text=safe))
+            yield AskResponse(delta=AskDelta(text=safe, provisional=True))
+
+    def answered(self, text: str) -> Iterator[AskResponse]:
+        """The answer as the client shows it (supported, extractive or "not found"): one delta, PII redacted."""
+        self.text = text
+        redacted = pii.redact(text)
+        self.redactor.counts.update(redacted.counts)
+        yield AskResponse(delta=AskDelta(text=redacted.text))
 
     def timings(self) -> AskTimings:
         ms = 1000.0
@@ -99,6 +113,7 @@ class Asker:
         presence: WorkerPresence | None,
         eval_log: EvalLog | None = None,
         answers: AnswerCache | None = None,
+        support: SupportChecker | None = None,
     ) -> None:
         self.limits = limits
         self.encoder = encoder
@@ -108,6 +123,7 @@ class Asker:
         self.presence = presence
         self.eval_log = eval_log
         self.answers = answers  # the answer cache (query_service/answer_cache.py); None = every Ask generates
+        self.support = support or SupportChecker(encoder.minilm_sentences, limits.support_min, limits.answer_min)
 
     def ask(
         self,
@@ -161,8 +177,7 @@ class Asker:
         True when generation was tried."""
         if not answer.sources or nothing_relevant(hits, self.limits.min_score):
             NOT_FOUND_TOTAL.inc()
-            answer.text = NOT_FOUND
-            yield from answer.delta(NOT_FOUND, last=True)
+            yield from answer.answered(NOT_FOUND)
             return False
         yield from self._answer(question, max_tokens, deadline, answer)
         return True
@@ -210,7 +225,7 @@ class Asker:
             yield from self._degrade(question, answer, failure.reason)
         else:
             self.breaker.record(None)
-            yield from self._check_grounding(question, answer)
+            yield from self._check_support(question, answer)
 
     def _admit(self) -> None:
         if not self.breaker.admits():
@@ -232,55 +247,51 @@ class Asker:
                     answer.first_token_at = time.monotonic()
                     ASK_FIRST_TOKEN.observe(answer.first_token_at - answer.start)
                 answer.text += chunk.text
-                yield from answer.delta(chunk.text)
+                yield from answer.provisional(chunk.text)
                 if degenerate(answer.text[-LOOP_WINDOW_CHARS:]):  # a loop that would run to the token limit
-                    answer.final.finish_reason = "repetition"  # the grounding check replaces it
+                    answer.final.finish_reason = "repetition"  # the support check replaces it
                     break
             if chunk.final:
                 f = answer.final
                 f.model, f.finish_reason = chunk.model, chunk.finish_reason
                 f.prompt_tokens, f.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
                 answer.sources_given = chunk.sources_given
-        yield from answer.delta("", last=True)
+        yield from answer.provisional("", last=True)
         if not answer.text.strip():
             raise LlmUnavailableError("llm-empty", "the model returned no text")
 
     def _degrade(self, question: str, answer: Answer, reason: str) -> Iterator[AskResponse]:
         DEGRADED.labels(reason).inc()
-        summary = extractive_answer(question, answer.sources) or NOT_FOUND  # sources without any text: nothing to quote
-        text = f"\n\n(The answer broke off; from the sources:) {summary}" if answer.text else summary
-        answer.text += text
-        answer.final.is_degraded, answer.final.degraded_reason = True, reason
-        yield from answer.delta(text, last=True)
+        yield from self._extractive(question, answer, reason)
 
-    def _check_grounding(self, question: str, answer: Answer) -> Iterator[AskResponse]:
-        """An answer not grounded in the sources it was given is replaced by the extractive one: the client has
-        seen its deltas, so a note and the extractive answer follow them; the final answer is the extractive one."""
-        given = answer.sources[: answer.sources_given or len(answer.sources)]
-        problem = grounding_problem(answer.text, given)
-        if problem is None:
-            return
-        DEGRADED.labels(UNGROUNDED).inc()
-        log.info("ungrounded answer (%s): falling back to the extractive answer", problem)
-        # no sentence of the sources shares a word with the question, and the model's answer came from elsewhere:
-        # the sources do not answer it (a retrieval score over MMRAG_ASK_MIN_SCORE is a weaker signal than these two)
-        summary = extractive_answer(question, answer.sources, fallback=False)
+    def _extractive(self, question: str, answer: Answer, reason: str) -> Iterator[AskResponse]:
+        """The source sentences that answer the question, each cited (degraded, ``reason``), or "not found"."""
+        summary = self.support.extract(question, answer.sources)
         if not summary:
             NOT_FOUND_TOTAL.inc()
-            summary = NOT_FOUND
-        answer.text, answer.sources_given = summary, 0
-        answer.final.is_degraded, answer.final.degraded_reason = True, UNGROUNDED
-        yield from answer.delta(f"\n\n(That answer is not grounded in the sources; from the sources:) {summary}", True)
+        answer.sources_given = 0
+        answer.final.is_degraded, answer.final.degraded_reason = True, reason
+        yield from answer.answered(summary or NOT_FOUND)
+
+    def _check_support(self, question: str, answer: Answer) -> Iterator[AskResponse]:
+        """The generated answer is the answer only when the sources support each sentence (support.py); it is then
+        given with the system's citations, else replaced by the extractive answer (degraded ``ungrounded``)."""
+        given = answer.sources[: answer.sources_given or len(answer.sources)]
+        verdict = self.support.check(question, answer.text, given)
+        if verdict.supported:
+            answer.citations = verdict.numbers
+            yield from answer.answered(verdict.cited())
+            return
+        DEGRADED.labels(UNGROUNDED).inc()
+        log.info("unsupported answer (%s): falling back to the extractive answer", verdict.problem)
+        yield from self._extractive(question, answer, UNGROUNDED)
 
     def _final(self, answer: Answer) -> AskFinal:
         final = answer.final
         final.answer = pii.redact(answer.text).text
         by_number = {s.number: s for s in answer.sources}
-        given = answer.sources[: answer.sources_given or len(answer.sources)]
-        numbers = cited_numbers(answer.text, len(given))
-        if not numbers and not final.is_degraded:
-            numbers = supporting_sources(answer.text, given)
-            final.citations_inferred = bool(numbers)
-        final.citations.extend(by_number[n].ask_source() for n in numbers)
+        numbers = answer.citations or list(dict.fromkeys(int(n) for n in CITED.findall(answer.text)))
+        final.citations_inferred = bool(answer.citations)  # attributed by the support check, not the model's markers
+        final.citations.extend(by_number[n].ask_source() for n in numbers if n in by_number)
         final.timings.CopyFrom(answer.timings())
         return final

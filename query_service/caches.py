@@ -2,10 +2,12 @@
 
 - Embeddings: the MiniLM and CLIP-text vectors of a query text and the CLIP vector of a query image, keyed by a
   sha256 of the text or the image bytes (never the bytes themselves). Encoding is the costly step of a repeated query.
-- Results: a complete answer (every shard answered) keyed by the query vector, top_k, scope and fusion. A fresh one
-  (``MMRAG_RESULT_CACHE_TTL_S``) answers the same query again at once; when retrieval times out, the last complete
-  answer not older than ``MMRAG_RESULT_CACHE_STALE_S`` is given instead of a partial one. Both are flagged
-  ``from_cache``. Only complete answers are kept, so a cache never serves a partial answer as whole.
+- Results: a complete answer (every shard answered) keyed by the query vector, top_k, scope and fusion, with the
+  count of index changes seen when its search began. A fresh one (``MMRAG_RESULT_CACHE_TTL_S``, and no index change
+  seen since: any upsert or delete may change any result) answers the same query again at once; when retrieval
+  times out, the last complete answer not older than ``MMRAG_RESULT_CACHE_STALE_S`` is given instead of a partial
+  one. Both are flagged ``from_cache``. Only complete answers are kept, so a cache never serves a partial answer as
+  whole.
 Hits, misses and stale answers are counted in ``mmrag_cache_requests_total{cache, outcome}``.
 """
 
@@ -80,9 +82,12 @@ class EmbeddingCache:
     def image(self, data: bytes, encode: Callable[[], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
         return self._get(digest(b"image", data), encode)
 
-    def sentences(self, sentences: Sequence[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-        """Vectors of ``sentences`` (n, dim) in order; the ones not kept are encoded in one ``encode`` call."""
-        keys = [digest(b"sentence", s.encode()) for s in sentences]
+    def sentences(
+        self, sentences: Sequence[str], encode: Callable[[list[str]], np.ndarray], model: bytes = b"clip"
+    ) -> np.ndarray:
+        """Vectors of ``sentences`` (n, dim) by ``model`` in order; the ones not kept are encoded in one ``encode``
+        call."""
+        keys = [digest(b"sentence", model, s.encode()) for s in sentences]
         found = {k: v for k in keys if (v := self._lru.get(k)) is not None}
         missing = {k: s for k, s in zip(keys, sentences, strict=True) if k not in found}
         CACHE_REQUESTS.labels("embedding", "hit").inc(len(keys) - len(missing))
@@ -106,12 +111,23 @@ class EmbeddingCache:
 class _Stored:
     outcome: SearchOutcome
     at: float
+    changes: int  # index changes seen when its search began
 
 
 class ResultCache:
     """Complete search answers by query; ``clock`` is monotonic seconds (tests pass their own)."""
 
-    def __init__(self, ttl_s: float, stale_s: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        stale_s: float,
+        size: int,
+        clock: Callable[[], float] = time.monotonic,
+        changes: Callable[[], int] = lambda: 0,
+    ) -> None:
+        """``changes``: the count of index changes seen so far (IndexedObjects.changes, fed by index-status.v1
+        before GetObjectStatus shows a status), so nothing computed before a change is served after its status."""
+        self.changes = changes
         self.ttl_s = ttl_s
         self.stale_s = max(stale_s, ttl_s)
         self.clock = clock
@@ -123,7 +139,7 @@ class ResultCache:
 
     def fresh(self, key: str) -> SearchOutcome | None:
         """The answer stored for ``key`` within the TTL, flagged ``from_cache`` (a hit), else None (a miss)."""
-        found = self._aged(key, self.ttl_s)
+        found = self._aged(key, self.ttl_s, current=True)
         CACHE_REQUESTS.labels("result", "miss" if found is None else "hit").inc()
         return found
 
@@ -134,12 +150,15 @@ class ResultCache:
             CACHE_REQUESTS.labels("result", "stale").inc()
         return found
 
-    def put(self, key: str, outcome: SearchOutcome) -> None:
+    def put(self, key: str, outcome: SearchOutcome, changes_at_start: int) -> None:
+        """Keeps a complete ``outcome`` of a search that began when ``changes_at_start`` changes had been seen."""
         if not outcome.partial and not outcome.errors:
-            self._lru.put(key, _Stored(outcome, self.clock()))
+            self._lru.put(key, _Stored(outcome, self.clock(), changes_at_start))
 
-    def _aged(self, key: str, max_age_s: float) -> SearchOutcome | None:
+    def _aged(self, key: str, max_age_s: float, current: bool = False) -> SearchOutcome | None:
         stored = self._lru.get(key)
         if stored is None or max_age_s <= 0 or self.clock() - stored.at > max_age_s:
             return None
+        if current and stored.changes != self.changes():
+            return None  # the index changed since its search began
         return replace(stored.outcome, from_cache=True)

@@ -58,6 +58,17 @@ class QueryEncoder:
 
         return encode(list(sentences)) if self.cache is None else self.cache.sentences(sentences, encode)
 
+    def minilm_sentences(self, sentences: Sequence[str]) -> np.ndarray:
+        """Unit MiniLM vectors of ``sentences`` (n, 384): what Ask's support check compares; each encoded once
+        with a cache."""
+
+        def encode(texts: list[str]) -> np.ndarray:
+            return np.asarray(self.text.encode(texts), dtype=np.float32)
+
+        if self.cache is None:
+            return encode(list(sentences))
+        return self.cache.sentences(sentences, encode, model=b"minilm")
+
     def _cached_text(self, text: str) -> tuple[np.ndarray, ...]:
         def encode() -> tuple[np.ndarray, ...]:
             return self.text.encode([text])[0], self.clip.encode_texts([text])[0]

@@ -201,11 +201,12 @@ class ShardedSearch:
         cached = self.cache.fresh(key)
         if cached is not None:
             return cached
+        changes_at_start = self.cache.changes()
         outcome = self._search(vector, top_k, timeout_s, query_text, scope)
         if outcome.partial:
             return self.cache.stale(key) or outcome
         if not outcome.degraded:
-            self.cache.put(key, outcome)
+            self.cache.put(key, outcome, changes_at_start)
         return outcome
 
     def _search(self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str, scope: Scope) -> SearchOutcome:

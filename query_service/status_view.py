@@ -126,11 +126,11 @@ class StatusView:
         headers = decode_headers(msg.headers())  # type: ignore[arg-type]
         value = msg.value()
         raw = value.encode() if isinstance(value, str) else value
-        with self._lock:
+        with self._lock:  # listeners hear of a change before GetObjectStatus can show it: caches drop first
             record = self._records.setdefault(object_id, ObjectRecord())
             status = self._apply(record, where[0], raw, headers, msg)
-        if status is not None:
-            self._notify(status)
+            if status is not None:
+                self._notify(status)
 
     def _notify(self, status: IndexStatus) -> None:
         for listener in self._listeners:

@@ -13,6 +13,7 @@ import pytest
 
 from mmrag.pb.events_pb2 import IndexState, IndexStatus, SearchHit
 from mmrag.pb.query_pb2 import AskFinal, AskResponse, AskSource, AskSources
+from mmrag.text_encoder import MiniLMEncoder
 from query_service.answer_cache import (
     AnswerCache,
     AnswerStore,
@@ -211,8 +212,17 @@ def test_redis_down_is_a_miss_not_an_error() -> None:
 
 
 class Encoder:
+    """Query vectors from the question's bytes (case-blind); the real MiniLM for the support check's sentences."""
+
+    minilm = MiniLMEncoder()
+
     def encode(self, text: str, image: bytes) -> np.ndarray:
         return unit(np.frombuffer(text.lower().encode()[:DIM].ljust(DIM), dtype=np.uint8).astype(np.float32))
+
+    def minilm_sentences(self, sentences: list[str]) -> np.ndarray:
+        if not self.minilm.is_warm:
+            self.minilm.warm_up()
+        return np.asarray(self.minilm.encode(sentences))
 
 
 class Search:
@@ -242,7 +252,7 @@ def test_ask_answers_a_close_question_from_the_cache_without_generating() -> Non
     assert len(generation.requests) == 1, "the second Ask generated nothing"
     assert [e.WhichOneof("event") for e in again] == ["sources", "delta", "final"]
     assert again[0].sources.from_cache and again[2].final.from_cache and not first[-1].final.from_cache
-    assert again[1].delta.text == again[2].final.answer == first[-1].final.answer == "The choir has 42 members [1]."
+    assert again[1].delta.text == again[2].final.answer == first[-1].final.answer == "The choir has 42 members. [1]"
     assert [c.object_id for c in again[2].final.citations] == ["b/choir"]
     ask(asker, "How many members has the choir?", Scope(buckets=("b",)))
     assert len(generation.requests) == 2, "another filter is another scope"

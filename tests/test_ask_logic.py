@@ -8,8 +8,7 @@ import pytest
 
 from consumers.llm_worker.prompt import build_prompt, trim_to_tokens
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource, SearchHit
-from query_service.extractive import extractive_answer, sentences, supporting_sources
-from query_service.grounding import degenerate, foreign_citations, grounding_problem, nothing_relevant
+from query_service.grounding import degenerate, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError
 from query_service.search import ShardHit
 from query_service.sources import SNIPPET_CHARS, cited_numbers, focus, select_sources
@@ -84,52 +83,6 @@ def test_citations_are_the_given_numbers_in_first_cited_order() -> None:
     assert cited_numbers("no citations here", given=3) == []
 
 
-def test_extractive_answer_takes_the_best_matching_sentences_cited() -> None:
-    sources = select_sources(
-        [
-            hit("b/kafka", 0.9, "# Groups\nA consumer group shares partitions. Each partition has one reader. Cats."),
-            hit("b/bread", 0.5, "Sourdough needs a starter. Bake it hot for a long time."),
-        ],
-        max_sources=5,
-        chunks_per_source=1,
-    )
-    answer = extractive_answer("How does a consumer group share partitions?", sources, max_sentences=2)
-    assert answer == "A consumer group shares partitions. [1] Each partition has one reader. [1]"
-    assert extractive_answer("zebra migration", sources).endswith("[1]")  # nothing overlaps: the top sentence
-    assert extractive_answer("anything", []) == ""
-    assert sentences("# Title\n- a bullet with four words\nshort one") == ["a bullet with four words"]
-    assert extractive_answer("zebra migration", sources, fallback=False) == ""
-    # a focused source is one line: its heading runs into the first sentence, which must stay quotable
-    castle = select_sources(
-        [hit("b/castles.md", 0.9, "# Japanese castles\nHimeji Castle is a UNESCO site. " + "More words here. " * 9)],
-        max_sources=5,
-        chunks_per_source=1,
-        question="Tell me about Himeji castle",
-        source_words=12,
-    )
-    assert castle[0].text.startswith("# Japanese castles Himeji Castle")  # the prompt's text: one line
-    assert sentences(castle[0].text)[0].startswith("Japanese castles Himeji Castle is")  # quotable all the same
-    # an extractive answer quotes the whole best chunk, not the prompt's focused (cut) text
-    assert extractive_answer("Tell me about Himeji castle", castle) == "Himeji Castle is a UNESCO site. [1]"
-    # a top source without any sentence of four words: its first words, never an empty answer
-    terse = select_sources([hit("b/list", 0.9, "Kc7\nRd1\nKd8")], max_sources=5, chunks_per_source=1)
-    assert extractive_answer("zebra", terse) == "Kc7 Rd1 Kd8 [1]"
-
-
-def test_an_answer_without_citations_is_attributed_to_the_sources_it_copies() -> None:
-    sources = select_sources(
-        [
-            hit("b/choir", 0.9, "The Orrin Valley choir has 42 members and rehearses every Thursday evening."),
-            hit("b/bread", 0.8, "Sourdough bread rises with a starter of wild yeast."),
-        ],
-        max_sources=5,
-        chunks_per_source=1,
-    )
-    assert supporting_sources("The Orrin Valley choir has 42 members. It uses wild yeast starter.", sources) == [1, 2]
-    assert supporting_sources("The capital of Zentara is New Zentra.", sources) == []
-    assert supporting_sources("Yes.", sources) == []
-
-
 def test_prompt_keeps_sources_in_order_and_cuts_the_one_that_does_not_fit() -> None:
     long_text = " ".join(f"w{i}" for i in range(400))
     request = GenerateRequest(
@@ -173,27 +126,6 @@ def test_breaker_opens_after_failures_probes_after_the_reset_and_closes_on_succe
     breaker.record(None)
     assert breaker.state == "closed" and breaker.admits()
     assert "closed" in breaker.detail()
-
-
-def test_an_answer_is_ungrounded_when_it_cites_a_number_not_given_or_nothing_and_copies_nothing() -> None:
-    sources = select_sources(
-        [
-            hit("b/choir", 0.9, "The Orrin Valley choir has 42 members and rehearses every Thursday evening."),
-            hit("b/bread", 0.8, "Sourdough bread rises with a starter of wild yeast."),
-        ],
-        max_sources=5,
-        chunks_per_source=1,
-    )
-    assert grounding_problem("The choir has 42 members [1].", sources) is None
-    assert grounding_problem("The Orrin Valley choir has 42 members.", sources) is None  # inferred from source 1
-    assert grounding_problem("It has 42 members [1] and a conductor [3].", sources) == (
-        "cites [3] but was given 2 sources"
-    )
-    assert grounding_problem("It rehearses [0].", sources) == "cites [0] but was given 2 sources"
-    assert grounding_problem("The capital of Zentara is New Zentra.", sources) == (
-        "cites no source and no sentence of it comes from one"
-    )
-    assert foreign_citations("[1] [2, 7] [9][7]", given=2) == [7, 9]
 
 
 def test_nothing_relevant_when_the_best_hit_is_under_the_minimum_score() -> None:

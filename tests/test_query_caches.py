@@ -58,7 +58,7 @@ def test_result_cache_fresh_then_stale_then_gone() -> None:
     assert key != cache.key(np.ones(4), 10, Scope(key_prefix="a/"), "joint")
     assert key != cache.key(np.ones(4), 11, Scope(), "joint") != cache.key(np.ones(4), 10, Scope(), "modality")
     assert cache.fresh(key) is None
-    cache.put(key, outcome("b/x", "b/y"))
+    cache.put(key, outcome("b/x", "b/y"), 0)
     hit = cache.fresh(key)
     assert hit is not None and hit.from_cache and [h.hit.object_id for h in hit.hits] == ["b/x", "b/y"]
     now[0] += 10
@@ -69,8 +69,24 @@ def test_result_cache_fresh_then_stale_then_gone() -> None:
     assert cache.stale(key) is None
 
 
+def test_a_result_computed_before_an_index_change_is_not_served_after_it() -> None:
+    """Keyed by what it depends on, not by time: any index change (its status seen by the status view) may change
+    any result, and one that came while the search ran makes that result stale at once."""
+    changes = [0]
+    cache = ResultCache(ttl_s=60, stale_s=60, size=16, changes=lambda: changes[0])
+    key = cache.key(np.ones(4), 10, Scope(), "joint")
+    cache.put(key, outcome("b/x"), changes_at_start=0)
+    assert cache.fresh(key) is not None
+    changes[0] += 1  # b/y indexed
+    assert cache.fresh(key) is None
+    cache.put(key, outcome("b/x"), changes_at_start=0)  # began before that change, finished after
+    assert cache.fresh(key) is None
+    cache.put(key, outcome("b/x", "b/y"), changes_at_start=1)
+    assert cache.fresh(key) is not None
+
+
 def test_partial_answers_are_never_kept() -> None:
     cache = ResultCache(ttl_s=5, stale_s=60, size=16)
     key = cache.key(np.ones(4), 10, Scope(), "joint")
-    cache.put(key, outcome("b/x", missing=(1,)))
+    cache.put(key, outcome("b/x", missing=(1,)), 0)
     assert cache.fresh(key) is None and cache.stale(key) is None

@@ -149,10 +149,12 @@ class AskSources(_message.Message):
     def __init__(self, sources: _Optional[_Iterable[_Union[AskSource, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., space_id: _Optional[str] = ..., from_cache: _Optional[bool] = ..., degraded: _Optional[str] = ..., space_name: _Optional[str] = ...) -> None: ...
 
 class AskDelta(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "provisional")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
     text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
+    provisional: bool
+    def __init__(self, text: _Optional[str] = ..., provisional: _Optional[bool] = ...) -> None: ...
 
 class AskTimings(_message.Message):
     __slots__ = ("retrieve_ms", "first_token_ms", "total_ms")
