@@ -10,18 +10,22 @@ not tell and no source backs it. Greedy decoding, so a run repeats; timings depe
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import threading
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from consumers.llm_worker.generator import GenerationParams
 from consumers.llm_worker.llama_cpp_generator import LlamaCppGenerator
 from consumers.llm_worker.models import MODELS
 from consumers.llm_worker.prompt import build_prompt
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource, SearchHit
-from query_service.extractive import supporting_sources
+from mmrag.text_encoder import MiniLMEncoder
 from query_service.sources import INSTRUCTION, Source, cited_numbers
+from query_service.support import SupportChecker
 
 DISTRACTORS = {
     "bread": "Sourdough bread rises with a starter of wild yeast and lactic acid bacteria; the dough ferments slowly.",
@@ -123,16 +127,23 @@ class Scored:
 
 def score(case: Case, answer: str) -> tuple[bool, bool, bool, bool, bool]:
     """(faithful, expected words / refusal, the model cited at all, the right source backs it, another does).
-    Sources are what the answer cites, else what Ask attributes its sentences to (supporting_sources)."""
+    Sources are what the answer cites, else the sources Ask's support check finds for its sentences."""
     cited = cited_numbers(answer, len(case.sources))
-    given = [Source(n, SearchHit(), text, "text") for n, text in enumerate(case.sources, 1)]
-    backing = cited or supporting_sources(answer, given)
+    given = [Source(n, SearchHit(text=text), text, "text") for n, text in enumerate(case.sources, 1)]
+    backing = cited or _checker().check(case.question, answer, given).numbers
     if case.right == 0:
         refused = bool(_REFUSAL.search(answer)) and not backing
         return refused, refused, bool(cited), not backing, bool(backing)
     words = all(w in answer.lower() for w in case.answer_words)
     right, stray = case.right in backing, any(n != case.right for n in backing)
     return words and right and not stray, words, bool(cited), right, stray
+
+
+@functools.cache
+def _checker() -> SupportChecker:
+    encoder = MiniLMEncoder()
+    encoder.warm_up()
+    return SupportChecker(lambda texts: np.asarray(encoder.encode(texts)), support_min=0.6, answer_min=0.65)
 
 
 def run_case(generator: LlamaCppGenerator, case: Case, max_tokens: int) -> tuple[str, Scored]:

@@ -58,7 +58,7 @@ class AskLimits:
     source_words: int = 0  # MMRAG_ASK_SOURCE_WORDS: a longer text source is focused on the question (0: whole)
     label_bucket: bool = True  # MMRAG_ASK_LABEL_BUCKET: sources labelled bucket/key (else the key alone)
     support_min: float = 0.6  # MMRAG_ASK_SUPPORT_MIN: an answer sentence this close to a source sentence is said there
-    answer_min: float = 0.55  # MMRAG_ASK_ANSWER_MIN: a source sentence this close to the question answers it
+    answer_min: float = 0.65  # MMRAG_ASK_ANSWER_MIN: a source sentence this close to the question answers it
 
 
 @dataclass

@@ -76,6 +76,41 @@ def repetition(sentences: Sequence[str]) -> str | None:
     return f"repeats {' '.join(looped[0])!r} {grams[looped[0]]} times" if looped else None
 
 
+ANSWER_TYPE_BONUS = 0.15
+_TYPES = (  # what a question asks for, from its first words: a classic answer-type rule of extractive QA
+    ("time", re.compile(r"^\s*(when|what time|what year|which year|what day|what date|how long ago)\b", re.I)),
+    ("money", re.compile(r"\b(cost|costs|charge|charges|price|fee|how much does|how much is)\b", re.I)),
+    ("number", re.compile(r"^\s*(how (many|much|tall|long|high|far|old|often|big|large|heavy)|at what)\b", re.I)),
+    ("name", re.compile(r"^\s*(who|whom|whose)\b|\b(called|named|the name of)\b", re.I)),
+)
+_HAS = {
+    "time": re.compile(
+        r"\b(\d{1,2}:\d{2}|1[5-9]\d\d|20\d\d|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
+        r"january|february|march|april|may|june|july|august|september|october|november|december|morning|evening)\b",
+        re.I,
+    ),
+    "money": re.compile(r"[$€£]|\b\d+(\.\d+)?\s*(euros?|pounds?|dollars?|cents?|usd|eur|gbp)\b", re.I),
+    "number": re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|twelve|dozen|hundred)\b", re.I),
+}
+
+
+def answer_type(question: str) -> str | None:
+    """What ``question`` asks for: time, money, number or name; None when its words do not say."""
+    return next((kind for kind, pattern in _TYPES if pattern.search(question)), None)
+
+
+def type_fit(kind: str | None, question: str, sentence: str) -> int:
+    """+1 when ``sentence`` holds an answer of ``kind``, -1 when it holds none, 0 without a kind. A name is a
+    capitalized word the question does not have (not the sentence's first word)."""
+    if kind is None:
+        return 0
+    if kind == "name":
+        asked = {w.lower() for w in re.findall(r"\w+", question)}
+        names = [w for w in re.findall(r"(?<!^)(?<![.!?]\s)\b[A-Z][a-z]+", sentence) if w.lower() not in asked]
+        return 1 if names else -1
+    return 1 if _HAS[kind].search(sentence) else -1
+
+
 @dataclass(frozen=True)
 class SourceSentence:
     number: int  # the source's number
@@ -133,9 +168,10 @@ class SupportChecker:
         content = [s for s in own if len(terms(s)) >= MIN_TERMS]
         if not pool or not content:
             return Verdict([(s, 0) for s in own], "no sentence of it can be held against a source")
-        vectors = self.embed([question, *content, *(p.text for p in pool)])
-        q, answer_vecs, pool_vecs = vectors[0], vectors[1 : 1 + len(content)], vectors[1 + len(content) :]
+        vectors = self.embed([*content, *(p.text for p in pool)])
+        answer_vecs, pool_vecs = vectors[: len(content)], vectors[len(content) :]
         similarity = answer_vecs @ pool_vecs.T
+        answers_it = self.answer_scores(question, pool)
         by_source = {s.number: f"{s.best.text}\n{s.text}".lower() for s in sources}
         support: dict[str, int] = {}
         problem = None
@@ -152,7 +188,7 @@ class SupportChecker:
                 problem = problem or f"{', '.join(sorted(missing))} in {sentence[:60]!r} is in no supporting source"
                 continue
             support[sentence] = source.number
-            relevance = max(relevance, float(pool_vecs[best] @ q))
+            relevance = max(relevance, float(answers_it[best]))
         if problem is None and relevance < self.answer_min:
             problem = f"its sources do not answer the question (relevance {relevance:.2f})"
         return Verdict([(s, support.get(s, 0)) for s in own], problem)
@@ -166,14 +202,27 @@ class SupportChecker:
         covered = len(wanted & terms(source_text)) / len(wanted) if wanted else 0.0
         return similarity >= self.support_min - LEXICAL_SLACK and covered >= LEXICAL_MIN
 
+    def answer_scores(self, question: str, pool: Sequence[SourceSentence]) -> np.ndarray:
+        """How well each sentence answers ``question``: its cosine with it (or that of it with the sentence before
+        it, which names what "it" is), plus ANSWER_TYPE_BONUS when it holds what the question asks for (a number
+        for "how many", a time for "when", a new name for "who": answer_type), minus it when it lacks that."""
+        windows = [
+            f"{pool[i - 1].text} {p.text}" if i and pool[i - 1].number == p.number else p.text
+            for i, p in enumerate(pool)
+        ]
+        vectors = self.embed([question, *(p.text for p in pool), *windows])
+        alone, joined = vectors[1 : 1 + len(pool)] @ vectors[0], vectors[1 + len(pool) :] @ vectors[0]
+        wanted = answer_type(question)
+        typed = np.array([type_fit(wanted, question, p.text) for p in pool]) * ANSWER_TYPE_BONUS
+        return np.asarray(np.maximum(alone, joined) + typed)
+
     def extract(self, question: str, sources: Sequence[Source], max_sentences: int = 2, margin: float = 0.08) -> str:
-        """The source sentences that answer ``question`` best (cosine with it at least ``answer_min``, within
+        """The source sentences that answer ``question`` best (answer_scores at least ``answer_min``, within
         ``margin`` of the best), in source order, each cited; '' when none does ("not found")."""
         pool = [p for p in self.source_sentences(sources) if len(p.text.split()) >= MIN_QUOTE_WORDS]
         if not pool:
             return ""
-        vectors = self.embed([question, *(p.text for p in pool)])
-        scores = vectors[1:] @ vectors[0]
+        scores = self.answer_scores(question, pool)
         best = float(scores.max())
         if best < self.answer_min:
             return ""

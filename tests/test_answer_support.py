@@ -27,7 +27,7 @@ KAFKA = (
 def checker() -> SupportChecker:
     encoder = MiniLMEncoder()
     encoder.warm_up()
-    return SupportChecker(lambda texts: np.asarray(encoder.encode(texts)), support_min=0.6, answer_min=0.55)
+    return SupportChecker(lambda texts: np.asarray(encoder.encode(texts)), support_min=0.6, answer_min=0.65)
 
 
 def sources_of(*texts: str) -> list:  # type: ignore[type-arg]
@@ -97,6 +97,23 @@ def test_the_extractive_answer_is_the_sentence_that_answers_or_not_found(checker
     assert "of [2] the topic" not in answer  # a wrapped line is not a sentence end
     assert checker.extract("Who won the 2018 FIFA World Cup?", sources) == ""
     assert checker.extract("What is the access code of the server room?", sources_of(CHOIR)) == ""
-    assert checker.extract("What is the access code of the server room?", sources_of(CODE)) == (
+    assert checker.extract("What is the access code of the server room?", sources_of(CODE)).startswith(
         "The access code for the server room is 4417. [1]"
     )
+
+
+def test_the_sentence_that_holds_what_the_question_asks_for_wins() -> None:
+    from query_service.support import answer_type, type_fit
+
+    assert answer_type("Who conducts the choir?") == "name" and answer_type("When does it leave?") == "time"
+    assert answer_type("How many members?") == "number" and answer_type("What does it cost?") == "money"
+    assert answer_type("Is there a ferry to Norvik?") is None
+    assert type_fit("name", "Who conducts the choir?", "Its conductor is Marta Velasquez.") == 1
+    assert type_fit("name", "Who designed the Ashgrove tower?", "The Ashgrove tower is 31 metres tall.") == -1
+    assert type_fit("time", "When does the ferry leave?", "It leaves at 7:40 every morning.") == 1
+
+
+def test_who_is_answered_by_the_sentence_with_the_name(checker: SupportChecker) -> None:
+    choir = "The Orrin Valley choir has 42 members. It rehearses in the old mill, and its conductor is Marta Velasquez."
+    answer = checker.extract("Who conducts the Orrin Valley choir?", sources_of(choir))
+    assert "Marta Velasquez" in answer
