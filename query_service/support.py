@@ -61,6 +61,24 @@ def facts(text: str) -> set[str]:
     return {token.lower().rstrip(".,:/-") for token in _FACT.findall(text)} - {""}
 
 
+def _neighbours(text: str) -> dict[str, set[str]]:
+    """Each fact of ``text`` (facts()) with the words right before and after it, lower-cased, a plural "s" cut."""
+    words = [w.rstrip(".,;:!?)").lower() for w in text.split()]
+    found: dict[str, set[str]] = {}
+    for i, word in enumerate(words):
+        if word and _FACT.fullmatch(word.rstrip(".,:/-")):
+            around = {words[j].removesuffix("s") for j in (i - 1, i + 1) if 0 <= j < len(words)}
+            found.setdefault(word.rstrip(".,:/-"), set()).update(w for w in around if w)
+    return found
+
+
+def misplaced_facts(sentence: str, source_text: str) -> set[str]:
+    """Facts the sentence puts beside other words than its source does ("12 lighthouses" from "every 12 seconds"):
+    a number must be about the same thing. A fact alone in the sentence (no word beside it) passes."""
+    said, source = _neighbours(sentence), _neighbours(source_text)
+    return {fact for fact, around in said.items() if around and fact in source and not around & source[fact]}
+
+
 def repetition(sentences: Sequence[str]) -> str | None:
     """Why ``sentences`` repeat themselves, or None: a sentence said twice, or a phrase of LOOP_NGRAM words or more
     LOOP_TIMES times (a loop of any length; a 1-4 word loop is grounding.degenerate's)."""
@@ -180,17 +198,20 @@ class SupportChecker:
             best = int(np.argmax(similarity[row]))
             source = pool[best]
             source_text = by_source.get(source.number, "")
-            missing = facts(sentence) - facts(source_text)
+            missing = facts(sentence) - facts(source_text) or misplaced_facts(sentence, source_text)
             if not self._says(sentence, float(similarity[row, best]), source_text):
                 problem = problem or f"no source says {sentence[:80]!r} (closest {similarity[row, best]:.2f})"
                 continue
             if missing:
-                problem = problem or f"{', '.join(sorted(missing))} in {sentence[:60]!r} is in no supporting source"
+                problem = problem or f"{', '.join(sorted(missing))} in {sentence[:60]!r}: not so in its source"
                 continue
             support[sentence] = source.number
             relevance = max(relevance, float(answers_it[best]))
         if problem is None and relevance < self.answer_min:
             problem = f"its sources do not answer the question (relevance {relevance:.2f})"
+        wanted = answer_type(question)
+        if problem is None and wanted and all(type_fit(wanted, question, s) < 0 for s in content):
+            problem = f"it does not say what the question asks for (a {wanted})"
         return Verdict([(s, support.get(s, 0)) for s in own], problem)
 
     def _says(self, sentence: str, similarity: float, source_text: str) -> bool:

@@ -9,9 +9,9 @@ import pytest
 
 from mmrag.pb.events_pb2 import SearchHit
 from mmrag.text_encoder import MiniLMEncoder
-from query_service.search import ShardHit
 from query_service.sources import select_sources
 from query_service.support import SupportChecker, facts, repetition, split_sentences
+from query_service.types import ShardHit
 
 pytestmark = pytest.mark.unit
 CHOIR = "The Orrin Valley choir has 42 members and rehearses every Thursday evening in the old mill."
@@ -117,3 +117,19 @@ def test_who_is_answered_by_the_sentence_with_the_name(checker: SupportChecker) 
     choir = "The Orrin Valley choir has 42 members. It rehearses in the old mill, and its conductor is Marta Velasquez."
     answer = checker.extract("Who conducts the Orrin Valley choir?", sources_of(choir))
     assert "Marta Velasquez" in answer
+
+
+def test_a_number_about_something_else_or_an_answer_without_what_was_asked_is_not_supported(
+    checker: SupportChecker,
+) -> None:
+    lighthouse = sources_of("The Kestrel Point lighthouse flashes white every 12 seconds.")
+    question = "How many lighthouses are on the Kestrel coast?"
+    moved = checker.check(question, "The Kestrel coast has 12 lighthouses. [1]", lighthouse)
+    assert not moved.supported and "12" in (moved.problem or "")
+    printer = sources_of("The office printer on floor two is called Heron.")
+    unnamed = checker.check(
+        "What is the name of the printer on floor two?", "The printer is the bench/printer.", printer
+    )
+    assert not unnamed.supported and "name" in (unnamed.problem or "")
+    named = checker.check("What is the name of the printer on floor two?", "The printer is called Heron [1].", printer)
+    assert named.supported, named.problem
