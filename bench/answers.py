@@ -31,7 +31,7 @@ from query_service.answer_cache import AnswerCache, MemoryAnswerStore
 from query_service.ask import Asker, AskLimits
 from query_service.grounding import NOT_FOUND
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError
-from query_service.search import SearchOutcome, ShardHit
+from query_service.types import SearchOutcome, ShardHit
 
 BUCKET = "bench"
 

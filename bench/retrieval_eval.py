@@ -44,7 +44,8 @@ from query_service.caches import EmbeddingCache
 from query_service.filters import Scope
 from query_service.fusion import Fusion, JointFusion, ModalityFusion, own_half, reciprocal_rank_fusion
 from query_service.query_encoder import QueryEncoder
-from query_service.search import ShardHit, list_replies, outcome_of, search_request
+from query_service.search import list_replies, outcome_of, search_request
+from query_service.types import ShardHit
 
 DATA = Path(__file__).resolve().parent / "data" / "mixed_corpus"
 BUCKET = "eval"

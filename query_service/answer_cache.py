@@ -13,8 +13,6 @@ or cached retrieval are never stored. Entries live in a store: in process (``Mem
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -26,9 +24,11 @@ import numpy as np
 from prometheus_client import Counter
 
 from mmrag.messages import now_ms
-from mmrag.pb.events_pb2 import IndexState, IndexStatus
+from mmrag.pb.events_pb2 import IndexStatus
 from mmrag.pb.query_pb2 import AskFinal, AskSources
+from query_service.answer_entry import AnswerStoreError, CachedAnswer
 from query_service.caches import CACHE_REQUESTS, digest
+from query_service.index_changes import IndexedObjects, IndexedVersion
 
 if TYPE_CHECKING:
     from query_service.server import QueryServiceSettings
@@ -40,58 +40,6 @@ INVALIDATIONS = Counter(
     ["reason"],
 )
 STORES = Counter("mmrag_answer_cache_stores_total", "Answers offered to the answer cache by outcome", ["outcome"])
-
-
-class AnswerStoreError(RuntimeError):
-    """The store (Redis) failed: the cache answers a miss and stores nothing; Ask goes on without it."""
-
-
-@dataclass(frozen=True)
-class IndexedVersion:
-    """An object's last index change: the version, when it was indexed and whether it is in the index."""
-
-    version: str
-    indexed_at_ms: int
-    live: bool
-
-
-@dataclass(frozen=True)
-class CachedAnswer:
-    scope: str
-    vector: np.ndarray  # unit float32 query vector
-    stored_at_ms: int
-    objects: dict[str, tuple[str, int]]  # every source's object id -> (version, indexed_at_ms) it was answered from
-    sources: bytes = b""  # AskSources
-    final: bytes = b""  # AskFinal
-
-    @property
-    def id(self) -> str:
-        return digest(self.scope.encode(), self.vector.tobytes())
-
-    def to_bytes(self) -> bytes:
-        b64 = base64.b64encode
-        record = {
-            "scope": self.scope,
-            "vector": b64(self.vector.tobytes()).decode(),
-            "stored_at_ms": self.stored_at_ms,
-            "objects": self.objects,
-            "sources": b64(self.sources).decode(),
-            "final": b64(self.final).decode(),
-        }
-        return json.dumps(record).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> CachedAnswer:
-        record = json.loads(raw)
-        b64 = base64.b64decode
-        return cls(
-            scope=record["scope"],
-            vector=np.frombuffer(b64(record["vector"]), dtype=np.float32),
-            stored_at_ms=int(record["stored_at_ms"]),
-            objects={oid: (str(v), int(t)) for oid, (v, t) in record["objects"].items()},
-            sources=b64(record["sources"]),
-            final=b64(record["final"]),
-        )
 
 
 class AnswerStore(Protocol):
@@ -144,37 +92,6 @@ class MemoryAnswerStore:
     def citing(self, object_id: str) -> list[CachedAnswer]:
         with self._lock:
             return [e for e in self._entries.values() if object_id in e.objects]
-
-
-class IndexedObjects:
-    """Per object, its newest status that changed the index (history first, as the status view reads it)."""
-
-    def __init__(self) -> None:
-        self._latest: dict[str, IndexedVersion] = {}
-        self._lock = threading.Lock()
-        self.changes = 0  # index changes observed so far: a result computed at an older count may be stale
-
-    def observe(self, status: IndexStatus) -> IndexedVersion | None:
-        """The object's new state, or None when ``status`` changed nothing (SKIPPED, or older than the one kept)."""
-        if status.state == IndexState.INDEX_STATE_SKIPPED:
-            return None
-        state = IndexedVersion(status.version, status.indexed_at_ms, status.state == IndexState.INDEX_STATE_INDEXED)
-        with self._lock:
-            kept = self._latest.get(status.object_id)
-            if kept is not None and kept.indexed_at_ms > state.indexed_at_ms:
-                return None
-            self._latest[status.object_id] = state
-            self.changes += 1
-        return state
-
-    def get(self, object_id: str) -> IndexedVersion | None:
-        with self._lock:
-            return self._latest.get(object_id)
-
-    def superseded(self, object_id: str, version: str) -> bool:
-        """Whether the index no longer holds this version of the object (overwritten or removed since)."""
-        now = self.get(object_id)
-        return now is not None and (not now.live or now.version != version)
 
 
 def unit(vector: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from query_service.answer_cache import AnswerStoreError, CachedAnswer
+from query_service.answer_entry import AnswerStoreError, CachedAnswer
 
 
 @contextmanager

@@ -20,16 +20,18 @@ from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import GenerateRequest
 from mmrag.pb.query_pb2 import AskDelta, AskFinal, AskResponse, AskSources, AskTimings
-from query_service.answer_cache import AnswerCache, CachedAnswer, cacheable
+from query_service.answer_cache import AnswerCache, cacheable
+from query_service.answer_entry import CachedAnswer
 from query_service.eval_log import Client, EvalLog, eval_record
 from query_service.filters import Scope
 from query_service.generation import GenerationClient
 from query_service.grounding import NOT_FOUND, UNGROUNDED, degenerate, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError, WorkerPresence
 from query_service.query_encoder import QueryEncoder
-from query_service.search import SearchOutcome, ShardedSearch, ShardHit
+from query_service.search import ShardedSearch
 from query_service.sources import INSTRUCTION, Source, select_sources
 from query_service.support import SupportChecker
+from query_service.types import SearchOutcome, ShardHit
 
 log = logging.getLogger(__name__)
 CITED = re.compile(r"\[(\d+)\]")  # the citations an extractive answer carries, one number each

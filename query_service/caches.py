@@ -25,7 +25,7 @@ import numpy as np
 from prometheus_client import Counter
 
 from query_service.filters import Scope
-from query_service.search import SearchOutcome
+from query_service.types import SearchOutcome
 
 CACHE_REQUESTS = Counter("mmrag_cache_requests_total", "Cache lookups by outcome", ["cache", "outcome"])
 K = TypeVar("K", bound=Hashable)

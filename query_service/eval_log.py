@@ -20,7 +20,7 @@ from mmrag import pii
 from mmrag.messages import Output
 from mmrag.pb.query_pb2 import AskFinal
 from mmrag.producing import Deliveries, produce_outputs
-from query_service.search import ShardHit
+from query_service.types import ShardHit
 
 log = logging.getLogger(__name__)
 RECORDS = Counter(

@@ -23,7 +23,7 @@ from mmrag.pb.events_pb2 import Modality
 
 if TYPE_CHECKING:
     from mmrag.pb.events_pb2 import SearchHit
-    from query_service.search import ShardHit
+    from query_service.types import ShardHit
 
 JOINT, TEXT, CLIP, KEYWORD = "joint", "text", "clip", "keyword"
 RRF_K = 60  # Cormack et al.'s constant: dampens the head of each list

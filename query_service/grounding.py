@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from query_service.search import ShardHit
+from query_service.types import ShardHit
 
 UNGROUNDED = "ungrounded"
 REPEAT_RUN = 8  # the same phrase this many times in a row: a loop, not prose

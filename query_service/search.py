@@ -6,7 +6,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,14 +13,15 @@ from prometheus_client import Counter, Histogram
 
 from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
-from mmrag.pb.events_pb2 import SearchHit, SearchList, SearchReply, SearchRequest
+from mmrag.pb.events_pb2 import SearchList, SearchReply, SearchRequest
 from query_service.filters import Scope
 from query_service.fusion import KEYWORD, Fusion, JointFusion, list_half
 from query_service.reply_client import Route
+from query_service.types import SearchOutcome, ShardHit
 
 if TYPE_CHECKING:
-    from query_service.answer_cache import IndexedObjects
     from query_service.caches import ResultCache
+    from query_service.index_changes import IndexedObjects
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +31,6 @@ EMPTY = Counter("mmrag_search_empty_total", "Searches that retrieved nothing")
 SUPERSEDED = Counter(
     "mmrag_search_superseded_keyword_hits_total", "Keyword hits dropped: a version the index no longer holds"
 )
-
-
-@dataclass(frozen=True)
-class ShardHit:
-    hit: SearchHit
-    shard: int
-
-
-@dataclass(frozen=True)
-class SearchOutcome:
-    hits: list[ShardHit]
-    missing_shards: list[int]
-    errors: list[str]
-    from_cache: bool = False
-    degraded: str = ""  # "keyword": some shard's vector index did not answer, its keyword index did
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.missing_shards)
 
 
 def merge_top_k(replies: list[SearchReply], top_k: int) -> list[ShardHit]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from mmrag import pii
 from mmrag.pb.events_pb2 import Modality, PromptSource, SearchHit
 from mmrag.pb.query_pb2 import AskSource
-from query_service.search import ShardHit
 from query_service.text_terms import SENTENCE_END, terms
+from query_service.types import ShardHit
 
 SNIPPET_CHARS = 300
 INSTRUCTION = (

@@ -14,20 +14,14 @@ import pytest
 from mmrag.pb.events_pb2 import IndexState, IndexStatus, SearchHit
 from mmrag.pb.query_pb2 import AskFinal, AskResponse, AskSource, AskSources
 from mmrag.text_encoder import MiniLMEncoder
-from query_service.answer_cache import (
-    AnswerCache,
-    AnswerStore,
-    CachedAnswer,
-    IndexedObjects,
-    MemoryAnswerStore,
-    cacheable,
-    unit,
-)
+from query_service.answer_cache import AnswerCache, AnswerStore, MemoryAnswerStore, cacheable, unit
+from query_service.answer_entry import CachedAnswer
 from query_service.answer_store_redis import RedisAnswerStore
 from query_service.ask import Asker, AskLimits
 from query_service.filters import Scope
+from query_service.index_changes import IndexedObjects
 from query_service.llm_breaker import LlmBreaker
-from query_service.search import SearchOutcome, ShardHit
+from query_service.types import SearchOutcome, ShardHit
 from tests.test_ask_guardrails import CHOIR, Generation
 
 pytestmark = pytest.mark.unit

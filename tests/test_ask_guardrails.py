@@ -17,7 +17,7 @@ from query_service.ask import Asker, AskLimits
 from query_service.eval_log import Client, EvalLog
 from query_service.grounding import NOT_FOUND
 from query_service.llm_breaker import LlmBreaker
-from query_service.search import SearchOutcome, ShardHit
+from query_service.types import SearchOutcome, ShardHit
 
 pytestmark = pytest.mark.unit
 CHOIR = "The Orrin Valley choir has 42 members and rehearses every Thursday evening in the old mill."

@@ -10,8 +10,8 @@ from consumers.llm_worker.prompt import build_prompt, trim_to_tokens
 from mmrag.pb.events_pb2 import GenerateRequest, PromptSource, SearchHit
 from query_service.grounding import degenerate, nothing_relevant
 from query_service.llm_breaker import LlmBreaker, LlmUnavailableError
-from query_service.search import ShardHit
 from query_service.sources import SNIPPET_CHARS, cited_numbers, focus, select_sources
+from query_service.types import ShardHit
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from mmrag.pb.events_pb2 import SearchHit
 from mmrag.pb.query_pb2 import AskFinal, AskSource, AskTimings
 from mmrag.topics import Topics, ensure_topics
 from query_service.eval_log import Client, EvalLog, eval_record
-from query_service.search import ShardHit
+from query_service.types import ShardHit
 
 
 def final(answer: str = "The choir has 42 members [1]. Mail [email redacted].") -> AskFinal:

@@ -11,7 +11,7 @@ import pytest
 
 from mmrag.pb.events_pb2 import SearchHit
 from query_service.fusion import CLIP, KEYWORD, TEXT, ModalityFusion
-from query_service.search import ShardHit
+from query_service.types import ShardHit
 
 pytestmark = pytest.mark.unit
 TEXT_DIM, IMAGE_WEIGHT = 2, 0.6

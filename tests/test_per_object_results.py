@@ -13,7 +13,8 @@ from mmrag.messages import Envelope, now_ms
 from mmrag.pb.events_pb2 import SearchHit, SearchReply, SearchRequest
 from mmrag.request_reply import ReplyAddress
 from mmrag.vector_index import Hit, VectorRow
-from query_service.search import ShardHit, merge_per_object
+from query_service.search import merge_per_object
+from query_service.types import ShardHit
 
 pytestmark = pytest.mark.unit
 DIM = 8

@@ -10,7 +10,7 @@ import pytest
 from mmrag.pb.events_pb2 import SearchHit
 from query_service.caches import EmbeddingCache, Lru, ResultCache, digest
 from query_service.filters import Scope
-from query_service.search import SearchOutcome, ShardHit
+from query_service.types import SearchOutcome, ShardHit
 
 pytestmark = pytest.mark.unit
 
