@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -174,7 +175,8 @@ class ShardedSearch:
         """Never raises for slow shards: whatever answered in time is merged and the rest listed as missing (a
         shard is missing unless it answered every list). Without a scope: chunks (``raw_chunks``), no filter.
         With a result cache: a fresh cached answer comes back at once, and a partial answer is replaced by the last
-        complete one within the stale window (both flagged ``from_cache``)."""
+        complete one within the stale window (both flagged ``from_cache``; the stale one still lists the shards that
+        did not answer now, so a client tells a dead shard from a cache hit)."""
         scope = scope or Scope(raw_chunks=True)
         if self.cache is None:
             return self._search(vector, top_k, timeout_s, query_text, scope)
@@ -185,7 +187,9 @@ class ShardedSearch:
         changes_at_start = self.cache.changes()
         outcome = self._search(vector, top_k, timeout_s, query_text, scope)
         if outcome.partial:
-            return self.cache.stale(key) or outcome
+            stale = self.cache.stale(key)
+            # the last complete answer stands in for the missing shards' part, and says which shards are missing
+            return replace(stale, missing_shards=outcome.missing_shards, errors=outcome.errors) if stale else outcome
         if not outcome.degraded:
             self.cache.put(key, outcome, changes_at_start)
         return outcome
