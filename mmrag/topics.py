@@ -17,6 +17,7 @@ class TopicSpec:
     base: str
     compacted: bool = False
     partitions: int = 3
+    retention_ms: int | None = None  # records older are deleted (with compaction: compact,delete); None = default
 
 
 SPECS: tuple[TopicSpec, ...] = (
@@ -33,6 +34,8 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("backfill-checkpoints", compacted=True, partitions=1),
     TopicSpec("eval-log"),  # one JSON record per Ask (evaluation + audit), key = request id
     TopicSpec("object-access", compacted=True),  # last time a query returned each object (TTL by not-accessed)
+    # each LLM worker's latest heartbeat (key = worker id); readers need seconds of it, so it is kept 10 minutes
+    TopicSpec("llm.heartbeats", compacted=True, partitions=1, retention_ms=600_000),
 )
 
 
@@ -91,6 +94,10 @@ class Topics:
         return self.name("llm.replies")
 
     @property
+    def llm_heartbeats(self) -> str:
+        return self.name("llm.heartbeats")
+
+    @property
     def dlq(self) -> str:
         return self.name("dlq")
 
@@ -117,6 +124,13 @@ def topic_config(spec: TopicSpec, min_insync: int, max_message_bytes: int = MAX_
     if spec.compacted:
         # Compaction keeps the latest value per key; tombstones live a day so replays still see deletes.
         config.update({"cleanup.policy": "compact", "delete.retention.ms": "86400000"})
+    if spec.retention_ms is not None:
+        # Segments roll at a tenth of the retention, so records are deleted about when they pass it (a segment is
+        # deleted whole, once its newest record is older than the retention).
+        retention = str(spec.retention_ms)
+        config.update({"retention.ms": retention, "segment.ms": str(spec.retention_ms // 10)})
+        if spec.compacted:
+            config.update({"cleanup.policy": "compact,delete", "delete.retention.ms": retention})
     return config
 
 

@@ -48,11 +48,9 @@ class QueryService:
             s.instance_id,
         )
         replies.start()
-        presence = WorkerPresence(
-            s.bootstrap_servers, s.group_id(s.llm_group), t.llm_requests, s.llm_presence_interval_s
-        )
-        presence.start()
         breaker = LlmBreaker(s.llm_breaker_fail_max, s.llm_breaker_reset_s)
+        presence = WorkerPresence(s.bootstrap_servers, t.llm_heartbeats, s.llm_worker_max_age_s, breaker.worker_arrived)
+        presence.start()
         self.probes.add_check("replies", replies.health)
         self.probes.add_check("llm", lambda: (True, f"{breaker.detail()}, llm workers: {presence.workers}"))
         producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)

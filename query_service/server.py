@@ -96,12 +96,16 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     # best scores 0.128-0.469, off-topic 0.051-0.167 (10 of 12 under 0.125). 0.12 keeps every answered question
     # (a false "not found" is worse than a generation the grounding check can still catch) and stops 8 of 12.
     ask_min_score: float = Field(default=0.12, description="best hit under it: 'not found', no LLM generation")
-    llm_group: str = "llm-workers"
     llm_first_token_timeout_s: float = Field(default=10.0, description="slower counts as a failure: degrade")
     llm_stall_timeout_s: float = Field(default=5.0, description="longest gap between two answer chunks")
     llm_breaker_fail_max: int = Field(default=3, ge=1, description="consecutive LLM failures that open the breaker")
     llm_breaker_reset_s: float = Field(default=15.0, description="open this long, then requests probe (half-open)")
-    llm_presence_interval_s: float = Field(default=1.0, description="how often the LLM workers' group is looked at")
+    llm_worker_max_age_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="an LLM worker whose last heartbeat (llm.heartbeats.v1) is older is absent: with none left, Asks "
+        "degrade at once (no-llm-worker); workers beat every MMRAG_LLM_HEARTBEAT_INTERVAL_S",
+    )
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):

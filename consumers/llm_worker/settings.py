@@ -39,3 +39,9 @@ class LlmWorkerSettings(BaseServiceSettings):
     )
     llm_chat_format: str | None = Field(default=None, description="with llm_model_path: a llama-cpp-python format")
     llm_http_concurrency: int = Field(default=4, ge=1, description="openai backend: generations in flight at once")
+    llm_heartbeat_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="how often the worker says on llm.heartbeats.v1 that it is there (at once when it changes); "
+        "the query service counts a worker absent after MMRAG_LLM_WORKER_MAX_AGE_S (2 s) without one",
+    )

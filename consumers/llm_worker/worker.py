@@ -5,7 +5,11 @@ Requests are interactive: a request's offset is committed when it is taken, so a
 generated twice; their requesters' deadlines turn them into degraded answers (and a redelivered request would be
 past its deadline anyway). Requests fetched while every slot is busy wait in the worker uncommitted (a rebalance
 hands them to the partition's next owner) and are taken oldest first across partitions when a slot frees, expired
-ones dropped unworked on the way; past LOOKAHEAD waiting, the assignment is paused and the loop keeps polling."""
+ones dropped unworked on the way; past LOOKAHEAD waiting, the assignment is paused and the loop keeps polling.
+
+The loop also sends the worker's heartbeat (mmrag/heartbeats.py): ready while it holds request partitions (or is
+handing them over in a rebalance), so a requester knows within seconds that no worker is there, a killed one too,
+and a stopping worker says it is gone before it finishes its running generations."""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from consumers.llm_worker.prompt import build_prompt
 from consumers.llm_worker.settings import LlmWorkerSettings
 from mmrag.dlq import Origin, dead_letter
 from mmrag.errors import PermanentError
+from mmrag.heartbeats import HeartbeatSender
 from mmrag.kafka_clients import decode_headers, make_consumer, make_producer
 from mmrag.messages import Output, proto_decoder
 from mmrag.metrics import LATENCY_BUCKETS
@@ -94,6 +99,8 @@ class LlmWorker:
         self._producer: Any = None
         self._paused = False
         self._waiting = Waiting()
+        self._heartbeat: HeartbeatSender | None = None
+        self._handing_over = False  # partitions revoked in a rebalance, the new assignment not there yet
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -101,8 +108,13 @@ class LlmWorker:
         s = self.settings
         self._consumer = make_consumer(s.bootstrap_servers, s.group_id(s.group), **FAST_CONSUMER)
         self._producer = make_producer(s.bootstrap_servers, None, **FAST_PRODUCER)
+        self._heartbeat = HeartbeatSender(
+            self._producer, s.topics.llm_heartbeats, s.instance_id, self.generator.model, s.llm_heartbeat_interval_s
+        )
         pool = ThreadPoolExecutor(self.generator.concurrency, thread_name_prefix="generate")
-        self._consumer.subscribe([s.topics.llm_requests], on_revoke=self._revoked, on_lost=self._revoked)
+        self._consumer.subscribe(
+            [s.topics.llm_requests], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+        )
         self.probes.set_ready(True)
         log.info("llm worker ready: model %s, %d slot(s)", self.generator.model, self.generator.concurrency)
         try:
@@ -110,6 +122,7 @@ class LlmWorker:
                 self.step(pool)
         finally:
             self.probes.set_ready(False, "stopping")
+            self._heartbeat.gone()  # requesters stop sending before the running generations are over
             pool.shutdown(wait=True)  # generations see ``stop`` and finish their stream early
             self._producer.flush(10)
             self._consumer.close()
@@ -129,7 +142,14 @@ class LlmWorker:
                 self._running.append(pool.submit(self._generate, job))
                 room -= 1
         WAITING.set(len(self._waiting))
+        self._beat()
         self._producer.poll(0)
+
+    def _beat(self) -> None:
+        """The heartbeat, sent when due or changed: ready while a request sent now would be taken."""
+        assert self._heartbeat is not None
+        held = tuple(sorted(tp.partition for tp in self._consumer.assignment()))
+        self._heartbeat.beat(bool(held) or self._handing_over, held)
 
     def _fetch(self, timeout_s: float) -> None:
         """Adds what the consumer has to the waiting requests: the first within ``timeout_s``, then what is already
@@ -152,8 +172,16 @@ class LlmWorker:
             elif m.error().code() != KafkaError._PARTITION_EOF:
                 log.warning("llm worker consumer: %s", m.error())
 
+    def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        self._handing_over = False
+
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
         self._waiting.drop(partitions)
+        self._handing_over = bool(partitions)  # a rebalance: the group hands the partitions out again shortly
+
+    def _lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._waiting.drop(partitions)
+        self._handing_over = False  # out of the group (session lost): not ready until it is assigned again
 
     def _take(self, msg: Any) -> Job | None:
         """The job of a request, or None when it is expired (counted) or bad (dead-lettered, durably)."""
