@@ -41,7 +41,8 @@ def port_free(port: int) -> bool:
     """Whether a server can bind ``port`` on loopback now, however it binds: an IPv4 socket, or an IPv6 one with
     v4-mapped addresses as gRPC does (an IPv4-only bind succeeds beside such a listener), and nothing accepts there.
     """
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::ffff:127.0.0.1"), (socket.AF_INET6, "::1")):
+    binds = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::ffff:127.0.0.1"), (socket.AF_INET6, "::1"))
+    for family, host in binds:
         try:
             with socket.socket(family) as sock:
                 sock.bind((host, port))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import replace
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
