@@ -17,17 +17,19 @@ from mmrag.space import space_clip_encoder, space_from_settings
 from mmrag.space_catalog import SpaceSpec
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
-from query_service.answer_cache import AnswerCache, IndexedObjects, open_answer_cache
+from query_service.answer_cache import AnswerCache, open_answer_cache
 from query_service.ask import Asker, AskLimits
 from query_service.caches import EmbeddingCache, ResultCache
 from query_service.eval_log import EvalLog
 from query_service.fusion import Fusion, JointFusion, ModalityFusion
 from query_service.generation import GenerationClient
+from query_service.index_changes import IndexedObjects
 from query_service.llm_breaker import LlmBreaker, WorkerPresence
 from query_service.query_encoder import QueryEncoder
 from query_service.reply_client import RequestReplyClient, Route
 from query_service.search import ShardedSearch
-from query_service.server import QueryServicer, QueryServiceSettings, serve
+from query_service.server import QueryServicer, serve
+from query_service.settings import QueryServiceSettings
 from query_service.spaces import LiveSpaces, ServingBuilder, ServingSpace, milvus_alias_resolver, probe_shards
 from query_service.status_view import StatusView
 
@@ -104,6 +106,8 @@ def serving_builder(
         s.ask_min_score,
         s.ask_source_words,
         s.ask_label_bucket,
+        s.ask_support_min,
+        s.ask_answer_min,
     )
     eval_log = EvalLog(producer, t.eval_log)
 
@@ -117,7 +121,8 @@ def serving_builder(
             if s.fusion == "modality"
             else JointFusion()
         )
-        results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size)
+        changes = (lambda: indexed.changes) if indexed is not None else (lambda: 0)
+        results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size, changes=changes)
         search = ShardedSearch(route, space.id, s.shards, fusion, results, s.keyword_search, spec.space_name, indexed)
         asker = Asker(limits, encoder, search, generation, breaker, presence, eval_log, answers)
         return ServingSpace(spec, encoder, search, asker)

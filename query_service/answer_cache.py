@@ -31,7 +31,7 @@ from query_service.caches import CACHE_REQUESTS, digest
 from query_service.index_changes import IndexedObjects, IndexedVersion
 
 if TYPE_CHECKING:
-    from query_service.server import QueryServiceSettings
+    from query_service.settings import QueryServiceSettings
 
 log = logging.getLogger(__name__)
 INVALIDATIONS = Counter(

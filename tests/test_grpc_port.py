@@ -11,7 +11,8 @@ import pytest
 
 from local_stack.processes import free_port
 from mmrag.telemetry import Probes
-from query_service.server import QueryServicer, QueryServiceSettings, serve
+from query_service.server import QueryServicer, serve
+from query_service.settings import QueryServiceSettings
 
 pytestmark = pytest.mark.unit
 
