@@ -100,12 +100,17 @@ def readiness(service: Service) -> str:
 
 
 def assert_answered_from_sources(asked: Asked, source_key: str) -> None:
+    """A generated answer from the real model, checked: streamed as provisional text, then the answer — the model's
+    when its sources support it, else (reason ``ungrounded``) the extractive one; cited from ``source_key`` either
+    way. SmolLM2-135M's answers are often unsupported ("The answer is: [1] [2]" to the tide-pool question): the
+    check refusing them is the point, so only "it was generated and checked" is required of the model."""
     assert asked.order[0] == "sources" and asked.order[-1] == "final" and set(asked.order[1:-1]) == {"delta"}
     assert asked.sources[0].object_id.endswith(source_key), "retrieval ranks the matching document first"
     final = asked.final
     assert final is not None, asked.order
-    assert not final.is_degraded, final.degraded_reason
-    assert final.answer == "".join(asked.deltas) and len(asked.provisional) > 1, "the generation streams"
+    assert not final.is_degraded or final.degraded_reason == "ungrounded", final.degraded_reason
+    assert len(asked.provisional) > 1, "the generation streams"
+    assert final.answer == "".join(asked.deltas) and len(asked.deltas) == 1, "then the answer, once"
     assert final.citations, f"the answer cites a source: {final.answer!r}"
     retrieved = {(s.number, s.object_id) for s in asked.sources}
     assert all((c.number, c.object_id) in retrieved for c in final.citations)
