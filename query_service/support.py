@@ -112,6 +112,9 @@ _HAS = {
 }
 
 
+_HOW_MANY = re.compile(r"\bhow many (\w+)", re.I)  # "how many lighthouses": a count of that thing, not any number
+
+
 def answer_type(question: str) -> str | None:
     """What ``question`` asks for: time, money, number or name; None when its words do not say."""
     return next((kind for kind, pattern in _TYPES if pattern.search(question)), None)
@@ -119,13 +122,18 @@ def answer_type(question: str) -> str | None:
 
 def type_fit(kind: str | None, question: str, sentence: str) -> int:
     """+1 when ``sentence`` holds an answer of ``kind``, -1 when it holds none, 0 without a kind. A name is a
-    capitalized word the question does not have (not the sentence's first word)."""
+    capitalized word the question does not have (not the sentence's first word); "how many X" wants a number with X
+    beside it ("12 seconds" does not count lighthouses)."""
     if kind is None:
         return 0
     if kind == "name":
         asked = {w.lower() for w in re.findall(r"\w+", question)}
         names = [w for w in re.findall(r"(?<!^)(?<![.!?]\s)\b[A-Z][a-z]+", sentence) if w.lower() not in asked]
         return 1 if names else -1
+    if kind == "number" and (counted := _HOW_MANY.search(question)):
+        thing = counted.group(1).lower()[:5]  # "lighthouses" -> "light": a plural or another ending still meets it
+        beside = re.findall(r"\b\d[\d.,]*\s+(\w+)(?:\s+(\w+))?", sentence.lower())  # the two words after
+        return 1 if any(word.startswith(thing) for pair in beside for word in pair) else -1
     return 1 if _HAS[kind].search(sentence) else -1
 
 

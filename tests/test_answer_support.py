@@ -133,3 +133,12 @@ def test_a_number_about_something_else_or_an_answer_without_what_was_asked_is_no
     assert not unnamed.supported and "name" in (unnamed.problem or "")
     named = checker.check("What is the name of the printer on floor two?", "The printer is called Heron [1].", printer)
     assert named.supported, named.problem
+
+
+def test_how_many_wants_a_count_of_that_thing() -> None:
+    from query_service.support import type_fit
+
+    question = "How many lighthouses are on the Kestrel coast?"
+    assert type_fit("number", question, "The Kestrel Point lighthouse flashes white every 12 seconds.") == -1
+    assert type_fit("number", question, "There are 3 lighthouses on the coast.") == 1
+    assert type_fit("number", "How many members does it have?", "The choir has 42 active members.") == 1
