@@ -1,8 +1,11 @@
 """The normalizer's per-object state: the newest change it emitted for each object, and the verdict on a new one.
 
 Order: S3 sequencers when both changes carry one (hex strings; the shorter is right-padded with zeros, as AWS
-documents), else event time (moto and backfill send no sequencer; versionIds are not ordered). The table holds only
-what was emitted onto objects.v1, so it can be rebuilt from that compacted topic's headers after a restart.
+documents), else event time (moto and backfill send no sequencer; versionIds are not ordered). Identity: a create
+of the version the object already holds (versionId, else ETag) is that version again, whatever its event name,
+source or time: a multipart upload's `Put` and `CompleteMultipartUpload` twins, a backfill of an announced
+object, a replay. The table holds only what was emitted onto objects.v1, so it can be rebuilt from that compacted
+topic's headers after a restart.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Seen:
     created: bool
     live: bool
     origin: Origin | None = None  # set only for changes emitted by this process since its last restore
+    version_id: str = ""
+    etag: str = ""
 
 
 def compare_sequencers(a: str, b: str) -> int:
@@ -41,6 +46,17 @@ def compare_sequencers(a: str, b: str) -> int:
     width = max(len(a), len(b))
     left, right = a.upper().ljust(width, "0"), b.upper().ljust(width, "0")
     return (left > right) - (left < right)
+
+
+def same_version(change: S3Change, seen: Seen) -> bool:
+    """Whether ``change`` names the version ``seen`` holds: versionIds when both carry one, else ETags (a backfill
+    lists no versionId; one object's bytes have one ETag), else the version strings (records restored from
+    objects.v1 written before the etag/version-id headers)."""
+    if change.version_id and seen.version_id:
+        return change.version_id == seen.version_id
+    if change.etag and seen.etag:
+        return change.etag == seen.etag
+    return change.version == seen.version
 
 
 def compare(change: S3Change, seen: Seen) -> int:
@@ -88,6 +104,8 @@ class ObjectTable:
             sequencer=headers.get("sequencer", ""),
             created=headers.get("event-name", "").startswith(CREATED),
             live=not tombstone,
+            version_id=headers.get("version-id", ""),
+            etag=headers.get("etag", ""),
         )
 
     def verdict(self, change: S3Change, origin: Origin) -> Verdict:
@@ -97,6 +115,10 @@ class ObjectTable:
             # Never seen, or this very record set it and is handled again (a retry, or a batch whose
             # transaction aborted): what was emitted then is not committed, so emit it again.
             return Verdict.EMIT
+        if not change.deleted and prev.created and same_version(change, prev):
+            # The version the object holds (or whose rejection it holds) again: one change, however it arrives.
+            # After a delete ``prev`` is no create, so a re-upload of the same bytes is news.
+            return Verdict.DUPLICATE
         order = compare(change, prev)
         if order < 0:
             return Verdict.STALE
@@ -116,4 +138,6 @@ class ObjectTable:
             created=not change.deleted,
             live=live,
             origin=origin,
+            version_id=change.version_id,
+            etag=change.etag,
         )

@@ -89,6 +89,8 @@ class S3Change:
         return {
             "object-id": self.object_id,
             "version": self.version,
+            "version-id": self.version_id,
+            "etag": self.etag,
             "event-time-ms": str(self.event_time_ms),
             "sequencer": self.sequencer,
             "event-name": self.event_name,
