@@ -1,4 +1,4 @@
-"""Safe image decoding shared by the vision embedder, OCR and image queries."""
+"""Safe image decoding shared by the vision embedder, OCR and image queries, and what counts as a blank image."""
 
 from __future__ import annotations
 
@@ -38,6 +38,32 @@ def decode_image(
         raise PermanentError(stage, subject, "cannot decode image (not PNG, JPEG, WebP, GIF or SVG data)", fix) from exc
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise PermanentError(stage, subject, f"cannot decode image ({type(exc).__name__}: {exc})", fix) from exc
+
+
+def is_blank(image: Image.Image) -> bool:
+    """True when every pixel of ``image`` has one colour: nothing is visible (an SVG of scripts or metadata only, an
+    empty canvas). Exact, not a tolerance: a faint line or a single dot is content."""
+    return all(low == high for low, high in _band_extrema(image))
+
+
+def require_visible(image: Image.Image, subject: str, stage: str) -> Image.Image:
+    """``image`` when anything in it is visible; PermanentError naming ``subject`` when it renders blank (its vector
+    would say nothing of the object and match every other blank image)."""
+    if is_blank(image):
+        colour = "".join(f"{int(low):02x}" for low, _ in _band_extrema(image))
+        raise PermanentError(
+            stage,
+            subject,
+            f"renders blank (every pixel is #{colour}): nothing visible to index",
+            "upload the image with visible content (an SVG needs shapes, text or images, not only scripts or metadata)",
+        )
+    return image
+
+
+def _band_extrema(image: Image.Image) -> list[tuple[float, float]]:
+    """(lowest, highest) value of each band (Pillow returns a bare pair for one-band images)."""
+    extrema = image.getextrema()
+    return list(extrema) if isinstance(extrema[0], tuple) else [extrema]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -2,7 +2,8 @@
 the key's extension alone: a `.txt` holding a PNG is an image, an `.md` holding an ELF binary is unsupported.
 
 Text is any Unicode encoding with a byte-order mark (UTF-8, UTF-16, UTF-32), UTF-8 without one, or a legacy
-charset (cp1252, cp1251, Shift-JIS, ...) detected by charset-normalizer; the charset travels in the content type.
+charset (cp1252, cp1251, Shift-JIS, ...) detected by charset-normalizer and read with confidence (damaged UTF-8 and
+readings with stray characters are refused, not guessed); the charset travels in the content type.
 Markup is routed by its root element: HTML is a document (its visible text is extracted), SVG is an image
 (rasterized, never indexed as markup or scripts), other XML, JSON, CSV and YAML are text."""
 
@@ -14,12 +15,21 @@ from dataclasses import dataclass
 import puremagic
 
 from mmrag.pb.events_pb2 import MediaKind
-from mmrag.text_decoding import bom_charset, has_stray_controls, is_html, markup_root
+from mmrag.text_decoding import (
+    RESAVE_AS_UTF8,
+    bom_charset,
+    damaged_utf8,
+    has_stray_controls,
+    is_html,
+    legacy_text_problem,
+    markup_root,
+)
 
 SNIFF_BYTES = 8192
 ZIP_MAGIC = b"PK\x03\x04"
 DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 SVG_MIME = "image/svg+xml"
+UPLOAD_SUPPORTED = "upload text, markdown, PDF, HTML, DOCX or an image"
 TEXTUAL_APPLICATION_TYPES = frozenset({"application/json", "application/xml", "application/yaml", "application/x-yaml"})
 PREFERRED_LEGACY = "cp1252"  # Western European: what most legacy text is, and what its lookalikes are read as
 # Textual formats whose words sit among control words: indexing them raw would index the markup.
@@ -38,6 +48,7 @@ class Sniffed:
     media_kind: MediaKind
     content_type: str
     reason: str = ""  # why it is unsupported
+    fix: str = UPLOAD_SUPPORTED  # what to do about it
 
     @property
     def supported(self) -> bool:
@@ -87,15 +98,29 @@ def _sniff(head: bytes) -> Sniffed:
     text = _decoded_head(head, "utf-8")
     if text is not None:
         return _text_kind(text, "utf-8")
+    broken = damaged_utf8(head)
+    if broken is not None and not _has_control_bytes(head):
+        return _unsupported("application/octet-stream", f"undecodable text: damaged UTF-8 ({broken})", RESAVE_AS_UTF8)
     legacy = _legacy_charset(head)
     if legacy is not None:
-        return _text_kind(head.decode(legacy, errors="replace"), legacy)
+        return _legacy_text(head, legacy)
     kind = mime or "application/octet-stream"
     return _unsupported(kind, f"binary content ({kind}) that is no image, PDF or DOCX")
 
 
-def _unsupported(content_type: str, reason: str) -> Sniffed:
-    return Sniffed(MediaKind.MEDIA_KIND_UNSUPPORTED, content_type, reason)
+def _unsupported(content_type: str, reason: str, fix: str = UPLOAD_SUPPORTED) -> Sniffed:
+    return Sniffed(MediaKind.MEDIA_KIND_UNSUPPORTED, content_type, reason, fix)
+
+
+def _legacy_text(head: bytes, charset: str) -> Sniffed:
+    """Text in a legacy charset when its reading is confident; refused (not guessed) otherwise."""
+    text = _decoded_head(head, charset)
+    if text is None:  # undefined bytes or stray controls in this charset: charset-normalizer was wrong
+        text = head.decode(charset, errors="replace")
+    problem = legacy_text_problem(head, text, charset)
+    if problem is not None:
+        return _unsupported("application/octet-stream", f"undecodable text: {problem}", RESAVE_AS_UTF8)
+    return _text_kind(text, charset)
 
 
 def _text_kind(text: str, charset: str) -> Sniffed:
@@ -133,11 +158,16 @@ def _decoded_head(head: bytes, codec: str) -> str | None:
     return None if has_stray_controls(text) else text
 
 
+def _has_control_bytes(head: bytes) -> bool:
+    """NULs or control bytes that no text in an ASCII-compatible charset holds."""
+    return any(byte < 32 and chr(byte) not in "\t\n\x0c\r\x1b" for byte in head)
+
+
 def _legacy_charset(head: bytes) -> str | None:
     """A single- or multi-byte legacy charset for text that is not UTF-8: cp1252 whenever charset-normalizer counts
     it among the candidates (short Western texts are ambiguous between cp125x pages), else its best guess. UTF-16/32
     without a byte-order mark is not guessed: binary data too often passes for it."""
-    if any(byte < 32 and chr(byte) not in "\t\n\x0c\r\x1b" for byte in head):
+    if _has_control_bytes(head):
         return None
     import charset_normalizer
 

@@ -179,8 +179,8 @@ class Normalizer:
             return []
         sniffed = sniff(head, change.key)
         if not sniffed.supported:
-            fix = "upload text, markdown, PDF, HTML, DOCX or an image"
-            problem = PermanentError(STAGE, change.object_id, f"unsupported content type: {sniffed.reason}", fix)
+            reason = f"unsupported content type: {sniffed.reason}"
+            problem = PermanentError(STAGE, change.object_id, reason, sniffed.fix)
             return [self._dead_letter(env, problem), self._emit(change, origin, env, None, problem)]
         event = change.to_event(env.headers.get("source") or "kafka", sniffed.media_kind, sniffed.content_type)
         return [self._emit(change, origin, env, event)]

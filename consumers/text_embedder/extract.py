@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from consumers.text_embedder.docx_reader import docx_paragraphs
 from consumers.text_embedder.markup import html_visible_text
 from mmrag.errors import PermanentError
-from mmrag.images import decode_image
+from mmrag.images import decode_image, is_blank
 from mmrag.pb.events_pb2 import MediaKind
 from mmrag.text_decoding import charset_of, is_html, markup_root
 from mmrag.text_decoding import decode_text as decode_any_text
@@ -179,8 +179,11 @@ class Extractor:
         return text
 
     def image_text(self, data: bytes, subject: str, budget: Budget) -> str:
-        """OCR text of an image (SVG rasterized first), scaled down to at most max_ocr_pixels."""
+        """OCR text of an image (SVG rasterized first), scaled down to at most max_ocr_pixels; none of a blank one
+        (the vision group refuses it)."""
         image = decode_image(data, subject, STAGE)
+        if is_blank(image):
+            return ""
         pixels = image.width * image.height
         if pixels > self.limits.max_ocr_pixels:
             factor = math.sqrt(self.limits.max_ocr_pixels / pixels)

@@ -1,6 +1,7 @@
 """Vision embedder: image objects -> fetch (I/O threads, all of a batch at once) -> safe decode (a CPU pool) -> CLIP
 image vectors in micro-batches -> embeddings.v1. Fetches always overlap the model; decoding overlaps it on CUDA and
-takes turns with it on CPU, where the model already uses every core."""
+takes turns with it on CPU, where the model already uses every core. An image that renders blank (one colour, e.g.
+an SVG of scripts only) goes to the DLQ: its vector would match every other blank image and say nothing."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pydantic import Field
 from mmrag.clip import ClipEncoder
 from mmrag.embedding_batches import deletion_output, new_embedding_batch
 from mmrag.errors import PermanentError
-from mmrag.images import decode_image
+from mmrag.images import decode_image, require_visible
 from mmrag.messages import Envelope, Output
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.object_store import ObjectStore
@@ -120,7 +121,7 @@ class VisionEmbedder:
         try:
             data = reads.result(n)
             started = time.perf_counter()
-            image = decode_image(data, event.object_id, STAGE, self._min_side)
+            image = require_visible(decode_image(data, event.object_id, STAGE, self._min_side), event.object_id, STAGE)
         finally:
             reads.release(n)
         DECODE_SECONDS.observe(time.perf_counter() - started)
