@@ -52,6 +52,12 @@ class BaseServiceSettings(BaseSettings):
     backoff_max_s: float = Field(
         default=30.0, description="longest back-off while a dependency is down (the stage pauses, never DLQs)"
     )
+    dependency_check_interval_s: float = Field(
+        default=2.0, description="how often the stage asks its object store / vector store whether it answers"
+    )
+    dependency_timeout_s: float = Field(
+        default=3.0, description="no answer within this long: the dependency counts as down (frozen or unreachable)"
+    )
     transaction_timeout_ms: int = Field(default=30000, description="Kafka transaction.timeout.ms of the stage")
     max_poll_interval_ms: int = Field(default=300000, description="the consumer's max.poll.interval.ms")
     max_message_bytes: int = Field(

@@ -285,7 +285,7 @@ class Asker:
             yield from answer.answered(verdict.cited())
             return
         DEGRADED.labels(UNGROUNDED).inc()
-        log.info("unsupported answer (%s): %r; falling back to the extractive answer", verdict.problem, answer.text[:200])
+        log.info("unsupported answer (%s): %r; the extractive answer instead", verdict.problem, answer.text[:200])
         yield from self._extractive(question, answer, UNGROUNDED)
 
     def _final(self, answer: Answer) -> AskFinal:

@@ -6,6 +6,7 @@ import sys
 
 from consumers.text_embedder.extract import TesseractOcr
 from consumers.text_embedder.handler import TextEmbedder, TextEmbedderSettings
+from mmrag.dependency_watch import watch
 from mmrag.messages import proto_decoder
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import ObjectEvent
@@ -18,9 +19,11 @@ from mmrag.text_encoder import MiniLMEncoder
 
 def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
     clip = space_clip_encoder(settings) if settings.clip_text_for_text else None
+    store = S3ObjectStore(settings, "text_embedder")
+    watch(probes, settings, "object store", store.client.list_buckets)  # every document is read from it
     handler = TextEmbedder(
         settings,
-        S3ObjectStore(settings, "text_embedder"),
+        store,
         MiniLMEncoder(threads=settings.torch_threads),
         clip,
         TesseractOcr(settings.ocr_languages, settings.ocr_timeout_s),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from consumers.vision_embedder.handler import VisionEmbedder, VisionEmbedderSettings
+from mmrag.dependency_watch import watch
 from mmrag.messages import proto_decoder
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import ObjectEvent
@@ -16,7 +17,9 @@ from mmrag.telemetry import Probes
 
 def build(settings: VisionEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
     encoder = space_clip_encoder(settings, settings.device)
-    handler = VisionEmbedder(settings, S3ObjectStore(settings, "vision_embedder"), encoder)
+    store = S3ObjectStore(settings, "vision_embedder")
+    watch(probes, settings, "object store", store.client.list_buckets)  # every image is read from it
+    handler = VisionEmbedder(settings, store, encoder)
     decoders = {settings.topics.objects: proto_decoder(ObjectEvent, handler.stage)}
     return StageRunner(
         settings,
