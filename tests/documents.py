@@ -38,6 +38,33 @@ def pdf_bytes(pages: list[str], scanned: list[str] | None = None) -> bytes:
     return bytes(pdf.output())
 
 
+def empty_pdf(pages: int) -> bytes:
+    """A PDF of ``pages`` pages with nothing on them (issue 19's 37 KB "scan" of 300 empty pages)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    for _ in range(pages):
+        pdf.add_page()
+    return bytes(pdf.output())
+
+
+def scanned_pdf(pages: int, words: str = "SCANNED PAGE", hidden_space: bool = False) -> bytes:
+    """A scanned book: ``pages`` pages, each one picture of ``words`` and no text layer (fpdf2 stores the picture
+    once, so 300 pages stay ~120 KB). ``hidden_space``: each page also holds a text object of one space, as some
+    scanners write, so only its extraction shows the page needs OCR."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=14)
+    picture = png_bytes(words_image(words))
+    for _ in range(pages):
+        pdf.add_page()
+        if hidden_space:
+            pdf.cell(10, 8, " ")
+        pdf.image(io.BytesIO(picture), x=10, y=20, w=180)
+    return bytes(pdf.output())
+
+
 def docx_bytes(paragraphs: list[str], cells: list[str]) -> bytes:
     import docx
 

@@ -43,6 +43,7 @@ class Limits:
     max_text_chars: int = 8_000_000
     max_unpacked_bytes: int = 64 << 20
     max_ocr_pixels: int = 12_000_000
+    max_ocr_pages: int = 100
 
 
 class Budget:
@@ -62,7 +63,7 @@ class Budget:
             raise PermanentError(
                 STAGE,
                 self.subject,
-                f"extraction took longer than its budget of {self.seconds:g}s",
+                f"extraction took longer than its budget of {self.seconds:g}s (MMRAG_EXTRACT_BUDGET_S)",
                 "split the document or raise MMRAG_EXTRACT_BUDGET_S",
             )
 
@@ -145,8 +146,8 @@ class Extractor:
         return "\n".join(parts)
 
     def pdf_pages(self, data: bytes, subject: str, budget: Budget) -> Iterator[Page]:
-        """Each page's text layer; a page without one is rendered (200 dpi, at most max_ocr_pixels) and OCR'd.
-        The page count is checked before any page is read."""
+        """Each page's text layer; a page without one is rendered (200 dpi, at most max_ocr_pixels) and OCR'd unless
+        it is blank. The page count and the pages that need OCR are checked before any page is read."""
         import pypdfium2 as pdfium
 
         try:
@@ -161,22 +162,45 @@ class Extractor:
                     f"{len(pdf)} pages exceed the limit of {self.limits.max_pages}",
                     "split the document or raise MMRAG_MAX_PAGES",
                 )
+            self._check_ocr_pages(_pages_to_ocr(pdf, self.limits.max_ocr_pages), len(pdf), subject)
+            ocr_pages = 0
             for number in range(1, len(pdf) + 1):
                 budget.check()
-                yield Page(number, self._pdf_page(pdf[number - 1], subject, budget))
+                page = pdf[number - 1]
+                text = _text_layer(page)
+                image = None if text.strip() else self._page_image(page)
+                page.close()
+                if image is not None:
+                    ocr_pages += 1
+                    self._check_ocr_pages(ocr_pages, len(pdf), subject)
+                    text = self._ocr(image, subject, budget)
+                yield Page(number, text)
         finally:
             pdf.close()
 
-    def _pdf_page(self, page: Any, subject: str, budget: Budget) -> str:
-        textpage = page.get_textpage()
-        text = str(textpage.get_text_range())
-        textpage.close()
-        if not text.strip():
-            width, height = page.get_size()  # points (1/72 inch)
-            image = page.render(scale=min(OCR_DPI / 72, _fit_scale(width, height, self.limits.max_ocr_pixels))).to_pil()
-            text = self.ocr.image_text(image, subject, budget.remaining())
-        page.close()
-        return text
+    def _page_image(self, page: Any) -> Any:
+        """The page rendered for OCR, or None when it shows nothing (no page objects, or every pixel one colour):
+        an empty page costs no render and no OCR run (issue 19: 300 empty pages took 111 s of OCR)."""
+        import pypdfium2.raw as pdfium_c
+
+        if pdfium_c.FPDFPage_CountObjects(page) == 0:
+            return None
+        width, height = page.get_size()  # points (1/72 inch)
+        image = page.render(scale=min(OCR_DPI / 72, _fit_scale(width, height, self.limits.max_ocr_pixels))).to_pil()
+        return None if is_blank(image) else image
+
+    def _check_ocr_pages(self, count: int, pages: int, subject: str) -> None:
+        if count > self.limits.max_ocr_pages:
+            raise PermanentError(
+                STAGE,
+                subject,
+                f"more than MMRAG_MAX_OCR_PAGES={self.limits.max_ocr_pages} of its {pages} pages need OCR "
+                "(no text layer)",
+                "upload the document with a text layer (OCR it first), split it, or raise MMRAG_MAX_OCR_PAGES",
+            )
+
+    def _ocr(self, image: Any, subject: str, budget: Budget) -> str:
+        return self.ocr.image_text(image, subject, budget.remaining())
 
     def image_text(self, data: bytes, subject: str, budget: Budget) -> str:
         """OCR text of an image (SVG rasterized first), scaled down to at most max_ocr_pixels; none of a blank one
@@ -188,7 +212,7 @@ class Extractor:
         if pixels > self.limits.max_ocr_pixels:
             factor = math.sqrt(self.limits.max_ocr_pixels / pixels)
             image = image.resize((max(1, int(image.width * factor)), max(1, int(image.height * factor))))
-        return self.ocr.image_text(image, subject, budget.remaining())
+        return self._ocr(image, subject, budget)
 
     def _capped(self, text: str, subject: str) -> str:
         self._capped_size(len(text), subject)
@@ -202,6 +226,34 @@ class Extractor:
                 f"more than {self.limits.max_text_chars} characters of text",
                 "split the document or raise MMRAG_MAX_TEXT_CHARS",
             )
+
+
+def _text_layer(page: Any) -> str:
+    textpage = page.get_textpage()
+    text = str(textpage.get_text_range())
+    textpage.close()
+    return text
+
+
+def _pages_to_ocr(pdf: Any, enough: int) -> int:
+    """How many pages surely need OCR, counted without reading any text or rendering (stops past ``enough``): pages
+    whose top-level objects are images or drawings but neither text nor forms (a form may hold text). A lower bound:
+    text objects holding only spaces are found out while extracting."""
+    import pypdfium2.raw as pdfium_c
+
+    found = 0
+    for number in range(len(pdf)):
+        page = pdf[number]
+        kinds = {
+            pdfium_c.FPDFPageObj_GetType(pdfium_c.FPDFPage_GetObject(page, i))
+            for i in range(pdfium_c.FPDFPage_CountObjects(page))
+        }
+        page.close()
+        if kinds and not kinds & {pdfium_c.FPDF_PAGEOBJ_TEXT, pdfium_c.FPDF_PAGEOBJ_FORM}:
+            found += 1
+            if found > enough:
+                break
+    return found
 
 
 def _fit_scale(width: float, height: float, max_pixels: int) -> float:

@@ -52,6 +52,11 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     max_text_chars: int = Field(default=8_000_000, description="extracted text beyond this many characters: refused")
     max_unpacked_bytes: int = Field(default=64 << 20, description="a DOCX body unpacking to more is refused")
     max_ocr_pixels: int = Field(default=12_000_000, description="pages and images are scaled down to this for OCR")
+    max_ocr_pages: int = Field(
+        default=100,
+        description="most pages of one PDF OCR'd (pages without a text layer; blank ones are skipped, not counted); "
+        "a PDF needing more goes to the DLQ, before any OCR when its page objects show it",
+    )
     extract_budget_s: float = Field(
         default=120.0, description="time one object may take to extract and chunk; over it -> DLQ naming the budget"
     )
@@ -75,7 +80,9 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_pages, self.max_text_chars, self.max_unpacked_bytes, self.max_ocr_pixels)
+        return Limits(
+            self.max_pages, self.max_text_chars, self.max_unpacked_bytes, self.max_ocr_pixels, self.max_ocr_pages
+        )
 
     def max_bytes(self, kind: int) -> int:
         """The size limit of an object of this media kind (checked from its event, before it is read)."""
