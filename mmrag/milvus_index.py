@@ -14,11 +14,12 @@ import contextlib
 import enum
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.exceptions import (
     DataNotMatchException,
     DataTypeNotMatchException,
@@ -30,6 +31,7 @@ from pymilvus.exceptions import (
 from tenacity import Retrying, stop_after_delay, wait_fixed
 
 from mmrag.errors import PermanentError, RetryableError
+from mmrag.keyword_index import K1, B, KeywordSupport, analyzer_text
 from mmrag.settings import VectorStoreSettings
 from mmrag.space import EmbeddingSpace
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
@@ -69,6 +71,12 @@ PAYLOAD_FIELDS = [
 ]
 CONTENT_TYPE = "content_type"  # a later field: collections made before it lack it (their rows match no type filter)
 CONTENT_TYPE_MAX_BYTES = 255
+# Later fields too: the chunk's keyword tokens (``analyzer_text``) and their BM25 sparse vector, made by Milvus from
+# them on every insert, so a keyword search finds a row as soon as a vector search does. Milvus-lite has only the
+# "standard" and "jieba" tokenizers; "standard" splits at what Unicode word segmentation does, which "_" does not.
+KEYWORDS = "keywords"
+SPARSE = "sparse"
+KEYWORD_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
 TEXT_MAX_BYTES = 65535  # Milvus' VARCHAR limit, counted in UTF-8 bytes (milvus-lite counts characters)
 OBJECT_ID_MAX_BYTES = 2048  # an S3 key is at most 1024 bytes, a bucket name 63
 CALL_TIMEOUT_S = 10.0
@@ -93,6 +101,10 @@ _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_
 _FILTER_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _LIKE_ESCAPES = str.maketrans({"%": "\\%", "_": "\\_"})
 _OVERFETCH = 4  # a LIKE that only narrows (key prefixes) is post-filtered: fetch more, up to this many times over
+# Every read sees every write acknowledged before it: the updater writes status "indexed" after its upsert returns,
+# and Milvus' default (Bounded) would answer from rows up to seconds old. The price: a query node waits until it
+# has consumed the writes up to the read's timestamp (about a time tick, 200 ms by default, on a busy cluster).
+READ_YOUR_WRITES = "Strong"
 
 
 class Fault(enum.Enum):
@@ -175,6 +187,12 @@ def fit_utf8(text: str, max_bytes: int) -> str:
     return encoded[:max_bytes].decode("utf-8", errors="ignore")
 
 
+def fit_tokens(terms: str, max_bytes: int) -> str:
+    """The space-separated ``terms`` within ``max_bytes`` of UTF-8, without a token cut short at the end."""
+    fitted = fit_utf8(terms, max_bytes)
+    return fitted if len(fitted) == len(terms) or terms[len(fitted)] == " " else fitted.rpartition(" ")[0]
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, grpc.RpcError):
         return f"gRPC {exc.code().name}: {exc.details()}"
@@ -210,6 +228,7 @@ class MilvusIndex:
         self._client: MilvusClient | None = None
         self._started = False
         self._fields = PAYLOAD_FIELDS  # plus content_type when the collection has it (read at start)
+        self._keywords = False  # the collection has the keyword and BM25 fields (read at start)
 
     @classmethod
     def for_space(
@@ -276,12 +295,22 @@ class MilvusIndex:
         self.dim = next(int(f["params"]["dim"]) for f in described["fields"] if f["name"] == "vector")
         fields = {f["name"] for f in described["fields"]}
         self._fields = [*PAYLOAD_FIELDS, CONTENT_TYPE] if CONTENT_TYPE in fields else PAYLOAD_FIELDS
+        self._keywords = KEYWORDS in fields and SPARSE in fields
         if CONTENT_TYPE not in fields:
             log.warning(
                 "Milvus collection %s has no %s field (made before it was kept): its rows match no content-type "
                 "filter; re-index into a new space (mmrag reindex) to filter them by content type",
                 self.collection,
                 CONTENT_TYPE,
+            )
+        if not self._keywords:
+            log.warning(
+                "Milvus collection %s has no BM25 field %s (made before keyword search moved into Milvus): keyword "
+                "searches use the retrieval workers' side index, rebuilt every MMRAG_KEYWORD_REFRESH_S, so a new or "
+                "changed document reaches them up to that late; re-index into a new space (mmrag reindex) for "
+                "keyword search as fresh as the vectors",
+                self.collection,
+                SPARSE,
             )
 
     def _keep_properties(self) -> None:
@@ -320,8 +349,25 @@ class MilvusIndex:
         schema.add_field("has_text", DataType.BOOL)
         schema.add_field("has_image", DataType.BOOL)
         schema.add_field(CONTENT_TYPE, DataType.VARCHAR, max_length=CONTENT_TYPE_MAX_BYTES)
+        schema.add_field(
+            KEYWORDS,
+            DataType.VARCHAR,
+            max_length=TEXT_MAX_BYTES,
+            enable_analyzer=True,
+            analyzer_params=KEYWORD_ANALYZER,
+        )
+        schema.add_field(SPARSE, DataType.SPARSE_FLOAT_VECTOR)
+        bm25 = Function(
+            name="keywords_bm25",
+            function_type=FunctionType.BM25,
+            input_field_names=[KEYWORDS],
+            output_field_names=[SPARSE],
+        )
+        schema.add_function(bm25)
         index = c.prepare_index_params()
         index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="IP")
+        bm25_params = {"bm25_k1": K1, "bm25_b": B}
+        index.add_index(SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=bm25_params)
         c.create_collection(self.collection, schema=schema, index_params=index)
         log.info("created Milvus collection %s (dim %d) at %s", self.collection, self.dim, self.uri)
 
@@ -372,7 +418,7 @@ class MilvusIndex:
 
     def upsert(self, rows: Sequence[VectorRow]) -> None:
         if rows:
-            entities = [_to_entity(r, CONTENT_TYPE in self._fields) for r in rows]
+            entities = [_to_entity(r, CONTENT_TYPE in self._fields, self._keywords) for r in rows]
             objects = ", ".join(sorted({r.object_id for r in rows}))
             self._call("upsert", objects, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s))
 
@@ -390,7 +436,7 @@ class MilvusIndex:
                 self.collection,
                 filter=f"object_id == {filter_literal(object_id)}",
                 output_fields=[*self._fields, "vector"],
-                consistency_level="Strong",  # read-your-writes: fusion merges into what the last upsert wrote
+                consistency_level=READ_YOUR_WRITES,  # fusion merges into what the last upsert wrote
                 timeout=self.timeout_s,
             ),
         )
@@ -400,7 +446,13 @@ class MilvusIndex:
         found = self._call(
             "count",
             self.collection,
-            lambda c: c.query(self.collection, filter='id != ""', output_fields=["count(*)"], timeout=self.timeout_s),
+            lambda c: c.query(
+                self.collection,
+                filter='id != ""',
+                output_fields=["count(*)"],
+                consistency_level=READ_YOUR_WRITES,
+                timeout=self.timeout_s,
+            ),
         )
         return int(found[0]["count(*)"])
 
@@ -417,6 +469,7 @@ class MilvusIndex:
                 batch_size=page,
                 filter=f"shard == {int(shard)}",
                 output_fields=self._fields,
+                consistency_level=READ_YOUR_WRITES,
                 timeout=self.timeout_s,
             ),
         )
@@ -432,31 +485,68 @@ class MilvusIndex:
     ) -> list[Hit]:
         """Top-k by inner product; LIKE-narrowed conditions are post-filtered exactly, fetching up to ``_OVERFETCH``
         times more rows when the post-filter dropped some of a full answer."""
+        vector = np.asarray(query, dtype=np.float32).tolist()
+        return self._filtered(_Ask("search", vector, "vector", "IP"), top_k, shard, where)
+
+    def keyword_support(self) -> KeywordSupport:
+        return KeywordSupport.STORE if self._keywords else KeywordSupport.NONE
+
+    def keyword_search(
+        self, text: str, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER
+    ) -> list[Hit]:
+        """Top-k by Milvus' BM25 over the rows' keyword tokens (the same tokens as the query's, ``analyzer_text``),
+        filtered like ``search``; [] for a text without tokens. Raises RetryableError as every call does, and
+        PermanentError for a collection made without the BM25 field (``keyword_support`` says so)."""
+        if not self._keywords:
+            raise PermanentError(
+                STAGE,
+                self.collection,
+                "no BM25 field: keyword search needs a collection made with it",
+                "search the side index (the retrieval worker does), or re-index into a new space (mmrag reindex)",
+            )
+        terms = analyzer_text(text)
+        return self._filtered(_Ask("keyword search", terms, SPARSE, "BM25"), top_k, shard, where) if terms else []
+
+    def _filtered(self, ask: _Ask, top_k: int, shard: int | None, where: SearchFilter) -> list[Hit]:
         if where.matches_nothing or (where.content_types is not None and CONTENT_TYPE not in self._fields):
             return []  # "in []" matches nothing; Milvus need not be asked
         limit = top_k
         while True:
-            found = self._search_once(query, limit, shard, where)
+            found = self._search_once(ask, limit, shard, where)
             hits = [h for h in found if where.admits(h.row)]
             if len(hits) >= top_k or len(found) < limit or limit >= top_k * _OVERFETCH:
                 return hits[:top_k]
             limit = min(top_k * _OVERFETCH, limit * 2)
 
-    def _search_once(self, query: np.ndarray, limit: int, shard: int | None, where: SearchFilter) -> list[Hit]:
+    def _search_once(self, ask: _Ask, limit: int, shard: int | None, where: SearchFilter) -> list[Hit]:
         found = self._call(
-            "search",
-            f"search of shard {shard}" if shard is not None else "search",
+            ask.what,
+            f"{ask.what} of shard {shard}" if shard is not None else ask.what,
             lambda c: c.search(
                 self.collection,
-                data=[np.asarray(query, dtype=np.float32).tolist()],
+                data=[ask.data],
+                anns_field=ask.field,
                 limit=limit,
                 filter=filter_expression(shard, where),
                 output_fields=self._fields,
-                search_params={"metric_type": "IP"},
+                search_params={"metric_type": ask.metric},
+                consistency_level=READ_YOUR_WRITES,
                 timeout=self.timeout_s,
             ),
         )
-        return [Hit(_to_row(h["entity"], h["id"]), float(h["distance"])) for h in found[0]]
+        # milvus-lite gives BM25 scores negated (best first all the same), Milvus as they are: relevance is positive
+        score: Callable[[float], float] = abs if ask.metric == "BM25" else float
+        return [Hit(_to_row(h["entity"], h["id"]), score(float(h["distance"]))) for h in found[0]]
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One kind of Milvus search: its name in errors, the query (a vector or a text), the field and metric."""
+
+    what: str
+    data: list[float] | str
+    field: str
+    metric: str
 
 
 def alias_target(client: MilvusClient, alias: str) -> str | None:
@@ -479,7 +569,7 @@ def move_alias(client: MilvusClient, alias: str, collection: str) -> str | None:
     return before
 
 
-def _to_entity(row: VectorRow, content_type: bool) -> dict[str, Any]:
+def _to_entity(row: VectorRow, content_type: bool, keywords: bool) -> dict[str, Any]:
     entity = {
         "id": row.vector_id,
         "vector": np.asarray(row.vector, dtype=np.float32).tolist(),
@@ -498,6 +588,8 @@ def _to_entity(row: VectorRow, content_type: bool) -> dict[str, Any]:
     }
     if content_type:
         entity[CONTENT_TYPE] = fit_utf8(row.content_type, CONTENT_TYPE_MAX_BYTES)
+    if keywords:
+        entity[KEYWORDS] = fit_tokens(analyzer_text(row.text), TEXT_MAX_BYTES)
     return entity
 
 

@@ -1,9 +1,10 @@
 """The keyword fallback on the real stack: with its Milvus stopped, Search still answers from the retrieval workers'
-keyword (BM25) indexes, flagged degraded=keyword, exact identifiers included; once Milvus is back, answers are whole
-again. The Milvus here is a private milvus-lite (the session's keeps serving other tests)."""
+keyword (BM25) side indexes, flagged degraded=keyword, exact identifiers included; once Milvus is back, answers are
+whole again. The Milvus here is a private milvus-lite (the session's keeps serving other tests)."""
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ DOCS = {
     "docs/kafka.md": "Kafka consumer groups split the partitions of a topic between their members.",
     "docs/bread.md": "A sourdough starter with a layer of hooch on top is hungry: feed it more often.",
 }
+
+
+def side_chunks(service: Any) -> float:
+    """The chunks in a retrieval worker's keyword side index (Milvus answers keywords itself while it is up)."""
+    with urllib.request.urlopen(service.probe_url + "/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("mmrag_keyword_side_index_chunks{"):
+                return float(line.split()[-1])
+    return 0.0
 
 
 def search(stub: Any, text: str) -> Any:
@@ -54,7 +64,8 @@ def test_milvus_stopped_keyword_indexes_answer_flagged(deployment: Any, tmp_path
 
         wait_for(lambda: found("kafka consumer groups") == every, 180, "every document searchable")
         solar = f"{deployment.bucket}/docs/solar.md"
-        wait_for(lambda: solar in found("grid overvoltage"), 30, "the keyword indexes built")
+        workers = [s for s in services if s.name.startswith("retrieval_worker")]
+        wait_for(lambda: sum(side_chunks(w) for w in workers) == len(DOCS), 30, "the side indexes built")
         stop_milvus_lite(milvus_dir)
 
         reply = wait_for(lambda: (r := search(stub, "inverter fault F-2307")).degraded and r, 60, "a degraded answer")

@@ -60,6 +60,7 @@ def build(settings: FaissWorkerSettings, probes: Probes) -> FaissWorker:
         settings.snapshot_root,
         settings.faiss_snapshot_interval_s,
         settings.faiss_snapshot_max_age_s,
+        keywords=settings.keyword_refresh_s > 0,
     )
     probes.add_check("vectors", shard.readiness)
     runner = request_loop(settings, space.id, shard, probes)

@@ -4,6 +4,8 @@ The partition is assigned directly (no group, nothing committed): the position l
 loads the newest snapshot, reads from its offset to the end offset seen at start and only then returns, so the
 worker turns ready with no half-built index; a thread keeps applying new records and snapshots every
 ``MMRAG_FAISS_SNAPSHOT_INTERVAL_S``. Replicas apply the same records in the same order and hold the same index.
+The shard's keyword index changes with its vectors: each change goes into it just before the vector index, so a
+keyword search never misses a row that a vector search finds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from consumers.faiss_worker.snapshot import SnapshotMark, load_latest, write_sna
 from mmrag.errors import PermanentError
 from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.kafka_clients import consumer_config, watermark_offsets
+from mmrag.keyword_index import KeywordIndex, KeywordSupport
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
 from mmrag.vector_log import decode_record, from_record
 
@@ -38,7 +41,8 @@ SNAPSHOT_SECONDS = Gauge("mmrag_faiss_snapshot_seconds", "Time the last snapshot
 
 
 class FaissShard:
-    """IndexSearcher over one shard's partition of vectors.v1."""
+    """IndexSearcher and KeywordSearcher over one shard's partition of vectors.v1 (``keywords``: keep a keyword
+    index; False leaves keyword searches unanswered)."""
 
     def __init__(
         self,
@@ -51,6 +55,7 @@ class FaissShard:
         snapshot_dir: Path,
         snapshot_interval_s: float,
         snapshot_max_age_s: float,
+        keywords: bool = True,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
@@ -62,6 +67,7 @@ class FaissShard:
         self.snapshot_interval_s = snapshot_interval_s
         self.snapshot_max_age_s = snapshot_max_age_s
         self.index = FaissIndex(dim, settings)
+        self.keywords = KeywordIndex() if keywords else None
         self.next_offset = 0
         self.target = 0  # the end offset seen at start: ready once read up to it
         self.snapshot_offset = -1
@@ -89,6 +95,8 @@ class FaissShard:
         if self.next_offset < low:  # what the snapshot lacks was deleted from the log: rebuild from the start
             log.warning("%s: snapshot at %d precedes the log start %d; rebuilding", STAGE, self.next_offset, low)
             self.index, self.next_offset = FaissIndex(self.dim, self.settings), 0
+        if self.keywords is not None:  # the rows of the snapshot, if any: the records after it go in one by one
+            self.keywords.rebuild(self.index.shard_rows(self.shard))
         self.target = high
         start = self.next_offset if self.next_offset > 0 else OFFSET_BEGINNING
         consumer.assign([TopicPartition(self.topic, self.shard, start)])
@@ -147,6 +155,18 @@ class FaissShard:
 
     def rows_version(self) -> int | None:
         return self.index.rows_version()
+
+    def keyword_support(self) -> KeywordSupport:
+        return KeywordSupport.IN_PROCESS if self.keywords is not None else KeywordSupport.NONE
+
+    def keyword_search(
+        self, text: str, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER
+    ) -> list[Hit]:
+        if shard is not None and shard != self.shard:
+            raise ValueError(f"[{STAGE}] asked for shard {shard}, this worker holds shard {self.shard}")
+        if self.keywords is None:
+            raise PermanentError(STAGE, f"shard {self.shard}", "keeps no keyword index", "set MMRAG_KEYWORD_REFRESH_S")
+        return self.keywords.search(text, top_k, where)
 
     # -- materializing -----------------------------------------------------------------------------------------
 
@@ -208,7 +228,8 @@ class FaissShard:
             self.caught_up.set()
 
     def _apply(self, records: Sequence[Message]) -> None:
-        """Applies records in offset order: runs of upserts go in together, a tombstone deletes its vector id."""
+        """Applies records in offset order: runs of upserts go in together, a tombstone deletes its vector id; each
+        change reaches the keyword index first."""
         pending: list[VectorRow] = []
         for msg in records:
             key = msg.key()
@@ -217,6 +238,8 @@ class FaissShard:
             if value is None:
                 self._upsert(pending)
                 pending = []
+                if self.keywords is not None:
+                    self.keywords.apply(deletes=[vid])
                 self.index.delete([vid])
             else:
                 row = self._decoded(value if isinstance(value, bytes) else value.encode(), int(msg.offset() or 0))
@@ -227,15 +250,25 @@ class FaissShard:
         ROWS.labels(str(self.shard)).set(self.index.count())
 
     def _upsert(self, rows: list[VectorRow]) -> None:
-        try:
-            self.index.upsert(rows)
-        except PermanentError:  # one row of a wrong size: apply the others one by one, count the bad one
-            for row in rows:
-                try:
-                    self.index.upsert([row])
-                except PermanentError as exc:
-                    SKIPPED.labels(str(self.shard), "dimension").inc()
-                    log.error("%s: %s", STAGE, exc)
+        """Rows of another size than the space's are skipped (counted, logged) before either index sees them."""
+        fitting = []
+        for row in rows:
+            if np.asarray(row.vector).size == self.dim:
+                fitting.append(row)
+            else:
+                SKIPPED.labels(str(self.shard), "dimension").inc()
+                log.error(
+                    "%s: %s: vector %s has %d dims, the space %s has %d: skipped (index it with that space)",
+                    STAGE,
+                    row.object_id,
+                    row.vector_id,
+                    np.asarray(row.vector).size,
+                    self.space_id,
+                    self.dim,
+                )
+        if self.keywords is not None:
+            self.keywords.apply(upserts=fitting)
+        self.index.upsert(fitting)
 
     def _decoded(self, value: bytes, offset: int) -> VectorRow | None:
         try:

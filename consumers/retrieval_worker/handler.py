@@ -39,8 +39,9 @@ class RetrievalWorkerSettings(BaseServiceSettings, SpaceSettings, VectorStoreSet
     keyword_refresh_s: float = Field(
         default=30.0,
         ge=0,
-        description="seconds between rebuilds of the shard's keyword index (the longest: a Faiss shard rebuilds ~1 s "
-        "after a change); 0 = no keyword index",
+        description="seconds between rebuilds of the shard's keyword side index from Milvus' rows: the keyword list "
+        "while Milvus is down, or of a collection made without its BM25 field (Milvus searches keywords itself, a "
+        "Faiss shard changes its keyword index with its vectors); 0 = no keyword search",
     )
 
     @property
