@@ -30,6 +30,7 @@ from query_service.reply_client import RequestReplyClient, Route
 from query_service.search import ShardedSearch
 from query_service.server import QueryServicer, serve
 from query_service.settings import QueryServiceSettings
+from query_service.shard_presence import ShardPresence, shard_groups
 from query_service.spaces import LiveSpaces, ServingBuilder, ServingSpace, milvus_alias_resolver, probe_shards
 from query_service.status_view import StatusView
 
@@ -123,7 +124,11 @@ def serving_builder(
         )
         changes = (lambda: indexed.changes) if indexed is not None else (lambda: 0)
         results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size, changes=changes)
-        search = ShardedSearch(route, space.id, s.shards, fusion, results, s.keyword_search, spec.space_name, indexed)
+        groups = shard_groups(s.topic_prefix, s.shards, spec.space_name)
+        shard_presence = ShardPresence(s.bootstrap_servers, groups, s.shard_presence_interval_s).start()
+        search = ShardedSearch(
+            route, space.id, s.shards, fusion, results, s.keyword_search, spec.space_name, indexed, shard_presence
+        )
         asker = Asker(limits, encoder, search, generation, breaker, presence, eval_log, answers)
         return ServingSpace(spec, encoder, search, asker)
 

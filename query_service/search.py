@@ -23,6 +23,7 @@ from query_service.types import SearchOutcome, ShardHit
 if TYPE_CHECKING:
     from query_service.caches import ResultCache
     from query_service.index_changes import IndexedObjects
+    from query_service.shard_presence import ShardPresence
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class ShardedSearch:
         keyword: bool = False,
         space_name: str = "",
         indexed: IndexedObjects | None = None,
+        presence: ShardPresence | None = None,
     ) -> None:
         self.route = route
         self.space_id = space_id
@@ -168,6 +170,7 @@ class ShardedSearch:
         self.cache = cache
         self.keyword = keyword  # also rank by the shards' keyword indexes (hybrid; the fallback when vectors fail)
         self.indexed = indexed  # the index's current versions (status view): stale keyword hits are dropped
+        self.presence = presence  # which shards have a worker: the others are missing at once, not at the deadline
 
     def search(
         self, vector: np.ndarray, top_k: int, timeout_s: float, query_text: str = "", scope: Scope | None = None
@@ -203,6 +206,10 @@ class ShardedSearch:
         if self.indexed is not None and KEYWORD in replies:
             replies[KEYWORD] = [without_superseded(r, self.indexed) for r in replies[KEYWORD]]
         outcome = outcome_of(replies, self.fusion, vector, top_k, scope.raw_chunks, self.shards)
+        absent = sorted(self._absent() & set(outcome.missing_shards))
+        if absent:
+            why = [f"shard {k}: no retrieval worker (its consumer group has no member): not waited for" for k in absent]
+            outcome = replace(outcome, errors=[*outcome.errors, *why])
         SEARCH_SECONDS.observe(time.monotonic() - start)
         if outcome.partial:
             PARTIAL.inc()
@@ -215,13 +222,17 @@ class ShardedSearch:
         deadline_ms = now_ms() + int(max(0.0, deadline - time.monotonic()) * 1000)
         request.correlation_id = uuid.uuid4().hex
         replies: list[SearchReply] = []
+        expected = set(range(self.shards)) - self._absent()  # a shard without a worker is not waited for
         with self.route.send(request.correlation_id, request, deadline_ms) as waiting:
-            while len(replies) < self.shards:
+            while not expected <= {r.shard for r in replies}:
                 reply = waiting.next(deadline)
                 if reply is None:
                     break
                 replies.append(self._same_space(reply))  # type: ignore[arg-type]
         return replies
+
+    def _absent(self) -> frozenset[int]:
+        return self.presence.absent if self.presence is not None else frozenset()
 
     def _same_space(self, reply: SearchReply) -> SearchReply:
         """``reply``, with an error when its hits come from another space than the query's (mixed spaces)."""

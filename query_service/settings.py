@@ -44,6 +44,11 @@ class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
     embedding_cache_size: int = Field(default=4096, ge=0, description="query texts/images whose vectors are kept")
     result_cache_size: int = Field(default=4096, ge=0, description="complete search answers kept")
     result_cache_ttl_s: float = Field(default=5.0, ge=0, description="a kept answer answers the same query this long")
+    shard_presence_interval_s: float = Field(
+        default=1.0,
+        description="how often the shards' consumer groups are looked at (a shard without a worker is "
+        "missing at once, not at the deadline)",
+    )
     result_cache_stale_s: float = Field(
         default=300.0, ge=0, description="when retrieval times out, a kept answer this old is given instead"
     )
