@@ -95,6 +95,8 @@ def serving_builder(
     t = s.topics
     minilm = MiniLMEncoder(threads=s.torch_threads)
     route = Route(producer, t.search_requests, t.search_replies, replies)
+    shard_groups_now = shard_groups(s.topic_prefix, s.shards)  # one view for every space: one group per shard
+    shards_present = ShardPresence(s.bootstrap_servers, shard_groups_now, s.shard_presence_interval_s).start()
     generation = GenerationClient(
         Route(producer, t.llm_requests, t.llm_replies, replies), s.llm_first_token_timeout_s, s.llm_stall_timeout_s
     )
@@ -124,10 +126,8 @@ def serving_builder(
         )
         changes = (lambda: indexed.changes) if indexed is not None else (lambda: 0)
         results = ResultCache(s.result_cache_ttl_s, s.result_cache_stale_s, s.result_cache_size, changes=changes)
-        groups = shard_groups(s.topic_prefix, s.shards, spec.space_name)
-        shard_presence = ShardPresence(s.bootstrap_servers, groups, s.shard_presence_interval_s).start()
         search = ShardedSearch(
-            route, space.id, s.shards, fusion, results, s.keyword_search, spec.space_name, indexed, shard_presence
+            route, space.id, s.shards, fusion, results, s.keyword_search, spec.space_name, indexed, shards_present
         )
         asker = Asker(limits, encoder, search, generation, breaker, presence, eval_log, answers)
         return ServingSpace(spec, encoder, search, asker)

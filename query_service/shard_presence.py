@@ -18,9 +18,10 @@ from mmrag.settings import group_name
 log = logging.getLogger(__name__)
 
 
-def shard_groups(topic_prefix: str, shards: int, space_name: str = "") -> dict[int, str]:
-    """The consumer group of each shard's retrieval workers (consumers.retrieval_worker: retrieval-shard-<k>)."""
-    return {k: group_name(topic_prefix, f"retrieval-shard-{k}", space_name) for k in range(shards)}
+def shard_groups(topic_prefix: str, shards: int) -> dict[int, str]:
+    """The consumer group of each shard's retrieval workers (consumers.retrieval_worker: retrieval-shard-<k> of the
+    deployment; one group serves every space the shard's workers open, so no space name)."""
+    return {k: group_name(topic_prefix, f"retrieval-shard-{k}") for k in range(shards)}
 
 
 class ShardPresence:
