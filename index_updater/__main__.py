@@ -7,9 +7,9 @@ from functools import partial
 
 from index_updater.handler import IndexUpdater, IndexUpdaterSettings
 from mmrag.changelog import ChangelogReader
-from mmrag.dependency_watch import watch
+from mmrag.dependency_watch import ping_milvus, watch
 from mmrag.messages import proto_decoder
-from mmrag.milvus_index import MilvusIndex, milvus_client
+from mmrag.milvus_index import MilvusIndex
 from mmrag.pb.events_pb2 import EmbeddingBatch
 from mmrag.runner import StageRunner
 from mmrag.service import service_main
@@ -18,15 +18,6 @@ from mmrag.space_catalog import SpaceSpec, spec_properties
 from mmrag.telemetry import Probes
 from mmrag.vector_index import IndexWriter
 from mmrag.vector_log import VectorLogTable
-
-
-def ping_milvus(settings: IndexUpdaterSettings) -> None:
-    """Asks Milvus for its version on a connection of its own (raises when it does not answer)."""
-    client = milvus_client(settings.milvus_uri, settings.milvus_token.get_secret_value(), settings.dependency_timeout_s)
-    try:
-        client.get_server_version(timeout=settings.dependency_timeout_s)
-    finally:
-        client.close()
 
 
 def build(settings: IndexUpdaterSettings, probes: Probes) -> StageRunner[EmbeddingBatch]:
@@ -44,7 +35,9 @@ def build(settings: IndexUpdaterSettings, probes: Probes) -> StageRunner[Embeddi
         name = settings.space_name
         spec = SpaceSpec.of(settings, space, name, settings.collection_for(space.id, name))
         index = MilvusIndex.for_space(settings, space, name, spec_properties(spec))  # serving reads the spec
-        watch(probes, settings, "milvus", partial(ping_milvus, settings))  # every batch is upserted into it
+        watch(
+            probes, settings, "milvus", partial(ping_milvus, settings, settings.dependency_timeout_s)
+        )  # every batch is upserted into it
     handler = IndexUpdater(settings, space, index, lambda: changelog.partition_count(topics.vectors))
     decoders = {settings.topics.embeddings: proto_decoder(EmbeddingBatch, handler.stage)}
     return StageRunner(

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from mmrag.settings import BaseServiceSettings
+from mmrag.milvus_index import milvus_client
+from mmrag.settings import BaseServiceSettings, VectorStoreSettings
 from mmrag.telemetry import Probes
 
 log = logging.getLogger(__name__)
@@ -104,3 +105,12 @@ def watch(
     ).start()
     probes.add_check(name, watcher.check)
     return watcher
+
+
+def ping_milvus(settings: VectorStoreSettings, timeout_s: float) -> None:
+    """Asks Milvus for its version on a connection of its own (raises when it does not answer)."""
+    client = milvus_client(settings.milvus_uri, settings.milvus_token.get_secret_value(), timeout_s)
+    try:
+        client.get_server_version(timeout=timeout_s)
+    finally:
+        client.close()

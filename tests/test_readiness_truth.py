@@ -81,3 +81,32 @@ def test_the_index_updater_is_not_ready_while_milvus_is_frozen(
         wait_for(lambda: ready(updater), 60, "ready again once Milvus thaws")
     finally:
         stop_milvus_lite(milvus_dir)
+
+
+def test_a_retrieval_worker_without_milvus_stays_ready_and_says_degraded(
+    deployment: Deployment, infra: Endpoints, tmp_path: Path
+) -> None:
+    """It still answers from its keyword side index, so it stays ready (200) and its detail says degraded."""
+    from local_stack.milvus import start_milvus_lite, stop_milvus_lite
+    from tests.drill_tools import readiness as probe_ready
+
+    milvus_dir = tmp_path / "milvus-private"
+    uri = start_milvus_lite(milvus_dir)
+    try:
+        deployment.endpoints = Endpoints(infra.bootstrap_servers, infra.s3_endpoint_url, uri)
+        deployment.prepare()
+        [worker] = start_services([deployment.service("retrieval_worker", "0", MMRAG_SHARD="0", **FAST)])
+        wait_for(lambda: ready(worker), 120, "the worker ready")
+        milvus = alive_pid(milvus_dir / "milvus.json")
+        assert milvus is not None
+        os.kill(milvus, signal.SIGSTOP)
+        try:
+            degraded = wait_for(
+                lambda: (r := probe_ready(worker))[0] == 200 and "degraded: milvus down" in r[1] and r, 30, "degraded"
+            )
+            assert "no answer within" in degraded[1]
+        finally:
+            os.kill(milvus, signal.SIGCONT)
+        wait_for(lambda: "milvus: ok" in probe_ready(worker)[1], 60, "ok again once Milvus thaws")
+    finally:
+        stop_milvus_lite(milvus_dir)

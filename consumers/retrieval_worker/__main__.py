@@ -4,10 +4,12 @@ of the space each request names (its own space's is opened at warm-up, another o
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from consumers.retrieval_worker.handler import RetrievalWorkerSettings, keyword_shard
 from consumers.retrieval_worker.request_loop import request_loop
 from consumers.retrieval_worker.spaces import ShardSpace, SpaceOpener
+from mmrag.dependency_watch import ping_milvus, watch
 from mmrag.milvus_index import MilvusIndex
 from mmrag.pb.events_pb2 import SearchRequest
 from mmrag.runner import StageRunner
@@ -36,6 +38,9 @@ def milvus_opener(settings: RetrievalWorkerSettings) -> SpaceOpener:
 def build(settings: RetrievalWorkerSettings, probes: Probes) -> StageRunner[SearchRequest]:
     space = space_from_settings(settings)
     index = MilvusIndex.for_space(settings, space, settings.space_name)
+    # without Milvus the shard still answers from its keyword side index: ready, its detail says degraded
+    ping = partial(ping_milvus, settings, settings.dependency_timeout_s)
+    watch(probes, settings, "milvus", ping, degraded_only=True)
     return request_loop(settings, space.id, index, probes, milvus_opener(settings))
 
 
