@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_WORDS = (
@@ -52,7 +53,7 @@ print(json.dumps({"load_s": loaded, "prompt_tokens": len(prompt), "prompt_tok_s"
 """
 
 
-def measure(python: str, model: str) -> dict[str, float | str]:
+def measure(python: str, model: str) -> dict[str, Any]:
     done = subprocess.run(
         [python, "-c", CHILD, model, PROMPT_WORDS], capture_output=True, text=True, cwd=REPO, timeout=600
     )
@@ -62,7 +63,7 @@ def measure(python: str, model: str) -> dict[str, float | str]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def median_of(python: str, model: str, runs: int) -> dict[str, float | str]:
+def median_of(python: str, model: str, runs: int) -> dict[str, Any]:
     results = [measure(python, model) for _ in range(runs)]
     if any("crashed" in r for r in results):
         return next(r for r in results if "crashed" in r)
