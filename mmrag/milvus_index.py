@@ -32,6 +32,7 @@ from tenacity import Retrying, stop_after_delay, wait_fixed
 
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.keyword_index import K1, B, KeywordSupport, analyzer_text
+from mmrag.milvus_manifest import COMPLETE_PROPERTY, RowManifests
 from mmrag.settings import VectorStoreSettings
 from mmrag.space import EmbeddingSpace
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
@@ -229,6 +230,8 @@ class MilvusIndex:
         self._started = False
         self._fields = PAYLOAD_FIELDS  # plus content_type when the collection has it (read at start)
         self._keywords = False  # the collection has the keyword and BM25 fields (read at start)
+        self._manifests = RowManifests(collection, self._call, timeout_s, READ_YOUR_WRITES)
+        self._complete = False  # made with its manifests: an object without one has no rows (read at start)
 
     @classmethod
     def for_space(
@@ -268,6 +271,11 @@ class MilvusIndex:
                 )
             self._ensure(lambda: self.client.has_collection(self.collection), self._create)
             self.client.load_collection(self.collection, timeout=self.timeout_s)
+            manifests = self._manifests
+            self._ensure(
+                lambda: self.client.has_collection(manifests.collection), lambda: manifests.create(self.client)
+            )
+            self.client.load_collection(manifests.collection, timeout=self.timeout_s)
             self._read_fields()
             self._keep_properties()
             if self.alias:
@@ -294,6 +302,15 @@ class MilvusIndex:
         described = self.client.describe_collection(self.collection, timeout=self.timeout_s)
         self.dim = next(int(f["params"]["dim"]) for f in described["fields"] if f["name"] == "vector")
         fields = {f["name"] for f in described["fields"]}
+        self._complete = (described.get("properties") or {}).get(COMPLETE_PROPERTY) == "true"
+        if not self._complete:
+            log.warning(
+                "Milvus collection %s was made before row manifests (%s): the rows of an object not changed since "
+                "are found by a filter that scans the collection, so the updater slows as it grows; re-index into a "
+                "new space (mmrag reindex) to remove the scan",
+                self.collection,
+                self._manifests.collection,
+            )
         self._fields = [*PAYLOAD_FIELDS, CONTENT_TYPE] if CONTENT_TYPE in fields else PAYLOAD_FIELDS
         self._keywords = KEYWORDS in fields and SPARSE in fields
         if CONTENT_TYPE not in fields:
@@ -338,6 +355,8 @@ class MilvusIndex:
 
     def _create(self) -> None:
         c = self.client
+        if c.has_collection(self._manifests.collection):  # left by a dropped collection of the same name: stale
+            c.drop_collection(self._manifests.collection)
         schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=32)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
@@ -368,7 +387,7 @@ class MilvusIndex:
         index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="IP")
         bm25_params = {"bm25_k1": K1, "bm25_b": B}
         index.add_index(SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=bm25_params)
-        c.create_collection(self.collection, schema=schema, index_params=index)
+        c.create_collection(self.collection, schema=schema, index_params=index, properties={COMPLETE_PROPERTY: "true"})
         log.info("created Milvus collection %s (dim %d) at %s", self.collection, self.dim, self.uri)
 
     def _call(self, what: str, subject: str, request: Callable[[MilvusClient], Any]) -> Any:
@@ -410,6 +429,7 @@ class MilvusIndex:
             log.warning("Milvus collection %s is not loaded (Milvus restarted?); loading it", self.collection)
             try:
                 self.client.load_collection(self.collection, timeout=self.timeout_s)
+                self.client.load_collection(self._manifests.collection, timeout=self.timeout_s)
             except (MilvusException, grpc.RpcError) as exc:
                 log.warning("loading %s failed: %s", self.collection, _describe(exc))
                 return False
@@ -417,18 +437,66 @@ class MilvusIndex:
         return False
 
     def upsert(self, rows: Sequence[VectorRow]) -> None:
-        if rows:
-            entities = [_to_entity(r, CONTENT_TYPE in self._fields, self._keywords) for r in rows]
-            objects = ", ".join(sorted({r.object_id for r in rows}))
-            self._call("upsert", objects, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s))
+        """Upserts ``rows`` after adding their ids to their objects' manifests: a crash between the two leaves
+        listed ids without rows (``rows_of`` drops them), never a row no manifest lists."""
+        if not rows:
+            return
+        added: dict[str, set[str]] = {}
+        for r in rows:
+            added.setdefault(r.object_id, set()).add(r.vector_id)
+        before = self._manifests.read(added)
+        for oid, ids in added.items():
+            manifest = before.get(oid)
+            listed = manifest.vector_ids if manifest else self._unlisted_ids(oid)
+            if not ids <= listed:  # a replay changes nothing
+                self._manifests.write(oid, listed | ids, manifest.pages if manifest else 0)
+        entities = [_to_entity(r, CONTENT_TYPE in self._fields, self._keywords) for r in rows]
+        objects = ", ".join(sorted(added))
+        self._call("upsert", objects, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s))
 
     def delete(self, vector_ids: Sequence[str]) -> None:
-        if vector_ids:
-            ids = list(vector_ids)
-            subject = f"vector ids {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
-            self._call("delete", subject, lambda c: c.delete(self.collection, ids=ids, timeout=self.timeout_s))
+        """Deletes the rows, then their ids from their objects' manifests (an empty manifest is deleted); a crash
+        between the two leaves listed ids without rows, which ``rows_of`` drops."""
+        if not vector_ids:
+            return
+        ids = list(vector_ids)
+        subject = f"vector ids {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+        owners: dict[str, set[str]] = {}
+        for e in self._get(subject, ids, ["id", "object_id"]):
+            owners.setdefault(e["object_id"], set()).add(e["id"])
+        self._call("delete", subject, lambda c: c.delete(self.collection, ids=ids, timeout=self.timeout_s))
+        manifests = self._manifests.read(owners)
+        for oid, gone in owners.items():
+            manifest = manifests.get(oid)
+            if manifest is not None:
+                self._manifests.write(oid, manifest.vector_ids - gone, manifest.pages)
 
     def rows_of(self, object_id: str) -> list[VectorRow]:
+        """The object's rows (with vectors) by two primary-key gets: its manifest, then the rows it lists; flat in
+        the collection's size. An object without a manifest in a collection made before them is scanned once."""
+        manifest = self._manifests.read([object_id]).get(object_id)
+        if manifest is None:
+            if self._complete:
+                return []
+            rows = self._scan_rows(object_id)
+            self._manifests.write(object_id, {r.vector_id for r in rows}, 0, keep_empty=True)
+            return rows
+        fields = [*self._fields, "vector"]
+        found = self._get(object_id, sorted(manifest.vector_ids), fields) if manifest.vector_ids else []
+        rows = sorted((_to_row(e, None) for e in found), key=lambda r: (r.chunk_index, r.vector_id))
+        rows = [r for r in rows if r.object_id == object_id]
+        if len(rows) != len(manifest.vector_ids):  # ids a crash left without rows
+            live = {r.vector_id for r in rows}
+            self._manifests.write(object_id, live, manifest.pages, keep_empty=not self._complete)
+        return rows
+
+    def _unlisted_ids(self, object_id: str) -> frozenset[str]:
+        """The ids of an object that has no manifest: none in a collection made with manifests, else a scan's."""
+        return frozenset() if self._complete else frozenset(r.vector_id for r in self._scan_rows(object_id))
+
+    def _scan_rows(self, object_id: str) -> list[VectorRow]:
+        """The object's rows by a filter on object_id: scans the collection (only for collections made before
+        manifests)."""
         found = self._call(
             "query",
             object_id,
@@ -441,6 +509,21 @@ class MilvusIndex:
             ),
         )
         return [_to_row(e, None) for e in found]
+
+    def _get(self, subject: str, ids: list[str], fields: list[str]) -> list[dict[str, Any]]:
+        """Rows by primary key (flat in the collection's size), as of every write acknowledged before."""
+        found = self._call(
+            "get",
+            subject,
+            lambda c: c.get(
+                self.collection,
+                ids=ids,
+                output_fields=fields,
+                consistency_level=READ_YOUR_WRITES,
+                timeout=self.timeout_s,
+            ),
+        )
+        return list(found)
 
     def count(self) -> int:
         found = self._call(
