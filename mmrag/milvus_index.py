@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -445,11 +445,13 @@ class MilvusIndex:
         for r in rows:
             added.setdefault(r.object_id, set()).add(r.vector_id)
         before = self._manifests.read(added)
+        changes: dict[str, tuple[Iterable[str], int]] = {}
         for oid, ids in added.items():
             manifest = before.get(oid)
             listed = manifest.vector_ids if manifest else self._unlisted_ids(oid)
             if not ids <= listed:  # a replay changes nothing
-                self._manifests.write(oid, listed | ids, manifest.pages if manifest else 0)
+                changes[oid] = (listed | ids, manifest.pages if manifest else 0)
+        self._manifests.write(changes)
         entities = [_to_entity(r, CONTENT_TYPE in self._fields, self._keywords) for r in rows]
         objects = ", ".join(sorted(added))
         self._call("upsert", objects, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s))
@@ -466,10 +468,8 @@ class MilvusIndex:
             owners.setdefault(e["object_id"], set()).add(e["id"])
         self._call("delete", subject, lambda c: c.delete(self.collection, ids=ids, timeout=self.timeout_s))
         manifests = self._manifests.read(owners)
-        for oid, gone in owners.items():
-            manifest = manifests.get(oid)
-            if manifest is not None:
-                self._manifests.write(oid, manifest.vector_ids - gone, manifest.pages)
+        shrunk = {oid: (m.vector_ids - owners[oid], m.pages) for oid, m in manifests.items()}
+        self._manifests.write(shrunk)
 
     def rows_of(self, object_id: str) -> list[VectorRow]:
         """The object's rows (with vectors) by two primary-key gets: its manifest, then the rows it lists; flat in
@@ -479,7 +479,7 @@ class MilvusIndex:
             if self._complete:
                 return []
             rows = self._scan_rows(object_id)
-            self._manifests.write(object_id, {r.vector_id for r in rows}, 0, keep_empty=True)
+            self._manifests.write({object_id: ({r.vector_id for r in rows}, 0)}, keep_empty=True)
             return rows
         fields = [*self._fields, "vector"]
         found = self._get(object_id, sorted(manifest.vector_ids), fields) if manifest.vector_ids else []
@@ -487,7 +487,7 @@ class MilvusIndex:
         rows = [r for r in rows if r.object_id == object_id]
         if len(rows) != len(manifest.vector_ids):  # ids a crash left without rows
             live = {r.vector_id for r in rows}
-            self._manifests.write(object_id, live, manifest.pages, keep_empty=not self._complete)
+            self._manifests.write({object_id: (live, manifest.pages)}, keep_empty=not self._complete)
         return rows
 
     def _unlisted_ids(self, object_id: str) -> frozenset[str]:

@@ -11,7 +11,7 @@ space catalog never takes it for a space. Milvus needs a vector field in every c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,31 +77,24 @@ class RowManifests:
                 ids[e["object_id"]].update(e["vector_ids"].split())
         return {e["object_id"]: Manifest(frozenset(ids[e["object_id"]]), int(e["pages"])) for e in heads}
 
-    def write(self, object_id: str, vector_ids: Iterable[str], pages_before: int, keep_empty: bool = False) -> None:
-        """Makes ``vector_ids`` the manifest of ``object_id`` (deletes it when empty, unless ``keep_empty``: a known
-        object without rows) and deletes pages of the one before that it no longer needs."""
-        ordered = sorted(vector_ids)
-        chunks = [ordered[i : i + IDS_PER_PAGE] for i in range(0, len(ordered), IDS_PER_PAGE)]
-        if not chunks and keep_empty:
-            chunks = [[]]
-        entities = [
-            {
-                "id": manifest_key(object_id, p),
-                "vector": _DUMMY,
-                "object_id": object_id,
-                "pages": len(chunks),
-                "vector_ids": " ".join(chunk),
-            }
-            for p, chunk in enumerate(chunks)
-        ]
+    def write(self, changes: Mapping[str, tuple[Iterable[str], int]], keep_empty: bool = False) -> None:
+        """Makes each object's ids its manifest (``changes``: object id -> (vector ids, pages of the manifest
+        before)) in one upsert, and deletes the pages no longer needed (an empty manifest is deleted, unless
+        ``keep_empty``: a known object without rows)."""
+        entities: list[dict[str, Any]] = []
+        stale: list[str] = []
+        for object_id, (vector_ids, pages_before) in changes.items():
+            pages = _pages(object_id, sorted(vector_ids), keep_empty)
+            entities.extend(pages)
+            stale.extend(manifest_key(object_id, p) for p in range(len(pages), pages_before))
+        subject = ", ".join(sorted(changes)[:3]) + (" ..." if len(changes) > 3 else "")
         if entities:
             self._call(
-                "manifest upsert", object_id, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s)
+                "manifest upsert", subject, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s)
             )
-        stale = [manifest_key(object_id, p) for p in range(len(chunks), pages_before)]
         if stale:
             self._call(
-                "manifest delete", object_id, lambda c: c.delete(self.collection, ids=stale, timeout=self.timeout_s)
+                "manifest delete", subject, lambda c: c.delete(self.collection, ids=stale, timeout=self.timeout_s)
             )
 
     def _get(self, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -118,3 +111,19 @@ class RowManifests:
             ),
         )
         return list(found)
+
+
+def _pages(object_id: str, ordered: list[str], keep_empty: bool) -> list[dict[str, Any]]:
+    chunks = [ordered[i : i + IDS_PER_PAGE] for i in range(0, len(ordered), IDS_PER_PAGE)]
+    if not chunks and keep_empty:
+        chunks = [[]]
+    return [
+        {
+            "id": manifest_key(object_id, p),
+            "vector": _DUMMY,
+            "object_id": object_id,
+            "pages": len(chunks),
+            "vector_ids": " ".join(chunk),
+        }
+        for p, chunk in enumerate(chunks)
+    ]
