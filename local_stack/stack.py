@@ -40,6 +40,9 @@ STACK_SERVICES = (
     "query_service",
     "llm_worker",
 )
+# The text embedder runs as two lanes (docs/architecture.md "Embedders" -> "Cost lanes"), as (instance, MMRAG_LANE):
+# light in group embedder-text, heavy (objects.heavy.v1) in embedder-text-heavy; the deploy files run the same two.
+TEXT_LANES = (("0", "light"), ("heavy", "heavy"))
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,12 @@ class Deployment:
         return Service(label, SERVICE_MODULES[name], env, self.state_dir / "logs")
 
     def all_services(self) -> list[Service]:
-        return [self.service(n) for n in STACK_SERVICES] + self.shard_workers()
+        lanes = {"text_embedder": self.text_lanes()}
+        return [s for n in STACK_SERVICES for s in lanes.get(n, [self.service(n)])] + self.shard_workers()
+
+    def text_lanes(self, **extra: str) -> list[Service]:
+        """The text embedder's light and heavy lanes (see TEXT_LANES); ``extra`` are more settings of both."""
+        return [self.service("text_embedder", instance, MMRAG_LANE=lane, **extra) for instance, lane in TEXT_LANES]
 
     def shard_workers(self, **extra: str) -> list[Service]:
         """One retrieval worker per shard of each kind ``index_backend`` serves from (see SHARD_WORKERS)."""

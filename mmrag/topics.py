@@ -23,6 +23,8 @@ class TopicSpec:
 SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("s3-events"),
     TopicSpec("objects", compacted=True),
+    # the text embedder's heavy lane: objects its light lane forwarded (a work queue, so not compacted)
+    TopicSpec("objects.heavy"),
     TopicSpec("embeddings"),
     TopicSpec("vectors", compacted=True),
     TopicSpec("index-status", compacted=True),
@@ -40,8 +42,9 @@ SPECS: tuple[TopicSpec, ...] = (
 
 
 # What one embedding space's stages produce: a re-index space (MMRAG_SPACE_NAME) has its own, so the live space's
-# updater never reads another space's embeddings; objects.v1 and the rest are shared.
-SPACE_OWNED = frozenset({"embeddings", "vectors", "index-status"})
+# updater never reads another space's embeddings, nor its heavy lane another space's objects; objects.v1 and the
+# rest are shared.
+SPACE_OWNED = frozenset({"objects.heavy", "embeddings", "vectors", "index-status"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class Topics:
     @property
     def objects(self) -> str:
         return self.name("objects")
+
+    @property
+    def objects_heavy(self) -> str:
+        return self.name("objects.heavy")
 
     @property
     def embeddings(self) -> str:

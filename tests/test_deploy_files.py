@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from local_stack.stack import SHARD_WORKERS, STACK_SERVICES
+from local_stack.stack import SHARD_WORKERS, STACK_SERVICES, TEXT_LANES
 from operator_cli.deployables import SERVICE_MODULES
 
 pytestmark = pytest.mark.unit
@@ -34,9 +34,24 @@ def test_compose_runs_every_service_of_the_stack() -> None:
 
 def test_helm_values_name_every_service_of_the_stack() -> None:
     values = yaml.safe_load((ROOT / "helm/kafka-mmrag/values.yaml").read_text())
-    deployables = set(values["deployables"]) | {"retrieval-worker"}  # shards: a Deployment per shard
+    commands = {cfg.get("command", name) for name, cfg in values["deployables"].items()}
+    deployables = commands | {"retrieval-worker"}  # shards: a Deployment per shard
     assert deployables <= {command(n) for n in SERVICE_MODULES}
     assert stack_services() <= deployables
+
+
+def test_deploy_files_run_the_text_lanes_the_stack_runs() -> None:
+    lanes = sorted(lane for _, lane in TEXT_LANES)
+    assert lanes == ["heavy", "light"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    text = [s for s in compose["services"].values() if s.get("command") == ["text-embedder"]]
+    assert sorted(s["environment"]["MMRAG_LANE"] for s in text) == lanes
+    assert all(s["environment"]["MMRAG_BOOTSTRAP_SERVERS"] == "kafka:9092" for s in text)  # the shared env too
+    values = yaml.safe_load((ROOT / "helm/kafka-mmrag/values.yaml").read_text())
+    helm = [cfg for name, cfg in values["deployables"].items() if cfg.get("command", name) == "text-embedder"]
+    assert sorted(cfg["env"]["MMRAG_LANE"] for cfg in helm) == lanes
+    template = (ROOT / "helm/kafka-mmrag/templates/deployments.yaml").read_text()
+    assert "$cfg.command | default $name" in template and "range $k, $v := $cfg.env" in template
 
 
 def test_the_image_installs_what_the_deployables_need_from_apt() -> None:

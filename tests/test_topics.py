@@ -20,6 +20,7 @@ def test_topics_are_created_once_with_compaction_and_shard_partitions(bootstrap:
     metadata = admin.list_topics(timeout=10).topics
     assert len(metadata[topics.vectors].partitions) == 4
     assert len(metadata[topics.objects].partitions) == 3
+    assert len(metadata[topics.objects_heavy].partitions) == 3  # the text embedder's heavy lane, keyed by object
     resources = [ConfigResource(ConfigResource.Type.TOPIC, topics.name(spec.base)) for spec in SPECS]
     for resource, future in admin.describe_configs(resources).items():
         config = future.result()

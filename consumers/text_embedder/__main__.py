@@ -1,7 +1,9 @@
-"""`python -m consumers.text_embedder`: the embedder-text consumer group."""
+"""`python -m consumers.text_embedder`: the embedder-text consumer group (MMRAG_LANE=heavy: embedder-text-heavy, on
+objects.heavy.v1)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from consumers.text_embedder.extract import TesseractOcr
@@ -18,6 +20,8 @@ from mmrag.text_encoder import MiniLMEncoder
 
 
 def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
+    if settings.lane == "heavy" and settings.heavy_nice:
+        os.nice(settings.heavy_nice)  # below the light lane's processes on a shared host; Tesseract inherits it
     clip = space_clip_encoder(settings) if settings.clip_text_for_text else None
     store = S3ObjectStore(settings, "text_embedder")
     watch(probes, settings, "object store", store.client.list_buckets)  # every document is read from it
@@ -28,11 +32,12 @@ def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectE
         clip,
         TesseractOcr(settings.ocr_languages, settings.ocr_timeout_s),
     )
-    decoders = {settings.topics.objects: proto_decoder(ObjectEvent, handler.stage)}
+    source = settings.topics.objects_heavy if settings.lane == "heavy" else settings.topics.objects
+    decoders = {source: proto_decoder(ObjectEvent, handler.stage)}
     return StageRunner(
         settings,
         handler,
-        group=settings.consumer_group(settings.group),
+        group=settings.consumer_group(settings.lane_group),
         decoders=decoders,
         transactional=True,
         probes=probes,

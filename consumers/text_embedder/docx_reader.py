@@ -50,6 +50,15 @@ def docx_paragraphs(
         raise PermanentError(STAGE, subject, f"not a readable DOCX ({exc})", "re-save it as .docx") from exc
 
 
+def docx_body_bytes(data: bytes) -> int:
+    """What the body would unpack to, from the ZIP directory alone; 0 when unreadable (``docx_paragraphs`` then says
+    why)."""
+    try:
+        return zipfile.ZipFile(io.BytesIO(data)).getinfo(BODY).file_size
+    except (zipfile.BadZipFile, KeyError, zipfile.LargeZipFile, EOFError):
+        return 0
+
+
 def _forget(element: Any) -> None:
     """Drops a read paragraph and the siblings before it, so the parsed tree never grows with the document."""
     element.clear(keep_tail=True)

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from consumers.text_embedder.docx_reader import docx_paragraphs
+from consumers.text_embedder.docx_reader import docx_body_bytes, docx_paragraphs
+from consumers.text_embedder.lanes import HeavyObject, LightLimits
 from consumers.text_embedder.markup import html_visible_text
 from mmrag.errors import PermanentError
 from mmrag.images import decode_image, is_blank
@@ -47,24 +48,39 @@ class Limits:
 
 
 class Budget:
-    """The time one object may take to extract and chunk; ``check`` raises PermanentError once it is spent."""
+    """The time one object may take to extract and chunk; ``check`` raises PermanentError once it is spent, or
+    HeavyObject once the light lane's shorter ``light_s`` is (the heavy lane then takes the object)."""
 
-    def __init__(self, subject: str, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        subject: str,
+        seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        light_s: float | None = None,
+    ) -> None:
         self.subject = subject
         self.seconds = seconds
+        self.light_s = light_s
         self._clock = clock
-        self._deadline = clock() + seconds
+        self._start = clock()
 
     def remaining(self) -> float:
-        return max(0.0, self._deadline - self._clock())
+        allowed = self.seconds if self.light_s is None else min(self.seconds, self.light_s)
+        return max(0.0, self._start + allowed - self._clock())
 
     def check(self) -> None:
-        if self._clock() > self._deadline:
+        spent = self._clock() - self._start
+        if spent > self.seconds:
             raise PermanentError(
                 STAGE,
                 self.subject,
                 f"extraction took longer than its budget of {self.seconds:g}s (MMRAG_EXTRACT_BUDGET_S)",
                 "split the document or raise MMRAG_EXTRACT_BUDGET_S",
+            )
+        if self.light_s is not None and spent > self.light_s:
+            setting = "MMRAG_LIGHT_BUDGET_S"
+            raise HeavyObject(
+                self.subject, setting, f"extraction took over the light lane's {setting}={self.light_s:g}s"
             )
 
 
@@ -94,11 +110,13 @@ def document_kind(data: bytes) -> str:
 
 
 class Extractor:
-    """Pages of text from an object's bytes, bounded by ``limits`` and a per-object ``Budget``."""
+    """Pages of text from an object's bytes, bounded by ``limits`` and a per-object ``Budget``; in the light lane
+    (``light`` given) an object over a light limit raises HeavyObject as soon as that shows."""
 
-    def __init__(self, ocr: Ocr, limits: Limits) -> None:
+    def __init__(self, ocr: Ocr, limits: Limits, light: LightLimits | None = None) -> None:
         self.ocr = ocr
         self.limits = limits
+        self.light = light
 
     def pages(self, kind: int, data: bytes, subject: str, content_type: str, budget: Budget) -> Iterator[Page]:
         """The object's pages, lazily: a caller that stops early never extracts the rest."""
@@ -137,6 +155,8 @@ class Extractor:
             yield Page(0, self._capped(html_text(data, subject, charset, budget.check), subject))
 
     def _docx(self, data: bytes, subject: str, budget: Budget) -> str:
+        if self.light is not None:  # its body's size from the ZIP directory, nothing unpacked
+            self.light.over(subject, "MAX_BYTES", docx_body_bytes(data), self.light.max_bytes, "bytes of DOCX body")
         parts: list[str] = []
         size = 0
         for paragraph in docx_paragraphs(data, subject, self.limits.max_unpacked_bytes, budget.check):
@@ -155,15 +175,8 @@ class Extractor:
         except pdfium.PdfiumError as exc:
             raise PermanentError(STAGE, subject, f"not a readable PDF ({exc})", "re-export the PDF") from exc
         try:
-            if len(pdf) > self.limits.max_pages:
-                raise PermanentError(
-                    STAGE,
-                    subject,
-                    f"{len(pdf)} pages exceed the limit of {self.limits.max_pages}",
-                    "split the document or raise MMRAG_MAX_PAGES",
-                )
-            self._check_ocr_pages(_pages_to_ocr(pdf, self.limits.max_ocr_pages), len(pdf), subject)
-            ocr_pages = 0
+            self._check_pdf_cost(pdf, subject)
+            ocr_pages = ocr_pixels = 0
             for number in range(1, len(pdf) + 1):
                 budget.check()
                 page = pdf[number - 1]
@@ -173,7 +186,8 @@ class Extractor:
                 if image is not None:
                     ocr_pages += 1
                     self._check_ocr_pages(ocr_pages, len(pdf), subject)
-                    text = self._ocr(image, subject, budget)
+                    text = self._ocr(image, subject, budget, ocr_pixels)
+                    ocr_pixels += image.width * image.height
                 yield Page(number, text)
         finally:
             pdf.close()
@@ -185,9 +199,33 @@ class Extractor:
 
         if pdfium_c.FPDFPage_CountObjects(page) == 0:
             return None
-        width, height = page.get_size()  # points (1/72 inch)
-        image = page.render(scale=min(OCR_DPI / 72, _fit_scale(width, height, self.limits.max_ocr_pixels))).to_pil()
+        image = page.render(scale=self._ocr_scale(*page.get_size())).to_pil()
         return None if is_blank(image) else image
+
+    def _ocr_scale(self, width: float, height: float) -> float:
+        """The render scale of a page of ``width`` x ``height`` points (1/72 inch) for OCR."""
+        return min(OCR_DPI / 72, _fit_scale(width, height, self.limits.max_ocr_pixels))
+
+    def _ocr_pixels(self, width: float, height: float) -> int:
+        scale = self._ocr_scale(width, height)
+        return math.ceil(width * scale) * math.ceil(height * scale)
+
+    def _check_pdf_cost(self, pdf: Any, subject: str) -> None:
+        """Before any page is read: pages, and the pages that surely need OCR, within the limits (PermanentError)
+        and, in the light lane, within its limits (HeavyObject)."""
+        if len(pdf) > self.limits.max_pages:
+            raise PermanentError(
+                STAGE,
+                subject,
+                f"{len(pdf)} pages exceed the limit of {self.limits.max_pages}",
+                "split the document or raise MMRAG_MAX_PAGES",
+            )
+        to_ocr = _pages_to_ocr(pdf, self.limits.max_ocr_pages)
+        self._check_ocr_pages(len(to_ocr), len(pdf), subject)
+        if self.light is not None:  # after the hard limits: what neither lane takes goes to the DLQ from here
+            self.light.over(subject, "MAX_PAGES", len(pdf), self.light.max_pages, "pages")
+            pixels = sum(self._ocr_pixels(*pdf.get_page_size(i)) for i in to_ocr)
+            self.light.over(subject, "MAX_OCR_PIXELS", pixels, self.light.max_ocr_pixels, "pixels to OCR")
 
     def _check_ocr_pages(self, count: int, pages: int, subject: str) -> None:
         if count > self.limits.max_ocr_pages:
@@ -199,8 +237,17 @@ class Extractor:
                 "upload the document with a text layer (OCR it first), split it, or raise MMRAG_MAX_OCR_PAGES",
             )
 
-    def _ocr(self, image: Any, subject: str, budget: Budget) -> str:
-        return self.ocr.image_text(image, subject, budget.remaining())
+    def _ocr(self, image: Any, subject: str, budget: Budget, pixels_before: int = 0) -> str:
+        """OCR within what is left of the budget; in the light lane only while the object's OCR'd pixels stay within
+        its limit, and an OCR run cut short by the light lane's time is that lane's HeavyObject, not a failure."""
+        if self.light is not None:
+            pixels = pixels_before + image.width * image.height
+            self.light.over(subject, "MAX_OCR_PIXELS", pixels, self.light.max_ocr_pixels, "pixels to OCR")
+        try:
+            return self.ocr.image_text(image, subject, budget.remaining())
+        except PermanentError:
+            budget.check()
+            raise
 
     def image_text(self, data: bytes, subject: str, budget: Budget) -> str:
         """OCR text of an image (SVG rasterized first), scaled down to at most max_ocr_pixels; none of a blank one
@@ -235,13 +282,13 @@ def _text_layer(page: Any) -> str:
     return text
 
 
-def _pages_to_ocr(pdf: Any, enough: int) -> int:
-    """How many pages surely need OCR, counted without reading any text or rendering (stops past ``enough``): pages
-    whose top-level objects are images or drawings but neither text nor forms (a form may hold text). A lower bound:
-    text objects holding only spaces are found out while extracting."""
+def _pages_to_ocr(pdf: Any, enough: int) -> list[int]:
+    """The pages (0-based) that surely need OCR, found without reading any text or rendering (stops past
+    ``enough``): pages whose top-level objects are images or drawings but neither text nor forms (a form may hold
+    text). A lower bound: text objects holding only spaces are found out while extracting."""
     import pypdfium2.raw as pdfium_c
 
-    found = 0
+    found: list[int] = []
     for number in range(len(pdf)):
         page = pdf[number]
         kinds = {
@@ -250,8 +297,8 @@ def _pages_to_ocr(pdf: Any, enough: int) -> int:
         }
         page.close()
         if kinds and not kinds & {pdfium_c.FPDF_PAGEOBJ_TEXT, pdfium_c.FPDF_PAGEOBJ_FORM}:
-            found += 1
-            if found > enough:
+            found.append(number)
+            if len(found) > enough:
                 break
     return found
 

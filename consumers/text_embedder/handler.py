@@ -8,12 +8,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from prometheus_client import Counter, Histogram
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from consumers.text_embedder.chunking import TextChunk, TooManyChunks, chunk_text
 from consumers.text_embedder.extract import Budget, Extractor, Limits, Ocr
+from consumers.text_embedder.lanes import HeavyObject, LightLimits, forward
 from mmrag.clip import ClipEncoder
 from mmrag.embedding_batches import deletion_output, new_embedding_batch
 from mmrag.errors import PermanentError
@@ -37,10 +39,35 @@ EMBED_SECONDS = Histogram(
 )
 CHUNKS = Counter("mmrag_text_chunks_total", "Chunks embedded")
 OCR_EMPTY = Counter("mmrag_ocr_empty_total", "Images whose OCR found no text (indexed by the vision group only)")
+FORWARDED = Counter(
+    "mmrag_heavy_lane_forwarded_total", "Objects the light lane forwarded to the heavy lane, by limit", ["setting"]
+)
 
 
 class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     group: str = "embedder-text"
+    lane: Literal["all", "light", "heavy"] = Field(
+        default="all",
+        description="all: one group does every object; light: group <group>, objects over a MMRAG_LIGHT_* limit "
+        "are forwarded to objects.heavy.v1 in the batch's transaction; heavy: group <group>-heavy, reads "
+        "objects.heavy.v1 under the hard limits only. Deployments run a light and a heavy lane",
+    )
+    light_max_bytes: int = Field(
+        default=128 << 10, description="light lane: objects larger (the event's size; a DOCX's unpacked body) go heavy"
+    )
+    light_max_pages: int = Field(default=20, description="light lane: PDFs of more pages go heavy")
+    light_max_ocr_pixels: int = Field(
+        default=4_000_000, description="light lane: objects needing more pixels OCR'd go heavy (an A4 page: 3.9 Mpx)"
+    )
+    light_max_chunks: int = Field(default=64, description="light lane: objects of more chunks go heavy")
+    light_budget_s: float = Field(
+        default=2.0, description="light lane: an object still extracting after this long goes heavy"
+    )
+    heavy_nice: int = Field(
+        default=10,
+        description="heavy lane: niceness added to the process (and its Tesseract runs), so on a shared host it "
+        "takes the CPU the light lane leaves; 0 = the same priority",
+    )
     chunk_tokens: int = Field(default=MAX_TOKENS, le=MAX_TOKENS, description="MiniLM reads at most 256 tokens")
     chunk_overlap: int = 32
     token_budget: int = Field(default=8192, description="padded tokens per MiniLM forward pass")
@@ -77,6 +104,29 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
         description="embed extracted text while the pool extracts the rest; worth it when the model runs on an "
         "accelerator, not on CPU, where the model already uses every core and overlap only makes them contend",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _heavy_lane_batches_one_object(cls, data: Any) -> Any:
+        """The heavy lane takes one object per batch unless MMRAG_MAX_BATCH says otherwise: each of its objects
+        fills forward passes alone, and in a batch it would wait for the slowest (a 1 MB text behind a scan)."""
+        if isinstance(data, dict) and data.get("lane") == "heavy" and "max_batch" not in data:
+            return {**data, "max_batch": 1}
+        return data
+
+    @property
+    def light_limits(self) -> LightLimits | None:
+        """The light lane's limits; None in the other lanes (no object is forwarded)."""
+        if self.lane != "light":
+            return None
+        s = self
+        return LightLimits(
+            s.light_max_bytes, s.light_max_pages, s.light_max_ocr_pixels, s.light_max_chunks, s.light_budget_s
+        )
+
+    @property
+    def lane_group(self) -> str:
+        return f"{self.group}-heavy" if self.lane == "heavy" else self.group
 
     @property
     def limits(self) -> Limits:
@@ -117,8 +167,10 @@ class TextEmbedder:
         self.encoder = encoder
         self.clip = clip
         self.ocr = ocr
-        self.extractor = Extractor(ocr, settings.limits)
+        self.light = settings.light_limits
+        self.extractor = Extractor(ocr, settings.limits, self.light)
         self.topic = settings.topics.embeddings
+        self.heavy_topic = settings.topics.objects_heavy
         self._pool: ThreadPoolExecutor | None = None
         self._fetch_pool: ThreadPoolExecutor | None = None
         self.kinds = {MediaKind.MEDIA_KIND_TEXT, MediaKind.MEDIA_KIND_DOCUMENT}
@@ -136,20 +188,22 @@ class TextEmbedder:
             warm()
 
     def handle(self, batch: Sequence[Envelope[ObjectEvent]]) -> list[ItemResult]:
-        """One result per envelope: a batch per text-bearing object, a deletion per tombstone, [] for the rest."""
+        """One result per envelope: a batch per text-bearing object, a deletion per tombstone, [] for the rest; in
+        the light lane, an object over a light limit is forwarded to the heavy lane instead, and so is every
+        tombstone (after its deletion), so the heavy lane deletes after the versions it still holds."""
         assert self._pool is not None and self._fetch_pool is not None, "warm_up() starts the pools"
         results: list[ItemResult] = []
         todo: list[tuple[int, ObjectEvent]] = []
         for i, env in enumerate(batch):
             results.append([])
             if env.value is None:
-                results[i] = [deletion_output(env, self.topic, Modality.MODALITY_TEXT)]
+                deletion = deletion_output(env, self.topic, Modality.MODALITY_TEXT)
+                follow = [] if self.light is None else [forward(env, self.heavy_topic, "a delete follows its versions")]
+                results[i] = [deletion, *follow]
             elif env.value.media_kind in self.kinds:
-                refused = self._over_size(env.value)
-                if refused is None:
+                results[i] = self._over_size(env.value) or self._heavy_by_size(env) or []
+                if not results[i]:
                     todo.append((i, env.value))
-                else:
-                    results[i] = refused
         reads = self._read_ahead([event for _, event in todo])
         # Extraction is CPU work: with overlap it runs beside the model; without, a pass's worth of objects is
         # extracted (in parallel), then embedded, while the reads of the later objects go on arriving.
@@ -168,6 +222,8 @@ class TextEmbedder:
                     pending += future.result()
                 except PermanentError as exc:
                     results[i] = exc
+                except HeavyObject as exc:
+                    results[i] = self._forwarded(batch[i], exc)
                 # a forward pass is full when no further chunk of the largest size would fit
                 if sum(c.tokens for p in pending for c in p.chunks) > budget - self.settings.chunk_tokens:
                     self._embed(pending, results)
@@ -185,6 +241,21 @@ class TextEmbedder:
         kind = event.media_kind
         setting = {MediaKind.MEDIA_KIND_IMAGE: "IMAGE", MediaKind.MEDIA_KIND_DOCUMENT: "DOCUMENT"}.get(kind, "TEXT")
         return size_refusal(event, self.settings.max_bytes(kind), STAGE, f"MMRAG_MAX_{setting}_BYTES")
+
+    def _heavy_by_size(self, env: Envelope[ObjectEvent]) -> list[Output]:
+        """The light lane's forward of an object its event already shows to be over MMRAG_LIGHT_MAX_BYTES, unread."""
+        assert env.value is not None
+        try:
+            if self.light is not None:
+                self.light.by_event(env.value)
+        except HeavyObject as exc:
+            return self._forwarded(env, exc)
+        return []
+
+    def _forwarded(self, env: Envelope[ObjectEvent], heavy: HeavyObject) -> list[Output]:
+        FORWARDED.labels(heavy.setting).inc()
+        log.info("%s: %s to the heavy lane: %s", STAGE, heavy.subject, heavy.reason)
+        return [forward(env, self.heavy_topic, heavy.reason)]
 
     def _chunked(self, index: int, event: ObjectEvent, reads: ReadAhead, n: int) -> list[_Pending]:
         try:
@@ -207,15 +278,21 @@ class TextEmbedder:
         """Chunks and their page numbers, page by page; stops (PermanentError) at the chunk cap or the time budget,
         before the rest of the object is extracted or tokenized."""
         s = self.settings
-        budget = Budget(event.object_id, s.extract_budget_s)
+        light_s = None if self.light is None else self.light.budget_s
+        budget = Budget(event.object_id, s.extract_budget_s, light_s=light_s)
+        cap = s.max_chunks if self.light is None else min(s.max_chunks, self.light.max_chunks)
         tokenizer = self.encoder.load_tokenizer()
         chunks: list[TextChunk] = []
         numbers: list[int] = []
         for page in self.extractor.pages(event.media_kind, data, event.object_id, event.content_type, budget):
-            room = s.max_chunks - len(chunks)
             try:
+                room = cap - len(chunks)
                 found = chunk_text(page.text, tokenizer, s.chunk_tokens, s.chunk_overlap, room, budget.check)
             except TooManyChunks as exc:
+                if cap < s.max_chunks:
+                    name = "MMRAG_LIGHT_MAX_CHUNKS"
+                    reason = f"more than {cap} chunks, over the light lane's {name}={cap}"
+                    raise HeavyObject(event.object_id, name, reason) from exc
                 raise PermanentError(
                     STAGE,
                     event.object_id,
