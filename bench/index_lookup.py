@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -59,12 +60,14 @@ def batch_of(space: EmbeddingSpace, oid: str, version: str, chunks: int, rng: np
 
 
 def grow(updater: IndexUpdater, space: EmbeddingSpace, objects: int, target: int, args: argparse.Namespace) -> int:
-    """Adds objects (``args.chunks`` rows each) until the collection holds ``target`` rows; returns the count."""
+    """Adds objects (``args.chunks`` rows each) until the collection holds at least ``target`` rows; returns how
+    many objects it holds."""
     rng = np.random.default_rng(objects)
     index = updater.index
     assert isinstance(index, MilvusIndex)
-    while objects * args.chunks < target:
-        step = min(500, target // args.chunks - objects)
+    wanted = -(-target // args.chunks)  # rounded up
+    while objects < wanted:
+        step = min(500, wanted - objects)
         rows: list[VectorRow] = []
         for n in range(objects, objects + step):
             plan = plan_update(batch_of(space, f"bench/o{n}", "v1", args.chunks, rng), [], space, 2, 0)
@@ -139,6 +142,7 @@ def main() -> None:
                     *(f"{r:.1f}" for r in rates),
                 )
                 Console().print(table)
+                sys.stdout.flush()  # a table per size, also into a file
         finally:
             stop_milvus_lite(Path(tmp))
 
