@@ -17,6 +17,7 @@ from pymilvus import MilvusClient
 from rich.table import Table
 
 from mmrag.milvus_index import alias_target
+from mmrag.milvus_manifest import manifest_collection
 from mmrag.settings import BaseServiceSettings, VectorStoreSettings, group_name
 from mmrag.space_catalog import SpaceSpec, parse_collection, space_collections
 from mmrag.topics import SPACE_OWNED, Topics
@@ -92,6 +93,10 @@ def drop(
         raise RuntimeError(f"{space.collection} became live meanwhile; not dropped")
     client.drop_collection(space.collection)
     dropped = [f"collection {space.collection}"]
+    manifests = manifest_collection(space.collection)  # its rows' per-object id lists (mmrag.milvus_manifest)
+    if client.has_collection(manifests):
+        client.drop_collection(manifests)
+        dropped.append(f"collection {manifests}")
     if not space.space_name:
         return dropped  # the unnamed space's groups and topics are the deployment's own
     existing = {g.group_id for g in admin.list_consumer_groups().result(timeout=15).valid}
