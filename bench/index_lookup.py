@@ -86,7 +86,7 @@ def timed(calls: Callable[[], object], n: int) -> list[float]:
     return times
 
 
-def measure(updater: IndexUpdater, scan: IndexUpdater, space: EmbeddingSpace, objects: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def measure(updater: IndexUpdater, scan: IndexUpdater, space: EmbeddingSpace, objects: int, args: argparse.Namespace):
     rng = np.random.default_rng(objects + 1)
     picks = [f"bench/o{n}" for n in rng.choice(objects, size=args.lookups + 2 * args.updates, replace=False)]
     index, scanner = updater.index, scan.index
