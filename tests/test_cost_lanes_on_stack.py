@@ -14,7 +14,7 @@ from mmrag.pb.events_pb2 import EmbeddingBatch, IndexState, IndexStatus
 from mmrag.topics import Topics
 from tests.documents import scanned_pdf
 from tests.index_tools import statuses
-from tests.kafka_tools import read_topic, wait_for
+from tests.kafka_tools import Landed, read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
 SCANNED_PAGES = 25  # over MMRAG_LIGHT_MAX_PAGES (20); ~1 s of Tesseract per page on this machine
@@ -48,14 +48,13 @@ def test_a_control_file_behind_a_scanned_book_is_indexed_while_the_book_is_read(
     assert control.text_chunks == 1 and scan.text_chunks >= SCANNED_PAGES
     assert control_s < 20 and control_s < scan_s / 3, (control_s, scan_s)
 
-    [forwarded] = [r for r in read_topic(bootstrap, topics.objects_heavy, idle_s=1) if r.key == book]
+    def landed(topic: str) -> list[Landed] | None:  # a fresh reader may see nothing within its idle time
+        return [r for r in read_topic(bootstrap, topic, idle_s=1) if r.key == book] or None
+
+    [forwarded] = wait_for(lambda: landed(topics.objects_heavy), 60, "the scan on objects.heavy.v1")
     assert forwarded.headers["lane-reason"] == "25 pages, over the light lane's MMRAG_LIGHT_MAX_PAGES=20"
-    pages = {
-        c.page
-        for r in read_topic(bootstrap, topics.embeddings, idle_s=1)
-        if r.key == book
-        for c in EmbeddingBatch.FromString(r.value or b"").chunks
-    }
+    embedded = wait_for(lambda: landed(topics.embeddings), 60, "the scan's embeddings")
+    pages = {c.page for r in embedded for c in EmbeddingBatch.FromString(r.value or b"").chunks}
     assert pages == set(range(1, SCANNED_PAGES + 1))
 
     store.delete(deployment.bucket, "scanned-book.pdf")
@@ -68,5 +67,5 @@ def test_a_control_file_behind_a_scanned_book_is_indexed_while_the_book_is_read(
         return deletions if len(deletions) == 2 else None
 
     wait_for(deleted_by_both_lanes, 120, "the delete applied by the light lane and, after the scan, the heavy lane")
-    final = statuses(bootstrap, topics)[book]
+    final = wait_for(lambda: statuses(bootstrap, topics).get(book), 30, "the scan's last status")
     assert final.state == IndexState.INDEX_STATE_DELETED
