@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from local_stack.processes import alive_pid
+from local_stack.services import Service
 from local_stack.stack import Deployment, Endpoints, start_services
 from tests.drill_tools import readiness
 from tests.kafka_tools import wait_for
@@ -59,9 +62,12 @@ def test_an_idle_embedder_is_not_ready_while_its_object_store_is_cut_off_or_froz
         stop_moto(moto_dir)
 
 
-def test_the_index_updater_is_not_ready_while_milvus_is_frozen(
-    deployment: Deployment, infra: Endpoints, tmp_path: Path
-) -> None:
+@contextmanager
+def frozen_milvus_behind(
+    deployment: Deployment, infra: Endpoints, tmp_path: Path, service: Service
+) -> Iterator[Callable[[], None]]:
+    """Runs ``service`` on a private milvus-lite, waits until it is ready, freezes Milvus (SIGSTOP) and yields
+    what thaws it (SIGCONT); thawed and stopped after the block."""
     from local_stack.milvus import start_milvus_lite, stop_milvus_lite
 
     milvus_dir = tmp_path / "milvus-private"
@@ -69,44 +75,39 @@ def test_the_index_updater_is_not_ready_while_milvus_is_frozen(
     try:
         deployment.endpoints = Endpoints(infra.bootstrap_servers, infra.s3_endpoint_url, uri)
         deployment.prepare()
-        [updater] = start_services([deployment.service("index_updater", **FAST)])
-        wait_for(lambda: ready(updater), 120, "the updater ready")
+        service.env.update(deployment.env())
+        start_services([service])
+        wait_for(lambda: ready(service), 120, f"{service.name} ready")
         milvus = alive_pid(milvus_dir / "milvus.json")
         assert milvus is not None
         os.kill(milvus, signal.SIGSTOP)
         try:
-            wait_for(lambda: not_ready_because(updater, "milvus down"), 30, "not ready while Milvus is frozen")
+            yield lambda: os.kill(milvus, signal.SIGCONT)
         finally:
             os.kill(milvus, signal.SIGCONT)
-        wait_for(lambda: ready(updater), 60, "ready again once Milvus thaws")
     finally:
         stop_milvus_lite(milvus_dir)
+
+
+def test_the_index_updater_is_not_ready_while_milvus_is_frozen(
+    deployment: Deployment, infra: Endpoints, tmp_path: Path
+) -> None:
+    updater = deployment.service("index_updater", **FAST)
+    with frozen_milvus_behind(deployment, infra, tmp_path, updater) as thaw:
+        wait_for(lambda: not_ready_because(updater, "milvus down"), 30, "not ready while Milvus is frozen")
+        thaw()
+        wait_for(lambda: ready(updater), 60, "ready again once Milvus thaws")
 
 
 def test_a_retrieval_worker_without_milvus_stays_ready_and_says_degraded(
     deployment: Deployment, infra: Endpoints, tmp_path: Path
 ) -> None:
     """It still answers from its keyword side index, so it stays ready (200) and its detail says degraded."""
-    from local_stack.milvus import start_milvus_lite, stop_milvus_lite
-    from tests.drill_tools import readiness as probe_ready
-
-    milvus_dir = tmp_path / "milvus-private"
-    uri = start_milvus_lite(milvus_dir)
-    try:
-        deployment.endpoints = Endpoints(infra.bootstrap_servers, infra.s3_endpoint_url, uri)
-        deployment.prepare()
-        [worker] = start_services([deployment.service("retrieval_worker", "0", MMRAG_SHARD="0", **FAST)])
-        wait_for(lambda: ready(worker), 120, "the worker ready")
-        milvus = alive_pid(milvus_dir / "milvus.json")
-        assert milvus is not None
-        os.kill(milvus, signal.SIGSTOP)
-        try:
-            degraded = wait_for(
-                lambda: (r := probe_ready(worker))[0] == 200 and "degraded: milvus down" in r[1] and r, 30, "degraded"
-            )
-            assert "no answer within" in degraded[1]
-        finally:
-            os.kill(milvus, signal.SIGCONT)
-        wait_for(lambda: "milvus: ok" in probe_ready(worker)[1], 60, "ok again once Milvus thaws")
-    finally:
-        stop_milvus_lite(milvus_dir)
+    worker = deployment.service("retrieval_worker", "0", MMRAG_SHARD="0", **FAST)
+    with frozen_milvus_behind(deployment, infra, tmp_path, worker) as thaw:
+        degraded = wait_for(
+            lambda: (r := readiness(worker))[0] == 200 and "degraded: milvus down" in r[1] and r, 30, "degraded"
+        )
+        assert "no answer within" in degraded[1]
+        thaw()
+        wait_for(lambda: "milvus: ok" in readiness(worker)[1], 60, "ok again once Milvus thaws")
