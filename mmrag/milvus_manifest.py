@@ -11,7 +11,7 @@ space catalog never takes it for a space. Milvus needs a vector field in every c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,10 +69,10 @@ class RowManifests:
         wanted = {manifest_key(o, 0): o for o in object_ids}
         if not wanted:
             return {}
-        heads = [e for e in self._get(list(wanted)) if wanted.get(e["id"]) == e["object_id"]]
+        heads = [e for e in self._get(wanted) if wanted.get(e["id"]) == e["object_id"]]
         more = {manifest_key(e["object_id"], p): e["object_id"] for e in heads for p in range(1, int(e["pages"]))}
         ids: dict[str, set[str]] = {e["object_id"]: set(e["vector_ids"].split()) for e in heads}
-        for e in self._get(list(more)) if more else []:
+        for e in self._get(more) if more else []:
             if more.get(e["id"]) == e["object_id"]:
                 ids[e["object_id"]].update(e["vector_ids"].split())
         return {e["object_id"]: Manifest(frozenset(ids[e["object_id"]]), int(e["pages"])) for e in heads}
@@ -97,8 +97,10 @@ class RowManifests:
                 "manifest delete", subject, lambda c: c.delete(self.collection, ids=stale, timeout=self.timeout_s)
             )
 
-    def _get(self, keys: Sequence[str]) -> list[dict[str, Any]]:
-        subject = f"manifests {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+    def _get(self, keys: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The manifest pages of ``keys`` (key -> object id); a failure names the objects, as every error does."""
+        objects = sorted(set(keys.values()))
+        subject = ", ".join(objects[:3]) + (" ..." if len(objects) > 3 else "")
         found = self._call(
             "manifest get",
             subject,
