@@ -22,7 +22,7 @@ from mmrag.settings import BaseServiceSettings, VectorStoreSettings, group_name
 from mmrag.space_catalog import SpaceSpec, parse_collection, space_collections
 from mmrag.topics import SPACE_OWNED, Topics
 
-SPACE_GROUPS = ("embedder-text", "embedder-vision", "index-updater")  # the stages a re-index space runs
+SPACE_GROUPS = ("embedder-text", "embedder-text-heavy", "embedder-vision", "index-updater")  # a space's stages
 SWAPS_FILE = "swaps.json"
 
 
