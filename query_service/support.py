@@ -197,7 +197,7 @@ class SupportChecker:
         vectors = self.embed([*content, *(p.text for p in pool)])
         answer_vecs, pool_vecs = vectors[: len(content)], vectors[len(content) :]
         similarity = answer_vecs @ pool_vecs.T
-        answers_it = self.answer_scores(question, pool)
+        answers_it = self.answer_scores(question, pool, pool_vecs)
         by_source = {s.number: f"{s.best.text}\n{s.text}".lower() for s in sources}
         support: dict[str, int] = {}
         problem = None
@@ -231,16 +231,21 @@ class SupportChecker:
         covered = len(wanted & terms(source_text)) / len(wanted) if wanted else 0.0
         return similarity >= self.support_min - LEXICAL_SLACK and covered >= LEXICAL_MIN
 
-    def answer_scores(self, question: str, pool: Sequence[SourceSentence]) -> np.ndarray:
+    def answer_scores(
+        self, question: str, pool: Sequence[SourceSentence], pool_vecs: np.ndarray | None = None
+    ) -> np.ndarray:
         """How well each sentence answers ``question``: its cosine with it (or that of it with the sentence before
         it, which names what "it" is), plus ANSWER_TYPE_BONUS when it holds what the question asks for (a number
-        for "how many", a time for "when", a new name for "who": answer_type), minus it when it lacks that."""
+        for "how many", a time for "when", a new name for "who": answer_type), minus it when it lacks that.
+        ``pool_vecs``: the pool's vectors when the caller has them already."""
         windows = [
             f"{pool[i - 1].text} {p.text}" if i and pool[i - 1].number == p.number else p.text
             for i, p in enumerate(pool)
         ]
-        vectors = self.embed([question, *(p.text for p in pool), *windows])
-        alone, joined = vectors[1 : 1 + len(pool)] @ vectors[0], vectors[1 + len(pool) :] @ vectors[0]
+        if pool_vecs is None:
+            pool_vecs = self.embed([p.text for p in pool])
+        vectors = self.embed([question, *windows])
+        alone, joined = pool_vecs @ vectors[0], vectors[1:] @ vectors[0]
         wanted = answer_type(question)
         typed = np.array([type_fit(wanted, question, p.text) for p in pool]) * ANSWER_TYPE_BONUS
         return np.asarray(np.maximum(alone, joined) + typed)
