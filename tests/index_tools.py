@@ -28,9 +28,16 @@ def index_env(
 
 
 def text_batch(
-    space: EmbeddingSpace, oid: str, version: str, at_ms: int, rng: np.random.Generator, chunks: int = 1
+    space: EmbeddingSpace,
+    oid: str,
+    version: str,
+    at_ms: int,
+    rng: np.random.Generator,
+    chunks: int = 1,
+    text: str | None = None,
 ) -> EmbeddingBatch:
-    """A text embedding batch of ``chunks`` random MiniLM vectors, texts naming the object, version and chunk."""
+    """A text embedding batch of ``chunks`` random MiniLM vectors, texts naming the object, version and chunk (or
+    ``text``, spanning its whole length, in each)."""
     return EmbeddingBatch(
         object_id=oid,
         version=version,
@@ -39,7 +46,10 @@ def text_batch(
         dim=space.text_dim,
         chunks=[
             Chunk(
-                index=i, text=f'{oid} {version} chunk {i} "ü" \\', vector=rng.standard_normal(space.text_dim).tolist()
+                index=i,
+                text=text if text is not None else f'{oid} {version} chunk {i} "ü" \\',
+                char_end=len(text) if text is not None else 0,
+                vector=rng.standard_normal(space.text_dim).tolist(),
             )
             for i in range(chunks)
         ],

@@ -20,21 +20,20 @@ from consumers.faiss_worker.shard import FaissShard
 from mmrag.faiss_index import FaissSettings
 from mmrag.messages import now_ms
 from mmrag.pb.events_pb2 import (
-    Chunk,
     EmbeddingBatch,
     IndexState,
     IndexStatus,
-    Modality,
     SearchHit,
     SearchReply,
     SearchRequest,
 )
 from mmrag.request_reply import ReplyAddress
 from mmrag.settings import SpaceSettings
-from mmrag.space import EmbeddingSpace, space_from_settings
+from mmrag.space import space_from_settings
 from mmrag.topics import Topics, ensure_topics
 from mmrag.vector_index import NO_FILTER, VectorRow
 from mmrag.vector_log import vector_outputs
+from tests.index_tools import text_batch
 
 pytestmark = pytest.mark.kafka
 
@@ -118,19 +117,6 @@ class StatusTail:
         self.consumer.close()
 
 
-def batch(space: EmbeddingSpace, oid: str, version: str, text: str, rng: np.random.Generator) -> EmbeddingBatch:
-    vector = rng.standard_normal(space.text_dim).tolist()
-    return EmbeddingBatch(
-        object_id=oid,
-        version=version,
-        modality=Modality.MODALITY_TEXT,
-        model_id=space.text_model_id,
-        dim=space.text_dim,
-        chunks=[Chunk(index=0, text=text, char_end=len(text), vector=vector)],
-        event_time_ms=now_ms(),
-    )
-
-
 def test_milvus_keyword_search_finds_a_document_the_moment_its_status_says_indexed(deployment: Any) -> None:
     from local_stack.stack import start_services
 
@@ -148,7 +134,7 @@ def test_milvus_keyword_search_finds_a_document_the_moment_its_status_says_index
         change = (
             EmbeddingBatch(object_id=oid, version=version, deleted=True, event_time_ms=now_ms())
             if deleted
-            else batch(space, oid, version, text, rng)
+            else text_batch(space, oid, version, now_ms(), rng, text=text)
         )
         producer.produce(topics.embeddings, change.SerializeToString(), oid)
         producer.flush(10)
