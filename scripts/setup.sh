@@ -42,3 +42,6 @@ fi
 
 step "Kafka broker jars (Maven Central, cached)"
 uv run --frozen mmrag kafka fetch
+
+# Jaeger for `mmrag stack up --observability` (built from the Go module proxy once per version; skipped when cached)
+bash scripts/build-jaeger.sh
