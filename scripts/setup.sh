@@ -45,3 +45,6 @@ uv run --frozen mmrag kafka fetch
 
 # Jaeger for `mmrag stack up --observability` (built from the Go module proxy once per version; skipped when cached)
 bash scripts/build-jaeger.sh
+
+# helm and kube-score for the Helm chart's tests (Go module proxy, built once per version; skipped when cached)
+bash scripts/build-chart-tools.sh
