@@ -70,7 +70,7 @@ def test_principals_resolve_the_deployment_prefix_and_a_space() -> None:
 def test_normalizer_wiring_is_declared(wiring_env: None) -> None:
     from producers.normalizer import NormalizerSettings, build
 
-    runner = build(NormalizerSettings(), Probes("normalizer"))
+    runner: Any = build(NormalizerSettings(), Probes("normalizer"))
     assert_runner_declared(runner, principal("normalizer"), {runner.handler.topics.objects})
 
 
@@ -80,7 +80,7 @@ def test_text_embedder_lanes_are_declared(wiring_env: None, monkeypatch: pytest.
     from consumers.text_embedder.handler import TextEmbedderSettings
 
     monkeypatch.setenv("MMRAG_LANE", lane)
-    runner = build(TextEmbedderSettings(), Probes("text_embedder"))
+    runner: Any = build(TextEmbedderSettings(), Probes("text_embedder"))
     outputs = {runner.handler.topic} | ({runner.handler.heavy_topic} if lane == "light" else set())
     assert_runner_declared(runner, principal("text_embedder"), outputs)
 
@@ -89,7 +89,7 @@ def test_vision_embedder_wiring_is_declared(wiring_env: None) -> None:
     from consumers.vision_embedder.__main__ import build
     from consumers.vision_embedder.handler import VisionEmbedderSettings
 
-    runner = build(VisionEmbedderSettings(), Probes("vision_embedder"))
+    runner: Any = build(VisionEmbedderSettings(), Probes("vision_embedder"))
     assert_runner_declared(runner, principal("vision_embedder"), {runner.handler.topic})
 
 
@@ -97,7 +97,7 @@ def test_index_updater_wiring_is_declared(wiring_env: None) -> None:
     from index_updater.__main__ import build
     from index_updater.handler import IndexUpdaterSettings
 
-    runner = build(IndexUpdaterSettings(), Probes("index_updater"))
+    runner: Any = build(IndexUpdaterSettings(), Probes("index_updater"))
     handler = runner.handler
     assert handler.vectors_topic is not None, "the faiss backend writes vectors"
     assert_runner_declared(runner, principal("index_updater"), {handler.status_topic, handler.vectors_topic})
