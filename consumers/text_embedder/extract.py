@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -26,6 +27,11 @@ STAGE = "text_embedder"
 PDF_MAGIC = b"%PDF-"
 ZIP_MAGIC = b"PK\x03\x04"
 OCR_DPI = 200
+# PDFium is not thread-safe, not even across documents (pypdfium2: "Incompatibility with Threading"): two extract
+# workers reading two PDFs at once crashed the process (SIGSEGV in get_page beside a tokenizer thread). Every pdfium
+# call in this process holds this lock; OCR, the slow part, runs outside it. Re-entrant because a PDF generator
+# dropped mid-way is closed by the garbage collector, possibly while this thread already holds it.
+PDFIUM_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -167,40 +173,54 @@ class Extractor:
 
     def pdf_pages(self, data: bytes, subject: str, budget: Budget) -> Iterator[Page]:
         """Each page's text layer; a page without one is rendered (200 dpi, at most max_ocr_pixels) and OCR'd unless
-        it is blank. The page count and the pages that need OCR are checked before any page is read."""
+        it is blank. The page count and the pages that need OCR are checked before any page is read. Every pdfium
+        call holds PDFIUM_LOCK; OCR does not."""
         import pypdfium2 as pdfium
 
+        with PDFIUM_LOCK:
+            try:
+                pdf = pdfium.PdfDocument(data)
+            except pdfium.PdfiumError as exc:
+                raise PermanentError(STAGE, subject, f"not a readable PDF ({exc})", "re-export the PDF") from exc
         try:
-            pdf = pdfium.PdfDocument(data)
-        except pdfium.PdfiumError as exc:
-            raise PermanentError(STAGE, subject, f"not a readable PDF ({exc})", "re-export the PDF") from exc
-        try:
-            self._check_pdf_cost(pdf, subject)
+            with PDFIUM_LOCK:
+                self._check_pdf_cost(pdf, subject)
+                pages = len(pdf)
             ocr_pages = ocr_pixels = 0
-            for number in range(1, len(pdf) + 1):
+            for number in range(1, pages + 1):
                 budget.check()
-                page = pdf[number - 1]
-                text = _text_layer(page)
-                image = None if text.strip() else self._page_image(page)
-                page.close()
+                with PDFIUM_LOCK:
+                    page = pdf[number - 1]
+                    try:
+                        text = _text_layer(page)
+                        image = None if text.strip() else self._page_image(page)
+                    finally:
+                        page.close()
+                if image is not None and is_blank(image):
+                    image = None
                 if image is not None:
                     ocr_pages += 1
-                    self._check_ocr_pages(ocr_pages, len(pdf), subject)
+                    self._check_ocr_pages(ocr_pages, pages, subject)
                     text = self._ocr(image, subject, budget, ocr_pixels)
                     ocr_pixels += image.width * image.height
                 yield Page(number, text)
         finally:
-            pdf.close()
+            with PDFIUM_LOCK:
+                pdf.close()
 
     def _page_image(self, page: Any) -> Any:
-        """The page rendered for OCR, or None when it shows nothing (no page objects, or every pixel one colour):
-        an empty page costs no render and no OCR run (issue 19: 300 empty pages took 111 s of OCR)."""
+        """The page rendered for OCR as a PIL image that holds no pdfium memory, or None when the page has no
+        objects: an empty page costs no render and no OCR run (issue 19: 300 empty pages took 111 s of OCR). The
+        caller holds PDFIUM_LOCK."""
         import pypdfium2.raw as pdfium_c
 
         if pdfium_c.FPDFPage_CountObjects(page) == 0:
             return None
-        image = page.render(scale=self._ocr_scale(*page.get_size())).to_pil()
-        return None if is_blank(image) else image
+        bitmap = page.render(scale=self._ocr_scale(*page.get_size()))
+        try:
+            return bitmap.to_pil().copy()  # to_pil may share the bitmap's buffer, freed by close()
+        finally:
+            bitmap.close()
 
     def _ocr_scale(self, width: float, height: float) -> float:
         """The render scale of a page of ``width`` x ``height`` points (1/72 inch) for OCR."""
@@ -277,9 +297,10 @@ class Extractor:
 
 def _text_layer(page: Any) -> str:
     textpage = page.get_textpage()
-    text = str(textpage.get_text_range())
-    textpage.close()
-    return text
+    try:
+        return str(textpage.get_text_range())
+    finally:
+        textpage.close()
 
 
 def _pages_to_ocr(pdf: Any, enough: int) -> list[int]:
