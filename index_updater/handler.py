@@ -22,6 +22,7 @@ from mmrag.pb.events_pb2 import EmbeddingBatch, Modality
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
 from mmrag.space import EmbeddingSpace
+from mmrag.tracing import trace_exemplar
 from mmrag.vector_index import IndexWriter
 from mmrag.vector_log import VectorLogTable, vector_outputs
 
@@ -92,18 +93,20 @@ class IndexUpdater:
                 results.append([])  # embeddings.v1 is not compacted: a null value carries nothing to apply
                 continue
             try:
-                results.append(self._apply(env.value))
+                results.append(self._apply(env.value, trace_exemplar(env.headers)))
             except PermanentError as exc:
                 results.append(exc)
         return results
 
-    def _apply(self, batch: EmbeddingBatch) -> list[Output]:
+    def _apply(self, batch: EmbeddingBatch, exemplar: dict[str, str] | None = None) -> list[Output]:
+        """Upserts and deletes ``batch``'s rows; ``exemplar`` (the upload's trace) goes with its freshness."""
         self._check_space(batch)
         plan = plan_update(batch, self.index.rows_of(batch.object_id), self.space, self.settings.shards, now_ms())
         self.index.upsert(plan.upserts)
         self.index.delete(plan.deletes)
         if plan.upserts and batch.event_time_ms:
-            metrics.FRESHNESS.labels(STAGE).observe(max(0, plan.status.indexed_at_ms - batch.event_time_ms) / 1000)
+            freshness_s = max(0, plan.status.indexed_at_ms - batch.event_time_ms) / 1000
+            metrics.FRESHNESS.labels(STAGE).observe(freshness_s, exemplar)
         outputs = []
         if self.vectors_topic:
             shard = shard_for(batch.object_id, self.settings.shards)

@@ -31,7 +31,8 @@ FETCH_SECONDS = Histogram(
 LAG = Gauge("mmrag_consumer_lag", "High watermark minus committed position", ["stage", "topic", "partition"])
 FRESHNESS = Histogram(
     "mmrag_freshness_seconds",
-    "indexed_at minus the object's event time",
+    "indexed_at minus the object's event time (exemplar: the upload's trace)",
     ["stage"],
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600),
 )
+READY = Gauge("mmrag_ready", "1 while the service's /readyz answers 200 (set when /metrics is scraped)")

@@ -32,7 +32,8 @@ from mmrag.kafka_clients import decode_headers, make_consumer, make_producer
 from mmrag.messages import Envelope, Output, now_ms
 from mmrag.poll_keeper import PollKeeper
 from mmrag.settings import BaseServiceSettings
-from mmrag.telemetry import Probes, extract_context, inject_context, setup_tracing
+from mmrag.telemetry import Probes
+from mmrag.tracing import extract_context, inject_context, message_links, setup_tracing, span_attributes
 
 log = logging.getLogger(__name__)
 
@@ -237,14 +238,17 @@ class StageRunner(Generic[T]):
         for item in batch.items:
             metrics.QUEUE_WAIT.labels(self.stage).observe(max(0, received - item.raw.timestamp_ms) / 1000)
         self._decode(batch)
-        try:
-            with metrics.HANDLE_SECONDS.labels(self.stage).time():
-                self.keeper.run(lambda: self._handle(batch))
-            with metrics.COMMIT_SECONDS.labels(self.stage).time():
-                self._commit(batch)
-        except (OutageError, NotDeliveredError) as exc:
-            self._back_off(batch, exc)
-            return 0
+        with self._batch_span(batch):
+            try:
+                with metrics.HANDLE_SECONDS.labels(self.stage).time():
+                    self.keeper.run(lambda: self._handle(batch))
+                self._time_spans(batch, "handled_after_ms", received)
+                with metrics.COMMIT_SECONDS.labels(self.stage).time():
+                    self._commit(batch)
+                self._time_spans(batch, "committed_after_ms", received)
+            except (OutageError, NotDeliveredError) as exc:
+                self._back_off(batch, exc)
+                return 0
         self.backpressure.recovered()
         self._record(batch)
         return len(batch.items)
@@ -285,7 +289,19 @@ class StageRunner(Generic[T]):
                 self.stage,
                 context=extract_context(raw.headers),
                 kind=trace.SpanKind.CONSUMER,
-                attributes={"messaging.destination.name": raw.topic, "messaging.kafka.offset": raw.offset},
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": raw.topic,
+                    "messaging.destination.partition.id": str(raw.partition),
+                    "messaging.kafka.offset": raw.offset,
+                    "messaging.kafka.message.key": raw.key or "",
+                    "messaging.consumer.group.name": self.group,
+                    **span_attributes(
+                        version=raw.headers.get("version"),
+                        batch_size=len(batch.items),
+                        queue_wait_ms=max(0, now_ms() - raw.timestamp_ms),
+                    ),
+                },
             )
 
     def _handle(self, batch: _Batch) -> None:
@@ -485,6 +501,24 @@ class StageRunner(Generic[T]):
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps([[tp.topic, tp.partition, tp.offset] for tp in batch.offsets()]))
         time.sleep(hold)
+
+    def _batch_span(self, batch: _Batch) -> Any:
+        """The span of the batch as a whole, linking every message's context (OTel's rule for batch consumers);
+        each message keeps its own span in its trace besides."""
+        return self.tracer.start_as_current_span(
+            f"{self.stage} batch",
+            kind=trace.SpanKind.CONSUMER,
+            links=message_links(item.raw.headers for item in batch.items),
+            attributes={"messaging.batch.message_count": len(batch.items), "messaging.consumer.group.name": self.group},
+        )
+
+    @staticmethod
+    def _time_spans(batch: _Batch, name: str, since_ms: int) -> None:
+        """Records on every message's span how long after the batch arrived a step of it ended."""
+        elapsed = now_ms() - since_ms
+        for item in batch.items:
+            if item.span is not None:
+                item.span.set_attribute(f"mmrag.{name}", elapsed)
 
     def _end_spans(self, batch: _Batch, error: str | None = None) -> None:
         for item in batch.items:

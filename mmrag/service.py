@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings
 
 from mmrag.settings import BaseServiceSettings
 from mmrag.telemetry import Probes, setup_logging
+from mmrag.tracing import flush_spans, setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def service_main(
         return 0
     setup_logging(settings.log_level)
     faulthandler.enable()  # a crash in a native library (SIGSEGV, SIGILL) leaves its Python stack in the log
+    setup_tracing(name, instance_id=settings.instance_id)  # exports over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
     probes = Probes(name)
     probes.serve(settings.probe_host, settings.probe_port)
     stop = threading.Event()
@@ -87,4 +89,5 @@ def service_main(
         return 1
     finally:
         probes.close()
+        flush_spans()
     return 0

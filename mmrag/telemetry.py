@@ -1,46 +1,26 @@
-"""Observability every deployable gets: /metrics, /healthz, /readyz over HTTP, logging, and W3C trace context."""
+"""Observability every deployable gets: /metrics, /healthz, /readyz over HTTP, logging, and W3C trace context
+(exported over OTLP when configured: mmrag/tracing.py)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from opentelemetry import propagate, trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import make_wsgi_app
 
-log = logging.getLogger(__name__)
+from mmrag.metrics import READY
+from mmrag.tracing import extract_context, inject_context, setup_tracing
 
-_provider_lock = threading.Lock()
+__all__ = ["Probes", "extract_context", "inject_context", "setup_logging", "setup_tracing"]
+
+log = logging.getLogger(__name__)
 
 
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def setup_tracing(service_name: str) -> trace.Tracer:
-    """Installs an SDK tracer provider once per process (exporters are added by deployment config)."""
-    from opentelemetry.sdk.resources import Resource
-
-    with _provider_lock:
-        if not isinstance(trace.get_tracer_provider(), TracerProvider):
-            trace.set_tracer_provider(TracerProvider(resource=Resource.create({"service.name": service_name})))
-    return trace.get_tracer(service_name)
-
-
-def extract_context(headers: Mapping[str, str]) -> Context:
-    """The trace context carried by a message's ``traceparent`` header (an empty context when absent)."""
-    return propagate.extract(dict(headers))
-
-
-def inject_context(headers: dict[str, str], context: Context | None = None) -> dict[str, str]:
-    """Writes ``traceparent`` (and ``tracestate``) of the current or given context into headers."""
-    propagate.inject(headers, context=context)
-    return headers
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -81,10 +61,10 @@ class Probes:
     def _app(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
+            READY.set(1 if self._readiness()[0] else 0)
             return make_wsgi_app()(environ, start_response)
         if path in ("/healthz", "/readyz"):
-            checks = {name: check() for name, check in self._checks.items()} if path == "/readyz" else {}
-            ok = self._live if path == "/healthz" else self._live and self._ready and all(c[0] for c in checks.values())
+            ok, checks = self._readiness() if path == "/readyz" else (self._live, {})
             status = "200 OK" if ok else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain")])
             lines = [f"{self.service}: {'ok' if ok else self._reason or 'a check failed'}"]
@@ -92,6 +72,10 @@ class Probes:
             return ["\n".join(lines).encode() + b"\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"try /metrics, /healthz or /readyz\n"]
+
+    def _readiness(self) -> tuple[bool, dict[str, tuple[bool, str]]]:
+        checks = {name: check() for name, check in self._checks.items()}
+        return self._live and self._ready and all(ok for ok, _ in checks.values()), checks
 
     def serve(self, host: str, port: int) -> int:
         """Starts the probe server in a daemon thread; returns the bound port."""

@@ -13,6 +13,8 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
 from prometheus_client import Counter, Histogram
 
 from mmrag import pii
@@ -20,6 +22,7 @@ from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import GenerateRequest
 from mmrag.pb.query_pb2 import AskDelta, AskFinal, AskResponse, AskSources, AskTimings
+from mmrag.tracing import span_attributes, trace_exemplar
 from query_service.answer_cache import AnswerCache, cacheable
 from query_service.answer_entry import CachedAnswer
 from query_service.eval_log import Client, EvalLog, eval_record
@@ -34,6 +37,7 @@ from query_service.support import SupportChecker
 from query_service.types import SearchOutcome, ShardHit
 
 log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("query_service")
 CITED = re.compile(r"\[(\d+)\]")  # the citations an extractive answer carries, one number each
 ASK_SECONDS = Histogram("mmrag_ask_seconds", "Ask end to end", buckets=LATENCY_BUCKETS)
 ASK_FIRST_TOKEN = Histogram("mmrag_ask_first_token_seconds", "Ask start to first answer token", buckets=LATENCY_BUCKETS)
@@ -94,6 +98,18 @@ class Answer:
         self.redactor.counts.update(redacted.counts)
         yield AskResponse(delta=AskDelta(text=redacted.text))
 
+    def generation_attributes(self) -> dict[str, AttributeValue]:
+        """What the trace shows of a generation: its timing and size, never its text."""
+        f = self.final
+        first_ms = round((self.first_token_at - self.start) * 1000, 1) if self.first_token_at else None
+        return span_attributes(
+            model=f.model,
+            finish_reason=f.finish_reason,
+            prompt_tokens=f.prompt_tokens,
+            completion_tokens=f.completion_tokens,
+            first_token_ms=first_ms,
+        )
+
     def timings(self) -> AskTimings:
         ms = 1000.0
         first = (self.first_token_at - self.start) * ms if self.first_token_at else 0.0
@@ -143,7 +159,8 @@ class Asker:
         answer = Answer(time.monotonic())
         budget = min(time_left_s, self.limits.ask_timeout_s) if time_left_s is not None else self.limits.ask_timeout_s
         scope = replace(scope or Scope(), raw_chunks=True)
-        vector = self.encoder.encode(question, b"")
+        with TRACER.start_as_current_span("encode query"):
+            vector = self.encoder.encode(question, b"")
         key = AnswerCache.scope_key(self.search.space_id, scope, top_k, max_tokens, self.limits)
         cached = self.answers.lookup(vector, key) if self.answers is not None else None
         if cached is not None:
@@ -199,7 +216,7 @@ class Asker:
     def _finish(self, question: str, hits: Sequence[ShardHit], answer: Answer, final: AskFinal, client: Client) -> None:
         pii.count(answer.redactor.counts)
         self._record(question, hits, answer, final, client)
-        ASK_SECONDS.observe(time.monotonic() - answer.start)
+        ASK_SECONDS.observe(time.monotonic() - answer.start, trace_exemplar())
 
     def _record(self, question: str, hits: Sequence[ShardHit], answer: Answer, final: AskFinal, client: Client) -> None:
         if self.eval_log is not None:
@@ -219,7 +236,9 @@ class Asker:
     def _answer(self, question: str, max_tokens: int, deadline: float, answer: Answer) -> Iterator[AskResponse]:
         try:
             self._admit()
-            yield from self._generate(question, max_tokens, deadline, answer)
+            with TRACER.start_as_current_span("llm", attributes=span_attributes(sources=len(answer.sources))) as span:
+                yield from self._generate(question, max_tokens, deadline, answer)
+                span.set_attributes(answer.generation_attributes())
         except LlmUnavailableError as failure:
             if failure.reason != "breaker-open":
                 self.breaker.record(failure)
@@ -247,7 +266,7 @@ class Asker:
             if chunk.text:
                 if not answer.first_token_at:
                     answer.first_token_at = time.monotonic()
-                    ASK_FIRST_TOKEN.observe(answer.first_token_at - answer.start)
+                    ASK_FIRST_TOKEN.observe(answer.first_token_at - answer.start, trace_exemplar())
                 answer.text += chunk.text
                 yield from answer.provisional(chunk.text)
                 if degenerate(answer.text[-LOOP_WINDOW_CHARS:]):  # a loop that would run to the token limit
@@ -264,6 +283,7 @@ class Asker:
 
     def _degrade(self, question: str, answer: Answer, reason: str) -> Iterator[AskResponse]:
         DEGRADED.labels(reason).inc()
+        trace.get_current_span().set_attribute("mmrag.degraded_reason", reason)
         yield from self._extractive(question, answer, reason)
 
     def _extractive(self, question: str, answer: Answer, reason: str) -> Iterator[AskResponse]:
@@ -279,7 +299,9 @@ class Asker:
         """The generated answer is the answer only when the sources support each sentence (support.py); it is then
         given with the system's citations, else replaced by the extractive answer (degraded ``ungrounded``)."""
         given = answer.sources[: answer.sources_given or len(answer.sources)]
-        verdict = self.support.check(question, answer.text, given)
+        with TRACER.start_as_current_span("grounding", attributes=span_attributes(sources=len(given))) as span:
+            verdict = self.support.check(question, answer.text, given)
+            span.set_attribute("mmrag.supported", verdict.supported)
         if verdict.supported:
             answer.citations = verdict.numbers
             yield from answer.answered(verdict.cited())

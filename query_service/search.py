@@ -10,11 +10,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import SearchList, SearchReply, SearchRequest
+from mmrag.tracing import span_attributes, trace_exemplar
 from query_service.filters import Scope
 from query_service.fusion import KEYWORD, Fusion, JointFusion, list_half
 from query_service.reply_client import Route
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from query_service.shard_presence import ShardPresence
 
 log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("query_service")
 
 SEARCH_SECONDS = Histogram("mmrag_search_seconds", "Search latency end to end", buckets=LATENCY_BUCKETS)
 PARTIAL = Counter("mmrag_search_partial_total", "Searches answered without every shard")
@@ -202,15 +205,20 @@ class ShardedSearch:
         request = search_request(
             self.fusion, vector, query_text, self.keyword, top_k, self.space_id, scope, self.space_name
         )
-        replies = list_replies(request, self._gather(request, start + timeout_s))
+        with TRACER.start_as_current_span("retrieve", attributes=span_attributes(shards=self.shards)) as span:
+            gathered = self._gather(request, start + timeout_s)
+            span.set_attributes(span_attributes(lists=len(request.lists), replies=len(gathered)))
+        replies = list_replies(request, gathered)
         if self.indexed is not None and KEYWORD in replies:
             replies[KEYWORD] = [without_superseded(r, self.indexed) for r in replies[KEYWORD]]
-        outcome = outcome_of(replies, self.fusion, vector, top_k, scope.raw_chunks, self.shards)
+        with TRACER.start_as_current_span("fuse", attributes=span_attributes(fusion=self.fusion.name)) as span:
+            outcome = outcome_of(replies, self.fusion, vector, top_k, scope.raw_chunks, self.shards)
+            span.set_attributes(span_attributes(hits=len(outcome.hits), missing_shards=len(outcome.missing_shards)))
         absent = sorted(self._absent() & set(outcome.missing_shards))
         if absent:
             why = [f"shard {k}: no retrieval worker (its consumer group has no member): not waited for" for k in absent]
             outcome = replace(outcome, errors=[*outcome.errors, *why])
-        SEARCH_SECONDS.observe(time.monotonic() - start)
+        SEARCH_SECONDS.observe(time.monotonic() - start, trace_exemplar())
         if outcome.partial:
             PARTIAL.inc()
         if not outcome.hits:

@@ -11,10 +11,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 
 from mmrag.errors import PermanentError
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.telemetry import Probes
+from mmrag.tracing import span_attributes
 from query_service.ask import RetrievalUnavailableError
 from query_service.eval_log import Client
 from query_service.filters import FilterError, scope_of
@@ -24,6 +26,11 @@ from query_service.status_view import StatusView, answer_status
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+TRACER = trace.get_tracer("query_service")
+
+
+def _rpc(method: str) -> dict[str, str]:
+    return {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method}
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
@@ -40,6 +47,20 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self.status_view = status_view
 
     def Search(self, request: query_pb2.SearchQuery, context: Any) -> query_pb2.SearchResponse:  # noqa: N802
+        """One trace per call: encoding, the shards' retrieval (their spans are children), fusion."""
+        with TRACER.start_as_current_span("Search", kind=trace.SpanKind.SERVER, attributes=_rpc("Search")) as span:
+            response = self._search(request, context)
+            span.set_attributes(
+                span_attributes(
+                    hits=len(response.results),
+                    partial=response.partial,
+                    degraded=response.degraded,
+                    from_cache=response.from_cache,
+                )
+            )
+            return response
+
+    def _search(self, request: query_pb2.SearchQuery, context: Any) -> query_pb2.SearchResponse:
         top_k = request.top_k or self.settings.default_top_k
         if not 0 < top_k <= self.settings.max_top_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be 1..{self.settings.max_top_k}")
@@ -55,7 +76,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         space = self.spaces()
         try:
-            vector = space.encoder.encode(request.text, request.image)
+            with TRACER.start_as_current_span("encode query", attributes=span_attributes(image=bool(request.image))):
+                vector = space.encoder.encode(request.text, request.image)
         except (ValueError, PermanentError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"query: {exc}")
         remaining = context.time_remaining()
@@ -90,7 +112,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return response
 
     def Ask(self, request: query_pb2.AskRequest, context: Any) -> Iterator[query_pb2.AskResponse]:  # noqa: N802
-        """Streams the sources, the answer deltas, then the final message (see query_service/ask.py)."""
+        """Streams the sources, the answer deltas, then the final message (see query_service/ask.py); one trace
+        per call: encoding, retrieval, generation by an LLM worker, grounding."""
+        with TRACER.start_as_current_span("Ask", kind=trace.SpanKind.SERVER, attributes=_rpc("Ask")):
+            yield from self._ask(request, context)
+
+    def _ask(self, request: query_pb2.AskRequest, context: Any) -> Iterator[query_pb2.AskResponse]:
         asker = self.spaces().asker
         if asker is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "Ask needs the LLM path; this server was built without it")

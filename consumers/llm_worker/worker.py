@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from consumers.llm_worker.generator import Delta, GenerationError, GenerationParams, Generator
@@ -31,12 +32,13 @@ from mmrag.dlq import Origin, dead_letter
 from mmrag.errors import PermanentError
 from mmrag.heartbeats import HeartbeatSender
 from mmrag.kafka_clients import decode_headers, make_consumer, make_producer
-from mmrag.messages import Output, proto_decoder
+from mmrag.messages import Output, now_ms, proto_decoder
 from mmrag.metrics import LATENCY_BUCKETS
 from mmrag.pb.events_pb2 import GenerateChunk, GenerateRequest
 from mmrag.producing import Deliveries, flush_or_raise, produce_outputs
 from mmrag.request_reply import CORRELATION_ID, FAST_CONSUMER, FAST_PRODUCER, ReplyAddress, reply_address
-from mmrag.telemetry import Probes, extract_context, inject_context, setup_tracing
+from mmrag.telemetry import Probes
+from mmrag.tracing import extract_context, inject_context, setup_tracing, span_attributes
 
 log = logging.getLogger(__name__)
 STAGE = "llm_worker"
@@ -84,6 +86,7 @@ class Job:
     request: GenerateRequest
     address: ReplyAddress
     headers: dict[str, str]
+    produced_ms: int = 0  # the request's Kafka timestamp: its queue wait ends when a slot takes it
 
 
 class LlmWorker:
@@ -210,13 +213,21 @@ class LlmWorker:
             EXPIRED.inc()
             log.info("request %s expired before it was taken: dropped", address.correlation_id)
             return None
-        return Job(request, address, headers)
+        return Job(request, address, headers, msg.timestamp()[1])
 
     def _generate(self, job: Job) -> None:
         """Streams one answer; every way it ends sends a final chunk (the requester may still be listening)."""
         BUSY.inc()
         start = time.monotonic()
-        with self._tracer.start_as_current_span("generate", context=extract_context(job.headers)):
+        with self._tracer.start_as_current_span(
+            "generate",
+            context=extract_context(job.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes=span_attributes(
+                queue_wait_ms=max(0, now_ms() - job.produced_ms) if job.produced_ms > 0 else None,
+                sources=len(job.request.sources),
+            ),
+        ):
             try:
                 self._stream(job, start)
             except (GenerationError, ValueError) as exc:
@@ -238,10 +249,12 @@ class LlmWorker:
         params = GenerationParams(max_tokens, req.temperature, req.top_p)
         cancel = threading.Event()
         seq, last = 0, Delta("")
+        span = trace.get_current_span()
         for delta in gen.stream(prompt.messages, params, cancel):
             if delta.text:
                 if seq == 0:
                     FIRST_TOKEN.observe(time.monotonic() - start)
+                    span.add_event("first token", span_attributes(first_token_ms=_ms_since(start)))
                 self._send(job, GenerateChunk(seq=seq, text=delta.text))
                 seq += 1
             last = delta if delta.finish_reason else last
@@ -258,6 +271,15 @@ class LlmWorker:
             sources_given=prompt.sources_given,
         )
         self._send(job, final)
+        span.set_attributes(
+            span_attributes(
+                model=gen.model,
+                finish_reason=finish,
+                prompt_tokens=last.prompt_tokens,
+                completion_tokens=last.completion_tokens,
+                generation_ms=_ms_since(start),
+            )
+        )
         GENERATIONS.labels(finish).inc()
         TOKENS.labels("prompt").inc(last.prompt_tokens)
         TOKENS.labels("completion").inc(last.completion_tokens)
@@ -269,3 +291,7 @@ class LlmWorker:
         produce_outputs(
             self._producer, [Output(job.address.topic, cid, chunk, headers, partition=job.address.partition)]
         )
+
+
+def _ms_since(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 1)
