@@ -1,0 +1,208 @@
+"""Properties of the rendered chart, checked against the code it deploys: every deployable the local stack runs has
+a workload; every consumer group one ScaledObject with the group and topic the code uses; every registered topic a
+KafkaTopic with the settings `mmrag topics` gives it; no secret in a ConfigMap or an env literal; every container
+probed, sized and non-root; the rules and dashboard carried unchanged."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings
+
+from deploy.chart_data import _sources, consumer_groups
+from local_stack.stack import SHARD_WORKERS, STACK_SERVICES
+from mmrag.topics import SPACE_OWNED, SPECS, Topics, min_insync_for, topic_config
+from tests.chart_render import CHART, VALUES, Manifest, of_kind, pod_specs, rendered
+
+pytestmark = pytest.mark.unit
+
+
+def values_of(name: str) -> dict[str, Any]:
+    """The chart's values with the ci/ file ``name`` on top (top-level keys replaced, as far as these tests read)."""
+    base = yaml.safe_load((CHART / "values.yaml").read_text())
+    extra = yaml.safe_load(VALUES[name].read_text()) or {}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
+
+
+def commands(objects: list[Manifest]) -> set[str]:
+    return {c["args"][0] for spec in pod_specs(objects).values() for c in spec["containers"]}
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_every_deployable_of_the_stack_has_a_workload(values: str) -> None:
+    backend = values_of(values)["indexBackend"]
+    wanted = {n.replace("_", "-") for n in (*STACK_SERVICES, *SHARD_WORKERS[backend])}
+    assert wanted <= commands(rendered(values))
+
+
+def scaled_objects(values: str) -> dict[str, Manifest]:
+    return {o["metadata"]["name"]: o for o in of_kind(rendered(values), "ScaledObject")}
+
+
+def test_every_consumer_group_has_one_scaled_object_with_its_group_and_topic() -> None:
+    values = values_of("production")
+    prefix, space, shards = values["topicPrefix"], values["jobs"]["reindex"]["space"], values["shards"]
+    from consumers.retrieval_worker.handler import RetrievalWorkerSettings
+
+    wanted = {(g["group"], g["topic"]) for name, g in consumer_groups(prefix).items() if name != "retrieval-shard"}
+    wanted |= {
+        (s.group_id(s.group), s.topics.search_requests)
+        for s in (RetrievalWorkerSettings(shard=k, topic_prefix=prefix) for k in range(shards))
+    }
+    space_stages = ("text-embedder", "text-embedder-heavy", "vision-embedder", "index-updater")
+    wanted |= {(g["group"], g["topic"]) for n, g in consumer_groups(prefix, space).items() if n in space_stages}
+    triggers = [o["spec"]["triggers"] for o in scaled_objects("production").values()]
+    assert all(len(t) == 1 for t in triggers)
+    found = [(t[0]["metadata"]["consumerGroup"], t[0]["metadata"]["topic"]) for t in triggers]
+    assert sorted(found) == sorted(wanted)  # each group exactly once
+
+
+def test_scaled_objects_target_their_workload_and_never_exceed_the_partitions() -> None:
+    objects = rendered("production")
+    workloads = {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] in ("Deployment", "StatefulSet")}
+    topics = {o["spec"]["topicName"]: o["spec"]["partitions"] for o in of_kind(objects, "KafkaTopic")}
+    for scaled in scaled_objects("production").values():
+        target = scaled["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) in workloads
+        topic = scaled["spec"]["triggers"][0]["metadata"]["topic"]
+        assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"] <= topics[topic]
+        assert scaled["spec"]["triggers"][0]["authenticationRef"]["name"]  # SASL via a TriggerAuthentication
+    autoscaled = {
+        (o["spec"]["scaleTargetRef"]["kind"], o["spec"]["scaleTargetRef"]["name"])
+        for o in scaled_objects("production").values()
+    }
+    for obj in objects:
+        if (obj["kind"], obj["metadata"]["name"]) in autoscaled:
+            assert "replicas" not in obj["spec"], obj["metadata"]["name"]  # KEDA owns the count
+
+
+def test_every_registered_topic_has_a_kafka_topic_with_the_settings_of_mmrag_topics() -> None:
+    values = values_of("production")
+    rf, shards, space = values["kafka"]["replicas"], values["shards"], values["jobs"]["reindex"]["space"]
+    live, spaced = Topics(values["topicPrefix"]), Topics(values["topicPrefix"], space)
+    wanted = {}
+    for spec in SPECS:
+        partitions = shards if spec.base == "vectors" else spec.partitions
+        setting = (partitions, rf, topic_config(spec, min_insync_for(rf)))
+        wanted[live.name(spec.base)] = setting
+        if spec.base in SPACE_OWNED:
+            wanted[spaced.name(spec.base)] = setting
+    found = {
+        o["spec"]["topicName"]: (o["spec"]["partitions"], o["spec"]["replicas"], o["spec"]["config"])
+        for o in of_kind(rendered("production"), "KafkaTopic")
+    }
+    assert found == wanted
+
+
+# modules defining the deployables' settings classes besides those deploy.chart_data imports
+SETTINGS_MODULES = ("producers.webhook", "producers.sqs_bridge", "producers.backfill", "query_service.settings")
+
+
+def secret_settings() -> set[str]:
+    """MMRAG_* names of every SecretStr setting of the deployables (imported so their classes are defined)."""
+    for module in SETTINGS_MODULES:
+        importlib.import_module(module)
+    for source in _sources():
+        source.settings()
+    names, todo = set(), list(BaseSettings.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        prefix = cls.model_config.get("env_prefix", "")
+        names |= {f"{prefix}{n}".upper() for n, f in cls.model_fields.items() if f.annotation is SecretStr}
+    return {n for n in names if n.startswith("MMRAG_")}
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_no_secret_is_in_a_config_map_or_an_env_literal(values: str) -> None:
+    secrets = secret_settings() | {"MMRAG_KAFKA_SASL_PASSWORD"}
+    assert {"MMRAG_WEBHOOK_TOKEN", "MMRAG_S3_SECRET_ACCESS_KEY", "MMRAG_MILVUS_TOKEN"} <= secrets
+    objects = rendered(values)
+    assert of_kind(objects, "Secret") == []  # referenced, never made here
+    for config_map in of_kind(objects, "ConfigMap"):
+        assert not secrets & set(config_map.get("data", {})), config_map["metadata"]["name"]
+    for name, spec in pod_specs(objects).items():
+        for container in spec["containers"]:
+            literal = {e["name"] for e in container.get("env", []) if "value" in e}
+            assert not secrets & literal, name
+
+
+def test_production_takes_every_secret_from_a_secret_reference() -> None:
+    referenced = {
+        e["name"]
+        for spec in pod_specs(rendered("production")).values()
+        for c in spec["containers"]
+        for e in c["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert referenced >= {"MMRAG_KAFKA_SASL_PASSWORD", "MMRAG_S3_SECRET_ACCESS_KEY", "MMRAG_MILVUS_TOKEN"}
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_every_container_is_probed_sized_and_non_root(values: str) -> None:
+    for name, spec in pod_specs(rendered(values)).items():
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for c in spec["containers"]:
+            if not name.startswith("Job/"):
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    assert c[probe]["httpGet"]["path"] in ("/healthz", "/readyz"), (name, probe)
+                assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert set(c["resources"]) == {"requests", "limits"}, name
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]) & set(c["resources"]["limits"]), name
+            security = c["securityContext"]
+            assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"], name
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_gpu_values_put_the_vision_embedder_on_gpu_nodes_with_the_gpu_image() -> None:
+    specs = pod_specs(rendered("gpu"))
+    vision = specs["Deployment/mmrag-vision-embedder"]
+    container = vision["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"].endswith("-gpu")
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in vision["tolerations"]
+    assert {"name": "MMRAG_DEVICE", "value": "cuda"} in container["env"]
+    others = [s for n, s in specs.items() if n != "Deployment/mmrag-vision-embedder"]
+    assert all("nvidia.com/gpu" not in c["resources"]["limits"] for s in others for c in s["containers"])
+    settings = of_kind(rendered("gpu"), "ConfigMap")[0]["data"]
+    assert settings["MMRAG_PRECISION"] == "fp16"  # the whole space, the query service included
+    faiss = [o for o in rendered("gpu") if o["kind"] == "StatefulSet" and "retrieval-shard" in o["metadata"]["name"]]
+    assert len(faiss) == 2 and all(o["spec"]["volumeClaimTemplates"] for o in faiss)
+
+
+def test_query_service_replicas_own_distinct_reply_partitions() -> None:
+    objects = rendered("production")
+    query = next(o for o in objects if o["metadata"]["name"] == "mmrag-query-service" and o["kind"] == "StatefulSet")
+    env = {e["name"]: e for e in query["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MMRAG_REPLY_PARTITION"]["valueFrom"]["fieldRef"]["fieldPath"].endswith(
+        "['apps.kubernetes.io/pod-index']"
+    )
+    hpa = of_kind(objects, "HorizontalPodAutoscaler")[0]
+    replies = min(s.partitions for s in SPECS if s.base in ("search.replies", "llm.replies"))
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet" and hpa["spec"]["maxReplicas"] <= replies
+
+
+def test_monitoring_carries_the_rules_and_dashboard_unchanged() -> None:
+    objects = rendered("production")
+    monitors = {
+        o["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for o in of_kind(objects, "ServiceMonitor")
+    }
+    services = {o["spec"]["selector"]["app.kubernetes.io/name"] for o in of_kind(objects, "Service")}
+    assert monitors == services
+    rules = sorted((CHART / "files" / "rules").glob("*.yml"))
+    groups = [g for path in rules for g in yaml.safe_load(path.read_text())["groups"]]
+    rendered_rules = of_kind(objects, "PrometheusRule")
+    assert [r["spec"]["groups"] for r in rendered_rules] == ([groups] if groups else [])
+    dashboards = {p.name: json.loads(p.read_text()) for p in (CHART / "files" / "dashboards").glob("*.json")}
+    maps = [o for o in of_kind(objects, "ConfigMap") if o["metadata"].get("labels", {}).get("grafana_dashboard")]
+    assert {k: json.loads(v) for m in maps for k, v in m.get("data", {}).items()} == dashboards
