@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from operator_cli import ask, dlq, eval_export, lag, offsets, search, status
+from operator_cli import ask, dlq, eval_export, lag, offsets, search, status, top
 from operator_cli.deployables import SERVICE_MODULES
 from operator_cli.local_endpoints import NoEndpointError, apply_stack_env, note_default_endpoints, require
 
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("proto_command", choices=["generate", "check"])
     proto.set_defaults(func=_proto)
     # the operator commands, each with its own subcommands
-    for command in (search, ask, status, lag, dlq, offsets, eval_export):
+    for command in (search, ask, status, lag, dlq, offsets, eval_export, top):
         command.register_cli(sub)
     return parser
 
