@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mmrag.access import DECLARATIONS, Principal, resolve
 from mmrag.settings import BaseServiceSettings
 from mmrag.topics import MAX_MESSAGE_BYTES, SPACE_OWNED, SPECS, topic_config
 
@@ -104,6 +105,44 @@ def group_bases() -> dict[str, dict[str, str]]:
     return rows
 
 
-def users() -> list[dict[str, Any]] | None:
-    """One Strimzi ``KafkaUser`` spec per declared principal (mmrag.access), None while the declaration is absent."""
-    return None
+# Placeholders the chart replaces with its topicPrefix and re-index space (names resolve per deployment).
+PREFIX, SPACE = "@PREFIX@", "@SPACE@"
+
+
+def strimzi_acls(p: Principal) -> list[dict[str, Any]]:
+    """``p``'s ACLs as Strimzi ``simple`` authorization rules, the same bindings the secured local stack creates
+    (local_stack.secure_kafka.acl_bindings): Read on topics read and on its groups (names and prefixes), Write on
+    topics written and its transactional ids, Describe on groups it looks at."""
+    rules: dict[tuple[str, str, str], list[str]] = {}
+
+    def allow(kind: str, name: str, pattern: str, operation: str) -> None:
+        rules.setdefault((kind, name, pattern), []).append(operation)
+
+    for topic in sorted(p.reads):
+        allow("topic", topic, "literal", "Read")
+    for topic in sorted(p.writes):
+        allow("topic", topic, "literal", "Write")
+    for group in sorted(p.groups):
+        allow("group", group, "literal", "Read")
+    for group in sorted(p.group_prefixes):
+        allow("group", group, "prefix", "Read")
+    for group in sorted(p.groups_described):
+        allow("group", group, "prefix", "Describe")
+    if p.transactional_id_prefix is not None:
+        allow("transactionalId", p.transactional_id_prefix, "prefix", "Write")
+    return [
+        {"type": "allow", "resource": {"type": k, "name": n, "patternType": pt}, "operations": ops}
+        for (k, n, pt), ops in rules.items()
+    ]
+
+
+def users() -> dict[str, dict[str, Any]]:
+    """Per declared principal (mmrag.access, Kubernetes spelling): its ACLs in the live space and with a re-index
+    space, names under the PREFIX and SPACE placeholders."""
+    return {
+        d.name.replace("_", "-"): {
+            "live": strimzi_acls(resolve(d, PREFIX)),
+            "withSpace": strimzi_acls(resolve(d, PREFIX, SPACE)),
+        }
+        for d in DECLARATIONS
+    }

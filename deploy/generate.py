@@ -31,9 +31,7 @@ def expected_files() -> dict[Path, str]:
             "the deployables' settings (deploy/chart_data.py)", {"groups": chart_data.group_bases()}
         ),
     }
-    users = chart_data.users()
-    if users is not None:
-        files[CHART / "generated/users.yaml"] = _dump("mmrag/access.py", {"users": users})
+    files[CHART / "generated/users.yaml"] = _dump("mmrag/access.py", {"users": chart_data.users()})
     for source, pattern, target in COPIED:
         for path in sorted((ROOT / source).glob(pattern)):
             files[CHART / target / path.name] = path.read_text()

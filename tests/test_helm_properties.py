@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings
 
 from deploy.chart_data import _sources, consumer_groups
 from local_stack.stack import SHARD_WORKERS, STACK_SERVICES
+from mmrag.access import DECLARATIONS, Principal, resolve
 from mmrag.topics import SPACE_OWNED, SPECS, Topics, min_insync_for, topic_config
 from tests.chart_render import CHART, VALUES, Manifest, of_kind, pod_specs, rendered
 
@@ -71,12 +73,15 @@ def test_scaled_objects_target_their_workload_and_never_exceed_the_partitions() 
     objects = rendered("production")
     workloads = {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] in ("Deployment", "StatefulSet")}
     topics = {o["spec"]["topicName"]: o["spec"]["partitions"] for o in of_kind(objects, "KafkaTopic")}
+    auths = {o["metadata"]["name"]: o["spec"] for o in of_kind(objects, "TriggerAuthentication")}
+    users = {o["metadata"]["name"] for o in of_kind(objects, "KafkaUser")}
     for scaled in scaled_objects("production").values():
         target = scaled["spec"]["scaleTargetRef"]
         assert (target["kind"], target["name"]) in workloads
         topic = scaled["spec"]["triggers"][0]["metadata"]["topic"]
         assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"] <= topics[topic]
-        assert scaled["spec"]["triggers"][0]["authenticationRef"]["name"]  # SASL via a TriggerAuthentication
+        auth = auths[scaled["spec"]["triggers"][0]["authenticationRef"]["name"]]  # SASL via a TriggerAuthentication
+        assert {r["name"] for r in auth["secretTargetRef"] if r["parameter"] == "password"} <= users
     autoscaled = {
         (o["spec"]["scaleTargetRef"]["kind"], o["spec"]["scaleTargetRef"]["name"])
         for o in scaled_objects("production").values()
@@ -105,22 +110,38 @@ def test_every_registered_topic_has_a_kafka_topic_with_the_settings_of_mmrag_top
 
 
 # modules defining the deployables' settings classes besides those deploy.chart_data imports
-SETTINGS_MODULES = ("producers.webhook", "producers.sqs_bridge", "producers.backfill", "query_service.settings")
+SETTINGS_MODULES = (
+    "producers.webhook",
+    "producers.sqs_bridge",
+    "producers.backfill",
+    "query_service.settings",
+    "consumers.faiss_worker.__main__",
+)
 
 
-def secret_settings() -> set[str]:
-    """MMRAG_* names of every SecretStr setting of the deployables (imported so their classes are defined)."""
+def settings_classes() -> list[type[BaseSettings]]:
+    """Every MMRAG_ settings class of the deployables (their modules imported so the classes are defined)."""
     for module in SETTINGS_MODULES:
         importlib.import_module(module)
     for source in _sources():
         source.settings()
-    names, todo = set(), list(BaseSettings.__subclasses__())
+    found, todo = [], list(BaseSettings.__subclasses__())
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        prefix = cls.model_config.get("env_prefix", "")
-        names |= {f"{prefix}{n}".upper() for n, f in cls.model_fields.items() if f.annotation is SecretStr}
-    return {n for n in names if n.startswith("MMRAG_")}
+        if cls.model_config.get("env_prefix") == "MMRAG_":
+            found.append(cls)
+    return found
+
+
+def secret_settings() -> set[str]:
+    """MMRAG_* names of every SecretStr setting of the deployables."""
+    return {
+        f"MMRAG_{n}".upper()
+        for cls in settings_classes()
+        for n, f in cls.model_fields.items()
+        if f.annotation is SecretStr
+    }
 
 
 @pytest.mark.parametrize("values", sorted(VALUES))
@@ -206,3 +227,74 @@ def test_monitoring_carries_the_rules_and_dashboard_unchanged() -> None:
     dashboards = {p.name: json.loads(p.read_text()) for p in (CHART / "files" / "dashboards").glob("*.json")}
     maps = [o for o in of_kind(objects, "ConfigMap") if o["metadata"].get("labels", {}).get("grafana_dashboard")]
     assert {k: json.loads(v) for m in maps for k, v in m.get("data", {}).items()} == dashboards
+
+
+def principal_of(name: str, acls: list[dict[str, Any]]) -> Principal:
+    """What a KafkaUser's ACL rules let it do, read back as a declaration resolved (rules beyond one are refused)."""
+    rules: dict[tuple[str, str, str], set[str]] = {}
+    for a in acls:
+        resource = a["resource"]
+        for op in a["operations"]:
+            rules.setdefault((resource["type"], resource["patternType"], op), set()).add(resource["name"])
+    txn = rules.pop(("transactionalId", "prefix", "Write"), set())
+    principal = Principal(
+        name=name,
+        reads=frozenset(rules.pop(("topic", "literal", "Read"), set())),
+        writes=frozenset(rules.pop(("topic", "literal", "Write"), set())),
+        groups=frozenset(rules.pop(("group", "literal", "Read"), set())),
+        group_prefixes=frozenset(rules.pop(("group", "prefix", "Read"), set())),
+        groups_described=frozenset(rules.pop(("group", "prefix", "Describe"), set())),
+        transactional_id_prefix=txn.pop() if txn else None,
+    )
+    assert rules == {} and not txn, (name, rules, txn)
+    return principal
+
+
+def test_each_kafka_user_has_exactly_the_acls_its_declaration_gives() -> None:
+    values = values_of("production")
+    prefix, space = values["topicPrefix"], values["jobs"]["reindex"]["space"]
+    users = {u["metadata"]["name"]: u["spec"] for u in of_kind(rendered("production"), "KafkaUser")}
+    assert all(spec["authentication"] == {"type": "scram-sha-512"} for spec in users.values())
+    for declaration in DECLARATIONS:
+        spec = users.pop(f"mmrag-{declaration.name.replace('_', '-')}")
+        assert spec["authorization"]["type"] == "simple"
+        wanted = resolve(declaration, prefix, space)
+        assert principal_of(declaration.name, spec["authorization"]["acls"]) == replace(wanted, idempotent=True)
+    assert set(users) == {"mmrag-admin"} and "authorization" not in users["mmrag-admin"]  # a super user
+
+
+def test_every_deployable_authenticates_as_the_user_of_its_principal() -> None:
+    objects = rendered("production")
+    users = {u["metadata"]["name"] for u in of_kind(objects, "KafkaUser")}
+    for name, spec in pod_specs(objects).items():
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        user = env["MMRAG_KAFKA_SASL_USERNAME"]["value"]
+        assert user in users, name
+        assert env["MMRAG_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": user, "key": "password"}
+    text = [s["containers"][0]["env"] for n, s in pod_specs(objects).items() if "text-embedder" in n]
+    assert len(text) == 4  # both lanes, live and the re-index space's
+    assert {e["value"] for env in text for e in env if e["name"] == "MMRAG_KAFKA_SASL_USERNAME"} == {
+        "mmrag-text-embedder"
+    }
+    shards = [s["containers"][0]["env"] for n, s in pod_specs(objects).items() if "retrieval-shard" in n]
+    assert {e["value"] for env in shards for e in env if e["name"] == "MMRAG_KAFKA_SASL_USERNAME"} == {
+        "mmrag-retrieval-worker"
+    }
+
+
+def test_compose_runs_what_the_chart_runs() -> None:
+    """docker-compose.yml and the chart's minimal install run the same workloads: command, lane and shard (compose's
+    only source is MinIO's webhook, so the chart's SQS bridge has no twin there)."""
+    compose = yaml.safe_load((CHART.parents[1] / "docker-compose.yml").read_text())
+    ours = [s for s in compose["services"].values() if s.get("image", "").startswith("kafka-mmrag")]
+
+    def key(command: str, env: dict[str, str]) -> tuple[str, str, str]:
+        return command, env.get("MMRAG_LANE", ""), env.get("MMRAG_SHARD", "")
+
+    in_compose = {key(s["command"][0], s.get("environment", {})) for s in ours}
+    in_chart = set()
+    for name, spec in pod_specs(rendered("minimal")).items():
+        if not name.startswith("Job/"):
+            container = spec["containers"][0]
+            in_chart.add(key(container["args"][0], {e["name"]: e.get("value", "") for e in container["env"]}))
+    assert in_compose == in_chart - {("sqs-bridge", "", "")}

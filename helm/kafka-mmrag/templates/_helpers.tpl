@@ -35,8 +35,10 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 
 {{/* The Kafka principal a deployable authenticates as (mmrag/access.py declarations, Kubernetes spelling). */}}
 {{- define "mmrag.principal" -}}
-{{- $map := dict "text-embedder-heavy" "text-embedder" "retrieval-shard" (ternary "faiss-worker" "retrieval-worker" (eq .root.Values.indexBackend "faiss")) -}}
-{{- .principalName | default (get $map .name) | default .name -}}
+{{- $worker := ternary "faiss-worker" "retrieval-worker" (eq .root.Values.indexBackend "faiss") -}}
+{{- $name := ternary "retrieval-shard" .name (hasPrefix "retrieval-shard-" .name) -}}
+{{- $map := dict "text-embedder-heavy" "text-embedder" "retrieval-shard" $worker -}}
+{{- .principalName | default (get $map $name) | default $name -}}
 {{- end -}}
 
 {{- define "mmrag.kafkaUser" -}}
