@@ -65,6 +65,8 @@ def test_readme_commands_work_on_a_fresh_machine(tmp_path: Path) -> None:
     assert (home / ".cache/kafka-mmrag/tools/bin/uv").exists()
     assert list((home / ".cache/kafka-mmrag").glob("kafka-*/libs/kafka_2.13-*.jar")), "Kafka jars not fetched"
     assert (home / ".cache/kafka-mmrag/tools/bin/jaeger").exists(), "Jaeger not built"
+    for tool in ("helm", "kube-score"):  # the Helm chart's tests
+        assert (home / ".cache/kafka-mmrag/tools/bin" / tool).exists(), f"{tool} not built"
 
     # Each README command runs setup again (now cached) and then finds uv in a shell of its own.
     demo = _run(["bash", str(REPO / "scripts/demo.sh"), "--help"], env, elsewhere)
