@@ -59,9 +59,8 @@ from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import SearchReply
 from mmrag.request_reply import FAST_PRODUCER
 from mmrag.settings import SpaceSettings
-from mmrag.space import EmbeddingSpace, space_clip_encoder, space_from_settings
+from mmrag.space import EmbeddingSpace, space_clip_encoder, space_from_settings, space_minilm_encoder
 from mmrag.space_catalog import SpaceSpec, spec_properties
-from mmrag.text_encoder import MiniLMEncoder
 from mmrag.topics import Topics
 from mmrag.vector_index import IndexSearcher, VectorRow
 from mmrag.vector_log import OBJECT_ID_HEADER, to_record
@@ -324,8 +323,9 @@ def measure(
         name: [" ".join(rng.choice(words, 6)) for _ in range(size)]
         for name, size in (("1", n), ("8", 4 * n), ("inproc", n), ("kafka", n), ("hit", n))
     }
-    clip = space_clip_encoder(SpaceSettings(clip_model_dir=dep.clip_model_dir))
-    encoder = QueryEncoder(space, MiniLMEncoder(), clip, EmbeddingCache(1 << 15))
+    settings = SpaceSettings(clip_model_dir=dep.clip_model_dir)  # backend and precision from MMRAG_* as deployed
+    clip, minilm = space_clip_encoder(settings), space_minilm_encoder(settings)
+    encoder = QueryEncoder(space, minilm, clip, EmbeddingCache(1 << 15))
     encoder.warm_up()
     fusion = ModalityFusion(space.text_dim, space.image_weight, encoder.clip_sentences)
     grpc_search = GrpcSearch(dep.grpc_port, args.top_k)

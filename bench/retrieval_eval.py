@@ -37,7 +37,7 @@ from mmrag.ids import shard_for
 from mmrag.images import decode_image
 from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, Modality, SearchReply, SearchRequest
 from mmrag.settings import SpaceSettings
-from mmrag.space import EmbeddingSpace, space_clip_encoder, space_from_settings
+from mmrag.space import EmbeddingSpace, space_clip_encoder, space_from_settings, space_minilm_encoder
 from mmrag.text_encoder import MiniLMEncoder
 from mmrag.vector_index import VectorRow
 from query_service.caches import EmbeddingCache
@@ -106,7 +106,7 @@ class Models:
     @classmethod
     def load(cls, clip_dir: Path | None = None) -> Models:
         settings = SpaceSettings() if clip_dir is None else SpaceSettings(clip_model_dir=clip_dir)
-        models = cls(space_from_settings(settings), MiniLMEncoder(), space_clip_encoder(settings))
+        models = cls(space_from_settings(settings), space_minilm_encoder(settings), space_clip_encoder(settings))
         models.query.warm_up()
         return models
 

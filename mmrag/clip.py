@@ -7,7 +7,6 @@ lazily so that wiring, config checks and `clip_model_id` stay cheap.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -18,17 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmrag.encoder_backend import check_backend, model_id_suffix
+from mmrag.model_files import weights_digest
+from mmrag.onnx_towers import Tower, unit_rows
+
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPProcessor, CLIPTokenizer
 
-WEIGHTS_FILE = "model.safetensors"
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-PRECISIONS = ("fp32", "bf16", "fp16")  # a property of the embedding space, never chosen per process
 _ENCODE_BATCH = 64  # bounds activation memory for long inputs; real CLIP at 224 px uses ~1 GB at this size
-_HASH_BLOCK = 1 << 20
 _SMALL_IMAGE_SIZE = 64
 _SMALL_PROJECTION_DIM = 64
 _DEFAULT_CORPUS = (
@@ -58,30 +58,18 @@ def _config_path(model_dir: Path) -> Path:
     return config
 
 
-def clip_model_id(model_dir: Path, precision: str = "fp32") -> str:
-    """``clip:<dir name>@<sha256(config.json + model.safetensors)[:12]>``, plus ``+<precision>`` unless fp32 (so
-    fp32 ids stay what they always were); no torch import, no weight load. Vectors in bf16 or fp16 differ from fp32
-    ones in the third decimal, so the precision is part of the model's, and so the space's, identity.
+def clip_model_id(model_dir: Path, precision: str = "fp32", backend: str = "torch") -> str:
+    """``clip:<dir name>@<sha256(config.json + model.safetensors)[:12]>``, plus ``+<precision>`` on torch unless
+    fp32 (so fp32 ids stay what they always were) and ``+onnx``/``+onnx-int8`` on ONNX Runtime; no torch import, no
+    weight load. Vectors in bf16, fp16 or int8, or from another runtime, differ from torch fp32 ones in the third
+    decimal, so backend and precision are part of the model's, and so the space's, identity.
 
-    Raises ValueError when config.json or the safetensors weights are missing, or for an unknown precision.
+    Raises ValueError when config.json or the safetensors weights are missing, or for a precision the backend does
+    not run.
     """
-    _check_precision(precision)
-    config = _config_path(model_dir)
-    weights = Path(model_dir) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ValueError(f"{model_dir} has config.json but no {WEIGHTS_FILE}: save the model with save_pretrained")
-    digest = hashlib.sha256(config.read_bytes())
-    with weights.open("rb") as stream:
-        # streamed: real CLIP weights are ~600 MB
-        for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
-            digest.update(block)
-    suffix = "" if precision == "fp32" else f"+{precision}"
-    return f"clip:{Path(model_dir).name}@{digest.hexdigest()[:12]}{suffix}"
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"CLIP precision {precision!r} is not one of {PRECISIONS} (MMRAG_PRECISION)")
+    suffix = model_id_suffix(backend, precision)
+    _config_path(model_dir)
+    return f"clip:{Path(model_dir).name}@{weights_digest(model_dir)}{suffix}"
 
 
 def clip_dim(model_dir: Path) -> int:
@@ -110,25 +98,33 @@ class ClipEncoder:
     The constructor only stores settings; `warm_up()` loads the model. Encoding before warm-up raises RuntimeError.
     """
 
-    def __init__(self, model_dir: Path, device: str | None = None, precision: str = "fp32", threads: int = 0) -> None:
-        _check_precision(precision)
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str | None = None,
+        precision: str = "fp32",
+        threads: int = 0,
+        backend: str = "torch",
+    ) -> None:
+        check_backend(backend, precision)
         if threads < 0:
             raise ValueError(f"CLIP threads must be >= 0 (0 keeps torch's default), got {threads}")
         self._model_dir = Path(model_dir)
         self._requested_device = device
         self._precision = precision
         self._threads = threads
+        self._backend = backend
         self._model_id: str | None = None
         self._dim: int | None = None
         self._device = device or "auto"
-        self._model: CLIPModel | None = None
+        self._towers: tuple[Tower, Tower] | None = None  # (image, text)
         self._processor: CLIPProcessor | None = None
 
     @property
     def model_id(self) -> str:
         """The id of the weights in the directory (of the loaded ones once warm) and of the precision."""
         if self._model_id is None:
-            self._model_id = clip_model_id(self._model_dir, self._precision)
+            self._model_id = clip_model_id(self._model_dir, self._precision, self._backend)
         return self._model_id
 
     @property
@@ -145,8 +141,13 @@ class ClipEncoder:
 
     @property
     def precision(self) -> str:
-        """fp32, bf16 or fp16: the space's, on every device."""
+        """fp32, bf16 or fp16 on torch, fp32 or int8 on ONNX Runtime: the space's, on every device."""
         return self._precision
+
+    @property
+    def backend(self) -> str:
+        """torch or onnx: the space's."""
+        return self._backend
 
     @property
     def input_size(self) -> int:
@@ -158,7 +159,7 @@ class ClipEncoder:
     @property
     def is_warm(self) -> bool:
         """True once `warm_up()` has loaded model and processor."""
-        return self._model is not None
+        return self._towers is not None
 
     def warm_up(self) -> None:
         """Load model and processor, place them, and run one dummy forward; idempotent.
@@ -167,23 +168,38 @@ class ClipEncoder:
         """
         if self.is_warm:
             return
-        import torch
         from PIL import Image as PILImage
-        from transformers import AutoProcessor, CLIPModel
+        from transformers import AutoProcessor
 
-        self._model_id = clip_model_id(self._model_dir, self._precision)
+        self._model_id = clip_model_id(self._model_dir, self._precision, self._backend)
         self._dim = clip_dim(self._model_dir)
+        processor = AutoProcessor.from_pretrained(self._model_dir)
+        towers: tuple[Tower, Tower]
+        if self._backend == "onnx":
+            from mmrag.towers import onnx_clip_towers
+
+            towers, device = onnx_clip_towers(self._model_dir, self._precision, self._threads), "cpu"
+        else:
+            towers, device = self._torch_towers()
+        # set together, after both loaded: is_warm must never see half a model
+        self._towers, self._processor, self._device = towers, processor, device
+        self.encode_images([PILImage.new("RGB", (224, 224))])  # any size: the processor resizes it
+        self.encode_texts(["warm up"])
+
+    def _torch_towers(self) -> tuple[tuple[Tower, Tower], str]:
+        import torch
+        from transformers import CLIPModel
+
+        from mmrag.towers import ClipImageTower, ClipTextTower, TorchTower
+
         if self._threads > 0:
             torch.set_num_threads(self._threads)
         device = self._requested_device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = _resolve_dtype(self._precision)
         # transformers types `.to` through a decorator that mypy reads as taking the model, not a device
         model = CLIPModel.from_pretrained(self._model_dir, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
-        processor = AutoProcessor.from_pretrained(self._model_dir)
-        # set together, after both loaded: is_warm must never see half a model
-        self._model, self._processor, self._device = model, processor, device
-        self.encode_images([PILImage.new("RGB", (224, 224))])  # any size: the processor resizes it
-        self.encode_texts(["warm up"])
+        towers = (TorchTower(ClipImageTower(model), device, dtype), TorchTower(ClipTextTower(model), device))
+        return towers, device
 
     def encode_images(self, images: Sequence[Image]) -> np.ndarray:
         """(n, dim) float32 unit rows, in input order; RuntimeError before `warm_up()`."""
@@ -193,34 +209,25 @@ class ClipEncoder:
         """(n, dim) float32 unit rows; texts longer than the context are truncated. RuntimeError before `warm_up()`."""
         return self._encode(list(texts), self._text_features)
 
-    def _encode(self, items: list[Any], features: Callable[[list[Any]], torch.Tensor]) -> np.ndarray:
+    def _encode(self, items: list[Any], features: Callable[[list[Any]], np.ndarray]) -> np.ndarray:
         if not self.is_warm:
             raise RuntimeError(f"ClipEncoder({self._model_dir}) is not loaded: call warm_up() before encoding")
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
-        import torch
-
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(items), _ENCODE_BATCH):
-                vectors = features(items[start : start + _ENCODE_BATCH]).float()
-                chunks.append(torch.nn.functional.normalize(vectors, dim=-1).cpu().numpy())
+        chunks = [
+            unit_rows(features(items[start : start + _ENCODE_BATCH])) for start in range(0, len(items), _ENCODE_BATCH)
+        ]
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
-    def _image_features(self, images: list[Image]) -> torch.Tensor:
-        assert self._model is not None and self._processor is not None  # guarded by _encode
+    def _image_features(self, images: list[Image]) -> np.ndarray:
+        assert self._towers is not None and self._processor is not None  # guarded by _encode
         pixels = self._processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        dtype = _resolve_dtype(self._precision)
-        output = self._model.get_image_features(pixel_values=pixels.to(self._device, dtype))
-        return output.pooler_output
+        return self._towers[0].run({"pixel_values": pixels.numpy()})
 
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        assert self._model is not None and self._processor is not None  # guarded by _encode
-        tokens = self._processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        output = self._model.get_text_features(
-            input_ids=tokens["input_ids"].to(self._device), attention_mask=tokens["attention_mask"].to(self._device)
-        )
-        return output.pooler_output
+    def _text_features(self, texts: list[str]) -> np.ndarray:
+        assert self._towers is not None and self._processor is not None  # guarded by _encode
+        tokens = self._processor.tokenizer(texts, padding=True, truncation=True, return_tensors="np")
+        return self._towers[1].run({"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]})
 
 
 def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:

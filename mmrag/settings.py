@@ -8,9 +8,10 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mmrag.encoder_backend import check_backend
 from mmrag.topics import MAX_MESSAGE_BYTES, Topics
 
 
@@ -132,12 +133,23 @@ class SpaceSettings(BaseSettings):
         description="fill text documents' CLIP half with CLIP's text tower; off because CLIP's text-text cosines run "
         "far above its text-image cosines (the modality gap), which ranked every document above every image",
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
         default="fp32",
-        description="CLIP's precision in every process of the space, on any device (part of the space id unless "
-        "fp32); never timed per process: bf16 vectors differ from fp32 ones in the third decimal",
+        description="the encoders' precision in every process of the space, on any device (part of the space id "
+        "unless torch fp32); torch: fp32, bf16 or fp16 (CLIP only); onnx: fp32 or int8 (every tower); never timed "
+        "per process: bf16 vectors differ from fp32 ones in the third decimal",
     )
-    torch_threads: int = Field(default=0, description="torch intra-op threads; 0 = torch's default")
+    encoder_backend: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="what runs the space's encoders: torch, or ONNX Runtime on the CPU (towers exported once, "
+        "cached under the models cache); part of the space id",
+    )
+    torch_threads: int = Field(default=0, description="intra-op threads of torch or ONNX Runtime; 0 = their default")
+
+    @model_validator(mode="after")
+    def _backend_runs_precision(self) -> SpaceSettings:
+        check_backend(self.encoder_backend, self.precision)
+        return self
 
 
 class VectorStoreSettings(BaseSettings):

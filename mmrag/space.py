@@ -74,12 +74,14 @@ def _weighted_half(vec: np.ndarray | None, dim: int, weight: float, name: str) -
 
 
 def space_from_settings(settings: SpaceSettings) -> EmbeddingSpace:
-    """The space the configured models define; cheap (reads model metadata, loads no weights). The CLIP model id
-    names the precision (unless fp32), so the space id changes with MMRAG_PRECISION."""
+    """The space the configured models define; cheap (reads model metadata, loads no weights). The model ids name
+    the backend and precision (unless torch fp32), so the space id changes with MMRAG_ENCODER_BACKEND and
+    MMRAG_PRECISION."""
+    backend, precision = settings.encoder_backend, settings.precision
     return EmbeddingSpace(
-        text_model_id=minilm_model_id(),
+        text_model_id=minilm_model_id(backend, precision),
         text_dim=MiniLMEncoder.dim,
-        image_model_id=clip_model_id(settings.clip_model_dir, settings.precision),
+        image_model_id=clip_model_id(settings.clip_model_dir, precision, backend),
         image_dim=clip_dim(settings.clip_model_dir),
         text_weight=settings.text_weight,
         image_weight=settings.image_weight,
@@ -88,6 +90,14 @@ def space_from_settings(settings: SpaceSettings) -> EmbeddingSpace:
 
 
 def space_clip_encoder(settings: SpaceSettings, device: str | None = None) -> ClipEncoder:
-    """The CLIP encoder of the space (its model directory and precision): what every process of a space (vision
-    and text embedders, the query service) builds, so they all encode alike; not loaded until ``warm_up()``."""
-    return ClipEncoder(settings.clip_model_dir, device, settings.precision, settings.torch_threads)
+    """The CLIP encoder of the space (its model directory, backend and precision): what every process of a space
+    (vision and text embedders, the query service) builds, so they all encode alike; not loaded until
+    ``warm_up()``."""
+    s = settings
+    return ClipEncoder(s.clip_model_dir, device, s.precision, s.torch_threads, s.encoder_backend)
+
+
+def space_minilm_encoder(settings: SpaceSettings) -> MiniLMEncoder:
+    """The MiniLM encoder of the space (its backend; its precision on ONNX Runtime), as the text embedder and the
+    query service build it; not loaded until ``warm_up()``."""
+    return MiniLMEncoder(threads=settings.torch_threads, backend=settings.encoder_backend, precision=settings.precision)

@@ -38,6 +38,7 @@ class SpaceSpec:
     text_model_id: str = ""
     image_model_id: str = ""
     dim: int = 0
+    encoder_backend: str = "torch"  # specs written before backends were a setting are torch spaces
 
     @classmethod
     def of(cls, settings: SpaceSettings, space: EmbeddingSpace, space_name: str, collection: str) -> SpaceSpec:
@@ -53,6 +54,7 @@ class SpaceSpec:
             text_model_id=space.text_model_id,
             image_model_id=space.image_model_id,
             dim=space.dim,
+            encoder_backend=settings.encoder_backend,
         )
 
     @property
@@ -81,6 +83,7 @@ class SpaceSpec:
                 "text_weight": self.text_weight,
                 "image_weight": self.image_weight,
                 "clip_text_for_text": self.clip_text_for_text,
+                "encoder_backend": self.encoder_backend,
             }
         )
 

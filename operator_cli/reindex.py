@@ -48,7 +48,15 @@ PROGRESS = {
     "lag": Gauge("mmrag_reindex_lag", "Records the stage's group still has to read", ["space", "stage"]),
     "rate": Gauge("mmrag_reindex_rate", "Records per second over the last interval", ["space", "stage"]),
 }
-MODEL_FLAGS = ("clip_model_dir", "precision", "text_weight", "image_weight", "clip_text_for_text", "index_backend")
+MODEL_FLAGS = (
+    "clip_model_dir",
+    "precision",
+    "encoder_backend",
+    "text_weight",
+    "image_weight",
+    "clip_text_for_text",
+    "index_backend",
+)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from mmrag.kafka_clients import make_producer
 from mmrag.pb.events_pb2 import GenerateChunk, SearchReply
 from mmrag.request_reply import FAST_PRODUCER
 from mmrag.service import service_main
-from mmrag.space import space_clip_encoder, space_from_settings
+from mmrag.space import space_clip_encoder, space_from_settings, space_minilm_encoder
 from mmrag.space_catalog import SpaceSpec
 from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
@@ -90,10 +90,11 @@ def serving_builder(
     indexed: IndexedObjects | None = None,
     answers: AnswerCache | None = None,
 ) -> ServingBuilder:
-    """Builds one space's encoder (its CLIP; the MiniLM encoder is shared), fusion, search and Ask, all bound to
-    that space; the routes, the LLM client, the breaker and the eval log are shared by every space."""
+    """Builds one space's encoder (its CLIP; the MiniLM encoder is shared by the spaces of one backend and
+    precision), fusion, search and Ask, all bound to that space; the routes, the LLM client, the breaker and the
+    eval log are shared by every space."""
     t = s.topics
-    minilm = MiniLMEncoder(threads=s.torch_threads)
+    minilms: dict[str, MiniLMEncoder] = {}
     route = Route(producer, t.search_requests, t.search_replies, replies)
     shard_groups_now = shard_groups(s.topic_prefix, s.shards)  # one view for every space: one group per shard
     shards_present = ShardPresence(s.bootstrap_servers, shard_groups_now, s.shard_presence_interval_s).start()
@@ -116,8 +117,10 @@ def serving_builder(
 
     def build(spec: SpaceSpec) -> ServingSpace:
         space = spec.check(s)
-        clip = space_clip_encoder(spec.settings(s))
-        encoder = QueryEncoder(space, minilm, clip, EmbeddingCache(s.embedding_cache_size))
+        settings = spec.settings(s)
+        minilm = space_minilm_encoder(settings)
+        minilm = minilms.setdefault(minilm.model_id, minilm)
+        encoder = QueryEncoder(space, minilm, space_clip_encoder(settings), EmbeddingCache(s.embedding_cache_size))
         encoder.warm_up()
         fusion: Fusion = (
             ModalityFusion(space.text_dim, space.image_weight, encoder.clip_sentences)

@@ -27,10 +27,26 @@ class QueryEncoder:
         self.cache = cache
 
     def warm_up(self) -> None:
-        """Loads the models not loaded yet (the MiniLM encoder may be shared by the encoders of several spaces)."""
+        """Loads the models not loaded yet (the MiniLM encoder may be shared by the encoders of several spaces).
+
+        Raises ValueError when an encoder is not the space's (another backend or precision: a mixed space)."""
+        self._check_models()
         if not self.text.is_warm:
             self.text.warm_up()
         self.clip.warm_up()
+
+    def _check_models(self) -> None:
+        """Vectors of two spaces never mix: a query for an ONNX Runtime space must not be encoded by torch."""
+        for half, model, expected in (
+            ("text", self.text.model_id, self.space.text_model_id),
+            ("clip", self.clip.model_id, self.space.image_model_id),
+        ):
+            if model != expected:
+                raise ValueError(
+                    f"{STAGE}: the {half} encoder gives {model!r} vectors, space {self.space.id} holds "
+                    f"{expected!r} ones (a mixed space) -> build the query encoder from the space's settings "
+                    "(MMRAG_ENCODER_BACKEND, MMRAG_PRECISION)"
+                )
 
     def encode(self, text: str, image: bytes) -> np.ndarray:
         """Text -> MiniLM half + CLIP-text half; image -> CLIP-image half; both -> the CLIP halves summed.

@@ -14,9 +14,8 @@ from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import ObjectEvent
 from mmrag.runner import StageRunner
 from mmrag.service import service_main
-from mmrag.space import space_clip_encoder
+from mmrag.space import space_clip_encoder, space_minilm_encoder
 from mmrag.telemetry import Probes
-from mmrag.text_encoder import MiniLMEncoder
 
 
 def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectEvent]:
@@ -28,7 +27,7 @@ def build(settings: TextEmbedderSettings, probes: Probes) -> StageRunner[ObjectE
     handler = TextEmbedder(
         settings,
         store,
-        MiniLMEncoder(threads=settings.torch_threads),
+        space_minilm_encoder(settings),
         clip,
         TesseractOcr(settings.ocr_languages, settings.ocr_timeout_s),
     )
