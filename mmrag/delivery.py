@@ -9,9 +9,12 @@ make them durable, and commit what was consumed, with one rule for what an error
   aborted, nothing was committed, and the caller rewinds or re-offers the batch later (back-pressure, never DLQ).
 
 Commit retries are bounded by ``commit_deadline_s``, which the settings keep below both the transaction timeout and
-max.poll.interval.ms, so a slow commit never gets the consumer thrown out of its group. Every transactional call runs
-under a ``CallWatchdog``: one that blocks past its own timeout (a coordinator failover can hang librdkafka there)
-ends the process, whose restart fences this incarnation (mmrag/watchdog.py).
+max.poll.interval.ms, so a slow commit never gets the consumer thrown out of its group. Every call of a batch runs
+within a bound (``call_within``): one that blocks past its own timeout plus ``HANG_MARGIN_S`` (a coordinator
+failover can hang librdkafka there, mmrag/watchdog.py) abandons the producer, makes a new one with the same
+transactional id (fencing the hung one, aborting its transaction) and raises ``NotDeliveredError``: the batch is
+redone within seconds, in the same process. After ``MAX_REPLACED`` replacements, or when ``init_transactions`` itself
+hangs, the ``CallWatchdog`` ends the process instead and its restart fences this incarnation.
 """
 
 from __future__ import annotations
@@ -20,18 +23,22 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from mmrag.kafka_clients import encode_headers
 from mmrag.messages import Output, output_headers, serialize
-from mmrag.watchdog import CallWatchdog, exit_stuck
+from mmrag.watchdog import CallWatchdog, HungCallError, call_within, exit_stuck
 
 log = logging.getLogger(__name__)
 
 INIT_TIMEOUT_S = 30.0  # one init_transactions call
 INIT_GIVE_UP_S = 180.0  # retries of init_transactions while the transaction coordinator moves
+COORDINATOR_CALL_S = 3.0  # send_offsets_to_transaction's own timeout: ms normally, seconds while a coordinator moves
+HANG_MARGIN_S = 1.0  # past its own timeout plus this, a call of a batch counts as hung and its producer is replaced
+MAX_REPLACED = 5  # producers abandoned (each leaves a parked thread) before the process restarts instead
 
 # Per-record refusals: the broker or the client will refuse this record however often it is sent.
 RECORD_ERRORS = frozenset(
@@ -47,6 +54,10 @@ RECORD_ERRORS = frozenset(
 
 class NotDeliveredError(Exception):
     """Kafka did not take the batch (nothing committed); re-offer it later."""
+
+
+class ProducerReplacedError(NotDeliveredError):
+    """A call of the batch hung and the producer was replaced (Kafka answers again): redo the batch at once."""
 
 
 class RejectedOutputsError(Exception):
@@ -101,7 +112,7 @@ class Delivery:
 
     def __init__(
         self,
-        producer: Any,
+        make_producer: Callable[[], Any],
         *,
         transactional: bool,
         stage: str,
@@ -109,10 +120,13 @@ class Delivery:
         mark_dead: Callable[[str], None] | None = None,
         on_overrun: Callable[[str], None] = exit_stuck,
     ) -> None:
-        self.producer = producer
+        self.make_producer = make_producer
+        self.producer = make_producer()
         self.transactional = transactional
         self.stage = stage
         self.commit_deadline_s = commit_deadline_s
+        self.on_overrun = on_overrun
+        self.replaced = 0
         self.watchdog = CallWatchdog(stage, on_overrun, mark_dead)
 
     def start_transactions(self, give_up_s: float = INIT_GIVE_UP_S) -> None:
@@ -134,6 +148,25 @@ class Delivery:
                 log.warning("%s: init_transactions not done yet (%s); retrying", self.stage, err)
                 time.sleep(1.0)
 
+    def _bounded(self, what: str, timeout_s: float, call: Callable[[], Any]) -> Any:
+        """``call`` (a producer call with its own ``timeout_s``) within that timeout plus HANG_MARGIN_S; when it
+        hangs, the producer is replaced and the batch is not delivered (NotDeliveredError)."""
+        try:
+            return call_within(self.stage, what, timeout_s + HANG_MARGIN_S, call)
+        except HungCallError as hung:
+            self._replace_producer(hung)
+            raise ProducerReplacedError(f"{hung}; producer replaced, batch to be redone") from hung
+
+    def _replace_producer(self, hung: HungCallError) -> None:
+        """Abandons the hung producer (its thread stays parked in librdkafka; nothing touches it again) for a new one
+        with the same transactional id, whose init_transactions fences it and aborts its open transaction."""
+        self.replaced += 1
+        if self.replaced > MAX_REPLACED:
+            self.on_overrun(f"{hung}; {MAX_REPLACED} producers replaced already")
+        log.warning("%s; replacing the producer (%d so far) and redoing the batch", hung, self.replaced)
+        self.producer = self.make_producer()
+        self.start_transactions()
+
     def deliver(
         self,
         outputs: Sequence[Encoded],
@@ -145,30 +178,49 @@ class Delivery:
         """Makes ``outputs`` durable; in a transaction, commits ``offsets`` with them. Outputs whose index is in
         ``alone`` travel in a produce request of their own (a broker refuses a whole request batch, so this tells
         which record it refuses). Raises NotDeliveredError, RejectedOutputsError or (fatal) KafkaException; nothing
-        is committed unless it returns."""
+        is committed unless it returns. A call that hung costs a new producer and one more try, at once."""
+        try:
+            self._deliver_once(outputs, offsets, group_metadata, before_commit, alone)
+        except ProducerReplacedError as exc:
+            log.warning("%s; delivering it again on the new producer", exc)
+            self._deliver_once(outputs, offsets, group_metadata, before_commit, alone)
+
+    def _deliver_once(
+        self,
+        outputs: Sequence[Encoded],
+        offsets: Sequence[Any],
+        group_metadata: Any,
+        before_commit: Callable[[], None] | None,
+        alone: Collection[int],
+    ) -> None:
         if not self.transactional:
             self._produce_and_flush(outputs, alone)
             if before_commit is not None:
                 before_commit()
             return
+        producer = self.producer
         try:
-            self.producer.begin_transaction()
+            producer.begin_transaction()
             self._produce_and_flush(outputs, alone)
             if before_commit is not None:
                 before_commit()
             if offsets:
-                with self.watchdog.guard("send_offsets_to_transaction", self.commit_deadline_s):
-                    self.producer.send_offsets_to_transaction(list(offsets), group_metadata, self.commit_deadline_s)
+                self._bounded(
+                    "send_offsets_to_transaction",
+                    COORDINATOR_CALL_S,
+                    lambda: producer.send_offsets_to_transaction(list(offsets), group_metadata, COORDINATOR_CALL_S),
+                )
             self._commit()
         except (NotDeliveredError, RejectedOutputsError, KafkaException) as exc:
-            self._abort(exc)
+            if self.producer is producer:  # else replaced: the new one's init_transactions aborted it already
+                self._abort(exc)
             if isinstance(exc, KafkaException):
                 raise NotDeliveredError(f"transaction aborted: {exc.args[0]}") from exc
             raise
 
     def _flush(self) -> int:
-        with self.watchdog.guard("flush", self.commit_deadline_s):
-            return int(self.producer.flush(self.commit_deadline_s))
+        producer = self.producer
+        return int(self._bounded("flush", self.commit_deadline_s, lambda: producer.flush(self.commit_deadline_s)))
 
     def _produce_and_flush(self, outputs: Sequence[Encoded], alone: Collection[int]) -> None:
         reports = _Reports()
@@ -209,10 +261,9 @@ class Delivery:
         """commit_transaction, retried while Kafka says it may succeed, within the commit deadline."""
         deadline = time.monotonic() + self.commit_deadline_s
         while True:
-            left = deadline - time.monotonic()
+            left = max(1.0, deadline - time.monotonic())
             try:
-                with self.watchdog.guard("commit_transaction", max(1.0, left)):
-                    self.producer.commit_transaction(max(1.0, left))
+                self._bounded("commit_transaction", left, partial(self.producer.commit_transaction, left))
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
@@ -226,9 +277,11 @@ class Delivery:
         if isinstance(cause, KafkaException) and cause.args[0].fatal():
             raise cause
         log.warning("%s: aborting the transaction (%s)", self.stage, cause)
+        producer = self.producer
         try:
-            with self.watchdog.guard("abort_transaction", self.commit_deadline_s):
-                self.producer.abort_transaction(self.commit_deadline_s)
+            self._bounded(
+                "abort_transaction", self.commit_deadline_s, lambda: producer.abort_transaction(self.commit_deadline_s)
+            )
         except KafkaException as exc:
             if exc.args[0].fatal():
                 raise

@@ -13,7 +13,7 @@ RETRIES = Counter("mmrag_retries_total", "Batch retries after a retryable error"
 OUTAGES = Counter("mmrag_backoffs_total", "Batches rewound because a dependency was down (back-pressure)", ["stage"])
 STUCK_CALLS = Counter(
     "mmrag_stuck_calls_total",
-    "Kafka client calls that blocked past their limit (the process restarts)",
+    "Kafka client calls that blocked past their limit (the client is replaced, or the process restarts)",
     ["stage", "call"],
 )
 BACKPRESSURE = Gauge("mmrag_backpressure", "1 while the stage backs off from a broken dependency", ["stage"])

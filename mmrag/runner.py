@@ -152,7 +152,6 @@ class StageRunner(Generic[T]):
         self.backpressure = Backpressure(self.stage, settings, self.probes)
         self._suspects: set[tuple[str, int, int]] = set()  # inputs whose output Kafka refused in a shared request
         self._consumer: Any = None
-        self._producer: Any = None
         self._keeper: PollKeeper | None = None
         self._delivery: Delivery | None = None
 
@@ -167,9 +166,8 @@ class StageRunner(Generic[T]):
         producer_extra: dict[str, Any] = {"message.max.bytes": s.max_message_bytes, **self.producer_overrides}
         if txn_id:
             producer_extra["transaction.timeout.ms"] = s.transaction_timeout_ms
-        self._producer = make_producer(s.bootstrap_servers, txn_id, **producer_extra)
         self._delivery = Delivery(
-            self._producer,
+            lambda: make_producer(s.bootstrap_servers, txn_id, **producer_extra),
             transactional=self.transactional,
             stage=self.stage,
             commit_deadline_s=s.commit_deadline_s,
@@ -203,8 +201,8 @@ class StageRunner(Generic[T]):
             self._keeper.close()
         if self._consumer is not None:
             self._consumer.close()
-        if self._producer is not None:
-            self._producer.flush(10)
+        if self._delivery is not None:
+            self._delivery.producer.flush(10)
 
     @property
     def keeper(self) -> PollKeeper:

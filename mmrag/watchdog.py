@@ -1,12 +1,19 @@
-"""A bound on Kafka client calls that may hang past their own timeout.
+"""Bounds on Kafka client calls that may hang past their own timeout.
 
-librdkafka's transactional calls take a timeout, but some broker failures (the group or transaction coordinator
-killed mid-call) leave ``send_offsets_to_transaction`` or ``commit_transaction`` blocked far beyond it. Nothing in
-the process can cancel a blocked C call, and a transaction left open holds every read_committed consumer of its
-partitions. So a guarded call that overruns its limit ends the process: liveness turns red with the reason, the
-log says what hung, and the process exits with ``EXIT_STUCK``. Its restart (the local stack's supervisor, a
-Kubernetes restart) calls ``init_transactions`` with the same transactional id, which fences this incarnation and
-aborts what it left open; the batch is redone from the last committed offsets.
+librdkafka's transactional calls take a timeout, but some broker failures leave them blocked far beyond it: when the
+group coordinator's broker is killed and then drops out of the metadata, librdkafka decommissions it while it is
+still cached as the coordinator, and ``send_offsets_to_transaction`` waits for a state change that never comes
+(librdkafka issues 5511 and 5456, open and unreleased as of 2.14.2; the timeout argument is never checked there).
+Nothing in the process can cancel a blocked C call, and a transaction left open holds every read_committed
+consumer of its partitions. Two tools:
+
+- ``call_within`` runs one call on a helper thread and raises ``HungCallError`` once it overruns its limit. The caller
+  abandons the client (it is never touched again; its blocked thread stays parked), makes a new one with the same
+  transactional id, whose ``init_transactions`` fences the hung one and aborts what it left open, and redoes the
+  batch from the last committed offsets: seconds, no restart (mmrag/delivery.py).
+- ``CallWatchdog`` is the last resort where no replacement helps (``init_transactions`` itself hung, or clients
+  abandoned too often): liveness turns red with the reason, the log says what hung, and the process exits with
+  ``EXIT_STUCK``; its restart fences this incarnation.
 """
 
 from __future__ import annotations
@@ -18,13 +25,51 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from mmrag import metrics
 
 log = logging.getLogger(__name__)
 
 EXIT_STUCK = 75  # EX_TEMPFAIL: a restart is the cure
-MARGIN_S = 15.0  # added to a call's own timeout before it counts as hung
+MARGIN_S = 15.0  # added to a call's own timeout before the watchdog ends the process
+T = TypeVar("T")
+
+
+class HungCallError(Exception):
+    """A client call still blocked past its limit: the client must be abandoned (never used again)."""
+
+    def __init__(self, stage: str, what: str, waited_s: float, limit_s: float) -> None:
+        self.stage = stage
+        self.what = what
+        super().__init__(
+            f"{stage}: Kafka call {what} still blocked after {waited_s:.1f}s (its limit was {limit_s:g}s; a broker "
+            "or coordinator failover can leave it hung)"
+        )
+
+
+def call_within(stage: str, what: str, limit_s: float, call: Callable[[], T]) -> T:
+    """``call()`` on a helper thread: its result, or its exception re-raised; ``HungCallError`` when it has not returned
+    within ``limit_s`` (the thread stays blocked in the client, which the caller must abandon)."""
+    outcome: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread, whatever it is
+            outcome.append((False, exc))
+        done.set()
+
+    started = time.monotonic()
+    threading.Thread(target=run, name=f"kafka-call-{stage}", daemon=True).start()
+    if not done.wait(limit_s):
+        metrics.STUCK_CALLS.labels(stage, what).inc()
+        raise HungCallError(stage, what, time.monotonic() - started, limit_s)
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
 
 
 def exit_stuck(reason: str) -> None:

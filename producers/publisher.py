@@ -51,7 +51,6 @@ class ChangePublisher:
         self.backpressure = Backpressure(stage, settings, self.probes)
         self.batches = 0
         self._stop = threading.Event()  # run()'s: a back-off ends early when the service stops
-        self._producer: Any = None
         self._delivery: Delivery | None = None
 
     def start(self) -> None:
@@ -60,9 +59,8 @@ class ChangePublisher:
         extra: dict[str, Any] = {"message.max.bytes": s.max_message_bytes}
         if self.transactional_id:
             extra["transaction.timeout.ms"] = s.transaction_timeout_ms
-        self._producer = make_producer(s.bootstrap_servers, self.transactional_id, **extra)
         self._delivery = Delivery(
-            self._producer,
+            lambda: make_producer(s.bootstrap_servers, self.transactional_id, **extra),
             transactional=bool(self.transactional_id),
             stage=self.stage,
             commit_deadline_s=s.commit_deadline_s,
@@ -82,7 +80,8 @@ class ChangePublisher:
         finally:
             self.probes.set_ready(False, "stopping")
             self.source.close()
-            self._producer.flush(10)
+            if self._delivery is not None:
+                self._delivery.producer.flush(10)
 
     def step(self) -> int | None:
         """One batch; returns how many notifications were acknowledged (None when the source is done). A source

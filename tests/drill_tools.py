@@ -113,6 +113,7 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Lande
                     decode_headers(msg.headers()),  # type: ignore[arg-type]
                     msg.partition() or 0,
                     msg.offset() or 0,
+                    msg.timestamp()[1],
                 )
             )
         return found

@@ -19,6 +19,7 @@ class Landed:
     partition: int
     offset: int
 
+    timestamp_ms: int = 0  # the record's timestamp (CreateTime: when its producer made it)
 
 def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, committed_only: bool = True) -> list[Landed]:
     """Everything on ``topic`` from the start, until nothing new arrived for ``idle_s``."""

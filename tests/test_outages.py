@@ -9,8 +9,9 @@ back-pressure, never a dead letter; a bad item is dead-lettered alone.
   connections reset: what a client sees when the store stops) and mended on the same port.
 - One batch with poison items among good ones through the index updater: one DLQ record for each poison item, naming
   it; the good ones indexed.
-- (slow) A 3-broker cluster with topics at RF 3: one broker SIGKILLed under upload load; every object indexed, no
-  deployable dead.
+- (slow) A 3-broker cluster with topics at RF 3: the broker leading the most partitions SIGKILLed under upload load;
+  every object indexed once, no deployable restarted, and what was uploaded after the kill indexed within 10 s of its
+  upload.
 
 Each drill prints its figures (pytest -s): objects, DLQ records, lost, duplicated status records, outage length,
 time to recover after the dependency returned, peak RSS of each process.
@@ -331,6 +332,33 @@ def test_poison_items_in_a_batch_are_dead_lettered_alone(deployment: Deployment)
     assert set(found) == oids, "no status for a dead-lettered item"
 
 
+FAILOVER_WAIT_S = 10.0
+
+
+def waits_after(found: dict[str, list[IndexStatus]], oids: set[str], since_ms: float) -> list[float]:
+    """Upload (S3 event time) to indexed, in seconds and sorted, of the objects uploaded after ``since_ms``."""
+    return sorted(
+        round((s.indexed_at_ms - s.event_time_ms) / 1000, 1)
+        for o in oids
+        for s in found.get(o, [])[-1:]
+        if s.state == INDEXED and s.event_time_ms >= since_ms
+    )
+
+
+def stage_delays(deployment: Deployment, since_ms: float) -> dict[str, float]:
+    """For the objects uploaded after ``since_ms``: the longest wait from upload to each stage's record (when the
+    normalizer, then the embedders, produced it; the status is the updater's), to tell which stage held them."""
+    prefix, bootstrap = deployment.topic_prefix, deployment.endpoints.bootstrap_servers
+    uploaded = {o: s[-1].event_time_ms for o, s in statuses(deployment).items() if s[-1].event_time_ms >= since_ms}
+    slowest: dict[str, float] = {}
+    for stage, topic in (("normalizer", "objects.v1"), ("embedders", "embeddings.v1")):
+        for m in read_to_end(bootstrap, f"{prefix}{topic}"):
+            if m.key in uploaded:
+                wait = round((m.timestamp_ms - uploaded[m.key]) / 1000, 1)
+                slowest[stage] = max(slowest.get(stage, 0.0), wait)
+    return slowest
+
+
 def upload_steadily(store: S3ObjectStore, bucket: str, objects: dict[str, bytes], third: threading.Event) -> None:
     """Uploads one object every 0.3 s; sets ``third`` once a third of them went up."""
     for n, (key, data) in enumerate(objects.items()):
@@ -380,14 +408,17 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         assert third.wait(60), "uploads under way"
         figures.sample_rss([(f"broker-{n.node_id}", n.pid) for n in cluster.nodes])
         cluster.kill_node(victim)
-        killed = time.monotonic()
+        killed, killed_ms = time.monotonic(), time.time() * 1000
         uploader.join(120)
         oids = {f"{dep.bucket}/{k}" for k in objects}
         all_in = wait_until(lambda: oids <= indexed(dep), 240, interval_s=2)
         figures.values.update(killed_broker=victim, indexed_after_kill_s=round(time.monotonic() - killed, 1))
-        figures.values["restarts"] = {
-            w.service.name: [w.restarts, w.last_exit] for w in supervisor.watched if w.restarts
-        }
+        restarts = {w.service.name: [w.restarts, w.last_exit] for w in supervisor.watched if w.restarts}
+        during = waits_after(statuses(dep), oids, killed_ms)
+        figures.values.update(restarts=restarts, uploaded_after_kill=len(during))
+        if during:
+            figures.values["after_kill_upload_to_indexed_s"] = {"p50": during[len(during) // 2], "max": during[-1]}
+            figures.values["after_kill_slowest_by_stage_s"] = stage_delays(dep, killed_ms)
         dlq = dead_letters(dep)
         delivery_figures(figures, dep, oids, dlq)
         figures.sample_rss([(s.name, s.pid) for s in services])
@@ -401,6 +432,11 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         assert all_in, f"not indexed after the broker died: {sorted(oids - indexed(dep))}"
         assert_rows(dep, {f"{dep.bucket}/{k}": (1, k.endswith(".png")) for k in objects})
         assert_all_serving(services)
+        # A broker loss is an ordinary event for a 3-broker cluster: every stage rides through the leader election
+        # (a hung transactional call replaces its producer, no restart), and what was uploaded meanwhile is indexed
+        # within seconds of its upload (issue 20's goal: 10 s at p99; 20 objects, so p99 is the slowest).
+        assert restarts == {}, f"deployables restarted during the failover: {restarts}"
+        assert during and during[-1] <= FAILOVER_WAIT_S, f"upload->indexed after the kill: {during}"
         figures.values["stop_s"] = stop_times(services)
     finally:
         supervising.set()
