@@ -55,6 +55,7 @@ class IndexUpdater:
     ) -> None:
         """``index`` is Milvus, or a VectorLogTable with Faiss alone; ``vector_partitions`` counts vectors.v1's
         partitions (checked against MMRAG_SHARDS at warm-up) when the updater produces vectors."""
+        metrics.FRESHNESS.labels(STAGE)  # served at 0 from the start: a first observation is an increase to rate()
         self.settings = settings
         self.space = space
         self.index = index

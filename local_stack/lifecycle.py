@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from local_stack.observability import observe_services, stop_observability
 from local_stack.processes import alive_pid, free_port, port_free
 from local_stack.stack import Deployment, IndexBackend, start_infra, stop_infra, stop_services
 from local_stack.stack_status import ProcessStatus, crash_hint, stack_status
@@ -37,6 +38,7 @@ class StackOptions:
     s3_port: int | None = None
     milvus_port: int | None = None
     index_backend: IndexBackend = "milvus"  # the updater's MMRAG_INDEX_BACKEND; chooses the shards' workers too
+    observability: bool = False  # Jaeger and Prometheus beside it, every service exporting spans and scraped
 
 
 def running_processes(state_dir: Path) -> list[str]:
@@ -78,6 +80,8 @@ def stack_up(state_dir: Path, options: StackOptions, ready_timeout_s: float = 30
         )
         dep.prepare()
         services = [s for s in dep.all_services() if _selected(s.name, options.services)]
+        if options.observability:
+            observe_services(state_dir, services)  # before the record: the services' env gets OTEL_* settings
         record = StackRecord(str(state_dir), dep.env(), dep.bucket, [ServiceRecord.of(s) for s in services])
         record.save()
         start_supervisor(state_dir)
@@ -138,6 +142,7 @@ def stack_down(state_dir: Path) -> bool:
         found = bool(running_processes(state_dir)) or (state_dir / STACK_FILE).exists()
         stop_supervisor(state_dir)
         stop_services(state_dir)
+        stop_observability(state_dir)
         stop_infra(state_dir)
         (state_dir / STACK_FILE).unlink(missing_ok=True)
     return found

@@ -147,6 +147,8 @@ class StageRunner(Generic[T]):
         self.transactional = transactional
         self.probes = probes or Probes(self.stage)
         self.tracer = setup_tracing(self.stage)
+        for family in (metrics.INGESTED, metrics.DLQ, metrics.RETRIES):
+            family.labels(self.stage)  # served at 0 from the start, so rate() sees the first messages
         self.consumer_overrides = dict(consumer_overrides or {})
         self.producer_overrides = dict(producer_overrides or {})
         self.backpressure = Backpressure(self.stage, settings, self.probes)

@@ -49,6 +49,12 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         help="what the updater writes and which workers serve each shard (Milvus, Faiss or one of each); "
         "default: $MMRAG_INDEX_BACKEND, else milvus",
     )
+    up.add_argument(
+        "--observability",
+        action="store_true",
+        help="also Jaeger (traces over OTLP) and Prometheus (scraping every service, the alert rules); "
+        "needs scripts/build-jaeger.sh (setup) and Debian's prometheus",
+    )
     up.add_argument("--services", default="", help="comma-separated subset (e.g. sqs_bridge,normalizer)")
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service to be ready")
     for flag, default_env in (("grpc", "MMRAG_GRPC_PORT"), ("kafka", None), ("s3", None), ("milvus", None)):
@@ -80,6 +86,7 @@ def _up(args: argparse.Namespace) -> int:
         s3_port=args.s3_port,
         milvus_port=args.milvus_port,
         index_backend=args.index_backend,
+        observability=args.observability,
     )
     if not (options.clip_model_dir / "config.json").exists():
         print(
@@ -100,7 +107,19 @@ def _up(args: argparse.Namespace) -> int:
         f"{env['MMRAG_MILVUS_URI']}, gRPC {env.get('MMRAG_QUERY_TARGET', '-')}\n"
         f'`mmrag stack status` shows every process; `eval "$(mmrag stack env)"` sets the MMRAG_* variables'
     )
+    _print_observability(record.state_dir)
     return 0
+
+
+def _print_observability(state_dir: str) -> None:
+    from local_stack.observability import ObservabilityEndpoints
+
+    found = ObservabilityEndpoints.load(Path(state_dir))
+    if found is not None:
+        print(
+            f"traces: Jaeger {found.jaeger_url} (OTLP in at {found.otlp_http}); metrics and alerts: Prometheus "
+            f"{found.prometheus_url}; `mmrag top` for the live view"
+        )
 
 
 def _down(args: argparse.Namespace) -> int:
