@@ -75,8 +75,10 @@ def of_kind(objects: list[Manifest], kind: str) -> list[Manifest]:
 
 
 def pod_specs(objects: list[Manifest]) -> dict[str, dict[str, Any]]:
-    """Each workload's pod spec by ``Kind/name``."""
-    kinds = ("Deployment", "StatefulSet", "Job")
-    return {
-        f"{o['kind']}/{o['metadata']['name']}": o["spec"]["template"]["spec"] for o in objects if o["kind"] in kinds
-    }
+    """Each workload's pod spec by ``Kind/name`` (a CronJob's from its job template)."""
+    specs = {}
+    for o in objects:
+        if o["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob"):
+            spec = o["spec"]["jobTemplate"]["spec"] if o["kind"] == "CronJob" else o["spec"]
+            specs[f"{o['kind']}/{o['metadata']['name']}"] = spec["template"]["spec"]
+    return specs

@@ -174,7 +174,7 @@ def test_every_container_is_probed_sized_and_non_root(values: str) -> None:
     for name, spec in pod_specs(rendered(values)).items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         for c in spec["containers"]:
-            if not name.startswith("Job/"):
+            if not name.startswith(("Job/", "CronJob/")):
                 for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                     assert c[probe]["httpGet"]["path"] in ("/healthz", "/readyz"), (name, probe)
                 assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -294,7 +294,7 @@ def test_compose_runs_what_the_chart_runs() -> None:
     in_compose = {key(s["command"][0], s.get("environment", {})) for s in ours}
     in_chart = set()
     for name, spec in pod_specs(rendered("minimal")).items():
-        if not name.startswith("Job/"):
+        if not name.startswith(("Job/", "CronJob/")):
             container = spec["containers"][0]
             in_chart.add(key(container["args"][0], {e["name"]: e.get("value", "") for e in container["env"]}))
     assert in_compose == in_chart - {("sqs-bridge", "", "")}
