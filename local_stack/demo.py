@@ -12,12 +12,13 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from local_stack.stack import Deployment
+from mmrag.grpc_tls import query_channel
+from mmrag.kafka_clients import consumer_config
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import IndexState, IndexStatus
 from mmrag.settings import default_clip_model_dir
@@ -78,14 +79,7 @@ def wait_indexed(dep: Deployment, object_ids: set[str], timeout_s: float = 600) 
     """Follows index-status.v1 with a progress bar until every object is indexed."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": dep.endpoints.bootstrap_servers,
-            "group.id": f"demo-{time.time()}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-        }
-    )
+    consumer = Consumer(consumer_config(dep.endpoints.bootstrap_servers, f"demo-{time.time()}"))
     consumer.subscribe([Topics(dep.topic_prefix).index_status])
     done: set[str] = set()
     deadline = time.monotonic() + timeout_s
@@ -124,7 +118,7 @@ def show(stub: query_pb2_grpc.QueryServiceStub, title: str, query: query_pb2.Sea
 
 
 def run_queries(port: int, image_query: Path) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with query_channel(f"127.0.0.1:{port}") as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
         for text in TEXT_QUERIES:
             show(stub, f"text: {text!r}", query_pb2.SearchQuery(text=text, top_k=4))

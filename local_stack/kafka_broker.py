@@ -19,11 +19,14 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, Popen, run
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from local_stack.certs import write_private
 from local_stack.processes import free_port
+from local_stack.secure_kafka import SecurityFiles
 from mmrag.settings import cache_dir as project_cache_dir
 
 KAFKA_VERSION = "4.3.1"
@@ -44,13 +47,14 @@ _LOG4J2 = (  # the broker logs to <node dir>/server.log only, never to stdout
     "rootLogger.level=INFO\nrootLogger.appenderRef.file.ref=FILE\nshutdownHook=disable\n"
 )
 # Fencing a crashed broker after 3 s instead of 9 s shrinks the produce stall during a failover accordingly.
+_PLAIN_LISTENERS = """listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+"""
 _SERVER_PROPERTIES = """process.roles=broker,controller
 node.id={node.node_id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.listener.names=CONTROLLER
+{listeners}controller.listener.names=CONTROLLER
 log.dirs={node.dir}/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -155,6 +159,20 @@ class KafkaCluster:
     libs: Path
     heap_mb: int
     nodes: list[KafkaNode]
+    secure: bool = False  # SASL_SSL + ACLs (local_stack.secure_kafka), files under <base_dir>/security
+
+    @property
+    def security(self) -> SecurityFiles | None:
+        return SecurityFiles(self.base_dir / "security") if self.secure else None
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings an admin client of this cluster needs besides its bootstrap servers."""
+        return self.security.client_config() if self.security else {}
+
+    def listeners(self, node: KafkaNode) -> str:
+        if self.security:
+            return self.security.listener_properties(node.port, node.controller_port)
+        return _PLAIN_LISTENERS.format(port=node.port, controller_port=node.controller_port)
 
     def node(self, node_id: int) -> KafkaNode:
         """The node with `node_id`; KeyError if there is none."""
@@ -254,7 +272,8 @@ def _format_storage(cluster: KafkaCluster) -> None:
     for node in cluster.nodes:
         if (node.dir / "data" / "meta.properties").exists():
             continue  # formatted by an earlier run: -g would keep it too, this just skips a ~1 s JVM start
-        args = ("kafka.tools.StorageTool", "format", "-t", cluster.cluster_id, "-c", str(node.properties_file), "-g")
+        args = ["kafka.tools.StorageTool", "format", "-t", cluster.cluster_id, "-c", str(node.properties_file), "-g"]
+        args += cluster.security.format_args() if cluster.security else []
         jobs.append((node, Popen(_java_cmd(cluster, node, *args), stdout=PIPE, stderr=PIPE)))
     for node, proc in jobs:
         output = b"".join(proc.communicate(timeout=120)).decode(errors="replace")
@@ -285,14 +304,15 @@ def _log_tail(node: KafkaNode) -> str:
     return text
 
 
-def _answers_metadata(node: KafkaNode, brokers: int) -> bool:
+def _answers_metadata(node: KafkaNode, brokers: int, client: dict[str, Any]) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", node.port), timeout=0.5):
             pass  # cheap probe first: no Kafka client is built while the port is still closed
     except OSError:
         return False
     try:  # log_level 0: errors while it boots are expected, list_topics alone decides
-        metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{node.port}", "log_level": 0}).list_topics(timeout=2)
+        config = {"bootstrap.servers": f"127.0.0.1:{node.port}", "log_level": 0, **client}
+        metadata = AdminClient(config).list_topics(timeout=2)
     except KafkaException:
         return False
     # After a restart a broker serves metadata a moment before the partitions it hosts have their leaders back.
@@ -310,7 +330,7 @@ def _wait_ready(cluster: KafkaCluster, nodes: list[KafkaNode], timeout_s: float)
                 code = _CHILDREN[node.pid].returncode if node.pid in _CHILDREN else "?"
                 raise RuntimeError(f"Kafka node {node.node_id} exited (code {code}) during start-up{_log_tail(node)}")
         live = sum(1 for node in cluster.nodes if node.is_alive())
-        pending = [node for node in pending if not _answers_metadata(node, live)]
+        pending = [node for node in pending if not _answers_metadata(node, live, cluster.client_config())]
         if pending and time.monotonic() > deadline:
             raise RuntimeError(f"Kafka node {pending[0].node_id} not ready in {timeout_s:.0f}s{_log_tail(pending[0])}")
         if pending:
@@ -324,19 +344,29 @@ def start_cluster(
     first_port: int | None = None,
     heap_mb: int | None = None,
     ready_timeout_s: float = 60,
+    secure: bool = False,
 ) -> KafkaCluster:
     """Start an n-node KRaft cluster (each node broker+controller) under `base_dir`, keeping earlier data there.
 
     RuntimeError if jars or java are missing, or a node dies or is not ready in `ready_timeout_s` (all stop)."""
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
+    previous = load_cluster(base_dir)
+    if previous is not None and previous.secure != secure:  # the admin's SCRAM user is written at format time only
+        made = "secured" if previous.secure else "plaintext"
+        raise RuntimeError(f"the Kafka data in {base_dir} was made {made} -> remove it or use another state dir")
     cluster = _plan_cluster(Path(base_dir).resolve(), nodes, first_port, heap_mb or (512 if nodes == 1 else 320))
+    cluster.secure = secure
+    if cluster.security:
+        cluster.security.ensure(users=[])
     rf = min(3, nodes)  # replication factor of the internal topics and the default one
     isr = 2 if rf >= 3 else 1  # with 3 replicas an acked write survives the loss of any one node
     voters = ",".join(f"{node.node_id}@127.0.0.1:{node.controller_port}" for node in cluster.nodes)
     for node in cluster.nodes:
         node.dir.mkdir(parents=True, exist_ok=True)
-        node.properties_file.write_text(_SERVER_PROPERTIES.format(node=node, voters=voters, rf=rf, isr=isr))
+        listeners = cluster.listeners(node)
+        properties = _SERVER_PROPERTIES.format(node=node, voters=voters, rf=rf, isr=isr, listeners=listeners)
+        write_private(node.properties_file, properties.encode())  # holds the admin's password when secured
         (node.dir / "log4j2.properties").write_text(_LOG4J2.format(log=node.dir / "server.log"))
     _format_storage(cluster)
     try:

@@ -39,6 +39,7 @@ class StackOptions:
     milvus_port: int | None = None
     index_backend: IndexBackend = "milvus"  # the updater's MMRAG_INDEX_BACKEND; chooses the shards' workers too
     observability: bool = False  # Jaeger and Prometheus beside it, every service exporting spans and scraped
+    secure: bool = False  # Kafka with SASL_SSL, ACLs and a SCRAM user per deployable
 
 
 def running_processes(state_dir: Path) -> list[str]:
@@ -67,7 +68,9 @@ def stack_up(state_dir: Path, options: StackOptions, ready_timeout_s: float = 30
         # gRPC servers share a port silently (SO_REUSEPORT), so a taken one is refused here; Kafka, the local S3
         # and milvus-lite fail on a taken port by themselves.
         grpc_port = _port(options.grpc_port, "--grpc-port", DEFAULT_GRPC_PORT)
-        endpoints = start_infra(state_dir, options.nodes, options.kafka_port, options.s3_port, options.milvus_port)
+        endpoints = start_infra(
+            state_dir, options.nodes, options.kafka_port, options.s3_port, options.milvus_port, options.secure
+        )
         dep = Deployment(
             state_dir=state_dir,
             endpoints=endpoints,

@@ -9,11 +9,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from confluent_kafka.admin import AdminClient
+
 from local_stack import kafka_broker
 from local_stack.milvus import start_milvus_lite, stop_milvus_lite
 from local_stack.processes import alive_pid, stop_all_detached
 from local_stack.s3 import ensure_bucket_with_queue, start_moto, stop_moto
+from local_stack.secure_kafka import GRPC_CA_KEY, SecurityFiles, apply_acls, ensure_users
 from local_stack.services import Service
+from mmrag.access import DECLARATIONS, principals
 from mmrag.object_store import s3_client
 from mmrag.settings import S3Settings
 from mmrag.topics import Topics, ensure_topics
@@ -52,6 +56,11 @@ class Endpoints:
     bootstrap_servers: str
     s3_endpoint_url: str
     milvus_uri: str
+    kafka_security: str = ""  # a secured Kafka's files (local_stack.secure_kafka); '' = plaintext
+
+    @property
+    def security(self) -> SecurityFiles | None:
+        return SecurityFiles(Path(self.kafka_security)) if self.kafka_security else None
 
     def save(self, state_dir: Path) -> None:
         (state_dir / ENDPOINTS_FILE).write_text(json.dumps(asdict(self)))
@@ -68,21 +77,39 @@ def start_infra(
     kafka_port: int | None = None,
     s3_port: int | None = None,
     milvus_port: int | None = None,
+    secure: bool = False,
 ) -> Endpoints:
     """Starts Kafka, the local S3 and milvus-lite under ``state_dir``; each one already running there is reused.
 
-    Ports: free ones unless given (Kafka: the first broker port; a restarted cluster keeps its earlier ports)."""
+    Ports: free ones unless given (Kafka: the first broker port; a restarted cluster keeps its earlier ports).
+    ``secure``: Kafka with SASL_SSL and ACLs, a SCRAM user per declared principal (local_stack.secure_kafka)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    kafka_broker.fetch_kafka_jars()
-    cluster = kafka_broker.load_cluster(state_dir / "kafka")
-    if cluster is None or not cluster.is_running():
-        ready_s = 60 * nodes  # several JVMs booting on a busy small machine take their time
-        cluster = kafka_broker.start_cluster(state_dir / "kafka", nodes, first_port=kafka_port, ready_timeout_s=ready_s)
+    cluster = start_kafka(state_dir / "kafka", nodes, kafka_port, secure)
     s3 = _running_url(state_dir / "moto.json", "url") or start_moto(state_dir, s3_port)
     milvus = _running_url(state_dir / "milvus.json", "uri") or start_milvus_lite(state_dir, milvus_port)
-    endpoints = Endpoints(cluster.bootstrap_servers, s3, milvus)
+    security = str(cluster.security.dir) if cluster.security else ""
+    endpoints = Endpoints(cluster.bootstrap_servers, s3, milvus, security)
     endpoints.save(state_dir)
     return endpoints
+
+
+def start_kafka(
+    kafka_dir: Path, nodes: int = 1, kafka_port: int | None = None, secure: bool = False
+) -> kafka_broker.KafkaCluster:
+    """The stack's Kafka under ``kafka_dir`` (reused while it runs); secured, every declared principal's SCRAM user
+    is created or updated from its password file."""
+    kafka_broker.fetch_kafka_jars()
+    cluster = kafka_broker.load_cluster(kafka_dir)
+    if cluster is None or not cluster.is_running():
+        ready_s = 60 * nodes  # several JVMs booting on a busy small machine take their time
+        cluster = kafka_broker.start_cluster(
+            kafka_dir, nodes, first_port=kafka_port, ready_timeout_s=ready_s, secure=secure
+        )
+    if cluster.security:
+        users = [d.name for d in DECLARATIONS]
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers, **cluster.client_config()})
+        ensure_users(admin, cluster.security.ensure(users), users)
+    return cluster
 
 
 def _running_url(pidfile: Path, key: str) -> str | None:
@@ -115,8 +142,13 @@ class Deployment:
     index_backend: IndexBackend = "milvus"
 
     def prepare(self) -> None:
-        """Creates the topics, the bucket and its notification queue (idempotent)."""
-        ensure_topics(self.endpoints.bootstrap_servers, Topics(self.topic_prefix), vector_shards=self.shards)
+        """Creates the topics, the bucket and its notification queue and, on a secured Kafka, every principal's
+        ACLs for this deployment's prefix (idempotent)."""
+        bootstrap, security = self.endpoints.bootstrap_servers, self.endpoints.security
+        admin = security.client_config() if security else {}
+        ensure_topics(bootstrap, Topics(self.topic_prefix), vector_shards=self.shards, client=admin)
+        if security:
+            apply_acls(AdminClient({"bootstrap.servers": bootstrap, **admin}), principals(self.topic_prefix))
         s3 = self.s3_settings()
         self.queue_url = ensure_bucket_with_queue(s3_client(s3), s3_client(s3, "sqs"), self.bucket, self.queue)
 
@@ -138,13 +170,27 @@ class Deployment:
             "MMRAG_GRPC_PORT": str(self.grpc_port),
             "MMRAG_STATE_DIR": str(self.state_dir),
             "MMRAG_INDEX_BACKEND": self.index_backend,
+            **self.security_env(),
         }
+
+    def security_env(self) -> dict[str, str]:
+        """On a secured stack: the admin's Kafka identity and the CA gRPC clients trust; {} else."""
+        security = self.endpoints.security
+        return {**security.client_env(), GRPC_CA_KEY: str(security.ca.cert_path)} if security else {}
 
     def service(self, name: str, instance: str = "0", **extra: str) -> Service:
         """A deployable of this deployment (not started); ``extra`` are more MMRAG_* settings."""
-        env = {**self.env(), "MMRAG_INSTANCE_ID": f"{name}-{instance}", **extra}
+        env = {**self.env(), "MMRAG_INSTANCE_ID": f"{name}-{instance}", **self.principal_env(name), **extra}
         label = name if instance == "0" else f"{name}-{instance}"
         return Service(label, SERVICE_MODULES[name], env, self.state_dir / "logs")
+
+    def principal_env(self, name: str) -> dict[str, str]:
+        """Deployable ``name``'s own Kafka identity on a secured Kafka (its SCRAM user, password file) and, for the
+        query service, its gRPC TLS certificate; {} else."""
+        security = self.endpoints.security
+        if security is None:
+            return {}
+        return {**security.client_env(name), **(security.grpc_server_env() if name == "query_service" else {})}
 
     def all_services(self) -> list[Service]:
         lanes = {"text_embedder": self.text_lanes()}

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from local_stack.secure_kafka import GRPC_CA_KEY, SECURITY_KEYS, security_dir
 from local_stack.services import Service
 from mmrag.settings import cache_dir
 
@@ -81,7 +82,12 @@ class StackRecord:
         env = self.settings
         return Deployment(
             state_dir=Path(self.state_dir),
-            endpoints=Endpoints(env["MMRAG_BOOTSTRAP_SERVERS"], env["MMRAG_S3_ENDPOINT_URL"], env["MMRAG_MILVUS_URI"]),
+            endpoints=Endpoints(
+                env["MMRAG_BOOTSTRAP_SERVERS"],
+                env["MMRAG_S3_ENDPOINT_URL"],
+                env["MMRAG_MILVUS_URI"],
+                security_dir(env),
+            ),
             clip_model_dir=Path(env["MMRAG_CLIP_MODEL_DIR"]),
             topic_prefix=env["MMRAG_TOPIC_PREFIX"],
             bucket=self.bucket,
@@ -105,6 +111,8 @@ class StackRecord:
             "MMRAG_SHARDS",
             "MMRAG_CLIP_MODEL_DIR",
             "MMRAG_INDEX_BACKEND",
+            *SECURITY_KEYS,
+            GRPC_CA_KEY,
         )
         env = {key: self.settings[key] for key in keys if key in self.settings}
         env["MMRAG_BUCKET"] = self.bucket

@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from mmrag.kafka_clients import encode_headers
+from mmrag.kafka_security import raise_if_denied
 from mmrag.messages import Output, output_headers, serialize
 from mmrag.watchdog import CallWatchdog, HungCallError, call_within, exit_stuck
 
@@ -233,6 +234,7 @@ class Delivery:
                 if reports.failures:
                     break  # a transaction takes no more records after a failure: report this one
         left = self._flush()
+        raise_if_denied(reports.failures.values())  # an ACL refusal: the deployable stops, nothing is dead-lettered
         refused = {i: err.str() for i, err in reports.failures.items() if err.code() in RECORD_ERRORS}
         if refused:
             raise RejectedOutputsError(refused)

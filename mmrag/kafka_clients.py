@@ -10,6 +10,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from mmrag.kafka_security import kafka_security
+
 # Errors of a partition whose leader is being elected or moving: a topic created a moment ago, a broker failover.
 _LEADER_MOVING = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -24,6 +26,7 @@ def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
     """Manual commits, read_committed (never see aborted transactions), start from the earliest offset."""
     return {
         "bootstrap.servers": bootstrap,
+        **kafka_security(bootstrap),
         "group.id": group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -40,6 +43,7 @@ def producer_config(bootstrap: str, transactional_id: str | None = None, **extra
     """Idempotent, acks=all; transactional when given a stable transactional.id (one per replica)."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
+        **kafka_security(bootstrap),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -49,6 +53,11 @@ def producer_config(bootstrap: str, transactional_id: str | None = None, **extra
     if transactional_id:
         config["transactional.id"] = transactional_id
     return config
+
+
+def admin_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    """An AdminClient's config: the bootstrap servers and this process's Kafka security settings."""
+    return {"bootstrap.servers": bootstrap, **kafka_security(bootstrap), **extra}
 
 
 def make_consumer(bootstrap: str, group: str, **extra: Any) -> Consumer:

@@ -29,6 +29,7 @@ from mmrag.delivery import Delivery, Encoded, NotDeliveredError, RejectedOutputs
 from mmrag.dlq import Origin, dead_letter
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.kafka_clients import decode_headers, make_consumer, make_producer
+from mmrag.kafka_security import raise_if_denied
 from mmrag.messages import Envelope, Output, now_ms
 from mmrag.poll_keeper import PollKeeper
 from mmrag.settings import BaseServiceSettings
@@ -269,6 +270,7 @@ class StageRunner(Generic[T]):
         err = msg.error()
         if err is None:
             return False
+        raise_if_denied([err])  # an ACL refusal is a deployment error: no retry, no DLQ
         if err.fatal():
             raise KafkaException(err)
         log.warning("%s: consumer error %s", self.stage, err)

@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
+from mmrag.kafka_security import EXIT_CONFIG, access_error, check_kafka_access
 from mmrag.settings import BaseServiceSettings
 from mmrag.telemetry import Probes, setup_logging
 from mmrag.tracing import flush_spans, setup_tracing
@@ -82,8 +83,13 @@ def service_main(
     install_stop_signals(stop)
     component = build(settings, probes)
     try:
+        check_kafka_access(settings, settings.bootstrap_servers)
         component.run(stop)
     except Exception as exc:
+        if (denied := access_error(exc)) is not None:  # a deployment error: one line, no traceback, no restart storm
+            probes.set_dead(str(denied))
+            log.error("%s", denied)
+            return EXIT_CONFIG
         probes.set_dead(str(exc))
         log.exception("%s stopped on an error", name)
         return 1

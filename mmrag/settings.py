@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mmrag.encoder_backend import check_backend
+from mmrag.kafka_security import KafkaSecuritySettings, SecretFiles
 from mmrag.topics import MAX_MESSAGE_BYTES, Topics
 
 
@@ -33,8 +34,8 @@ def group_name(topic_prefix: str, base: str, space_name: str = "") -> str:
     return f"{topic_prefix}{base}" + (f".{space_name}" if space_name else "")
 
 
-class BaseServiceSettings(BaseSettings):
-    """What every deployable needs: Kafka, topics, identity, probes and retry bounds."""
+class BaseServiceSettings(KafkaSecuritySettings):
+    """What every deployable needs: Kafka (and how it authenticates), topics, identity, probes and retry bounds."""
 
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
 
@@ -103,7 +104,7 @@ class BaseServiceSettings(BaseSettings):
         return json.dumps(data, indent=2, default=str, sort_keys=True)
 
 
-class S3Settings(BaseSettings):
+class S3Settings(SecretFiles):
     """Where the object store is: the local S3 of the stack by default, real S3/MinIO by endpoint and keys."""
 
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")
@@ -152,7 +153,7 @@ class SpaceSettings(BaseSettings):
         return self
 
 
-class VectorStoreSettings(BaseSettings):
+class VectorStoreSettings(SecretFiles):
     """Milvus (milvus-lite server by default, a real Milvus by URI) and how vectors are sharded."""
 
     model_config = SettingsConfigDict(env_prefix="MMRAG_", frozen=True, extra="ignore")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+
+from mmrag.kafka_clients import admin_config
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +163,14 @@ def ensure_topics(
     replication: int | None = None,
     vector_shards: int = 2,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    client: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Creates missing topics with their configs; existing topics keep theirs except ``max.message.bytes``, which is
     set to ``max_message_bytes`` (records up to the producers' limit must fit). Returns the names created.
 
-    ``replication`` None = the cluster's own: min(3, brokers), asked from the cluster's metadata."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    ``replication`` None = the cluster's own: min(3, brokers), asked from the cluster's metadata. ``client``: more
+    admin client settings (a secured cluster's admin credentials) over this process's own."""
+    admin = AdminClient(admin_config(bootstrap_servers, **(client or {})))
     metadata = admin.list_topics(timeout=15)
     if replication is None:
         replication = replication_for(len(metadata.brokers))

@@ -8,12 +8,12 @@ import argparse
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
 
+from mmrag.grpc_tls import query_channel
 from mmrag.pb import query_pb2, query_pb2_grpc
 from operator_cli.connection import CommandError, OperatorSettings, add_json_flag, console, friendly, print_json
 from operator_cli.query_filter import add_filter_flags, filter_of
@@ -47,7 +47,7 @@ def ask_events(
 ) -> Iterator[query_pb2.AskResponse]:
     """The Ask stream as it arrives. grpc.RpcError when the server refuses."""
     request = query_pb2.AskRequest(question=question, top_k=top_k, filter=where)
-    with grpc.insecure_channel(target) as channel:
+    with query_channel(target) as channel:
         yield from query_pb2_grpc.QueryServiceStub(channel).Ask(request, timeout=timeout_s)
 
 

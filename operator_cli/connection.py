@@ -22,6 +22,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 
+from mmrag.kafka_clients import admin_config
 from mmrag.topics import SPECS, Topics
 
 EXIT_FAILED = 2
@@ -52,7 +53,7 @@ class OperatorSettings(BaseSettings):
     def admin(self) -> AdminClient:
         """An admin client of a cluster that answered (KafkaException otherwise, which ``friendly`` explains)."""
         # librdkafka's own connection-failure lines would bury the one line that says what to do
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "socket.timeout.ms": 10000, "log_level": 2})
+        admin = AdminClient(admin_config(self.bootstrap_servers, **{"socket.timeout.ms": 10000, "log_level": 2}))
         admin.list_topics(timeout=10)
         return admin
 

@@ -93,6 +93,9 @@ def _tooling_missing(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmrag", description=__doc__)
+    parser.add_argument(
+        "--ca", type=Path, default=None, help="CA (PEM) the query service's TLS certificate chains to: $MMRAG_GRPC_CA"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SERVICE_MODULES:  # dispatched in main() so their own flags (--print-config) pass through
         sub.add_parser(name.replace("_", "-"), help=f"run the {name} deployable (MMRAG_* settings)")
@@ -126,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0].replace("-", "_") in SERVICE_MODULES:
         return _run_service(argv[0].replace("-", "_"), argv[1:])
     args = build_parser().parse_args(argv)
+    if args.ca is not None:
+        os.environ["MMRAG_GRPC_CA"] = str(args.ca)  # every gRPC client of this command talks TLS, trusting it
     try:
         return int(args.func(args))
     except (NoEndpointError, OSError, RuntimeError, ValueError) as exc:  # our errors name the fix: no traceback

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 from rich.table import Table
 from rich.text import Text
 
+from mmrag.grpc_tls import query_channel
 from mmrag.pb import query_pb2, query_pb2_grpc
 from operator_cli.connection import CommandError, OperatorSettings, add_json_flag, console, friendly, print_json
 from operator_cli.query_filter import add_filter_flags, filter_of
@@ -29,7 +29,7 @@ def search(
     target: str, text: str, image: bytes, top_k: int, timeout_s: float, where: query_pb2.Filter | None = None
 ) -> query_pb2.SearchResponse:
     query = query_pb2.SearchQuery(text=text, image=image, top_k=top_k, filter=where)
-    with grpc.insecure_channel(target) as channel:
+    with query_channel(target) as channel:
         return query_pb2_grpc.QueryServiceStub(channel).Search(query, timeout=timeout_s)
 
 

@@ -50,6 +50,11 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         "default: $MMRAG_INDEX_BACKEND, else milvus",
     )
     up.add_argument(
+        "--secure",
+        action="store_true",
+        help="Kafka with SASL_SSL (SCRAM-SHA-512, a CA of the stack's own), ACLs and one user per deployable",
+    )
+    up.add_argument(
         "--observability",
         action="store_true",
         help="also Jaeger (traces over OTLP) and Prometheus (scraping every service, the alert rules); "
@@ -87,6 +92,7 @@ def _up(args: argparse.Namespace) -> int:
         milvus_port=args.milvus_port,
         index_backend=args.index_backend,
         observability=args.observability,
+        secure=args.secure,
     )
     if not (options.clip_model_dir / "config.json").exists():
         print(

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mmrag.grpc_tls import query_channel
 from mmrag.milvus_index import milvus_client
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.settings import VectorStoreSettings
@@ -48,7 +49,7 @@ def object_id_of(text: str) -> str:
 
 def object_status(target: str, object_id: str, timeout_s: float) -> query_pb2.ObjectStatusResponse | None:
     """The status; None when no topic has heard of the object."""
-    with grpc.insecure_channel(target) as channel:
+    with query_channel(target) as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
         try:
             return stub.GetObjectStatus(query_pb2.ObjectStatusRequest(object_id=object_id), timeout=timeout_s)

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
 from mmrag.errors import PermanentError
+from mmrag.grpc_tls import add_port
 from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.telemetry import Probes
 from mmrag.tracing import span_attributes
@@ -170,7 +171,7 @@ def serve(settings: QueryServiceSettings, servicer: QueryServicer, probes: Probe
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        port = add_port(server, f"{settings.grpc_host}:{settings.grpc_port}", settings)  # TLS when configured
     except RuntimeError as exc:
         raise RuntimeError(
             f"[query service] gRPC port {settings.grpc_host}:{settings.grpc_port} is taken ({exc}) -> stop what "
@@ -180,7 +181,7 @@ def serve(settings: QueryServiceSettings, servicer: QueryServicer, probes: Probe
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     probes.set_ready(True)
-    log.info("QueryService on %s:%d", settings.grpc_host, port)
+    log.info("QueryService on %s:%d (%s)", settings.grpc_host, port, "TLS" if settings.grpc_tls_cert else "plaintext")
     stop.wait()
     probes.set_ready(False, "stopping")
     server.stop(grace=5).wait()

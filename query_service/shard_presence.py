@@ -13,6 +13,7 @@ import threading
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from mmrag.kafka_clients import admin_config
 from mmrag.settings import group_name
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class ShardPresence:
     def __init__(self, bootstrap: str, groups: dict[int, str], interval_s: float) -> None:
         self.groups = groups
         self.interval_s = interval_s
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+        self._admin = AdminClient(admin_config(bootstrap, log_level=3))
         self._absent: frozenset[int] = frozenset()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shard-presence", daemon=True)

@@ -7,10 +7,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
 from local_stack.services import Service
 from local_stack.stack import Deployment, start_services
+from mmrag.grpc_tls import query_channel
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from producers.upload import upload_files
@@ -49,7 +48,7 @@ class Asked:
 
 def ask(port: int, question: str, timeout_s: float = 120) -> Asked:
     asked = Asked()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with query_channel(f"127.0.0.1:{port}") as channel:
         stub = query_pb2_grpc.QueryServiceStub(channel)
         for event in stub.Ask(query_pb2.AskRequest(question=question, top_k=5), timeout=timeout_s):
             kind = event.WhichOneof("event")
@@ -64,7 +63,7 @@ def ask(port: int, question: str, timeout_s: float = 120) -> Asked:
 
 
 def searched_objects(port: int, text: str) -> set[str]:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with query_channel(f"127.0.0.1:{port}") as channel:
         reply = query_pb2_grpc.QueryServiceStub(channel).Search(query_pb2.SearchQuery(text=text, top_k=5), timeout=10)
     return {r.object_id for r in reply.results}
 

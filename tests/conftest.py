@@ -7,6 +7,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,23 +50,18 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
-@pytest.fixture
-def deployment(
-    infra: object, clip_dir: Path, tmp_path: Path, unique: str, request: pytest.FixtureRequest
-) -> Iterator[object]:
-    """A fresh namespace (topics, bucket, queue, collection) with no services started; stops what a test starts.
-
-    The bucket is named after the test, not at random: object ids (bucket/key) reach answer prompts, and a tiny
-    model's greedy answer to a fixed prompt is reproducible while one to a prompt that differs each run is not."""
+@contextmanager
+def namespace(endpoints: object, clip_dir: Path, state_dir: Path, unique: str, node_id: str) -> Iterator[object]:
+    """A fresh namespace (topics, bucket, queue, collection) on ``endpoints``; stops the services started in it."""
     from local_stack.processes import free_port
     from local_stack.stack import Deployment, stop_services
 
     dep = Deployment(
-        state_dir=tmp_path / "state",
-        endpoints=infra,
-        clip_model_dir=clip_dir,  # type: ignore[arg-type]
+        state_dir=state_dir,
+        endpoints=endpoints,  # type: ignore[arg-type]
+        clip_model_dir=clip_dir,
         topic_prefix=f"t{unique}.",
-        bucket=f"bucket-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}",
+        bucket=f"bucket-{hashlib.sha1(node_id.encode()).hexdigest()[:8]}",
         queue=f"queue-{unique}",
         shards=2,
         grpc_port=free_port(),
@@ -75,6 +71,53 @@ def deployment(
         yield dep
     finally:
         stop_services(dep.state_dir)
+
+
+@pytest.fixture
+def deployment(
+    infra: object, clip_dir: Path, tmp_path: Path, unique: str, request: pytest.FixtureRequest
+) -> Iterator[object]:
+    """A fresh namespace (topics, bucket, queue, collection) with no services started; stops what a test starts.
+
+    The bucket is named after the test, not at random: object ids (bucket/key) reach answer prompts, and a tiny
+    model's greedy answer to a fixed prompt is reproducible while one to a prompt that differs each run is not."""
+    with namespace(infra, clip_dir, tmp_path / "state", unique, request.node.nodeid) as dep:
+        yield dep
+
+
+@pytest.fixture(scope="session")
+def secure_infra(infra: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A second Kafka, secured (SASL_SSL, SCRAM users per principal, ACLs only), beside the session's local S3 and
+    milvus-lite."""
+    from local_stack.kafka_broker import stop_cluster
+    from local_stack.stack import Endpoints, start_kafka
+
+    kafka_dir = tmp_path_factory.mktemp("secure-infra") / "kafka"
+    cluster = start_kafka(kafka_dir, secure=True)
+    assert cluster.security is not None
+    try:
+        s3, milvus = infra.s3_endpoint_url, infra.milvus_uri  # type: ignore[attr-defined]
+        yield Endpoints(cluster.bootstrap_servers, s3, milvus, str(cluster.security.dir))
+    finally:
+        stop_cluster(kafka_dir)
+
+
+@pytest.fixture
+def secure_deployment(
+    secure_infra: object,
+    clip_dir: Path,
+    tmp_path: Path,
+    unique: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[object]:
+    """A namespace on the secured Kafka with every principal's ACLs; this test process is the stack's admin (its
+    helpers read and write any topic), each service it starts its own principal."""
+    security = secure_infra.security  # type: ignore[attr-defined]
+    for key, value in {**security.client_env(), "MMRAG_GRPC_CA": str(security.ca.cert_path)}.items():
+        monkeypatch.setenv(key, value)
+    with namespace(secure_infra, clip_dir, tmp_path / "state", unique, request.node.nodeid) as dep:
+        yield dep
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer
 
 from mmrag.kafka_clients import decode_headers
+from mmrag.kafka_security import kafka_security
 
 
 @dataclass(frozen=True)
@@ -18,14 +19,15 @@ class Landed:
     headers: dict[str, str]
     partition: int
     offset: int
-
     timestamp_ms: int = 0  # the record's timestamp (CreateTime: when its producer made it)
+
 
 def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, committed_only: bool = True) -> list[Landed]:
     """Everything on ``topic`` from the start, until nothing new arrived for ``idle_s``."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
+            **kafka_security(bootstrap),  # the test process's identity on a secured broker (its admin)
             "group.id": f"reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

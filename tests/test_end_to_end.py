@@ -5,9 +5,9 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 
+from mmrag.grpc_tls import query_channel
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from producers.upload import upload_files
@@ -23,7 +23,7 @@ one member of the group, and the group commits offsets to remember how far it ha
 
 
 def search(port: int, text: str = "", image: bytes = b"", top_k: int = 10) -> query_pb2.SearchResponse:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with query_channel(f"127.0.0.1:{port}") as channel:  # TLS on a secured stack (MMRAG_GRPC_CA)
         stub = query_pb2_grpc.QueryServiceStub(channel)
         return stub.Search(query_pb2.SearchQuery(text=text, image=image, top_k=top_k), timeout=10)
 
