@@ -93,13 +93,16 @@ env:
   {{- end }}
 {{- end -}}
 
-{{/* Volumes every pod mounts: writable /tmp and state (the root filesystem is read-only), models, CAs. */}}
+{{/* Volumes every pod mounts: writable /tmp and state (the root filesystem is read-only), models (not in Jobs:
+noModels), CAs. */}}
 {{- define "mmrag.volumes" -}}
 {{- $v := .root.Values -}}
 - {name: tmp, emptyDir: {sizeLimit: {{ $v.ephemeralStorage.limit }}}}
 - {name: state, emptyDir: {}}
+{{- if not .noModels }}
 - name: models
   {{- toYaml $v.models.volume | nindent 2 }}
+{{- end }}
 {{- if $v.kafka.security.enabled }}
 - name: kafka-ca
   secret: {secretName: {{ $v.kafka.security.caSecret.name | quote }}}
@@ -114,7 +117,9 @@ env:
 {{- $v := .root.Values -}}
 - {name: tmp, mountPath: /tmp}
 - {name: state, mountPath: /var/lib/mmrag}
+{{- if not .noModels }}
 - {name: models, mountPath: /models, readOnly: true}
+{{- end }}
 {{- if $v.kafka.security.enabled }}
 - {name: kafka-ca, mountPath: /etc/mmrag/kafka-ca, readOnly: true}
 {{- end }}
