@@ -116,6 +116,7 @@ SETTINGS_MODULES = (
     "producers.backfill",
     "query_service.settings",
     "consumers.faiss_worker.__main__",
+    "index_updater.pruning",
 )
 
 
@@ -280,6 +281,20 @@ def test_every_deployable_authenticates_as_the_user_of_its_principal() -> None:
     assert {e["value"] for env in shards for e in env if e["name"] == "MMRAG_KAFKA_SASL_USERNAME"} == {
         "mmrag-retrieval-worker"
     }
+
+
+def known_settings() -> set[str]:
+    """MMRAG_* names some deployable's settings read (and MMRAG_CACHE_DIR, read by mmrag.settings.cache_dir)."""
+    return {"MMRAG_CACHE_DIR"} | {f"MMRAG_{n}".upper() for cls in settings_classes() for n in cls.model_fields}
+
+
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_every_setting_the_chart_sets_is_one_the_code_reads(values: str) -> None:
+    """A misspelt MMRAG_* variable is ignored by the settings classes (extra="ignore"): the chart sets none."""
+    objects = rendered(values)
+    names = {k for m in of_kind(objects, "ConfigMap") if m["metadata"]["name"] == "mmrag-settings" for k in m["data"]}
+    names |= {e["name"] for spec in pod_specs(objects).values() for c in spec["containers"] for e in c["env"]}
+    assert {n for n in names if n.startswith("MMRAG_")} - known_settings() == set()
 
 
 def test_compose_runs_what_the_chart_runs() -> None:
