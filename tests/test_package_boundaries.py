@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYABLES = ("producers", "consumers", "index_updater", "query_service")
-TOOLING = ("operator_cli", "local_stack", "bench", "tests")
+TOOLING = ("operator_cli", "local_stack", "bench", "tests", "deploy")
 LOCAL_ONLY = ("moto", "milvus_lite", "easy_vqa", "watchdog")  # the `local` extra of pyproject.toml
 
 
