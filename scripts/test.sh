@@ -10,6 +10,6 @@ printf '\n==> ruff\n'
 uv run --frozen ruff check .
 uv run --frozen ruff format --check .
 printf '\n==> mypy (shared runtime and handlers)\n'
-uv run --frozen mypy mmrag consumers index_updater query_service producers bench operator_cli local_stack
+uv run --frozen mypy mmrag consumers index_updater query_service producers bench operator_cli local_stack deploy
 printf '\n==> pytest\n'
 exec uv run --frozen pytest "$@"
