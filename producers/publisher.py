@@ -15,6 +15,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.context import Context
+
 from mmrag import metrics
 from mmrag.backpressure import Backpressure
 from mmrag.delivery import Delivery, NotDeliveredError, RejectedOutputsError, encode
@@ -116,17 +119,29 @@ class ChangePublisher:
         """Records for every notification of the batch, and per notification the problem that refused it (or None)."""
         outputs: list[Output] = []
         problems: list[str | None] = []
-        with self.tracer.start_as_current_span(f"{self.stage} publish"):
-            for note in batch.notifications:
-                records, problem = self._records(note)
-                outputs += records
-                problems.append(problem)
+        for note in batch.notifications:
+            records, problem = self._records(note)
+            outputs += records
+            problems.append(problem)
         return outputs, problems
+
+    def _traced(self, change_id: str, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` with the context of a new trace for one change: each upload is a trace of its own, however
+        many changes one notification or one batch of notifications carries."""
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.kafka.message.key": change_id,
+            "mmrag.source": headers["source"],
+        }
+        with self.tracer.start_as_current_span(
+            f"{self.stage} publish", context=Context(), kind=trace.SpanKind.PRODUCER, attributes=attributes
+        ):
+            return inject_context(dict(headers))
 
     def _records(self, note: Notification) -> tuple[list[Output], str | None]:
         topics = self.settings.topics
         where = f"{self.source.name}:{note.source_id}"
-        headers = inject_context({"source": self.source.name, "source-id": note.source_id})
+        headers = {"source": self.source.name, "source-id": note.source_id}
         try:
             changes = parse_notification(note.body, where)
         except PermanentError as exc:
@@ -139,7 +154,8 @@ class ChangePublisher:
         if not changes:
             log.info("%s: %s carried no changes (s3:TestEvent); acknowledged", self.stage, where)
         headers.update({"content-type": "application/json", "schema": NOTIFICATION_SCHEMA})
-        return [Output(topics.s3_events, c.object_id, c.to_body(), headers) for c in changes], None
+        traced = [(c, self._traced(c.object_id, headers)) for c in changes]
+        return [Output(topics.s3_events, c.object_id, c.to_body(), carried) for c, carried in traced], None
 
     def _deliver(self, outputs: Sequence[Output]) -> None:
         """Through the runtime's one delivery component (same abort and commit rules as the stage run loop). A
