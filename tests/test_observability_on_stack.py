@@ -135,7 +135,7 @@ def test_traces_metrics_and_alerts_on_a_running_stack(deployment: Deployment, tm
         span = stages[later][0]
         assert stages[earlier][0]["spanID"] in {a["spanID"] for a in ancestors(trace, span)}, (earlier, later)
         assert stages[earlier][0]["startTime"] <= span["startTime"]
-    assert "vision_embedder" in stages, "each embedder has its span in the upload's trace"
+    assert {name: len(spans) for name, spans in stages.items()} == dict.fromkeys([*UPLOAD_STAGES, "vision_embedder"], 1)
     updater = stages["index_updater"][0]
     tags = {t["key"]: t["value"] for t in updater["tags"]}
     assert tags["messaging.kafka.message.key"].endswith("tide-pools.md") and "mmrag.committed_after_ms" in tags
