@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 INIT_TIMEOUT_S = 30.0  # one init_transactions call
 INIT_GIVE_UP_S = 180.0  # retries of init_transactions while the transaction coordinator moves
-COORDINATOR_CALL_S = 3.0  # send_offsets_to_transaction's own timeout: ms normally, seconds while a coordinator moves
-HANG_MARGIN_S = 1.0  # past its own timeout plus this, a call of a batch counts as hung and its producer is replaced
+COORDINATOR_CALL_S = 2.0  # send_offsets_to_transaction's own timeout: ms normally, seconds while a coordinator moves
+HANG_MARGIN_S = 0.5  # past its own timeout plus this, a call of a batch counts as hung and its producer is replaced
 MAX_REPLACED = 5  # producers abandoned (each leaves a parked thread) before the process restarts instead
 
 # Per-record refusals: the broker or the client will refuse this record however often it is sent.
