@@ -7,13 +7,20 @@ Afterwards no password appears in any log, the broker's included, nor in any dea
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mmrag.access import ADMIN, DECLARATIONS
+from mmrag.grpc_tls import query_channel
 from mmrag.object_store import S3ObjectStore
+from mmrag.pb import query_pb2, query_pb2_grpc
 from producers.upload import upload_files
 from tests.ask_tools import ask, start_with_corpus
 from tests.kafka_tools import read_topic, wait_for
@@ -33,6 +40,26 @@ def copy_the_code_sentence(prompt: str) -> str:
     """A faithful model: the prompt's sentence about the access code, cited [1]."""
     found = re.search(r"[^.\n]*access code[^.\n]*\.", prompt)
     return f"{found.group(0).strip()} [1]" if found else "I do not know."
+
+
+def assert_grpc_over_tls_only(port: int, ca: Path) -> None:
+    """A plaintext call is refused; health and reflection answer over TLS (grpcurl -cacert too, when installed)."""
+    target = f"127.0.0.1:{port}"
+    with grpc.insecure_channel(target) as plain, pytest.raises(grpc.RpcError) as refused:
+        query_pb2_grpc.QueryServiceStub(plain).Search(query_pb2.SearchQuery(text="server room"), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    with query_channel(target, ca) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        asked = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(asked, timeout=5)
+        listed = {s.name for answer in answers for s in answer.list_services_response.service}
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    services = {"mmrag.v1.QueryService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert services <= listed, listed
+    grpcurl = shutil.which("grpcurl")
+    if grpcurl is not None:  # scripts/setup.sh builds it from the Go module proxy
+        said = subprocess.run([grpcurl, "-cacert", str(ca), target, "list"], capture_output=True, text=True, check=True)
+        assert services <= set(said.stdout.split()), said.stdout
 
 
 def assert_no_secret_anywhere(dep: Any, passwords: list[str]) -> None:
@@ -71,5 +98,6 @@ def test_pipeline_on_the_secured_kafka(secure_deployment: Any, tmp_path: Path) -
         store.delete(bucket, "ferry.md")
         wait_for(lambda: f"{bucket}/ferry.md" not in found_ids(port, text="ferry Lindholm"), 90, "the delete")
         assert f"{bucket}/server-room.md" in found_ids(port, text="server room access code")
+        assert_grpc_over_tls_only(port, security.ca.cert_path)
     passwords = [security.password(user) for user in [ADMIN, *(d.name for d in DECLARATIONS)]]
     assert_no_secret_anywhere(dep, passwords)
