@@ -21,3 +21,5 @@ go_tool() {  # name module version
 
 go_tool helm helm.sh/helm/v3/cmd/helm "${MMRAG_HELM_VERSION:-v3.21.4}"
 go_tool kube-score github.com/zegl/kube-score/cmd/kube-score "${MMRAG_KUBE_SCORE_VERSION:-v1.20.0}"
+# grpcurl: tests/test_secure_pipeline.py lists the query service's services over TLS with it (`grpcurl -cacert`)
+go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "${MMRAG_GRPCURL_VERSION:-v1.9.4}"
