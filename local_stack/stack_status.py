@@ -14,6 +14,7 @@ from local_stack.processes import alive_pid
 from local_stack.services import last_error_line
 from local_stack.state import StackRecord
 from local_stack.supervisor import PIDFILE, read_status
+from mmrag.kafka_security import EXIT_CONFIG
 
 
 @dataclass
@@ -65,7 +66,10 @@ _LLAMA_CPP = (
 
 
 def crash_hint(service: str, last_exit: str) -> str:
-    """What a process killed by a crash signal most likely means and what to do; '' for other exits."""
+    """What a process killed by a crash signal (or refused by a secured broker) most likely means and what to do;
+    '' for other exits."""
+    if last_exit == f"exit code {EXIT_CONFIG}":
+        return f"{last_exit}: the broker refused its credentials, certificate or ACLs -> the log's 'refused by' line"
     signal_name = next((name for name in _NATIVE_CRASHES if name in last_exit), None)
     if signal_name is None:
         return ""

@@ -141,3 +141,10 @@ def test_deployable_run_as_another_principal_stops_with_one_line(secure_deployme
     line = stopped_with_one_line(service, "text_embedder", bootstrap)
     assert "AUTHORIZATION_FAILED" in line and "mmrag/access.py" in line
     assert dead_letters_written(bootstrap, secure_deployment.topic_prefix) == 0
+
+
+def test_stack_status_explains_a_refused_deployable() -> None:
+    from local_stack.stack_status import crash_hint
+
+    assert "refused by" in crash_hint("normalizer", f"exit code {EXIT_CONFIG}")
+    assert crash_hint("normalizer", "exit code 1") == ""
