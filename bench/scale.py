@@ -1,0 +1,230 @@
+"""The default stack as it grows (issue 20): the index updater, the retrieval workers and the query service of the
+default backend (Milvus, milvus-lite as the local stack starts it) fed embedding batches straight onto
+``embeddings.v1`` (the local S3 takes only ~30-80 puts/s), grown in steps. At each step size, in one run:
+
+- updater objects/s while ingesting the step's objects as fast as Kafka takes them (from the first to the last
+  INDEXED status of the step, statuses read from ``index-status.v1``);
+- freshness: batch produced -> INDEXED status (the updater upserts with Strong consistency, so INDEXED means
+  searchable) p50/p99 for objects sent one by one at half the updater's measured rate;
+- gRPC Search p50/p99 (text queries, encoded by the query service) with 1 and 8 clients.
+
+Objects are text (3 chunks of random words, random vectors) and, every 5th, an image too.
+
+    uv run --no-sync python -m bench.scale [--steps 1000,10000,100000] [--shards 2] [--backend milvus]
+        [--searches 200] [--fresh 60]
+
+Starts its own Kafka, local S3 and milvus-lite in a temporary directory. Goals: updater rate at the last step >= 0.8x
+the first; Search p50 < 25 ms at 100k (1 client); freshness p99 < 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from local_stack.processes import free_port
+from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
+from mmrag.clip import write_random_clip
+from mmrag.messages import now_ms
+from mmrag.pb import query_pb2, query_pb2_grpc
+from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, Modality
+from mmrag.settings import SpaceSettings
+from mmrag.space import EmbeddingSpace, space_from_settings
+
+WORDS = [
+    *("kafka", "broker", "partition", "offset", "replica", "leader", "consumer", "group", "lag", "topic", "schema"),
+    *("record", "milvus", "vector", "index", "segment", "shard", "query", "answer", "citation", "image", "caption"),
+    *("harbour", "glacier", "volcano", "orchard", "meadow", "lantern"),
+]
+
+
+@dataclass
+class Step:
+    size: int
+    rate: float = 0.0
+    fresh: list[float] = field(default_factory=list)
+    search: dict[int, list[float]] = field(default_factory=dict)
+
+
+class Feeder:
+    """Produces embedding batches of numbered objects onto embeddings.v1 and reads their INDEXED statuses."""
+
+    def __init__(self, dep: Deployment, space: EmbeddingSpace) -> None:
+        self.space = space
+        self.embeddings = f"{dep.topic_prefix}embeddings.v1"
+        bootstrap = dep.endpoints.bootstrap_servers
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"})
+        self.statuses = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"})
+        self.statuses.assign([TopicPartition(f"{dep.topic_prefix}index-status.v1", p, 0) for p in range(64)])
+        self.indexed: dict[str, int] = {}  # object id -> indexed_at_ms of its INDEXED status (the last half)
+        self.rng = np.random.default_rng(0)
+        self.sent = 0
+
+    def send(self, n: int, bucket: str = "scale") -> str:
+        """Object ``n``: its text batch (and, every 5th, its image batch); returns its id."""
+        oid, at = f"{bucket}/doc-{n:07d}.txt", now_ms()
+        chunks = []
+        for i in range(3):
+            words = " ".join(self.rng.choice(WORDS, 12))
+            vec = self.rng.standard_normal(self.space.text_dim).astype(np.float32)
+            chunks.append(Chunk(index=i, text=f"{words} {n}", char_start=i * 80, char_end=i * 80 + 79, vector=vec))
+        self._produce(oid, Modality.MODALITY_TEXT, self.space.text_model_id, self.space.text_dim, chunks, at)
+        if n % 5 == 0:
+            vec = self.rng.standard_normal(self.space.image_dim).astype(np.float32)
+            image = [Chunk(index=0, vector=vec)]
+            self._produce(oid, Modality.MODALITY_IMAGE, self.space.image_model_id, self.space.image_dim, image, at)
+        self.sent += 1
+        return oid
+
+    def _produce(self, oid: str, modality: Modality, model: str, dim: int, chunks: list[Chunk], at: int) -> None:
+        batch = EmbeddingBatch(
+            object_id=oid, version="v1", modality=modality, model_id=model, dim=dim, chunks=chunks, event_time_ms=at
+        )
+        while True:
+            try:
+                self.producer.produce(self.embeddings, batch.SerializeToString(), oid)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def read_statuses(self, timeout_s: float = 0.2) -> None:
+        for msg in self.statuses.consume(5000, timeout_s):
+            if msg.error() or not msg.value():
+                continue
+            status = IndexStatus.FromString(msg.value() or b"")
+            if status.state == IndexState.INDEX_STATE_INDEXED:
+                self.indexed[status.object_id] = status.indexed_at_ms
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.statuses.close()
+
+    def wait_indexed(self, oids: list[str], timeout_s: float, progress: Progress | None = None) -> None:
+        task = progress.add_task("indexed", total=len(oids)) if progress else None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.read_statuses()
+            done = sum(1 for o in oids if o in self.indexed)
+            if progress is not None and task is not None:
+                progress.update(task, completed=done)
+            if done == len(oids):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(oids) - done} of {len(oids)} objects not indexed in {timeout_s:.0f} s")
+
+
+def grow(feeder: Feeder, step: Step, progress: Progress) -> None:
+    """Ingests objects up to ``step.size`` as fast as Kafka takes them; the updater's objects/s over them."""
+    first = feeder.sent
+    oids = [feeder.send(n) for n in range(first, step.size)]
+    feeder.producer.flush(60)
+    feeder.wait_indexed(oids, timeout_s=max(600, 0.2 * len(oids)), progress=progress)
+    times = sorted(feeder.indexed[o] for o in oids)
+    step.rate = len(oids) / max(0.001, (times[-1] - times[0]) / 1000) if len(oids) > 1 else 0.0
+
+
+def freshness(feeder: Feeder, step: Step, count: int) -> None:
+    """``count`` objects one by one at half the updater's rate: produced -> INDEXED, seconds."""
+    gap = 2 / max(step.rate, 0.5)
+    for n in range(count):
+        oid = feeder.send(10_000_000 + step.size * 100 + n, bucket="fresh")
+        feeder.producer.flush(10)
+        sent = now_ms()
+        feeder.wait_indexed([oid], timeout_s=120)
+        step.fresh.append((feeder.indexed[oid] - sent) / 1000)
+        time.sleep(max(0.0, gap - (now_ms() - sent) / 1000))
+
+
+def searches(port: int, step: Step, count: int, clients: int) -> None:
+    """``count`` text Searches per client from ``clients`` clients at once, top 10; seconds each."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = query_pb2_grpc.QueryServiceStub(channel)
+    stub.Search(query_pb2.SearchQuery(text="warm up", top_k=10), timeout=30)
+
+    def client(c: int) -> list[float]:
+        rng = np.random.default_rng(c)
+        took = []
+        for _ in range(count):
+            text = " ".join(rng.choice(WORDS, 4))  # distinct queries: the result cache does not answer them
+            began = time.perf_counter()
+            stub.Search(query_pb2.SearchQuery(text=f"{text} {rng.integers(1 << 30)}", top_k=10), timeout=30)
+            took.append(time.perf_counter() - began)
+        return took
+
+    with ThreadPoolExecutor(clients) as pool:
+        step.search[clients] = sorted(t for times in pool.map(client, range(clients)) for t in times)
+    channel.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", default="1000,10000,100000", help="collection sizes to measure at")
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--backend", default="milvus", choices=("milvus", "faiss"))
+    parser.add_argument("--searches", type=int, default=200, help="Searches per client at each step")
+    parser.add_argument("--fresh", type=int, default=60, help="objects sent one by one for freshness per step")
+    args = parser.parse_args()
+    steps = [Step(int(s)) for s in args.steps.split(",")]
+    with tempfile.TemporaryDirectory() as tmp, Progress() as progress:
+        work = Path(tmp)
+        endpoints = start_infra(work / "infra")
+        tag = f"sc{uuid.uuid4().hex[:6]}"
+        clip_dir = write_random_clip(work / "clip", seed=0)
+        dep = Deployment(
+            work / "stack", endpoints, clip_dir, f"{tag}.", f"b-{tag}", f"q-{tag}", args.shards, free_port(),
+            index_backend=args.backend,
+        )  # fmt: skip
+        try:
+            dep.prepare()
+            services = [dep.service("index_updater"), *dep.shard_workers()]
+            services.append(dep.service("query_service", MMRAG_RESULT_CACHE_TTL_S="0"))
+            start_services(services, 300)
+            feeder = Feeder(dep, space_from_settings(SpaceSettings(clip_model_dir=clip_dir)))
+            try:
+                for step in steps:
+                    grow(feeder, step, progress)
+                    freshness(feeder, step, args.fresh)
+                    for clients in (1, 8):
+                        searches(dep.grpc_port, step, max(20, args.searches // clients), clients)
+                    progress.console.print(f"{step.size} objects: updater {step.rate:.1f} obj/s")
+            finally:
+                feeder.close()
+        finally:
+            stop_services(dep.state_dir)
+            stop_infra(work / "infra")
+    print_table(steps, args)
+
+
+def print_table(steps: list[Step], args: argparse.Namespace) -> None:
+    table = Table(title=f"bench.scale: {args.backend}, {args.shards} shards, embeddings.v1 -> updater -> Search")
+    cols: tuple[str, ...] = ("objects", "updater obj/s", "x first", "fresh p50 s", "fresh p99 s")
+    cols += ("search p50 ms", "p99 ms", "8 clients p50 ms", "p99 ms")
+    for col in cols:
+        table.add_column(col, justify="right")
+    first = steps[0].rate or 1.0
+    for s in steps:
+        fresh = np.array(s.fresh or [np.nan])
+        one, eight = np.array(s.search.get(1, [np.nan])) * 1000, np.array(s.search.get(8, [np.nan])) * 1000
+        table.add_row(
+            str(s.size), f"{s.rate:.1f}", f"{s.rate / first:.2f}",
+            f"{np.median(fresh):.2f}", f"{np.percentile(fresh, 99):.2f}",
+            f"{np.median(one):.1f}", f"{np.percentile(one, 99):.1f}",
+            f"{np.median(eight):.1f}", f"{np.percentile(eight, 99):.1f}",
+        )  # fmt: skip
+    Console(width=160).print(table)
+
+
+if __name__ == "__main__":
+    main()
