@@ -128,7 +128,24 @@ def test_traces_metrics_and_alerts_on_a_running_stack(deployment: Deployment, tm
     port = deployment.grpc_port
     wait_for(lambda: searched_objects(port, "tide pools seashore"), 120, "the upload to be searchable")
 
-    # One upload = one trace: a span of every stage, each stage's span a descendant of the one before, in order.
+    check_upload_trace(obs)
+    searched_objects(port, "rocky pools")
+    searches = check_search_trace(obs, deployment.shards)
+    ask(port, "What lives in tide pools?")
+    check_ask_trace(obs)
+    check_prometheus(obs, {s.name for s in services}, searches)
+
+    # Forced fault: the LLM worker stops; Asks degrade, the breaker opens and its alert fires within its window.
+    worker.stop()
+    for _ in range(3):
+        ask(port, "What lives in tide pools?")
+    firing = wait_for(lambda: alerts_firing(obs, "MmragLlmBreakerOpen"), 30, "the LLM breaker alert to fire")
+    assert firing[0]["labels"]["severity"] == "page"
+
+
+def check_upload_trace(obs: ObservabilityEndpoints) -> None:
+    """One upload = one trace: one span of every stage, each stage's span a descendant of the one before, in order;
+    the updater's batch span is a trace of its own that links the message's context (OTel batch consumers)."""
     trace = wait_for(lambda: upload_trace(obs), 60, "the upload's trace in Jaeger")
     stages = spans_by_service(trace)
     for earlier, later in zip(UPLOAD_STAGES, UPLOAD_STAGES[1:], strict=False):
@@ -136,27 +153,27 @@ def test_traces_metrics_and_alerts_on_a_running_stack(deployment: Deployment, tm
         assert stages[earlier][0]["spanID"] in {a["spanID"] for a in ancestors(trace, span)}, (earlier, later)
         assert stages[earlier][0]["startTime"] <= span["startTime"]
     assert {name: len(spans) for name, spans in stages.items()} == dict.fromkeys([*UPLOAD_STAGES, "vision_embedder"], 1)
-    updater = stages["index_updater"][0]
-    tags = {t["key"]: t["value"] for t in updater["tags"]}
+    tags = {t["key"]: t["value"] for t in stages["index_updater"][0]["tags"]}
     assert tags["messaging.kafka.message.key"].endswith("tide-pools.md") and "mmrag.committed_after_ms" in tags
     assert not any("seashore" in str(t["value"]) for s in trace["spans"] for t in s["tags"]), "no document text"
-    # the updater's batch span is its own trace and links the message's context (OTel batch consumers)
     batches = traces(obs, "index_updater", "index_updater batch")
     linked = {r["traceID"] for b in batches for s in b["spans"] for r in s.get("references", [])}
     assert trace["traceID"] in linked
 
-    # One Search = one trace: encoding, the scatter-gather with both shards' spans under it, fusion.
-    searched_objects(port, "rocky pools")
-    searches = wait_for(lambda: complete_searches(obs, deployment.shards), 30, "a Search trace")
-    search = searches[0]
-    ops = {s["operationName"]: s for s in search["spans"]}
-    assert {"Search", "encode query", "retrieve", "fuse"} <= set(ops)
-    shard_spans = spans_by_service(search)["retrieval_worker"]
-    assert len(shard_spans) == deployment.shards
-    assert all(parent_of(s) == ops["retrieve"]["spanID"] for s in shard_spans)
 
-    # One Ask = one trace: retrieval and the LLM worker's generation under the query service's LLM span.
-    ask(port, "What lives in tide pools?")
+def check_search_trace(obs: ObservabilityEndpoints, shards: int) -> list[dict[str, Any]]:
+    """One Search = one trace: encoding, the scatter-gather with every shard's span under it, fusion."""
+    searches = wait_for(lambda: complete_searches(obs, shards), 30, "a Search trace")
+    ops = {s["operationName"]: s for s in searches[0]["spans"]}
+    assert {"Search", "encode query", "retrieve", "fuse"} <= set(ops)
+    shard_spans = spans_by_service(searches[0])["retrieval_worker"]
+    assert len(shard_spans) == shards
+    assert all(parent_of(s) == ops["retrieve"]["spanID"] for s in shard_spans)
+    return searches
+
+
+def check_ask_trace(obs: ObservabilityEndpoints) -> None:
+    """One Ask = one trace: retrieval, and the LLM worker's generation under the query service's LLM span."""
     wanted = {"Ask", "encode query", "retrieve", "llm", "generate"}
     asked = wait_for(lambda: traces_with(obs, "Ask", wanted), 60, "an Ask trace with its LLM worker's span")[0]
     ask_ops = {s["operationName"]: s for s in asked["spans"]}
@@ -164,17 +181,15 @@ def test_traces_metrics_and_alerts_on_a_running_stack(deployment: Deployment, tm
     generate_tags = {t["key"] for t in ask_ops["generate"]["tags"]}
     assert {"mmrag.completion_tokens", "mmrag.generation_ms", "mmrag.queue_wait_ms"} <= generate_tags
 
-    # Prometheus: every service scraped and up; the SLI recording rules have values; exemplars name traces.
-    targets = prom(obs, "targets")["activeTargets"]
-    wait_for(
-        lambda: (
-            {t["labels"]["service"] for t in prom(obs, "targets")["activeTargets"] if t["health"] == "up"}
-            == {s.name for s in services}
-        ),
-        30,
-        "every service's target up",
-    )
-    assert len(targets) == len(services)
+
+def check_prometheus(obs: ObservabilityEndpoints, services: set[str], searches: list[dict[str, Any]]) -> None:
+    """Every service scraped and up; the SLI recording rules have values; exemplars name Search traces."""
+
+    def up() -> set[str]:
+        return {t["labels"]["service"] for t in prom(obs, "targets")["activeTargets"] if t["health"] == "up"}
+
+    wait_for(lambda: up() == services, 30, "every service's target up")
+    assert len(prom(obs, "targets")["activeTargets"]) == len(services)
     for name in (
         "mmrag:search_seconds:p50_5m",
         "mmrag:freshness_seconds:p99_5m",
@@ -186,17 +201,7 @@ def test_traces_metrics_and_alerts_on_a_running_stack(deployment: Deployment, tm
     trace_ids = {e["labels"].get("trace_id", "").lstrip("0") for series in exemplars for e in series["exemplars"]}
     assert trace_ids & {t["traceID"].lstrip("0") for t in searches}, "exemplars name Search traces"
 
-    # Forced fault: the LLM worker stops; Asks degrade, the breaker opens and its alert fires within its window.
-    worker.stop()
-    for _ in range(3):
-        ask(port, "What lives in tide pools?")
-    firing = wait_for(
-        lambda: [
-            a
-            for a in prom(obs, "alerts")["alerts"]
-            if a["labels"]["alertname"] == "MmragLlmBreakerOpen" and a["state"] == "firing"
-        ],
-        30,
-        "the LLM breaker alert to fire",
-    )
-    assert firing[0]["labels"]["severity"] == "page"
+
+def alerts_firing(obs: ObservabilityEndpoints, alertname: str) -> list[dict[str, Any]]:
+    alerts = prom(obs, "alerts")["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
