@@ -50,7 +50,9 @@ LABEL org.opencontainers.image.title="kafka-mmrag" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
 # Writable places only under /tmp and /var/lib/mmrag (the chart mounts both; the root filesystem is read-only).
+# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep at barriers rather than spin (see docs "Embedders").
 ENV PATH="/app/.venv/bin:$PATH" HOME=/tmp XDG_CACHE_HOME=/tmp/.cache HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1 \
+    OMP_WAIT_POLICY=PASSIVE \
     MMRAG_STATE_DIR=/var/lib/mmrag MMRAG_CACHE_DIR=/tmp/cache MMRAG_CLIP_MODEL_DIR=/models/clip \
     MMRAG_PROBE_HOST=0.0.0.0 MMRAG_PROBE_PORT=9100
 WORKDIR /app

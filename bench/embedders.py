@@ -34,8 +34,12 @@ from mmrag.clip import ClipEncoder, cpu_precision_for, write_random_clip
 from mmrag.ids import object_id
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import MediaKind, ObjectEvent
-from mmrag.text_encoder import MiniLMEncoder
+from mmrag.settings import SpaceSettings
+from mmrag.space import space_clip_encoder, space_minilm_encoder
 
+# as the deployables run (local_stack.services, the Dockerfile): OpenMP threads sleep at barriers, not spin;
+# `OMP_WAIT_POLICY= python -m bench.embedders` (set, empty) runs bare models and services with libgomp's default
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 console = Console()
 TEXT_BARE = "bare text model(s)"
 WORDS = tuple(
@@ -85,10 +89,11 @@ def bare_images(clip_dir: Path, jpegs: list[bytes], batch: int, precision: str) 
     return len(images) / (time.perf_counter() - start)
 
 
-def bare_texts(clip_dir: Path, texts: list[bytes], budget: int, clip_text: bool) -> float:
-    minilm = MiniLMEncoder()
+def bare_texts(clip_dir: Path, texts: list[bytes], budget: int, args: argparse.Namespace) -> float:
+    settings = _space(clip_dir, args)
+    minilm = space_minilm_encoder(settings)
     minilm.warm_up()
-    clip = ClipEncoder(clip_dir, device="cpu") if clip_text else None
+    clip = space_clip_encoder(settings, "cpu") if args.clip_text else None
     if clip is not None:
         clip.warm_up()
     decoded = [t.decode() for t in texts]
@@ -99,12 +104,19 @@ def bare_texts(clip_dir: Path, texts: list[bytes], budget: int, clip_text: bool)
     return len(decoded) / (time.perf_counter() - start)
 
 
+def _space(clip_dir: Path, args: argparse.Namespace) -> SpaceSettings:
+    """The text path's space: --backend and --precision (the image path stays torch, fp32 and bf16 side by side)."""
+    return SpaceSettings.model_validate(
+        {"clip_model_dir": clip_dir, "encoder_backend": args.backend, "precision": args.precision}
+    )
+
+
 def bare_rates(clip_dir: Path, jpegs: list[bytes], texts: list[bytes], args: argparse.Namespace) -> dict[str, float]:
     rates = {}
     if args.only != "text":
         rates = {f"bare CLIP image {p}": bare_images(clip_dir, jpegs, args.model_batch, p) for p in ("fp32", "bf16")}
     if args.only != "images":
-        rates[TEXT_BARE] = bare_texts(clip_dir, texts, args.token_budget, args.clip_text)
+        rates[TEXT_BARE] = bare_texts(clip_dir, texts, args.token_budget, args)
     return rates
 
 
@@ -233,6 +245,8 @@ def main() -> int:
     parser.add_argument("--clip-text", action="store_true", help="text chunks through CLIP's text tower as well")
     parser.add_argument("--clip-dir", type=Path, help="default: a random-init ViT-B/32 written once to a temp dir")
     parser.add_argument("--only", choices=("images", "text"), help="measure one path (default: both)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="the text path's space's")
+    parser.add_argument("--precision", default="fp32", help="the text path's space's (onnx: fp32 or int8)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mmrag-bench-"))
     clip_dir = args.clip_dir or write_random_clip(work / "clip-b32", full_size=True)
@@ -279,6 +293,8 @@ def _pipelines(
             "MMRAG_MAX_BATCH": "64",
             "MMRAG_OCR_IMAGES": "false",
             "MMRAG_CLIP_TEXT_FOR_TEXT": str(args.clip_text).lower(),
+            "MMRAG_ENCODER_BACKEND": args.backend,
+            "MMRAG_PRECISION": args.precision,
         }
         rates["end-to-end text"] = end_to_end(dep, "text_embedder", txt_keys, MediaKind.MEDIA_KIND_TEXT, text_env)
     finally:
@@ -305,7 +321,8 @@ def _report(rates: dict[str, float], args: argparse.Namespace) -> None:
             f"image pipeline (the space's precision, fp32) / bare fp32 model: {rates['end-to-end images'] / fp32:.2f}"
         )
     if "end-to-end text" in rates:
-        console.print(f"text pipeline / bare model(s): {rates['end-to-end text'] / rates[TEXT_BARE]:.2f}")
+        ratio = rates["end-to-end text"] / rates[TEXT_BARE]
+        console.print(f"text pipeline / bare model(s), {args.backend} {args.precision}: {ratio:.2f}")
     cores = os.cpu_count() or 1
     bare = {"image": max(v for k, v in rates.items() if k.startswith("bare CLIP image")) if args.only != "text" else 0}
     bare["text"] = rates.get(TEXT_BARE, 0)

@@ -49,6 +49,9 @@ class Service:
     def start(self) -> Service:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {
+            # OpenMP threads sleep at barriers instead of spinning: beside other processes on few cores, spinning
+            # made MiniLM 1.7x slower and a 1-query forward 60x (docs/architecture.md "Embedders"); env overrides
+            "OMP_WAIT_POLICY": "PASSIVE",
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
