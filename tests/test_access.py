@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mmrag.access import DECLARATIONS, Principal, declaration, principals, resolve
+from mmrag.access import DECLARATIONS, Principal, declaration, markdown_table, principals, resolve
 from mmrag.telemetry import Probes
 from operator_cli.deployables import SERVICE_MODULES
 
@@ -133,3 +133,9 @@ def test_job_and_worker_groups_are_declared(wiring_env: None) -> None:
     assert prefix is not None and transactional_id(backfill).startswith(prefix)
     described = principal("query_service").groups_described
     assert all(any(g.startswith(d) for d in described) for g in shard_groups(PREFIX, 3).values())
+
+
+def test_the_docs_show_the_generated_principals_table() -> None:
+    """docs/architecture.md "Security" carries the table markdown_table() generates (regenerate it when it fails)."""
+    docs = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    assert markdown_table() in docs
