@@ -42,8 +42,17 @@ def dead_letters_written(bootstrap: str, prefix: str) -> int:
         consumer.close()
 
 
-def first_consumer_error(consumer: Consumer, timeout_s: float = 30) -> KafkaError:
-    """The first error the consumer reports (a refusal arrives as an error event of its poll)."""
+def subscribe_refusal(endpoints: Any, user: str, group: str, topic: str, timeout_s: float = 30) -> KafkaError:
+    """The first error ``user``'s consumer in ``group`` reports on ``topic`` (a refusal is an error event of poll)."""
+    consumer = Consumer(as_principal(endpoints, user, **{"group.id": group, "auto.offset.reset": "earliest"}))
+    consumer.subscribe([topic])
+    try:
+        return first_consumer_error(consumer, timeout_s)
+    finally:
+        consumer.close()
+
+
+def first_consumer_error(consumer: Consumer, timeout_s: float) -> KafkaError:
     found: list[KafkaError] = []
 
     def polled() -> bool:
@@ -94,21 +103,12 @@ def test_text_embedder_principal_is_refused_topics_and_groups_it_does_not_declar
     refused = reports[topics.index_status]
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
-    group = {"auto.offset.reset": "earliest", "group.id": f"{secure_deployment.topic_prefix}embedder-text"}
-    reader = Consumer(as_principal(endpoints, "text_embedder", **group))
-    reader.subscribe([topics.llm_requests])
-    try:
-        assert first_consumer_error(reader).code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-    finally:
-        reader.close()
+    prefix = secure_deployment.topic_prefix
+    refusal = subscribe_refusal(endpoints, "text_embedder", f"{prefix}embedder-text", topics.llm_requests)
+    assert refusal.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
     # a topic it may read, in another deployable's group
-    group["group.id"] = f"{secure_deployment.topic_prefix}index-updater"
-    intruder = Consumer(as_principal(endpoints, "text_embedder", **group))
-    intruder.subscribe([topics.objects])
-    try:
-        assert first_consumer_error(intruder).code() == KafkaError.GROUP_AUTHORIZATION_FAILED
-    finally:
-        intruder.close()
+    refusal = subscribe_refusal(endpoints, "text_embedder", f"{prefix}index-updater", topics.objects)
+    assert refusal.code() == KafkaError.GROUP_AUTHORIZATION_FAILED
 
 
 def stopped_with_one_line(service: Any, principal: str, bootstrap: str) -> str:
