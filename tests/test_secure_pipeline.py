@@ -1,6 +1,7 @@
 """The pipeline on the secured Kafka: every deployable connects as its own SCRAM principal holding exactly the ACLs
 of its declaration (mmrag/access.py), and upload -> indexed -> Search -> Ask, a dead letter and a delete work as on
-the plaintext stack. Anything a deployable touches beyond its declaration would stop it (TOPIC/GROUP/
+the plaintext stack, and the operator CLI (as the admin) reads status over gRPC TLS and replays a dead letter.
+Anything a deployable touches beyond its declaration would stop it (TOPIC/GROUP/
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED, exit 78), so this run is also the check that the declarations are complete.
 Afterwards no password appears in any log, the broker's included, nor in any dead letter."""
 
@@ -26,6 +27,7 @@ from tests.ask_tools import ask, start_with_corpus
 from tests.kafka_tools import read_topic, wait_for
 from tests.scripted_llm import scripted_llm
 from tests.test_end_to_end import found_ids
+from tests.test_operator_cli import json_of
 
 pytestmark = [pytest.mark.kafka, pytest.mark.secure]
 
@@ -75,9 +77,28 @@ def assert_no_secret_anywhere(dep: Any, passwords: list[str]) -> None:
         assert not [p for p in passwords if p in seen], f"a password in the dead letter {record.key}"
 
 
-def test_pipeline_on_the_secured_kafka(secure_deployment: Any, tmp_path: Path) -> None:
+def assert_operator_cli_works_as_admin(dep: Any, capsys: pytest.CaptureFixture[str], broken: str) -> None:
+    """The CLI as the stack's admin: object status over gRPC TLS, and a DLQ replay (a transactional producer) whose
+    record fails again and comes back as a replay of the first."""
+    assert json_of(capsys, "status", f"s3://{dep.bucket}/server-room.md")["state"] == "indexed"
+    first = [d for d in json_of(capsys, "dlq", "list", "--stage", "text_embedder") if d["key"] == broken]
+    assert len(first) == 1, first
+    assert json_of(capsys, "dlq", "replay", "--stage", "text_embedder")["replayed"] == 1
+
+    def dead_letters() -> list[dict[str, Any]]:
+        return [d for d in json_of(capsys, "dlq", "list", "--stage", "text_embedder") if d["key"] == broken]
+
+    again = wait_for(lambda: len(found := dead_letters()) == 2 and found[1], 60, "the replay's dead letter")
+    assert again["replay_of"] == f"0:{first[0]['offset']}" and again["attempts"] == 2
+
+
+def test_pipeline_on_the_secured_kafka(
+    secure_deployment: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     dep = secure_deployment
     security = dep.endpoints.security
+    for name, value in {**dep.env(), "MMRAG_QUERY_TARGET": f"127.0.0.1:{dep.grpc_port}"}.items():
+        monkeypatch.setenv(name, value)  # the operator CLI's deployment and identity (the admin's)
     with scripted_llm(copy_the_code_sentence) as llm:
         worker = dep.service("llm_worker", MMRAG_LLM_BACKEND="openai", MMRAG_LLM_BASE_URL=llm.base_url)
         start_with_corpus(dep, CORPUS, "server room ferry", tmp_path, [dep.service("query_service"), worker])
@@ -99,5 +120,6 @@ def test_pipeline_on_the_secured_kafka(secure_deployment: Any, tmp_path: Path) -
         wait_for(lambda: f"{bucket}/ferry.md" not in found_ids(port, text="ferry Lindholm"), 90, "the delete")
         assert f"{bucket}/server-room.md" in found_ids(port, text="server room access code")
         assert_grpc_over_tls_only(port, security.ca.cert_path)
+        assert_operator_cli_works_as_admin(dep, capsys, broken)
     passwords = [security.password(user) for user in [ADMIN, *(d.name for d in DECLARATIONS)]]
     assert_no_secret_anywhere(dep, passwords)
