@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from confluent_kafka.admin import (
 )
 
 from local_stack.certs import LocalCa, write_private
-from mmrag.access import ADMIN, Principal
+from mmrag.access import ADMIN, Principal, principals
 
 # A client's identity in the environment: the password as a file path only, so `mmrag stack env` prints no secret.
 SECURITY_KEYS = (
@@ -208,3 +209,18 @@ def _enforced(admin: AdminClient) -> set[tuple[object, ...]]:
         ResourceType.ANY, anything, ResourcePatternType.ANY, anything, anything, AclOperation.ANY, AclPermissionType.ANY
     )
     return {_key(b) for b in admin.describe_acls(match_all, request_timeout=10).result()}
+
+
+def space_identities(
+    env: Mapping[str, str], topic_prefix: str, space: str, stages: list[str]
+) -> dict[str, dict[str, str]]:
+    """On a secured local stack (``env`` trusts a CA in its security dir): applies the re-index ``space``'s ACLs as
+    the admin and returns each of ``stages``' own identity (their space's topics and groups are granted now);
+    {} on a plaintext one."""
+    directory = security_dir(dict(env))
+    if not directory:
+        return {}
+    files = SecurityFiles(Path(directory))
+    admin = AdminClient({"bootstrap.servers": env["MMRAG_BOOTSTRAP_SERVERS"], **files.client_config()})
+    apply_acls(admin, principals(topic_prefix, space))
+    return {stage: files.client_env(stage) for stage in stages}

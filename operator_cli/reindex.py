@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from local_stack.processes import alive_pid, stop_all_detached
+from local_stack.secure_kafka import space_identities
 from local_stack.services import Service
 from mmrag.milvus_index import milvus_client, move_alias
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings, group_name
@@ -86,10 +88,16 @@ def space_dir(state_dir: Path, name: str) -> Path:
     return state_dir / "reindex" / name
 
 
-def space_services(name: str, overrides: dict[str, str], state_dir: Path) -> list[Service]:
-    """The processes of space ``name``: MMRAG_SPACE_NAME plus the model settings given, on top of this environment."""
+def space_services(
+    name: str, overrides: dict[str, str], state_dir: Path, identities: dict[str, dict[str, str]] | None = None
+) -> list[Service]:
+    """The processes of space ``name``: MMRAG_SPACE_NAME plus the model settings given, on top of this environment;
+    ``identities``: each stage's own Kafka identity on a secured cluster (else this environment's)."""
     env = {"MMRAG_SPACE_NAME": name, **overrides}
-    return [Service(f"{stage}-{name}", module, env, space_dir(state_dir, name)) for stage, _, _, module in STAGES]
+    return [
+        Service(f"{stage}-{name}", module, {**env, **(identities or {}).get(stage, {})}, space_dir(state_dir, name))
+        for stage, _, _, module in STAGES
+    ]
 
 
 def progress(name: str, attempts: int = 3) -> list[StageProgress]:
@@ -239,7 +247,9 @@ def start_space(name: str, overrides: dict[str, str]) -> list[Service]:
     (state_dir / LAST_STARTED).write_text(name)
     settings = BaseServiceSettings(space_name=name)
     ensure_topics(settings.bootstrap_servers, settings.topics, vector_shards=VectorStoreSettings().shards)
-    services = space_services(name, overrides, state_dir)
+    stages = [stage for stage, _, _, _ in STAGES]
+    identities = space_identities(os.environ, settings.topic_prefix, name, stages)  # secured: least privilege
+    services = space_services(name, overrides, state_dir, identities)
     for service in services:
         if alive_pid(service.pidfile) is None:
             service.start()

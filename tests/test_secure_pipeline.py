@@ -1,9 +1,10 @@
-"""The pipeline on the secured Kafka: every deployable connects as its own SCRAM principal holding exactly the ACLs
-of its declaration (mmrag/access.py), and upload -> indexed -> Search -> Ask, a dead letter and a delete work as on
-the plaintext stack, and the operator CLI (as the admin) reads status over gRPC TLS and replays a dead letter.
-Anything a deployable touches beyond its declaration would stop it (TOPIC/GROUP/
-TRANSACTIONAL_ID_AUTHORIZATION_FAILED, exit 78), so this run is also the check that the declarations are complete.
-Afterwards no password appears in any log, the broker's included, nor in any dead letter."""
+"""The pipeline on the secured Kafka: every deployable connects as its own SCRAM principal holding exactly the ACLs of
+its declaration (mmrag/access.py), and upload -> indexed -> Search -> Ask, a dead letter and a delete work as on the
+plaintext stack; the operator CLI (as the admin) reads status over gRPC TLS and replays a dead letter (a re-index
+space replaying objects.v1 with each stage as its own principal: slow). Anything a deployable touches beyond its
+declaration would stop it (TOPIC/GROUP/TRANSACTIONAL_ID_AUTHORIZATION_FAILED, exit 78), so this run is also the check
+that the declarations are complete. Afterwards no password appears in any log, the broker's included, nor in any dead
+letter."""
 
 from __future__ import annotations
 
@@ -90,6 +91,32 @@ def assert_operator_cli_works_as_admin(dep: Any, capsys: pytest.CaptureFixture[s
 
     again = wait_for(lambda: len(found := dead_letters()) == 2 and found[1], 60, "the replay's dead letter")
     assert again["replay_of"] == f"0:{first[0]['offset']}" and again["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_reindex_on_the_secured_kafka(secure_deployment: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mmrag reindex`'s space applies its ACLs as the admin and runs each stage as its own principal: they replay
+    objects.v1 into the space's topics and groups to the end, none refused (slow: ~2 min beyond the fixtures)."""
+    from local_stack.stack import start_services
+    from operator_cli.reindex import caught_up, progress, start_space, stop_space
+
+    dep = secure_deployment
+    for name, value in dep.env().items():
+        monkeypatch.setenv(name, value)  # the operator CLI's deployment and identity (the admin's)
+    start_services([dep.service("sqs_bridge"), dep.service("normalizer")])
+    for name, text in CORPUS.items():
+        (tmp_path / name).write_text(text)
+    upload_files(S3ObjectStore(dep.s3_settings(), "test"), dep.bucket, [tmp_path / n for n in CORPUS])
+    objects = f"{dep.topic_prefix}objects.v1"
+    wait_for(lambda: len(read_topic(dep.endpoints.bootstrap_servers, objects)) == len(CORPUS), 60, "objects.v1")
+    services = start_space("v2", {})
+    try:
+        wait_for(lambda: caught_up(progress("v2")), 300, "the re-index space caught up")
+    finally:
+        stop_space("v2")
+    users = {s.env["MMRAG_KAFKA_SASL_USERNAME"] for s in services}
+    assert users == {"text_embedder", "vision_embedder", "index_updater"}
+    assert not [s.name for s in services if "refused by" in s.log_path.read_text()]
 
 
 def test_pipeline_on_the_secured_kafka(
