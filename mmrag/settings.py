@@ -147,6 +147,14 @@ class SpaceSettings(BaseSettings):
     )
     torch_threads: int = Field(default=0, description="intra-op threads of torch or ONNX Runtime; 0 = their default")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _onnx_runs_int8_unless_told(cls, data: Any) -> Any:
+        """MMRAG_ENCODER_BACKEND=onnx without MMRAG_PRECISION: int8 (bench.retrieval_eval lost nothing with it)."""
+        if isinstance(data, dict) and data.get("encoder_backend") == "onnx" and "precision" not in data:
+            return {**data, "precision": "int8"}
+        return data
+
     @model_validator(mode="after")
     def _backend_runs_precision(self) -> SpaceSettings:
         check_backend(self.encoder_backend, self.precision)

@@ -112,6 +112,8 @@ def test_backend_and_precision_are_part_of_the_space_id(clip_dir: Path) -> None:
     assert len({torch_fp32.id, onnx["fp32"].id, onnx["int8"].id}) == 3
     assert "+" not in torch_fp32.image_model_id and "+" not in torch_fp32.text_model_id  # ids as before
     assert onnx["int8"].text_model_id.endswith("+onnx-int8") and onnx["fp32"].image_model_id.endswith("+onnx")
+    assert SpaceSettings(clip_model_dir=clip_dir, encoder_backend="onnx").precision == "int8"  # unless told
+    assert SpaceSettings(clip_model_dir=clip_dir, encoder_backend="onnx", precision="fp32").precision == "fp32"
     with pytest.raises(ValidationError, match="does not run on the torch backend"):
         SpaceSettings(clip_model_dir=clip_dir, precision="int8")
     with pytest.raises(ValidationError, match="does not run on the onnx backend"):
