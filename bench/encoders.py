@@ -39,7 +39,7 @@ from query_service.query_encoder import QueryEncoder
 
 # as the deployables run (local_stack.services, the Dockerfile): OpenMP threads sleep at barriers, not spin
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-console = Console()
+console = Console(width=160)  # whole tables in a log too
 QUERY = "how does the consumer commit offsets after a rebalance"
 CHUNK = " ".join(["kafka stream partition offset consumer producer broker vector index search"] * 15)
 BACKENDS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))
