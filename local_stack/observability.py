@@ -158,7 +158,11 @@ def start_observability(
     """Jaeger first (the services export to it from their start), then Prometheus; recorded in the state dir."""
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     otlp_http, otlp_grpc, jaeger_url = start_jaeger(state_dir)
-    prometheus_url = start_prometheus(state_dir, targets, rule_files, interval_s)
+    try:
+        prometheus_url = start_prometheus(state_dir, targets, rule_files, interval_s)
+    except BaseException:
+        stop_detached(state_dir / "jaeger.json")  # nothing left running when the pair could not start
+        raise
     endpoints = ObservabilityEndpoints(otlp_http, otlp_grpc, jaeger_url, prometheus_url)
     endpoints.save(state_dir)
     return endpoints

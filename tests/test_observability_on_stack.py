@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from local_stack.observability import RULES_DIR, ObservabilityEndpoints, observe_services
+from local_stack.observability import RULES_DIR, ObservabilityEndpoints, observe_services, stop_observability
+from local_stack.services import Service
 from local_stack.stack import Deployment, start_services
 from mmrag.object_store import S3ObjectStore
 from producers.upload import upload_files
@@ -120,8 +121,16 @@ def test_traces_metrics_and_alerts_on_a_running_stack(deployment: Deployment, tm
     shards = [deployment.service("retrieval_worker", str(k), MMRAG_SHARD=str(k)) for k in range(deployment.shards)]
     services = [deployment.service(n) for n in [*INDEXING, "vision_embedder"]] + shards + [query, worker]
     obs = observe_services(deployment.state_dir, services, short_rules(tmp_path), interval_s=1.0)
-    start_services(services)
+    try:
+        start_services(services)
+        check_the_stack(deployment, tmp_path, obs, services, worker)
+    finally:
+        stop_observability(deployment.state_dir)  # the fixture stops the services
 
+
+def check_the_stack(
+    deployment: Deployment, tmp_path: Path, obs: ObservabilityEndpoints, services: list[Service], worker: Service
+) -> None:
     note = tmp_path / "tide-pools.md"
     note.write_text("Tide pools are rocky pools on the seashore that the sea fills at high tide.")
     upload_files(S3ObjectStore(deployment.s3_settings(), "test"), deployment.bucket, [note])
