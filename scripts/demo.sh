@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/lib.sh
 export HF_HUB_OFFLINE=1
-exec uv run --frozen mmrag demo "$@"
+exec uv run --no-sync mmrag demo "$@"

@@ -31,17 +31,20 @@ if [ ${#missing_apt[@]} -gt 0 ]; then
 fi
 
 step "Python environment (uv sync --frozen, from uv.lock)"
-uv sync --frozen
+# Offline first: uv revalidates a cached sdist with the index on every online sync, and an index answering without
+# cache validators makes each check a new cache revision, so llama-cpp-python (an sdist only) would be built again
+# (6-15 min on 2 cores) on every fresh .venv. Offline, the cached build serves; online only when something is missing.
+uv sync --frozen --offline 2>/dev/null || uv sync --frozen
 # A .venv synced before the portable build settings (or by hand) may hold a llama.cpp built for another CPU, which
 # `uv sync` keeps (same version): check what the library was compiled for and rebuild it when it went native.
-if ! uv run --frozen python -m consumers.llm_worker.native_build >/dev/null 2>&1; then
+if ! uv run --no-sync python -m consumers.llm_worker.native_build >/dev/null 2>&1; then
   step "llama-cpp-python in .venv is not the portable build: rebuilding it (x86-64-v3; ~6 min on 2 cores, then cached)"
   uv sync --frozen --reinstall-package llama-cpp-python
-  uv run --frozen python -m consumers.llm_worker.native_build
+  uv run --no-sync python -m consumers.llm_worker.native_build
 fi
 
 step "Kafka broker jars (Maven Central, cached)"
-uv run --frozen mmrag kafka fetch
+uv run --no-sync mmrag kafka fetch
 
 # Jaeger for `mmrag stack up --observability` (built from the Go module proxy once per version; skipped when cached)
 bash scripts/build-jaeger.sh
