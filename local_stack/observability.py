@@ -109,7 +109,7 @@ def start_jaeger(state_dir: Path) -> tuple[str, str, str]:
     config = state_dir / "jaeger.yaml"
     config.write_text(yaml.safe_dump(jaeger_config(otlp_grpc, otlp_http, query_http, query_grpc, health)))
     url = f"http://127.0.0.1:{query_http}"
-    log = state_dir / "logs" / "jaeger.log"
+    log = state_dir / "jaeger.log"
     spawn_detached([jaeger_binary(), "--config", str(config)], log, state_dir / "jaeger.json", url=url)
     wait_until(lambda: _answers(url + "/api/services"), 60, f"Jaeger at {url} (log: {log})")
     return f"http://127.0.0.1:{otlp_http}", f"http://127.0.0.1:{otlp_grpc}", url
@@ -146,7 +146,7 @@ def start_prometheus(
         "--enable-feature=exemplar-storage",
         "--web.enable-lifecycle",
     ]
-    log = state_dir / "logs" / "prometheus.log"
+    log = state_dir / "prometheus.log"
     spawn_detached(cmd, log, state_dir / "prometheus.json", url=url)
     wait_until(lambda: _answers(url + "/-/ready"), 60, f"Prometheus at {url} (log: {log})")
     return url
@@ -156,7 +156,7 @@ def start_observability(
     state_dir: Path, targets: list[ScrapeTarget], rule_files: list[Path] | None = None, interval_s: float = 5.0
 ) -> ObservabilityEndpoints:
     """Jaeger first (the services export to it from their start), then Prometheus; recorded in the state dir."""
-    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
     otlp_http, otlp_grpc, jaeger_url = start_jaeger(state_dir)
     try:
         prometheus_url = start_prometheus(state_dir, targets, rule_files, interval_s)

@@ -91,8 +91,8 @@ def _infra_status(state_dir: Path) -> list[ProcessStatus]:
             ProcessStatus(f"kafka-{node.node_id}", "kafka", pid, [node.port], pid is not None and _accepts(node.port))
         )
         rows[-1].last_error = last_error_line(log)
-    for name, key in (("s3", "url"), ("milvus", "uri")):
-        pidfile = state_dir / f"{'moto' if name == 's3' else name}.json"
+    for name, key in (("s3", "url"), ("milvus", "uri"), ("jaeger", "url"), ("prometheus", "url")):
+        pidfile = state_dir / f"{'moto' if name == 's3' else name}.json"  # jaeger, prometheus: --observability
         if not pidfile.exists():
             continue
         url = str(json.loads(pidfile.read_text()).get(key, ""))

@@ -20,6 +20,7 @@ import yaml
 from local_stack.observability import RULES_DIR, ObservabilityEndpoints, observe_services, stop_observability
 from local_stack.services import Service
 from local_stack.stack import Deployment, start_services
+from local_stack.stack_status import stack_status
 from mmrag.object_store import S3ObjectStore
 from producers.upload import upload_files
 from tests.ask_tools import INDEXING, PROMPT_AS_TESTED, ask, llm_worker, searched_objects
@@ -137,6 +138,8 @@ def check_the_stack(
     port = deployment.grpc_port
     wait_for(lambda: searched_objects(port, "tide pools seashore"), 120, "the upload to be searchable")
 
+    status = {row.name: row.ready for row in stack_status(deployment.state_dir) if row.kind in ("jaeger", "prometheus")}
+    assert status == {"jaeger": True, "prometheus": True}, "`mmrag stack status` shows both backends"
     check_upload_trace(obs)
     searched_objects(port, "rocky pools")
     searches = check_search_trace(obs, deployment.shards)
