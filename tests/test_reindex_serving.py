@@ -3,7 +3,10 @@ updaters, two retrieval workers and the query service as processes): a corpus in
 re-indexed by `mmrag reindex --space b` with CLIP B while a thread searches through the real gRPC Search without
 pause; the swap moves the answers to space B and the rollback back to A. Every query succeeds (complete, and its
 chunks are exactly the rows of the one space its response names: no query mixes spaces), the vector ids of space B
-are exactly the expected set, and answers after the swap carry space B."""
+are exactly the expected set, and answers after the swap carry space B. Space B is a second CLIP on torch, or the
+same models on ONNX Runtime int8 (`--encoder-backend onnx`): a deployment moved from torch to ORT with Search
+answering throughout, its queries encoded by ORT once swapped (the query service builds B's encoders from its
+spec)."""
 
 from __future__ import annotations
 
@@ -89,9 +92,12 @@ class Queries:
         wait_for(served, timeout_s, f"queries answered by space {space}")
 
 
+# the ORT move is marked slow: ~4 min on 2 cores beside the clip-b run the default suite already pays
+@pytest.mark.parametrize("target", ["clip-b", pytest.param("onnx-int8", marks=pytest.mark.slow)])
 def test_queries_never_fail_through_reindex_swap_and_rollback(
-    deployment, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    deployment, clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
+    """Space B is another CLIP on torch, or the same models on ONNX Runtime int8 (a torch -> ORT move)."""
     from local_stack.stack import start_services
 
     env = deployment.env()
@@ -113,8 +119,13 @@ def test_queries_never_fail_through_reindex_swap_and_rollback(
     for service in live[2:]:
         service.stop()  # 2 cores: the live space now only serves (query service, workers, Milvus)
     rows_a = wait_for(lambda: rows_in(uri, collection_a, oids), 30, "the rows of space A")
-    clip_b = write_random_clip(tmp_path / "clip-b", seed=1)
-    space_b = space_from_settings(SpaceSettings(clip_model_dir=clip_b))
+    if target == "clip-b":
+        clip_b = write_random_clip(tmp_path / "clip-b", seed=1)
+        settings_b, overrides = SpaceSettings(clip_model_dir=clip_b), {"MMRAG_CLIP_MODEL_DIR": str(clip_b)}
+    else:
+        settings_b = SpaceSettings(clip_model_dir=clip_dir, encoder_backend="onnx")  # int8 unless told
+        overrides = {"MMRAG_ENCODER_BACKEND": "onnx"}
+    space_b = space_from_settings(settings_b)
     assert space_b.id != space_a.id
     expected_b = {vector_id(r.object_id, r.version, f"chunk-{r.chunk_index}", space_b.id) for r in rows_a.values()}
     a, b = (space_a.id, ""), (space_b.id, "b")
@@ -124,7 +135,7 @@ def test_queries_never_fail_through_reindex_swap_and_rollback(
     try:
         queries.wait_answers(a, 3, 60)
         try:
-            start_space("b", {"MMRAG_CLIP_MODEL_DIR": str(clip_b)})
+            start_space("b", overrides)
             wait_for(lambda: caught_up(progress("b")), 420, "space b caught up")
         finally:
             stop_space("b")
