@@ -78,7 +78,7 @@ def service_main(
     faulthandler.enable()  # a crash in a native library (SIGSEGV, SIGILL) leaves its Python stack in the log
     setup_tracing(name, instance_id=settings.instance_id)  # exports over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
     probes = Probes(name)
-    probes.serve(settings.probe_host, settings.probe_port)
+    probes.serve(settings.probe_host, settings.probe_port, settings.probe_tls_cert, settings.probe_tls_key)
     stop = threading.Event()
     install_stop_signals(stop)
     component = build(settings, probes)

@@ -44,6 +44,8 @@ class BaseServiceSettings(KafkaSecuritySettings):
     instance_id: str = Field(default_factory=socket.gethostname, description="stable per replica: transactional.id")
     probe_host: str = Field(default="127.0.0.1", description="address the probe/metrics HTTP server binds")
     probe_port: int = Field(default=0, description="HTTP /metrics, /healthz, /readyz; 0 = any free port")
+    probe_tls_cert: Path | None = Field(default=None, description="serve the probe port over TLS: certificate PEM")
+    probe_tls_key: Path | None = Field(default=None, description="... and its private key PEM (both or neither)")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     max_batch: int = Field(default=32, description="most messages one poll batch takes")
     max_wait_ms: int = Field(default=200, description="longest wait to fill a poll batch")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
+from mmrag.http_tls import check_pair, serve_tls
 from mmrag.metrics import READY
 from mmrag.tracing import extract_context, inject_context, setup_tracing
 
@@ -77,12 +79,15 @@ class Probes:
         checks = {name: check() for name, check in self._checks.items()}
         return self._live and self._ready and all(ok for ok, _ in checks.values()), checks
 
-    def serve(self, host: str, port: int) -> int:
-        """Starts the probe server in a daemon thread; returns the bound port."""
+    def serve(self, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None) -> int:
+        """Starts the probe server in a daemon thread, over TLS when given a certificate and key; returns the bound
+        port."""
+        check_pair(tls_cert, tls_key, "MMRAG_PROBE_TLS_CERT / MMRAG_PROBE_TLS_KEY")
         self._server = make_server(host, port, self._app, handler_class=_QuietHandler)
+        scheme = serve_tls(self._server, tls_cert, tls_key)
         threading.Thread(target=self._server.serve_forever, name="probes", daemon=True).start()
         bound = int(self._server.server_port)
-        log.info("%s probes on http://%s:%d (/metrics /healthz /readyz)", self.service, host, bound)
+        log.info("%s probes on %s://%s:%d (/metrics /healthz /readyz)", self.service, scheme, host, bound)
         return bound
 
     def close(self) -> None:

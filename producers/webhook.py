@@ -19,10 +19,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr
 
+from mmrag.http_tls import check_pair, serve_tls
 from mmrag.service import service_main
 from mmrag.settings import BaseServiceSettings
 from mmrag.telemetry import Probes
@@ -36,6 +38,8 @@ STAGE = "webhook"
 class WebhookSettings(BaseServiceSettings):
     webhook_host: str = "127.0.0.1"
     webhook_port: int = Field(default=8080, ge=0, description="the notification endpoint; 0 = any free port")
+    webhook_tls_cert: Path | None = Field(default=None, description="serve the endpoint over TLS: certificate PEM")
+    webhook_tls_key: Path | None = Field(default=None, description="... and its private key PEM (both or neither)")
     webhook_token: SecretStr = Field(default=SecretStr(""), description="the bearer token senders must present")
     webhook_max_body_bytes: int = Field(default=1 << 20, ge=1024)
     webhook_wait_s: float = Field(default=30.0, gt=0, description="how long a request waits for Kafka before 503")
@@ -71,12 +75,15 @@ class WebhookSource:
     def start(self) -> None:
         if not self.settings.webhook_token.get_secret_value():
             raise ValueError("MMRAG_WEBHOOK_TOKEN is empty -> set the bearer token the notification target sends")
+        s = self.settings
+        check_pair(s.webhook_tls_cert, s.webhook_tls_key, "MMRAG_WEBHOOK_TLS_CERT / MMRAG_WEBHOOK_TLS_KEY")
         handler = type("Handler", (WebhookHandler,), {"source": self})
-        self._server = ThreadingHTTPServer((self.settings.webhook_host, self.settings.webhook_port), handler)
+        self._server = ThreadingHTTPServer((s.webhook_host, s.webhook_port), handler)
         self._server.daemon_threads = True
+        scheme = serve_tls(self._server, s.webhook_tls_cert, s.webhook_tls_key)
         self.port = int(self._server.server_port)
         threading.Thread(target=self._server.serve_forever, name="webhook", daemon=True).start()
-        log.info("%s: notifications on http://%s:%d/", STAGE, self.settings.webhook_host, self.port)
+        log.info("%s: notifications on %s://%s:%d/", STAGE, scheme, s.webhook_host, self.port)
 
     def submit(self, body: bytes) -> PendingRequest:
         """Queues a body for the publisher and waits for its answer (503 if none comes in time)."""
