@@ -38,7 +38,7 @@ from mmrag.pb.events_pb2 import GenerateChunk, GenerateRequest
 from mmrag.producing import Deliveries, flush_or_raise, produce_outputs
 from mmrag.request_reply import CORRELATION_ID, FAST_CONSUMER, FAST_PRODUCER, ReplyAddress, reply_address
 from mmrag.telemetry import Probes
-from mmrag.tracing import extract_context, inject_context, setup_tracing, span_attributes
+from mmrag.tracing import extract_context, inject_context, setup_tracing, span_attributes, trace_exemplar
 
 log = logging.getLogger(__name__)
 STAGE = "llm_worker"
@@ -240,7 +240,7 @@ class LlmWorker:
                 GENERATIONS.labels("error").inc()
             finally:
                 BUSY.dec()
-                GENERATION_SECONDS.observe(time.monotonic() - start)
+                GENERATION_SECONDS.observe(time.monotonic() - start, trace_exemplar())
 
     def _stream(self, job: Job, start: float) -> None:
         req, s, gen = job.request, self.settings, self.generator
@@ -253,7 +253,7 @@ class LlmWorker:
         for delta in gen.stream(prompt.messages, params, cancel):
             if delta.text:
                 if seq == 0:
-                    FIRST_TOKEN.observe(time.monotonic() - start)
+                    FIRST_TOKEN.observe(time.monotonic() - start, trace_exemplar())
                     span.add_event("first token", span_attributes(first_token_ms=_ms_since(start)))
                 self._send(job, GenerateChunk(seq=seq, text=delta.text))
                 seq += 1
