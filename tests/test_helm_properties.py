@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -228,6 +229,23 @@ def test_monitoring_carries_the_rules_and_dashboard_unchanged() -> None:
     dashboards = {p.name: json.loads(p.read_text()) for p in (CHART / "files" / "dashboards").glob("*.json")}
     maps = [o for o in of_kind(objects, "ConfigMap") if o["metadata"].get("labels", {}).get("grafana_dashboard")]
     assert {k: json.loads(v) for m in maps for k, v in m.get("data", {}).items()} == dashboards
+
+
+def test_every_scrape_target_carries_the_deployable_label_the_rules_use() -> None:
+    """The alert and recording rules group and select by ``deployable`` (the module's short name, as the local
+    stack's Prometheus labels its targets): each ServiceMonitor sets it, and every name a rule selects exists."""
+    objects = rendered("production")
+    labelled: dict[str, str] = {}
+    for monitor in of_kind(objects, "ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        relabel = [r for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "deployable"]
+        assert len(relabel) == 1, monitor["metadata"]["name"]
+        labelled[monitor["metadata"]["name"]] = relabel[0]["replacement"]
+    assert labelled["mmrag-text-embedder-heavy"] == labelled["mmrag-text-embedder"] == "text_embedder"
+    assert labelled["mmrag-retrieval-shard-0"] in ("retrieval_worker", "faiss_worker")
+    rules = "".join(p.read_text() for p in (CHART / "files" / "rules").glob("*.yml"))
+    selected = {n for regex in re.findall(r'deployable=~?"([^"]+)"', rules) for n in regex.split("|")}
+    assert selected and selected <= set(labelled.values()) | {"faiss_worker", "retrieval_worker"}, selected
 
 
 def principal_of(name: str, acls: list[dict[str, Any]]) -> Principal:
