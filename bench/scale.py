@@ -67,7 +67,9 @@ class Feeder:
         bootstrap = dep.endpoints.bootstrap_servers
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"})
         self.statuses = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"})
-        self.statuses.assign([TopicPartition(f"{dep.topic_prefix}index-status.v1", p, 0) for p in range(64)])
+        status_topic = f"{dep.topic_prefix}index-status.v1"
+        partitions = self.statuses.list_topics(status_topic, timeout=10).topics[status_topic].partitions
+        self.statuses.assign([TopicPartition(status_topic, p, 0) for p in partitions])
         self.indexed: dict[str, int] = {}  # object id -> indexed_at_ms of its INDEXED status (the last half)
         self.rng = np.random.default_rng(0)
         self.sent = 0

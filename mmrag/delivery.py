@@ -12,9 +12,10 @@ Commit retries are bounded by ``commit_deadline_s``, which the settings keep bel
 max.poll.interval.ms, so a slow commit never gets the consumer thrown out of its group. Every call of a batch runs
 within a bound (``call_within``): one that blocks past its own timeout plus ``HANG_MARGIN_S`` (a coordinator
 failover can hang librdkafka there, mmrag/watchdog.py) abandons the producer, makes a new one with the same
-transactional id (fencing the hung one, aborting its transaction) and raises ``NotDeliveredError``: the batch is
-redone within seconds, in the same process. After ``MAX_REPLACED`` replacements, or when ``init_transactions`` itself
-hangs, the ``CallWatchdog`` ends the process instead and its restart fences this incarnation.
+transactional id (fencing the hung one, aborting its transaction) and delivers the batch again on it at once, in
+the same process; a second hang is ``NotDeliveredError`` (back-pressure). After ``MAX_REPLACED`` replacements, or
+when ``init_transactions`` itself hangs, the ``CallWatchdog`` ends the process instead and its restart fences this
+incarnation.
 """
 
 from __future__ import annotations
@@ -149,11 +150,12 @@ class Delivery:
                 log.warning("%s: init_transactions not done yet (%s); retrying", self.stage, err)
                 time.sleep(1.0)
 
-    def _bounded(self, what: str, timeout_s: float, call: Callable[[], Any]) -> Any:
-        """``call`` (a producer call with its own ``timeout_s``) within that timeout plus HANG_MARGIN_S; when it
-        hangs, the producer is replaced and the batch is not delivered (NotDeliveredError)."""
+    def _call(self, method: str, *args: Any, timeout_s: float) -> Any:
+        """``producer.<method>(*args, timeout_s)`` within that timeout plus HANG_MARGIN_S; when it hangs, the
+        producer is replaced and this try of the batch fails (ProducerReplacedError)."""
+        call = partial(getattr(self.producer, method), *args, timeout_s)
         try:
-            return call_within(self.stage, what, timeout_s + HANG_MARGIN_S, call)
+            return call_within(self.stage, method, timeout_s + HANG_MARGIN_S, call)
         except HungCallError as hung:
             self._replace_producer(hung)
             raise ProducerReplacedError(f"{hung}; producer replaced, batch to be redone") from hung
@@ -164,7 +166,7 @@ class Delivery:
         self.replaced += 1
         if self.replaced > MAX_REPLACED:
             self.on_overrun(f"{hung}; {MAX_REPLACED} producers replaced already")
-        log.warning("%s; replacing the producer (%d so far) and redoing the batch", hung, self.replaced)
+        log.warning("%s; replacing the producer (%d so far) and delivering the batch again", hung, self.replaced)
         self.producer = self.make_producer()
         self.start_transactions()
 
@@ -182,8 +184,7 @@ class Delivery:
         is committed unless it returns. A call that hung costs a new producer and one more try, at once."""
         try:
             self._deliver_once(outputs, offsets, group_metadata, before_commit, alone)
-        except ProducerReplacedError as exc:
-            log.warning("%s; delivering it again on the new producer", exc)
+        except ProducerReplacedError:  # logged when it was replaced
             self._deliver_once(outputs, offsets, group_metadata, before_commit, alone)
 
     def _deliver_once(
@@ -206,11 +207,7 @@ class Delivery:
             if before_commit is not None:
                 before_commit()
             if offsets:
-                self._bounded(
-                    "send_offsets_to_transaction",
-                    COORDINATOR_CALL_S,
-                    lambda: producer.send_offsets_to_transaction(list(offsets), group_metadata, COORDINATOR_CALL_S),
-                )
+                self._call("send_offsets_to_transaction", list(offsets), group_metadata, timeout_s=COORDINATOR_CALL_S)
             self._commit()
         except (NotDeliveredError, RejectedOutputsError, KafkaException) as exc:
             if self.producer is producer:  # else replaced: the new one's init_transactions aborted it already
@@ -220,8 +217,7 @@ class Delivery:
             raise
 
     def _flush(self) -> int:
-        producer = self.producer
-        return int(self._bounded("flush", self.commit_deadline_s, lambda: producer.flush(self.commit_deadline_s)))
+        return int(self._call("flush", timeout_s=self.commit_deadline_s))
 
     def _produce_and_flush(self, outputs: Sequence[Encoded], alone: Collection[int]) -> None:
         reports = _Reports()
@@ -265,7 +261,7 @@ class Delivery:
         while True:
             left = max(1.0, deadline - time.monotonic())
             try:
-                self._bounded("commit_transaction", left, partial(self.producer.commit_transaction, left))
+                self._call("commit_transaction", timeout_s=left)
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
@@ -279,11 +275,8 @@ class Delivery:
         if isinstance(cause, KafkaException) and cause.args[0].fatal():
             raise cause
         log.warning("%s: aborting the transaction (%s)", self.stage, cause)
-        producer = self.producer
         try:
-            self._bounded(
-                "abort_transaction", self.commit_deadline_s, lambda: producer.abort_transaction(self.commit_deadline_s)
-            )
+            self._call("abort_transaction", timeout_s=self.commit_deadline_s)
         except KafkaException as exc:
             if exc.args[0].fatal():
                 raise

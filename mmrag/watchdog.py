@@ -9,8 +9,8 @@ consumer of its partitions. Two tools:
 
 - ``call_within`` runs one call on a helper thread and raises ``HungCallError`` once it overruns its limit. The caller
   abandons the client (it is never touched again; its blocked thread stays parked), makes a new one with the same
-  transactional id, whose ``init_transactions`` fences the hung one and aborts what it left open, and redoes the
-  batch from the last committed offsets: seconds, no restart (mmrag/delivery.py).
+  transactional id, whose ``init_transactions`` fences the hung one and aborts what it left open, and delivers the
+  batch again on it: seconds, no restart (mmrag/delivery.py).
 - ``CallWatchdog`` is the last resort where no replacement helps (``init_transactions`` itself hung, or clients
   abandoned too often): liveness turns red with the reason, the log says what hung, and the process exits with
   ``EXIT_STUCK``; its restart fences this incarnation.
@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -51,25 +52,20 @@ class HungCallError(Exception):
 def call_within(stage: str, what: str, limit_s: float, call: Callable[[], T]) -> T:
     """``call()`` on a helper thread: its result, or its exception re-raised; ``HungCallError`` when it has not returned
     within ``limit_s`` (the thread stays blocked in the client, which the caller must abandon)."""
-    outcome: list[tuple[bool, object]] = []
-    done = threading.Event()
+    future: Future[T] = Future()
 
     def run() -> None:
         try:
-            outcome.append((True, call()))
+            future.set_result(call())
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread, whatever it is
-            outcome.append((False, exc))
-        done.set()
+            future.set_exception(exc)
 
     started = time.monotonic()
     threading.Thread(target=run, name=f"kafka-call-{stage}", daemon=True).start()
-    if not done.wait(limit_s):
+    if not wait([future], limit_s).done:
         metrics.STUCK_CALLS.labels(stage, what).inc()
         raise HungCallError(stage, what, time.monotonic() - started, limit_s)
-    ok, value = outcome[0]
-    if not ok:
-        raise value  # type: ignore[misc]
-    return value  # type: ignore[return-value]
+    return future.result()
 
 
 def exit_stuck(reason: str) -> None:

@@ -17,20 +17,11 @@ from mmrag.pb.events_pb2 import EmbeddingBatch, MediaKind, ObjectEvent
 from mmrag.text_encoder import MiniLMEncoder
 from tests.documents import docx_bytes, pdf_bytes, scanned_pdf
 from tests.test_heavy_work import CountingOcr
+from tests.test_odd_inputs import RecordingStore
 
 pytestmark = pytest.mark.unit
 TEXT, DOC = MediaKind.MEDIA_KIND_TEXT, MediaKind.MEDIA_KIND_DOCUMENT
 WORDS = "Kafka partitions keep the order of events per key while consumer groups share them. "
-
-
-class RecordingStore:
-    def __init__(self, objects: dict[str, bytes]) -> None:
-        self.objects = objects
-        self.reads: list[str] = []
-
-    def get(self, bucket: str, key: str, version_id: str = "") -> bytes:
-        self.reads.append(key)
-        return self.objects[key]
 
 
 @pytest.fixture(scope="module")

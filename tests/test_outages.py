@@ -105,9 +105,7 @@ def delivery_figures(figures: Figures, deployment: Deployment, oids: set[str], d
         lost=len(oids - done),
         duplicated_status=sum(max(0, sum(s.state == INDEXED for s in found.get(o, [])) - 1) for o in oids),
     )
-    waits = sorted(
-        (s.indexed_at_ms - s.event_time_ms) / 1000 for o in oids for s in found.get(o, [])[-1:] if s.state == INDEXED
-    )
+    waits = waits_after(found, oids, 0)
     if waits:  # upload (S3 event time) to indexed, per object: what a user waited through the fault
         figures.values["upload_to_indexed_s"] = {"median": round(waits[len(waits) // 2], 1), "max": round(waits[-1], 1)}
 
@@ -345,11 +343,12 @@ def waits_after(found: dict[str, list[IndexStatus]], oids: set[str], since_ms: f
     )
 
 
-def stage_delays(deployment: Deployment, since_ms: float) -> dict[str, float]:
-    """For the objects uploaded after ``since_ms``: the longest wait from upload to each stage's record (when the
-    normalizer, then the embedders, produced it; the status is the updater's), to tell which stage held them."""
+def stage_delays(deployment: Deployment, found: dict[str, list[IndexStatus]], since_ms: float) -> dict[str, float]:
+    """For the objects uploaded after ``since_ms`` (their statuses ``found``): the longest wait from upload to each
+    stage's record (when the normalizer, then the embedders, produced it; the status is the updater's), to tell which
+    stage held them."""
     prefix, bootstrap = deployment.topic_prefix, deployment.endpoints.bootstrap_servers
-    uploaded = {o: s[-1].event_time_ms for o, s in statuses(deployment).items() if s[-1].event_time_ms >= since_ms}
+    uploaded = {o: s[-1].event_time_ms for o, s in found.items() if s[-1].event_time_ms >= since_ms}
     slowest: dict[str, float] = {}
     for stage, topic in (("normalizer", "objects.v1"), ("embedders", "embeddings.v1")):
         for m in read_to_end(bootstrap, f"{prefix}{topic}"):
@@ -414,11 +413,12 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
         all_in = wait_until(lambda: oids <= indexed(dep), 240, interval_s=2)
         figures.values.update(killed_broker=victim, indexed_after_kill_s=round(time.monotonic() - killed, 1))
         restarts = {w.service.name: [w.restarts, w.last_exit] for w in supervisor.watched if w.restarts}
-        during = waits_after(statuses(dep), oids, killed_ms)
+        found = statuses(dep)
+        during = waits_after(found, oids, killed_ms)
         figures.values.update(restarts=restarts, uploaded_after_kill=len(during))
         if during:
             figures.values["after_kill_upload_to_indexed_s"] = {"p50": during[len(during) // 2], "max": during[-1]}
-            figures.values["after_kill_slowest_by_stage_s"] = stage_delays(dep, killed_ms)
+            figures.values["after_kill_slowest_by_stage_s"] = stage_delays(dep, found, killed_ms)
         dlq = dead_letters(dep)
         delivery_figures(figures, dep, oids, dlq)
         figures.sample_rss([(s.name, s.pid) for s in services])
