@@ -1,8 +1,12 @@
 """Who is calling: the authenticated caller of the gRPC call being served.
 
 The auth interceptor (query_service/auth.py) verifies the call's token and sets the caller around the handler;
-handlers and retrieval read it with ``current_caller()``. With auth off (MMRAG_AUTH_MODE=off, the local demo) every
-call is served as ``ANONYMOUS``: unrestricted, it sees every document."""
+handlers and retrieval read it with ``current_caller()``. With auth off (MMRAG_AUTH_MODE=off, the local demo) the
+interceptor serves every call as ``ANONYMOUS``: unrestricted, it sees every document.
+
+Outside a served call (a thread the handler started without copying its context, a test that set no caller) the
+caller is ``NO_CALLER``: no reader tokens, not unrestricted, so it sees nothing (fails closed, never open).
+Code that hands work to another thread passes the ``Caller`` along (or runs it in ``contextvars.copy_context()``)."""
 
 from __future__ import annotations
 
@@ -24,15 +28,18 @@ class Caller:
     def reader_tokens(self) -> frozenset[str]:
         """The reader tokens this caller matches in an object's readers: ``user:<principal>`` and
         ``group:<g>`` for each of its groups (the spelling of object tags and prefix grants)."""
-        return frozenset({f"user:{self.principal}"} | {f"group:{g}" for g in self.groups})
+        users = {f"user:{self.principal}"} if self.principal else set()
+        return frozenset(users | {f"group:{g}" for g in self.groups})
 
 
 ANONYMOUS = Caller(principal="anonymous", unrestricted=True)
-_CURRENT: contextvars.ContextVar[Caller] = contextvars.ContextVar("mmrag_caller", default=ANONYMOUS)
+NO_CALLER = Caller(principal="")
+_CURRENT: contextvars.ContextVar[Caller] = contextvars.ContextVar("mmrag_caller", default=NO_CALLER)
 
 
 def current_caller() -> Caller:
-    """The caller of the gRPC call being served; ``ANONYMOUS`` (unrestricted) outside a call or with auth off."""
+    """The caller of the gRPC call being served (``ANONYMOUS``, unrestricted, with auth off); ``NO_CALLER``, who
+    sees nothing, outside a served call."""
     return _CURRENT.get()
 
 
