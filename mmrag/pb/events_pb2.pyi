@@ -45,7 +45,7 @@ INDEX_STATE_FAILED: IndexState
 INDEX_STATE_EXPIRED: IndexState
 
 class ObjectEvent(_message.Message):
-    __slots__ = ("object_id", "bucket", "key", "version", "version_id", "etag", "sequencer", "size", "content_type", "media_kind", "event_time_ms", "source", "event_name")
+    __slots__ = ("object_id", "bucket", "key", "version", "version_id", "etag", "sequencer", "size", "content_type", "media_kind", "event_time_ms", "source", "event_name", "readers", "readers_only")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,8 @@ class ObjectEvent(_message.Message):
     EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     EVENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    READERS_FIELD_NUMBER: _ClassVar[int]
+    READERS_ONLY_FIELD_NUMBER: _ClassVar[int]
     object_id: str
     bucket: str
     key: str
@@ -72,7 +74,9 @@ class ObjectEvent(_message.Message):
     event_time_ms: int
     source: str
     event_name: str
-    def __init__(self, object_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., version: _Optional[str] = ..., version_id: _Optional[str] = ..., etag: _Optional[str] = ..., sequencer: _Optional[str] = ..., size: _Optional[int] = ..., content_type: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., event_time_ms: _Optional[int] = ..., source: _Optional[str] = ..., event_name: _Optional[str] = ...) -> None: ...
+    readers: _containers.RepeatedScalarFieldContainer[str]
+    readers_only: bool
+    def __init__(self, object_id: _Optional[str] = ..., bucket: _Optional[str] = ..., key: _Optional[str] = ..., version: _Optional[str] = ..., version_id: _Optional[str] = ..., etag: _Optional[str] = ..., sequencer: _Optional[str] = ..., size: _Optional[int] = ..., content_type: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., event_time_ms: _Optional[int] = ..., source: _Optional[str] = ..., event_name: _Optional[str] = ..., readers: _Optional[_Iterable[str]] = ..., readers_only: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "text", "char_start", "char_end", "page", "vector", "clip_text_vector")
@@ -93,7 +97,7 @@ class Chunk(_message.Message):
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ..., clip_text_vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class EmbeddingBatch(_message.Message):
-    __slots__ = ("object_id", "version", "modality", "model_id", "dim", "chunks", "event_time_ms", "sequencer", "deleted", "media_kind", "content_type", "embedded_at_ms", "clip_model_id", "expired")
+    __slots__ = ("object_id", "version", "modality", "model_id", "dim", "chunks", "event_time_ms", "sequencer", "deleted", "media_kind", "content_type", "embedded_at_ms", "clip_model_id", "expired", "readers", "readers_only")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +112,8 @@ class EmbeddingBatch(_message.Message):
     EMBEDDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     CLIP_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    READERS_FIELD_NUMBER: _ClassVar[int]
+    READERS_ONLY_FIELD_NUMBER: _ClassVar[int]
     object_id: str
     version: str
     modality: Modality
@@ -122,10 +128,12 @@ class EmbeddingBatch(_message.Message):
     embedded_at_ms: int
     clip_model_id: str
     expired: bool
-    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., model_id: _Optional[str] = ..., dim: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., event_time_ms: _Optional[int] = ..., sequencer: _Optional[str] = ..., deleted: _Optional[bool] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., content_type: _Optional[str] = ..., embedded_at_ms: _Optional[int] = ..., clip_model_id: _Optional[str] = ..., expired: _Optional[bool] = ...) -> None: ...
+    readers: _containers.RepeatedScalarFieldContainer[str]
+    readers_only: bool
+    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., model_id: _Optional[str] = ..., dim: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., event_time_ms: _Optional[int] = ..., sequencer: _Optional[str] = ..., deleted: _Optional[bool] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., content_type: _Optional[str] = ..., embedded_at_ms: _Optional[int] = ..., clip_model_id: _Optional[str] = ..., expired: _Optional[bool] = ..., readers: _Optional[_Iterable[str]] = ..., readers_only: _Optional[bool] = ...) -> None: ...
 
 class VectorRecord(_message.Message):
-    __slots__ = ("vector_id", "object_id", "version", "chunk_index", "shard", "space_id", "vector", "text", "char_start", "char_end", "page", "event_time_ms", "indexed_at_ms", "has_text", "has_image", "content_type")
+    __slots__ = ("vector_id", "object_id", "version", "chunk_index", "shard", "space_id", "vector", "text", "char_start", "char_end", "page", "event_time_ms", "indexed_at_ms", "has_text", "has_image", "content_type", "readers")
     VECTOR_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +150,7 @@ class VectorRecord(_message.Message):
     HAS_TEXT_FIELD_NUMBER: _ClassVar[int]
     HAS_IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    READERS_FIELD_NUMBER: _ClassVar[int]
     vector_id: str
     object_id: str
     version: str
@@ -158,10 +167,11 @@ class VectorRecord(_message.Message):
     has_text: bool
     has_image: bool
     content_type: str
-    def __init__(self, vector_id: _Optional[str] = ..., object_id: _Optional[str] = ..., version: _Optional[str] = ..., chunk_index: _Optional[int] = ..., shard: _Optional[int] = ..., space_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., has_text: _Optional[bool] = ..., has_image: _Optional[bool] = ..., content_type: _Optional[str] = ...) -> None: ...
+    readers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vector_id: _Optional[str] = ..., object_id: _Optional[str] = ..., version: _Optional[str] = ..., chunk_index: _Optional[int] = ..., shard: _Optional[int] = ..., space_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., text: _Optional[str] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ..., page: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., has_text: _Optional[bool] = ..., has_image: _Optional[bool] = ..., content_type: _Optional[str] = ..., readers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IndexStatus(_message.Message):
-    __slots__ = ("object_id", "version", "space_id", "state", "text_chunks", "image_vectors", "event_time_ms", "indexed_at_ms", "detail", "modality")
+    __slots__ = ("object_id", "version", "space_id", "state", "text_chunks", "image_vectors", "event_time_ms", "indexed_at_ms", "detail", "modality", "readers")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +182,7 @@ class IndexStatus(_message.Message):
     INDEXED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
+    READERS_FIELD_NUMBER: _ClassVar[int]
     object_id: str
     version: str
     space_id: str
@@ -182,7 +193,8 @@ class IndexStatus(_message.Message):
     indexed_at_ms: int
     detail: str
     modality: Modality
-    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., state: _Optional[_Union[IndexState, str]] = ..., text_chunks: _Optional[int] = ..., image_vectors: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., detail: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ...) -> None: ...
+    readers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, object_id: _Optional[str] = ..., version: _Optional[str] = ..., space_id: _Optional[str] = ..., state: _Optional[_Union[IndexState, str]] = ..., text_chunks: _Optional[int] = ..., image_vectors: _Optional[int] = ..., event_time_ms: _Optional[int] = ..., indexed_at_ms: _Optional[int] = ..., detail: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., readers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchList(_message.Message):
     __slots__ = ("name", "query_vector", "keyword", "half")
@@ -197,7 +209,7 @@ class SearchList(_message.Message):
     def __init__(self, name: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., keyword: _Optional[bool] = ..., half: _Optional[_Union[Modality, str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text", "object_ids", "modality", "raw_chunks", "buckets", "key_prefix", "content_types", "event_time_from_ms", "event_time_to_ms", "keyword", "space_name", "lists")
+    __slots__ = ("correlation_id", "space_id", "query_vector", "top_k", "query_text", "object_ids", "modality", "raw_chunks", "buckets", "key_prefix", "content_types", "event_time_from_ms", "event_time_to_ms", "keyword", "space_name", "lists", "restricted", "reader_tokens")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +226,8 @@ class SearchRequest(_message.Message):
     KEYWORD_FIELD_NUMBER: _ClassVar[int]
     SPACE_NAME_FIELD_NUMBER: _ClassVar[int]
     LISTS_FIELD_NUMBER: _ClassVar[int]
+    RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    READER_TOKENS_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     space_id: str
     query_vector: _containers.RepeatedScalarFieldContainer[float]
@@ -230,7 +244,9 @@ class SearchRequest(_message.Message):
     keyword: bool
     space_name: str
     lists: _containers.RepeatedCompositeFieldContainer[SearchList]
-    def __init__(self, correlation_id: _Optional[str] = ..., space_id: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., query_text: _Optional[str] = ..., object_ids: _Optional[_Iterable[str]] = ..., modality: _Optional[_Union[Modality, str]] = ..., raw_chunks: _Optional[bool] = ..., buckets: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[str] = ..., content_types: _Optional[_Iterable[str]] = ..., event_time_from_ms: _Optional[int] = ..., event_time_to_ms: _Optional[int] = ..., keyword: _Optional[bool] = ..., space_name: _Optional[str] = ..., lists: _Optional[_Iterable[_Union[SearchList, _Mapping]]] = ...) -> None: ...
+    restricted: bool
+    reader_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, correlation_id: _Optional[str] = ..., space_id: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., query_text: _Optional[str] = ..., object_ids: _Optional[_Iterable[str]] = ..., modality: _Optional[_Union[Modality, str]] = ..., raw_chunks: _Optional[bool] = ..., buckets: _Optional[_Iterable[str]] = ..., key_prefix: _Optional[str] = ..., content_types: _Optional[_Iterable[str]] = ..., event_time_from_ms: _Optional[int] = ..., event_time_to_ms: _Optional[int] = ..., keyword: _Optional[bool] = ..., space_name: _Optional[str] = ..., lists: _Optional[_Iterable[_Union[SearchList, _Mapping]]] = ..., restricted: _Optional[bool] = ..., reader_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListHits(_message.Message):
     __slots__ = ("name", "hits", "error")
