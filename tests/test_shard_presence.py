@@ -16,6 +16,7 @@ from tests.kafka_tools import wait_for
 
 pytestmark = pytest.mark.kafka
 DEADLINE_S = 8.0
+CACHE_TTL_S = 1.0
 
 
 def timed_search(port: int) -> tuple[query_pb2.SearchResponse, float]:
@@ -27,7 +28,9 @@ def timed_search(port: int) -> tuple[query_pb2.SearchResponse, float]:
 
 
 def test_a_shard_without_a_worker_is_missing_at_once_not_at_the_deadline(deployment: Any) -> None:
-    query = deployment.service("query_service", MMRAG_SEARCH_TIMEOUT_S=str(DEADLINE_S))
+    query = deployment.service(
+        "query_service", MMRAG_SEARCH_TIMEOUT_S=str(DEADLINE_S), MMRAG_RESULT_CACHE_TTL_S=str(CACHE_TTL_S)
+    )
     shard0 = deployment.service("retrieval_worker", "0", MMRAG_SHARD="0")
     start_services([query, shard0])
     answered = wait_for(
@@ -37,6 +40,17 @@ def test_a_shard_without_a_worker_is_missing_at_once_not_at_the_deadline(deploym
     assert reply.partial and list(reply.missing_shards) == [1], reply
     print(f"answered without the absent shard in {took:.2f}s (deadline {DEADLINE_S}s)")
 
-    start_services([deployment.service("retrieval_worker", "1", MMRAG_SHARD="1")])
+    (shard1,) = start_services([deployment.service("retrieval_worker", "1", MMRAG_SHARD="1")])
     whole = wait_for(lambda: not (r := timed_search(deployment.grpc_port))[0].partial and r, 120, "both shards")
-    assert list(whole[0].missing_shards) == []
+    assert list(whole[0].missing_shards) == [] and not whole[0].from_cache
+
+    # the complete answer is kept; with shard 1 gone, past the TTL, it is given again flagged as what it is: a cached
+    # answer, and partial with the shard that did not answer now (before: partial=false, a dead shard hidden)
+    shard1.stop()
+    time.sleep(CACHE_TTL_S * 1.5)
+    cached, took = wait_for(
+        lambda: (r := timed_search(deployment.grpc_port))[0].partial and r, 60, "a reply without shard 1"
+    )
+    assert cached.from_cache and list(cached.missing_shards) == [1], cached
+    assert took < DEADLINE_S / 2, f"waited {took:.2f}s for a shard known absent"
+    print(f"cache-served reply without shard 1 in {took:.2f}s: partial, missing {list(cached.missing_shards)}")
