@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -180,7 +181,10 @@ class Deployment:
 
     def service(self, name: str, instance: str = "0", **extra: str) -> Service:
         """A deployable of this deployment (not started); ``extra`` are more MMRAG_* settings."""
-        env = {**self.env(), "MMRAG_INSTANCE_ID": f"{name}-{instance}", **self.principal_env(name), **extra}
+        env = {**self.env(), "MMRAG_INSTANCE_ID": f"{name}-{instance}", **self.principal_env(name)}
+        if name == "query_service":  # the local stack runs with auth off unless told (logged as a WARNING)
+            env["MMRAG_AUTH_MODE"] = os.environ.get("MMRAG_AUTH_MODE", "off")
+        env.update(extra)
         label = name if instance == "0" else f"{name}-{instance}"
         return Service(label, SERVICE_MODULES[name], env, self.state_dir / "logs")
 

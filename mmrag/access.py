@@ -137,7 +137,7 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration(
         "query_service",
         reads=("search.replies", "llm.replies", "llm.heartbeats", "objects", "index-status", "dlq"),
-        writes=("search.requests", "llm.requests", "eval-log"),
+        writes=("search.requests", "llm.requests", "eval-log", "audit"),
         group_prefixes=("query-replies-", "status-view-", "llm-presence-"),
         groups_described=("{prefix}retrieval-shard-",),
         summary="gRPC front end: requests out, replies in (assigned), object status, shard presence",

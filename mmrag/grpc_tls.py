@@ -1,17 +1,21 @@
 """gRPC over TLS: the query service's server credentials (certificate, key, optionally a CA its clients' certificates
 must chain to: mutual TLS) and the client channel every gRPC client of the project opens (the CLI, the demo, the
-bench scripts): TLS when MMRAG_GRPC_CA names the CA to trust, plaintext otherwise."""
+bench scripts): TLS when MMRAG_GRPC_CA names the CA to trust, plaintext otherwise; every call carries
+``authorization: Bearer <token>`` when a token is given (MMRAG_TOKEN, or the file MMRAG_TOKEN_FILE names)."""
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CA_ENV = "MMRAG_GRPC_CA"
+TOKEN_ENV = "MMRAG_TOKEN"
 
 
 class GrpcTlsSettings(BaseSettings):
@@ -46,9 +50,55 @@ def add_port(server: grpc.Server, address: str, settings: GrpcTlsSettings) -> in
     return int(server.add_secure_port(address, credentials))
 
 
-def query_channel(target: str, ca: Path | None = None) -> grpc.Channel:
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel (plaintext or TLS alike)."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> _CallDetails:
+        metadata = [*(details.metadata or ()), self.header]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials, details.wait_for_ready)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+def client_token(token: str | None = None) -> str:
+    """``token``, else $MMRAG_TOKEN, else the content of the file $MMRAG_TOKEN_FILE names, else '' (none)."""
+    if token:
+        return token.strip()
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV].strip()
+    path = os.environ.get(f"{TOKEN_ENV}_FILE")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{TOKEN_ENV}_FILE={path}: unreadable ({exc.strerror}) -> point it at the token file") from exc
+
+
+def query_channel(target: str, ca: Path | None = None, token: str | None = None) -> grpc.Channel:
     """A channel to the query service: TLS trusting ``ca`` (default $MMRAG_GRPC_CA), with the client certificate of
-    $MMRAG_GRPC_CLIENT_CERT / _KEY when set (mutual TLS); plaintext when no CA is given."""
+    $MMRAG_GRPC_CLIENT_CERT / _KEY when set (mutual TLS); plaintext when no CA is given. Every call sends the bearer
+    ``token`` (default: client_token())."""
+    bearer = client_token(token)
+    channel = _plain_channel(target, ca)
+    return grpc.intercept_channel(channel, BearerToken(bearer)) if bearer else channel
+
+
+def _plain_channel(target: str, ca: Path | None) -> grpc.Channel:
     ca = ca or (Path(os.environ[CA_ENV]) if os.environ.get(CA_ENV) else None)
     if ca is None:
         return grpc.insecure_channel(target)

@@ -39,6 +39,8 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("dlq", partitions=1),
     TopicSpec("backfill-checkpoints", compacted=True, partitions=1),
     TopicSpec("eval-log"),  # one JSON record per Ask (evaluation + audit), key = request id
+    # one JSON record per Search/Ask/GetObjectStatus, allowed or refused (who saw what), key = principal; kept 90 days
+    TopicSpec("audit", retention_ms=90 * 24 * 3600 * 1000),
     TopicSpec("object-access", compacted=True),  # last time a query returned each object (TTL by not-accessed)
     # each LLM worker's latest heartbeat (key = worker id); readers need seconds of it, so it is kept 10 minutes
     TopicSpec("llm.heartbeats", compacted=True, partitions=1, retention_ms=600_000),
@@ -119,6 +121,10 @@ class Topics:
     @property
     def eval_log(self) -> str:
         return self.name("eval-log")
+
+    @property
+    def audit(self) -> str:
+        return self.name("audit")
 
     @property
     def object_access(self) -> str:

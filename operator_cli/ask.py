@@ -15,7 +15,15 @@ from rich.table import Table
 
 from mmrag.grpc_tls import query_channel
 from mmrag.pb import query_pb2, query_pb2_grpc
-from operator_cli.connection import CommandError, OperatorSettings, add_json_flag, console, friendly, print_json
+from operator_cli.connection import (
+    CommandError,
+    OperatorSettings,
+    add_json_flag,
+    add_token_flag,
+    console,
+    friendly,
+    print_json,
+)
 from operator_cli.query_filter import add_filter_flags, filter_of
 
 
@@ -137,6 +145,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--target", help="the query service's gRPC address (default MMRAG_QUERY_TARGET or 127.0.0.1:MMRAG_GRPC_PORT)"
     )
+    add_token_flag(parser)
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (it reaches the LLM worker)")
     add_filter_flags(parser)
     add_json_flag(parser)

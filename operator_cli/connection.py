@@ -22,6 +22,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 
+from mmrag.grpc_tls import TOKEN_ENV
 from mmrag.kafka_clients import admin_config
 from mmrag.topics import SPECS, Topics
 
@@ -82,6 +83,13 @@ def grpc_problem(exc: grpc.RpcError, target: str) -> CommandError:
             f"query service at {target} not reachable ({details}) -> start it (`mmrag stack up`) or set "
             "MMRAG_QUERY_TARGET (or --target)"
         )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return CommandError(
+            f"query service at {target} refused the call: UNAUTHENTICATED: {details} (token: --token, "
+            "MMRAG_TOKEN or MMRAG_TOKEN_FILE)"
+        )
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return CommandError(f"query service at {target} refused the call: PERMISSION_DENIED: {details}")
     return CommandError(f"query service at {target}: {code.name if code else 'error'}: {details}")
 
 
@@ -91,6 +99,8 @@ def friendly(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     @functools.wraps(run)
     def wrapped(args: argparse.Namespace) -> int:
         settings = OperatorSettings()
+        if getattr(args, "token", None):  # every query channel of this process sends it (mmrag.grpc_tls)
+            os.environ[TOKEN_ENV] = args.token
         try:
             return run(args)
         except CommandError as exc:
@@ -142,6 +152,12 @@ def console() -> Console:
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def add_token_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token", help="bearer token (a JWT or an API key) sent to the query service (default MMRAG_TOKEN / _FILE)"
+    )
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

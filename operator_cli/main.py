@@ -10,12 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from operator_cli import ask, dlq, eval_export, lag, offsets, search, status, top
+from operator_cli import ask, audit, dlq, eval_export, lag, offsets, search, status, top
 from operator_cli.deployables import SERVICE_MODULES
 from operator_cli.local_endpoints import NoEndpointError, apply_stack_env, note_default_endpoints, require
 
 _MANAGES_THE_STACK = ("stack", "demo", "kafka", "models")  # they pick their endpoints themselves
-_TALKS_TO_A_DEPLOYMENT = ("search", "ask", "status", "lag", "dlq", "offsets", "eval", "reindex", "topics")
+_TALKS_TO_A_DEPLOYMENT = ("search", "ask", "status", "lag", "dlq", "offsets", "eval", "reindex", "topics", "audit")
 
 
 def _run_service(name: str, argv: Sequence[str]) -> int:
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("proto_command", choices=["generate", "check"])
     proto.set_defaults(func=_proto)
     # the operator commands, each with its own subcommands
-    for command in (search, ask, status, lag, dlq, offsets, eval_export, top):
+    for command in (search, ask, status, lag, dlq, offsets, eval_export, audit, top):
         command.register_cli(sub)
     return parser
 

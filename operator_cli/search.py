@@ -11,7 +11,15 @@ from rich.text import Text
 
 from mmrag.grpc_tls import query_channel
 from mmrag.pb import query_pb2, query_pb2_grpc
-from operator_cli.connection import CommandError, OperatorSettings, add_json_flag, console, friendly, print_json
+from operator_cli.connection import (
+    CommandError,
+    OperatorSettings,
+    add_json_flag,
+    add_token_flag,
+    console,
+    friendly,
+    print_json,
+)
 from operator_cli.query_filter import add_filter_flags, filter_of
 
 
@@ -76,6 +84,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--target", help="the query service's gRPC address (default MMRAG_QUERY_TARGET or 127.0.0.1:MMRAG_GRPC_PORT)"
     )
+    add_token_flag(parser)
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     add_filter_flags(parser)
     add_json_flag(parser)

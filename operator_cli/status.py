@@ -21,6 +21,7 @@ from operator_cli.connection import (
     CommandError,
     OperatorSettings,
     add_json_flag,
+    add_token_flag,
     console,
     format_ms,
     friendly,
@@ -158,6 +159,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--target", help="the query service's gRPC address (default MMRAG_QUERY_TARGET or 127.0.0.1:MMRAG_GRPC_PORT)"
     )
+    add_token_flag(parser)
     parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for an object not seen yet")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of the call in seconds")
     add_json_flag(parser)

@@ -19,7 +19,10 @@ from mmrag.telemetry import Probes
 from mmrag.text_encoder import MiniLMEncoder
 from query_service.answer_cache import AnswerCache, open_answer_cache
 from query_service.ask import Asker, AskLimits
+from query_service.audit import AuditLog
+from query_service.auth import Authenticator
 from query_service.caches import EmbeddingCache, ResultCache
+from query_service.call_guard import CallGuard
 from query_service.eval_log import EvalLog
 from query_service.fusion import Fusion, JointFusion, ModalityFusion
 from query_service.generation import GenerationClient
@@ -28,7 +31,7 @@ from query_service.llm_breaker import LlmBreaker, WorkerPresence
 from query_service.query_encoder import QueryEncoder
 from query_service.reply_client import RequestReplyClient, Route
 from query_service.search import ShardedSearch
-from query_service.server import QueryServicer, serve
+from query_service.server import SERVICE_NAME, QueryServicer, serve
 from query_service.settings import QueryServiceSettings
 from query_service.shard_presence import ShardPresence, shard_groups
 from query_service.spaces import LiveSpaces, ServingBuilder, ServingSpace, milvus_alias_resolver, probe_shards
@@ -44,6 +47,7 @@ class QueryService:
         s = self.settings
         pii.redact_logs()  # questions and answers may carry PII: nothing logged keeps it
         t = s.topics
+        authenticator = Authenticator(s)  # first: a misconfigured auth stops the start with the fix to make
         replies = RequestReplyClient(
             s.bootstrap_servers,
             {t.search_replies: SearchReply, t.llm_replies: GenerateChunk},
@@ -72,7 +76,8 @@ class QueryService:
         status_view.start()
         self.probes.add_check("status-view", status_view.health)
         try:
-            serve(s, QueryServicer(s, spaces.current, status_view), self.probes, stop)
+            guard = CallGuard(SERVICE_NAME, authenticator, AuditLog(producer, t.audit, s.audit_question))
+            serve(s, QueryServicer(s, spaces.current, status_view), self.probes, stop, [guard])
         finally:
             spaces.close()
             status_view.close()

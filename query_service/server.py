@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -158,14 +158,22 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return answer_status(self.status_view, request.object_id, context)
 
 
-def serve(settings: QueryServiceSettings, servicer: QueryServicer, probes: Probes, stop: threading.Event) -> None:
-    """Serves until ``stop``; gRPC health turns SERVING with readiness, reflection lets grpcurl discover it."""
+def serve(
+    settings: QueryServiceSettings,
+    servicer: QueryServicer,
+    probes: Probes,
+    stop: threading.Event,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> None:
+    """Serves until ``stop``; gRPC health turns SERVING with readiness, reflection lets grpcurl discover it;
+    ``interceptors``: the call guard (authentication, roles, audit: query_service/call_guard.py)."""
     # No SO_REUSEPORT: by default gRPC shares a taken port silently, and a second server would take half the calls.
     options = [
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", settings.max_query_image_bytes + (1 << 20)),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.grpc_workers), options=options)
+    workers = futures.ThreadPoolExecutor(max_workers=settings.grpc_workers)
+    server = grpc.server(workers, interceptors=list(interceptors), options=options)
     query_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

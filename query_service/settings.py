@@ -9,9 +9,10 @@ from pydantic import Field
 
 from mmrag.grpc_tls import GrpcTlsSettings
 from mmrag.settings import BaseServiceSettings, SpaceSettings, VectorStoreSettings
+from query_service.auth_settings import AuthSettings
 
 
-class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings, GrpcTlsSettings):
+class QueryServiceSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings, GrpcTlsSettings, AuthSettings):
     grpc_host: str = Field(default="127.0.0.1", description="address the gRPC server binds (0.0.0.0 for all)")
     grpc_port: int = Field(default=50051, description="gRPC port; taken = an error at start")
     reply_partition: int = Field(default=0, ge=0, description="the reply partition this replica owns")
