@@ -39,6 +39,8 @@ def plan_update(
         indexed_at_ms=now_ms,
         modality=batch.modality,
     )
+    if batch.readers_only:
+        return _readers_plan(batch, existing, status)
     if batch.event_time_ms < newest and all(r.version != batch.version for r in existing):
         status.state = IndexState.INDEX_STATE_SKIPPED
         status.detail = "older than the indexed version; ignored"
@@ -67,7 +69,30 @@ def plan_update(
     status.state = IndexState.INDEX_STATE_INDEXED
     status.text_chunks = sum(1 for r in rows if r.has_text)
     status.image_vectors = 1 if any(r.has_image for r in rows) else 0
+    status.readers[:] = readers_of(batch)
     return IndexPlan(rows, [r.vector_id for r in existing if r.vector_id not in keep], status)
+
+
+def readers_of(batch: EmbeddingBatch) -> tuple[str, ...]:
+    return tuple(sorted(set(batch.readers)))
+
+
+def _readers_plan(batch: EmbeddingBatch, existing: Sequence[VectorRow], status: IndexStatus) -> IndexPlan:
+    """The object's rows of that version again with the new readers (vectors, text and ids kept: nothing is
+    embedded), and an ``indexed`` status naming them, so caches drop what they hold of the object."""
+    readers = readers_of(batch)
+    rows = [replace(r, readers=readers) for r in existing if r.version == batch.version]
+    if not rows or all(r.readers == readers for r in rows):
+        status.state = IndexState.INDEX_STATE_SKIPPED
+        status.detail = "readers unchanged, or no row of that version indexed; ignored"
+        return IndexPlan([], [], status)
+    status.state = IndexState.INDEX_STATE_INDEXED
+    status.event_time_ms = rows[0].event_time_ms
+    status.text_chunks = sum(1 for r in rows if r.has_text)
+    status.image_vectors = 1 if any(r.has_image for r in rows) else 0
+    status.readers[:] = readers
+    status.detail = "readers changed"
+    return IndexPlan(rows, [], status)
 
 
 def _text_rows(batch: EmbeddingBatch, same: Sequence[VectorRow], space: EmbeddingSpace) -> list[VectorRow]:
@@ -122,4 +147,5 @@ def _place(row: VectorRow, batch: EmbeddingBatch, space: EmbeddingSpace, shards:
         event_time_ms=batch.event_time_ms,
         indexed_at_ms=now_ms,
         content_type=media_type(batch.content_type),
+        readers=readers_of(batch),
     )

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+from prometheus_client import Histogram
 from pydantic import Field
 
 from index_updater.fusion import plan_update
@@ -28,6 +29,11 @@ from mmrag.vector_log import VectorLogTable, vector_outputs
 
 log = logging.getLogger(__name__)
 STAGE = "index_updater"
+READERS_FRESHNESS = Histogram(
+    "mmrag_readers_update_freshness_seconds",
+    "From an object's tag change (its event time) to its rows carrying the new readers",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120),
+)
 
 
 class IndexUpdaterSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettings):
@@ -107,7 +113,10 @@ class IndexUpdater:
         self.index.delete(plan.deletes)
         if plan.upserts and batch.event_time_ms:
             freshness_s = max(0, plan.status.indexed_at_ms - batch.event_time_ms) / 1000
-            metrics.FRESHNESS.labels(STAGE).observe(freshness_s, exemplar)
+            if batch.readers_only:  # a tag change's age when the rows carry it: the revocation bound's index part
+                READERS_FRESHNESS.observe(freshness_s, exemplar)
+            else:
+                metrics.FRESHNESS.labels(STAGE).observe(freshness_s, exemplar)
         outputs = []
         if self.vectors_topic:
             shard = shard_for(batch.object_id, self.settings.shards)
@@ -117,7 +126,7 @@ class IndexUpdater:
         return [*outputs, Output(self.status_topic, batch.object_id, plan.status)]
 
     def _check_space(self, batch: EmbeddingBatch) -> None:
-        if batch.deleted:
+        if batch.deleted or batch.readers_only:
             return
         expected = self.space.text_model_id if batch.modality == Modality.MODALITY_TEXT else self.space.image_model_id
         if batch.model_id != expected:

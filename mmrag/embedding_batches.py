@@ -22,6 +22,21 @@ def deletion_output(envelope: Envelope[ObjectEvent], topic: str, modality: int) 
     return Output(topic, oid, batch)
 
 
+def readers_output(event: ObjectEvent, topic: str, modality: int) -> Output:
+    """A readers-only record on objects.v1 becomes a ``readers_only`` batch: the updater sets the readers of the
+    object's rows (nothing is embedded again)."""
+    batch = EmbeddingBatch(
+        object_id=event.object_id,
+        version=event.version,
+        modality=modality,  # type: ignore[arg-type]
+        readers=event.readers,
+        readers_only=True,
+        event_time_ms=event.event_time_ms,
+        embedded_at_ms=now_ms(),
+    )
+    return Output(topic, event.object_id, batch)
+
+
 def new_embedding_batch(event: ObjectEvent, modality: int, model_id: str, dim: int) -> EmbeddingBatch:
     """An empty batch for ``event`` (chunks are appended by the caller)."""
     return EmbeddingBatch(
@@ -35,4 +50,5 @@ def new_embedding_batch(event: ObjectEvent, modality: int, model_id: str, dim: i
         media_kind=event.media_kind,
         content_type=event.content_type,
         embedded_at_ms=now_ms(),
+        readers=event.readers,
     )

@@ -26,7 +26,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mmrag.errors import PermanentError
-from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
+from mmrag.vector_index import NO_FILTER, Hit, ReaderSets, SearchFilter, VectorRow
 
 STAGE = "faiss"
 _faiss: Any = faiss  # the bundled stubs lack parts of the SWIG API (HNSW search parameters, IVF's nprobe)
@@ -48,6 +48,13 @@ class FaissSettings(BaseSettings):
     faiss_hnsw_ef_search: int = Field(default=128, description="HNSW search breadth (at least top_k)")
     faiss_ivf_nlist: int = Field(default=0, ge=0, description="IVF lists; 0 = sqrt(rows) when it is built")
     faiss_ivf_nprobe: int = Field(default=32, ge=1, description="IVF lists visited per search")
+    faiss_exact_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="a filter (a caller's permissions) admitting at most this share of the live rows is searched "
+        "exactly over those rows, not by the approximate index (whose recall falls with a selective filter)",
+    )
     faiss_compact_fraction: float = Field(default=0.25, gt=0, le=1, description="dead share that triggers a rebuild")
     faiss_threads: int = Field(
         default=1,
@@ -89,20 +96,30 @@ class _Columns:
     shard: np.ndarray
     text: np.ndarray
     image: np.ndarray
+    acl: np.ndarray  # the row's reader set, as its number in ``ReaderSets``
 
     @classmethod
     def empty(cls, capacity: int = 1024) -> _Columns:
-        return cls(*(np.zeros(capacity, dtype=t) for t in (bool, np.int32, bool, bool)))
+        return cls(*(np.zeros(capacity, dtype=t) for t in (bool, np.int32, bool, bool, np.int32)))
 
     def ensure(self, capacity: int) -> None:
         if capacity <= len(self.live):
             return
         size = max(capacity, 2 * len(self.live))
-        for name in ("live", "shard", "text", "image"):
+        for name in ("live", "shard", "text", "image", "acl"):
             old = getattr(self, name)
             grown = np.zeros(size, dtype=old.dtype)
             grown[: len(old)] = old
             setattr(self, name, grown)
+
+
+@dataclass(frozen=True)
+class _Eligible:
+    """The rows a filter admits: a selector for Faiss (None = every row, False = none), and how many they are."""
+
+    selector: Any
+    count: int
+    mask: np.ndarray | None = None
 
 
 class FaissIndex:
@@ -119,10 +136,12 @@ class FaissIndex:
         self._ids: dict[str, int] = {}
         self._by_object: dict[str, set[int]] = {}
         self._cols = _Columns.empty()
+        self._readers = ReaderSets()
         self._next_id = 0
         self._dead = 0
         self._version = 0  # bumps on every change: cached selector bitmaps are for one version
-        self._bitmaps: dict[tuple[Any, ...], Any] = {}
+        self._bitmaps: dict[tuple[Any, ...], _Eligible] = {}
+        self._exact: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}  # visible ids and their vectors
         self._gpu: Any = None  # a GPU copy of a flat index, made again after changes
 
     def start(self) -> None:
@@ -197,10 +216,13 @@ class FaissIndex:
             raise PermanentError(STAGE, "query", f"{q.shape[1]} dims, the index has {self.dim}", "fix the query")
         with self._lock:
             k = min(top_k, len(self._rows))
-            selector = self._selector(shard, where)
-            if k <= 0 or selector is False:
+            eligible = self._selector(shard, where)
+            if k <= 0 or eligible.selector is False:
                 return []
-            scores, ids = self._run_search(q, k, selector)
+            if self._exact_due(eligible):
+                scores, ids = self._exact_search(q, k, (shard, where), eligible)
+            else:
+                scores, ids = self._run_search(q, k, eligible.selector)
             hits = [Hit(self._rows[int(i)], float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
         return sorted(hits, key=lambda h: (-h.score, h.row.vector_id))
 
@@ -224,11 +246,12 @@ class FaissIndex:
         self._ids[row.vector_id] = internal
         self._by_object.setdefault(row.object_id, set()).add(internal)
         c = self._cols
-        c.live[internal], c.shard[internal], c.text[internal], c.image[internal] = (
+        c.live[internal], c.shard[internal], c.text[internal], c.image[internal], c.acl[internal] = (
             True,
             row.shard,
             row.has_text,
             row.has_image,
+            self._readers.number(row.readers),
         )
 
     def _forget(self, vector_id: str) -> bool:
@@ -247,6 +270,7 @@ class FaissIndex:
     def _changed(self) -> None:
         self._version += 1
         self._bitmaps.clear()
+        self._exact.clear()
         self._gpu = None
 
     def _add_pending(self, vectors: np.ndarray, pending: dict[int, int]) -> None:
@@ -270,6 +294,7 @@ class FaissIndex:
             vectors = self._index.reconstruct_batch(old_ids) if len(old_ids) else np.empty((0, self.dim), np.float32)
             rows = [self._rows[i] for i in old_ids.tolist()]
         new = FaissIndex(self.dim, self.settings)
+        new._readers = self._readers  # numbers only grow: the old index's columns stay valid meanwhile
         new._cols = _Columns.empty(max(1024, len(rows)))
         for internal, row in enumerate(rows):
             new._remember(internal, row)
@@ -313,22 +338,52 @@ class FaissIndex:
 
     # -- search helpers ------------------------------------------------------------------------------------------
 
-    def _selector(self, shard: int | None, where: SearchFilter) -> Any:
-        """None: every id is eligible; False: none is; else an IDSelectorBitmap of the eligible internal ids."""
+    def _selector(self, shard: int | None, where: SearchFilter) -> _Eligible:
+        """The eligible internal ids: a selector (None: every id; False: none; else an IDSelectorBitmap) and their
+        count, cached per filter until the index changes."""
         n = self._next_id
         if where.object_ids is not None:
             ids = [i for o in where.object_ids for i in self._by_object.get(o, ())]
             mask = np.zeros(n, dtype=bool)
             mask[ids] = True
-            return self._bitmap(mask & self._mask(shard, where)[:n]) if ids else False
+            mask &= self._mask(shard, where)[:n]
+            return _Eligible(self._bitmap(mask), int(mask.sum()), mask) if mask.any() else _Eligible(False, 0)
         key = (shard, where)
         if key not in self._bitmaps:
             if len(self._bitmaps) >= _CACHED_FILTERS:  # distinct filters (time ranges) must not grow it unbounded
                 self._bitmaps.clear()
+                self._exact.clear()
             mask = self._mask(shard, where)[:n]
-            everything = self._dead == 0 and bool(mask.all())
-            self._bitmaps[key] = None if everything else (self._bitmap(mask) if mask.any() else False)
+            count = int(mask.sum())
+            everything = self._dead == 0 and count == n
+            self._bitmaps[key] = (
+                _Eligible(None, count) if everything else _Eligible(self._bitmap(mask) if count else False, count, mask)
+            )
         return self._bitmaps[key]
+
+    def _exact_due(self, eligible: _Eligible) -> bool:
+        """An approximate index searched with a selective filter loses recall (HNSW's beam and IVF's probed lists
+        hold few eligible rows) and time: the visible rows are searched exactly when they are at most
+        ``MMRAG_FAISS_EXACT_SHARE`` of the live rows (the flat-search cut-off of Milvus and Weaviate)."""
+        return (
+            self.kind != "flat"
+            and eligible.mask is not None
+            and eligible.count <= self.settings.faiss_exact_share * len(self._rows)
+        )
+
+    def _exact_search(
+        self, q: np.ndarray, k: int, key: tuple[Any, ...], eligible: _Eligible
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inner products with every eligible row (their vectors reconstructed once per filter and index change;
+        an object-id filter's are not kept)."""
+        found = self._exact.get(key)
+        if found is None:
+            assert eligible.mask is not None
+            ids = np.flatnonzero(eligible.mask).astype(np.int64)
+            found = (ids, self._index.reconstruct_batch(ids))
+            if key[1].object_ids is None:
+                self._exact[key] = found
+        return _top(q, k, *found)
 
     def _mask(self, shard: int | None, where: SearchFilter) -> np.ndarray:
         c = self._cols
@@ -339,6 +394,8 @@ class FaissIndex:
             mask &= c.text == where.has_text
         if where.has_image is not None:
             mask &= c.image == where.has_image
+        if where.readers is not None:
+            mask &= self._readers.visible(where.readers)[c.acl[: len(mask)]] if self._readers.sets else False
         if where.on_payload:
             mask &= self._payload_mask(where, len(mask))
         return mask
@@ -403,6 +460,15 @@ class FaissIndex:
         for internal, row in zip(meta["ids"], rows, strict=True):
             index._remember(int(internal), row)
         return index
+
+
+def _top(q: np.ndarray, k: int, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of ``ids`` by inner product with ``q``, as Faiss answers (scores and ids, one row)."""
+    scores = vectors @ q[0]
+    k = min(k, len(ids))
+    best = np.argpartition(-scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
+    best = best[np.argsort(-scores[best], kind="stable")]
+    return scores[best].reshape(1, -1), ids[best].reshape(1, -1)
 
 
 _resources: Any = None

@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
+from mmrag.vector_index import NO_FILTER, Hit, ReaderSets, SearchFilter, VectorRow
 
 STOPWORDS = frozenset(STOPWORDS_EN_PLUS)
 K1 = 1.5  # bm25s' defaults (Lucene's k1 is 1.2); Milvus' BM25 index is made with the same
@@ -98,6 +98,8 @@ class _Bm25:
         self.slot_of: dict[str, int] = {}  # vector id -> slot
         self.lengths = np.zeros(1024, dtype=np.float32)  # tokens per slot
         self.alive = np.zeros(1024, dtype=bool)
+        self.acl = np.zeros(1024, dtype=np.int32)  # the row's reader set (its number in ``readers``)
+        self.readers = ReaderSets()
         self.vocab: dict[str, int] = {}
         self.postings: list[_Postings] = []
         self.df: list[int] = []  # live rows holding each token
@@ -114,10 +116,12 @@ class _Bm25:
         if slot == len(self.alive):
             self.lengths = np.concatenate([self.lengths, np.zeros_like(self.lengths)])
             self.alive = np.concatenate([self.alive, np.zeros_like(self.alive)])
+            self.acl = np.concatenate([self.acl, np.zeros_like(self.acl)])
         self.rows.append(row)
         self.slot_of[row.vector_id] = slot
         length = sum(counts.values())
         self.lengths[slot], self.alive[slot] = length, True
+        self.acl[slot] = self.readers.number(row.readers)
         self.live += 1
         self.total_length += length
         for token, n in counts.items():
@@ -128,6 +132,13 @@ class _Bm25:
             self.postings[term].slots.append(slot)
             self.postings[term].counts.append(n)
             self.df[term] += 1
+
+    def visible(self, tokens: frozenset[str]) -> np.ndarray:
+        """Per slot: may a caller with these reader tokens see its row."""
+        n = len(self.rows)
+        if not self.readers.sets:
+            return np.zeros(n, dtype=bool)
+        return self.readers.visible(tokens)[self.acl[:n]]
 
     def remove(self, vector_id: str) -> None:
         slot = self.slot_of.pop(vector_id, None)
@@ -207,6 +218,8 @@ class KeywordIndex:
         with self._lock:  # the whole selection: a search sees a change (an overwrite's removal and add) or not
             rows, scores = self._state.rows, self._state.scores(tokens)
             matching = np.flatnonzero(scores > 0)
+            if where.readers is not None:  # the caller's rows only, before the top k is chosen
+                matching = matching[self._state.visible(where.readers)[matching]]
             k = min(len(matching), top_k)
             while True:
                 hits = self._best(rows, scores, matching, k)

@@ -72,6 +72,11 @@ PAYLOAD_FIELDS = [
 ]
 CONTENT_TYPE = "content_type"  # a later field: collections made before it lack it (their rows match no type filter)
 CONTENT_TYPE_MAX_BYTES = 255
+# A later field too: the object's reader tokens (an ARRAY of VARCHAR, filtered with array_contains_any). A collection
+# made before it has no readers: a restricted caller sees none of its rows (fail closed) until it is re-indexed.
+READERS = "readers"
+READERS_MAX = 64  # tokens per object (an S3 tag value is at most 256 characters: ~36 tokens)
+READER_MAX_BYTES = 256
 # Later fields too: the chunk's keyword tokens (``analyzer_text``) and their BM25 sparse vector, made by Milvus from
 # them on every insert, so a keyword search finds a row as soon as a vector search does. Milvus-lite has only the
 # "standard" and "jieba" tokenizers; "standard" splits at what Unicode word segmentation does, which "_" does not.
@@ -161,6 +166,8 @@ def filter_expression(shard: int | None, where: SearchFilter) -> str:
         terms.append(f"({' or '.join(likes)})")
     if where.content_types is not None:
         terms.append(f"{CONTENT_TYPE} in [{', '.join(filter_literal(t) for t in sorted(where.content_types))}]")
+    if where.readers is not None:
+        terms.append(f"array_contains_any({READERS}, [{', '.join(filter_literal(t) for t in sorted(where.readers))}])")
     if where.event_time_from_ms is not None:
         terms.append(f"event_time_ms >= {int(where.event_time_from_ms)}")
     if where.event_time_to_ms is not None:
@@ -311,7 +318,14 @@ class MilvusIndex:
                 self.collection,
                 self._manifests.collection,
             )
-        self._fields = [*PAYLOAD_FIELDS, CONTENT_TYPE] if CONTENT_TYPE in fields else PAYLOAD_FIELDS
+        self._fields = [*PAYLOAD_FIELDS, *(f for f in (CONTENT_TYPE, READERS) if f in fields)]
+        if READERS not in fields:
+            log.warning(
+                "Milvus collection %s has no %s field (made before document permissions): a caller with auth on "
+                "sees none of its rows; re-index into a new space (mmrag reindex) to keep each object's readers",
+                self.collection,
+                READERS,
+            )
         self._keywords = KEYWORDS in fields and SPARSE in fields
         if CONTENT_TYPE not in fields:
             log.warning(
@@ -368,6 +382,13 @@ class MilvusIndex:
         schema.add_field("has_text", DataType.BOOL)
         schema.add_field("has_image", DataType.BOOL)
         schema.add_field(CONTENT_TYPE, DataType.VARCHAR, max_length=CONTENT_TYPE_MAX_BYTES)
+        schema.add_field(
+            READERS,
+            DataType.ARRAY,
+            element_type=DataType.VARCHAR,
+            max_capacity=READERS_MAX,
+            max_length=READER_MAX_BYTES,
+        )
         schema.add_field(
             KEYWORDS,
             DataType.VARCHAR,
@@ -452,7 +473,7 @@ class MilvusIndex:
             if not ids <= listed:  # a replay changes nothing
                 changes[oid] = (listed | ids, manifest.pages if manifest else 0)
         self._manifests.write(changes)
-        entities = [_to_entity(r, CONTENT_TYPE in self._fields, self._keywords) for r in rows]
+        entities = [_to_entity(r, self._fields, self._keywords) for r in rows]
         objects = ", ".join(sorted(added))
         self._call("upsert", objects, lambda c: c.upsert(self.collection, entities, timeout=self.timeout_s))
 
@@ -591,7 +612,11 @@ class MilvusIndex:
         return self._filtered(_Ask("keyword search", terms, SPARSE, "BM25"), top_k, shard, where) if terms else []
 
     def _filtered(self, ask: _Ask, top_k: int, shard: int | None, where: SearchFilter) -> list[Hit]:
-        if where.matches_nothing or (where.content_types is not None and CONTENT_TYPE not in self._fields):
+        if (
+            where.matches_nothing
+            or (where.content_types is not None and CONTENT_TYPE not in self._fields)
+            or (where.readers is not None and READERS not in self._fields)
+        ):
             return []  # "in []" matches nothing; Milvus need not be asked
         limit = top_k
         while True:
@@ -652,7 +677,7 @@ def move_alias(client: MilvusClient, alias: str, collection: str) -> str | None:
     return before
 
 
-def _to_entity(row: VectorRow, content_type: bool, keywords: bool) -> dict[str, Any]:
+def _to_entity(row: VectorRow, fields: Sequence[str], keywords: bool) -> dict[str, Any]:
     entity = {
         "id": row.vector_id,
         "vector": np.asarray(row.vector, dtype=np.float32).tolist(),
@@ -669,8 +694,10 @@ def _to_entity(row: VectorRow, content_type: bool, keywords: bool) -> dict[str, 
         "has_text": row.has_text,
         "has_image": row.has_image,
     }
-    if content_type:
+    if CONTENT_TYPE in fields:
         entity[CONTENT_TYPE] = fit_utf8(row.content_type, CONTENT_TYPE_MAX_BYTES)
+    if READERS in fields:
+        entity[READERS] = list(row.readers)
     if keywords:
         entity[KEYWORDS] = fit_tokens(analyzer_text(row.text), TEXT_MAX_BYTES)
     return entity
@@ -694,4 +721,5 @@ def _to_row(entity: dict[str, Any], vid: str | None) -> VectorRow:
         event_time_ms=int(entity["event_time_ms"]),
         indexed_at_ms=int(entity["indexed_at_ms"]),
         content_type=str(entity.get(CONTENT_TYPE) or ""),
+        readers=tuple(entity.get(READERS) or ()),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import unicodedata
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -132,20 +133,30 @@ class S3ObjectStore:
         """The first ``length`` bytes (a ranged GET): enough to sniff the content type of a large object."""
         return self._read(bucket, key, version_id, Range=f"bytes=0-{length - 1}")
 
-    def _read(self, bucket: str, key: str, version_id: str, **extra: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+    def tags(self, bucket: str, key: str) -> dict[str, str]:
+        """The current version's tags (GetObjectTagging). Raises ObjectMissingError when it is gone,
+        RetryableError for any other S3 failure."""
+        found = self._s3(bucket, key, lambda: self.client.get_object_tagging(Bucket=bucket, Key=key))
+        return {t["Key"]: t["Value"] for t in found.get("TagSet", [])}
 
+    def _read(self, bucket: str, key: str, version_id: str, **extra: str) -> bytes:
         kwargs = {"Bucket": bucket, "Key": key, **extra}
         if version_id:
             kwargs["VersionId"] = version_id
+        return self._s3(bucket, key, lambda: bytes(self.client.get_object(**kwargs)["Body"].read()), empty=b"")
+
+    def _s3(self, bucket: str, key: str, call: Callable[[], Any], empty: Any = None) -> Any:
+        """``call``'s answer; S3's errors as the pipeline's (``empty`` for a ranged read of an empty object)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
-            return bytes(self.client.get_object(**kwargs)["Body"].read())
+            return call()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in MISSING_CODES:
                 raise self._missing(bucket, key, code) from exc
-            if code == "InvalidRange":  # a ranged read of an empty object
-                return b""
+            if code == "InvalidRange" and empty is not None:  # a ranged read of an empty object
+                return empty
             raise RetryableError(
                 self.stage, f"{bucket}/{key}", f"S3 error {code}: {exc}", "check the object store and credentials"
             ) from exc

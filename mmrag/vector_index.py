@@ -8,7 +8,7 @@ Both sides are idempotent by vector_id: the same upsert or delete applied twice 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,7 @@ class VectorRow:
     event_time_ms: int = 0
     indexed_at_ms: int = 0
     content_type: str = ""  # the object's media type (``media_type``), "" when indexed before it was kept
+    readers: tuple[str, ...] = ()  # the object's reader tokens, sorted (``user:alice``, ``group:finance``)
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,13 @@ class SearchFilter:
     content_types: frozenset[str] | None = None
     event_time_from_ms: int | None = None
     event_time_to_ms: int | None = None
+    readers: frozenset[str] | None = None  # the caller's reader tokens: rows sharing one; None = every row
 
     def admits(self, row: VectorRow) -> bool:
         """The filter as a predicate (what every backend must agree with)."""
         return (
-            (self.object_ids is None or row.object_id in self.object_ids)
+            self.admits_readers(row.readers)
+            and (self.object_ids is None or row.object_id in self.object_ids)
             and (self.has_text is None or row.has_text == self.has_text)
             and (self.has_image is None or row.has_image == self.has_image)
             and self.admits_payload(row)
@@ -87,6 +90,10 @@ class SearchFilter:
             and (self.event_time_to_ms is None or row.event_time_ms < self.event_time_to_ms)
         )
 
+    def admits_readers(self, readers: Iterable[str]) -> bool:
+        """The caller may see a row with these readers: no reader condition, or a token in common."""
+        return self.readers is None or not self.readers.isdisjoint(readers)
+
     def admits_object(self, object_id: str) -> bool:
         """The bucket and key-prefix conditions alone."""
         bucket, key = bucket_and_key(object_id)
@@ -94,8 +101,8 @@ class SearchFilter:
 
     @property
     def matches_nothing(self) -> bool:
-        """True when an empty set is given (no object id, bucket or content type can match)."""
-        return any(v is not None and not v for v in (self.object_ids, self.buckets, self.content_types))
+        """True when an empty set is given (no object id, bucket, content type or reader token can match)."""
+        return any(v is not None and not v for v in (self.object_ids, self.buckets, self.content_types, self.readers))
 
     @property
     def on_payload(self) -> bool:
@@ -110,6 +117,38 @@ class SearchFilter:
 
 
 NO_FILTER = SearchFilter()
+
+
+class ReaderSets:
+    """The distinct reader sets of the rows, numbered: a row keeps its set's number, and a caller's visible rows are
+    those whose number is in the caller's visible sets (one numpy lookup per row instead of a set test per row;
+    objects share few distinct sets)."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[tuple[str, ...], int] = {}
+        self.sets: list[frozenset[str]] = []
+
+    def number(self, readers: tuple[str, ...]) -> int:
+        found = self.numbers.get(readers)
+        if found is None:
+            found = self.numbers[readers] = len(self.sets)
+            self.sets.append(frozenset(readers))
+        return found
+
+    def visible(self, tokens: frozenset[str]) -> np.ndarray:
+        """Per set number: does ``tokens`` share a token with it."""
+        return np.fromiter((not tokens.isdisjoint(s) for s in self.sets), dtype=bool, count=len(self.sets))
+
+
+def reader_tokens(text: str) -> tuple[str, ...]:
+    """Reader tokens as an object tag or a setting spells them (space- or comma-separated ``user:<principal>`` /
+    ``group:<name>``), sorted and once each; raises ValueError naming a token of another form."""
+    tokens = sorted({t for t in text.replace(",", " ").split() if t})
+    for token in tokens:
+        kind, _, name = token.partition(":")
+        if kind not in ("user", "group") or not name:
+            raise ValueError(f"reader token {token!r} is neither user:<principal> nor group:<name>")
+    return tuple(tokens)
 
 
 class IndexWriter(Protocol):

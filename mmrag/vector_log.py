@@ -43,6 +43,7 @@ def to_record(row: VectorRow, space_id: str) -> VectorRecord:
         has_text=row.has_text,
         has_image=row.has_image,
         content_type=row.content_type,
+        readers=row.readers,
     )
 
 
@@ -63,6 +64,7 @@ def from_record(record: VectorRecord) -> VectorRow:
         event_time_ms=record.event_time_ms,
         indexed_at_ms=record.indexed_at_ms,
         content_type=record.content_type,
+        readers=tuple(record.readers),
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import Counter
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mmrag import metrics
 from mmrag.changelog import ChangelogReader, LoggedRecord
@@ -33,9 +33,10 @@ from mmrag.runner import ItemResult, StageRunner
 from mmrag.service import service_main
 from mmrag.settings import BaseServiceSettings, S3Settings
 from mmrag.telemetry import Probes
+from mmrag.vector_index import reader_tokens
 from producers.content_sniffing import SNIFF_BYTES, sniff
-from producers.object_table import ObjectTable, Origin, Verdict
-from producers.s3_events import S3Change, parse_notification
+from producers.object_table import ObjectTable, Origin, Seen, Verdict
+from producers.s3_events import CREATED, S3Change, parse_notification
 
 log = logging.getLogger(__name__)
 STAGE = "normalizer"
@@ -51,6 +52,21 @@ class NormalizerSettings(BaseServiceSettings, S3Settings):
     allowed_buckets: str = Field(default="", description="comma-separated bucket allow-list; empty = every bucket")
     max_object_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="larger objects go to the DLQ")
     sniff_bytes: int = Field(default=SNIFF_BYTES, ge=16, description="bytes read to sniff the content type")
+    readers_tag: str = Field(
+        default="mmrag-readers",
+        description="the object tag naming who may read an object: reader tokens user:<principal> group:<name>",
+    )
+    default_readers: str = Field(
+        default="",
+        description="the readers of an object without that tag; empty (the default) = nobody but unrestricted "
+        "callers (auth off): an untagged object is private, never public by accident",
+    )
+
+    @field_validator("default_readers")
+    @classmethod
+    def _tokens(cls, value: str) -> str:
+        reader_tokens(value)  # raises naming the bad token
+        return value
 
     @property
     def bucket_allow_list(self) -> frozenset[str]:
@@ -75,6 +91,8 @@ def decode_changes(raw: bytes | None, headers: Mapping[str, str]) -> RawChanges:
 
 class PrefixReader(Protocol):
     def read_prefix(self, bucket: str, key: str, length: int, version_id: str = "") -> bytes: ...
+
+    def tags(self, bucket: str, key: str) -> dict[str, str]: ...
 
 
 class Changelog(Protocol):
@@ -155,7 +173,11 @@ class Normalizer:
             fix = f"add it to MMRAG_ALLOWED_BUCKETS ({','.join(sorted(self.allowed))}) or stop its notifications"
             return [self._dead_letter(env, PermanentError(STAGE, change.object_id, "bucket not allowed", fix))]
         origin = (env.partition, env.offset, index)
+        if change.tagging:
+            return self._readers_changed(env, change)
         verdict = self.table.verdict(change, origin)
+        if verdict == Verdict.DUPLICATE and not change.deleted:  # the same bytes again: their tags may be new
+            return self._readers_changed(env, change)
         if verdict != Verdict.EMIT:
             SKIPPED.labels(STAGE, verdict.value).inc()
             what = f"{change.event_name} of {change.object_id} ({change.version})"
@@ -182,8 +204,61 @@ class Normalizer:
             reason = f"unsupported content type: {sniffed.reason}"
             problem = PermanentError(STAGE, change.object_id, reason, sniffed.fix)
             return [self._dead_letter(env, problem), self._emit(change, origin, env, None, problem)]
+        try:
+            readers = self._readers(change)
+        except ObjectMissingError:
+            SKIPPED.labels(STAGE, "gone").inc()
+            return []
+        except PermanentError as problem:
+            return [self._dead_letter(env, problem), self._emit(change, origin, env, None, problem)]
         event = change.to_event(env.headers.get("source") or "kafka", sniffed.media_kind, sniffed.content_type)
-        return [self._emit(change, origin, env, event)]
+        event.readers[:] = readers
+        return [self._emit(change, origin, env, event, readers=readers)]
+
+    def _readers(self, change: S3Change) -> tuple[str, ...]:
+        """The object's readers: its readers tag, else MMRAG_DEFAULT_READERS. Raises PermanentError for a tag
+        that is not reader tokens, ObjectMissingError when the object is gone."""
+        tag = self.store.tags(change.bucket, change.key).get(self.settings.readers_tag)
+        try:
+            return reader_tokens(self.settings.default_readers if tag is None else tag)
+        except ValueError as exc:
+            fix = f"set the {self.settings.readers_tag} tag to tokens like 'group:finance user:alice'"
+            raise PermanentError(STAGE, change.object_id, f"bad {self.settings.readers_tag} tag: {exc}", fix) from exc
+
+    def _readers_changed(self, env: Envelope[RawChanges], change: S3Change) -> list[Output]:
+        """A tagging event, or the bytes the object holds uploaded again: when its readers changed, a readers-only
+        record (the rows' readers are updated, nothing is embedded again). A bad tag leaves it no reader."""
+        seen = self.table.seen(change.object_id)
+        if seen is None or not seen.live:
+            SKIPPED.labels(STAGE, "readers-of-no-object").inc()
+            return []
+        outputs: list[Output] = []
+        try:
+            readers = self._readers(change)
+        except ObjectMissingError:
+            SKIPPED.labels(STAGE, "gone").inc()
+            return []
+        except PermanentError as problem:
+            outputs, readers = [self._dead_letter(env, problem)], ()
+        if readers == seen.readers:
+            SKIPPED.labels(STAGE, "readers-unchanged").inc()
+            return outputs
+        self.table.record_readers(change.object_id, readers)
+        event = ObjectEvent(
+            object_id=change.object_id,
+            bucket=change.bucket,
+            key=change.key,
+            version=seen.version,
+            readers=readers,
+            readers_only=True,
+            event_name=change.event_name,
+            event_time_ms=change.event_time_ms,
+            source=env.headers.get("source") or "kafka",
+        )
+        headers = {**seen_headers(change.object_id, seen), "readers": " ".join(readers), "readers-only": "true"}
+        EMITTED.labels(STAGE, "readers").inc()
+        log.info("%s: readers of %s (%s) are now %s", STAGE, change.object_id, seen.version, " ".join(readers))
+        return [*outputs, Output(self.topics.objects, readers_key(change.object_id), event, headers, env.partition)]
 
     def _emit(
         self,
@@ -192,11 +267,16 @@ class Normalizer:
         env: Envelope[RawChanges],
         event: ObjectEvent | None,
         rejected: PermanentError | None = None,
+        readers: tuple[str, ...] | None = None,
     ) -> Output:
         """The objects.v1 record (event, or tombstone when None) on the partition this normalizer owns; the table
-        notes it. A tombstone of a rejected version names why in its ``rejected`` header."""
-        self.table.record(change, origin, live=event is not None)
-        headers = change.identity_headers()
+        notes it. A tombstone of a rejected version names why in its ``rejected`` header; a tombstone keeps the
+        readers the object had (who may still ask for its status)."""
+        if readers is None:
+            prev = self.table.seen(change.object_id)
+            readers = prev.readers if prev is not None and prev.readers is not None else ()
+        self.table.record(change, origin, live=event is not None, readers=readers)
+        headers = {**change.identity_headers(), "readers": " ".join(readers)}
         if rejected is not None:
             headers["rejected"] = rejected.problem
         EMITTED.labels(STAGE, "tombstone" if event is None else "event").inc()
@@ -208,6 +288,26 @@ class Normalizer:
         raw = env.value.raw if env.value is not None else None
         origin = DlqOrigin(env.topic, env.partition, env.offset)
         return dead_letter(self.topics.dlq, env.key, raw, env.headers, stage=STAGE, error=error, origin=origin)
+
+
+def readers_key(object_id: str) -> str:
+    """The objects.v1 key of an object's readers-only records: never an object id (no S3 bucket name holds
+    ``#``), so compaction keeps the object's last full record beside them (a re-index replays both, in order: the
+    normalizer writes them to the object's own partition)."""
+    return f"#readers/{object_id}"
+
+
+def seen_headers(object_id: str, seen: Seen) -> dict[str, str]:
+    """The identity headers of what the object holds (as its own record carried them)."""
+    return {
+        "object-id": object_id,
+        "version": seen.version,
+        "version-id": seen.version_id,
+        "etag": seen.etag,
+        "event-time-ms": str(seen.event_time_ms),
+        "sequencer": seen.sequencer,
+        "event-name": f"{CREATED}:Put",
+    }
 
 
 def build(settings: NormalizerSettings, probes: Probes) -> StageRunner[RawChanges]:

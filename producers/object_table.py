@@ -11,7 +11,7 @@ topic's headers after a restart.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from producers.s3_events import CREATED, S3Change
@@ -39,6 +39,7 @@ class Seen:
     origin: Origin | None = None  # set only for changes emitted by this process since its last restore
     version_id: str = ""
     etag: str = ""
+    readers: tuple[str, ...] | None = None  # the readers emitted with it; None: not known (restored, older record)
 
 
 def compare_sequencers(a: str, b: str) -> int:
@@ -98,6 +99,11 @@ class ObjectTable:
         oid = headers.get("object-id") or key
         if not oid:
             return
+        if headers.get("readers-only"):  # new readers of the version the object held then, if it still does
+            prev = self._seen.get(oid)
+            if prev is not None and prev.live and prev.version == headers.get("version", ""):
+                self._seen[oid] = replace(prev, readers=tuple(headers.get("readers", "").split()))
+            return
         self._seen[oid] = Seen(
             version=headers.get("version", ""),
             event_time_ms=int(headers.get("event-time-ms") or 0),
@@ -106,7 +112,18 @@ class ObjectTable:
             live=not tombstone,
             version_id=headers.get("version-id", ""),
             etag=headers.get("etag", ""),
+            readers=tuple(headers["readers"].split()) if "readers" in headers else None,
         )
+
+    def seen(self, object_id: str) -> Seen | None:
+        """What was emitted last for the object (this batch's staged change first)."""
+        return self._staged.get(object_id) or self._seen.get(object_id)
+
+    def record_readers(self, object_id: str, readers: tuple[str, ...]) -> None:
+        """Stages new readers of the version the object holds (a readers-only record was emitted)."""
+        prev = self.seen(object_id)
+        if prev is not None:
+            self._staged[object_id] = replace(prev, readers=readers)
 
     def verdict(self, change: S3Change, origin: Origin) -> Verdict:
         """Whether ``change`` is news for objects.v1, and if not, why."""
@@ -129,7 +146,7 @@ class ObjectTable:
             return Verdict.NONCURRENT if prev.version != change.version_id else Verdict.EMIT
         return Verdict.EMIT
 
-    def record(self, change: S3Change, origin: Origin, live: bool) -> None:
+    def record(self, change: S3Change, origin: Origin, live: bool, readers: tuple[str, ...] = ()) -> None:
         """Stages what was emitted for ``change`` (``live`` = an ObjectEvent, not a tombstone)."""
         self._staged[change.object_id] = Seen(
             version=change.version,
@@ -140,4 +157,5 @@ class ObjectTable:
             origin=origin,
             version_id=change.version_id,
             etag=change.etag,
+            readers=readers,
         )

@@ -19,7 +19,7 @@ from mmrag.ids import object_id
 from mmrag.pb.events_pb2 import MediaKind, ObjectEvent
 
 STAGE = "producer"
-CREATED, REMOVED = "ObjectCreated", "ObjectRemoved"
+CREATED, REMOVED, TAGGING = "ObjectCreated", "ObjectRemoved", "ObjectTagging"
 # EventBridge's `reason` of an "Object Created" event, as the S3 event-name suffix of the same change.
 EVENTBRIDGE_CREATED = {"PutObject": "Put", "POST Object": "Post", "CopyObject": "Copy"}
 
@@ -44,6 +44,11 @@ class S3Change:
     @property
     def deleted(self) -> bool:
         return self.event_name.startswith(REMOVED)
+
+    @property
+    def tagging(self) -> bool:
+        """A change of the object's tags alone (``ObjectTagging:Put`` / ``:Delete``): its readers may change."""
+        return self.event_name.startswith(TAGGING)
 
     @property
     def version(self) -> str:
@@ -144,8 +149,10 @@ def _parse_eventbridge(data: Mapping[str, Any], source: str) -> S3Change:
     elif kind == "Object Deleted":
         marker = detail.get("deletion-type") == "Delete Marker Created"
         name = f"{REMOVED}:{'DeleteMarkerCreated' if marker else 'Delete'}"
+    elif kind in ("Object Tags Added", "Object Tags Deleted"):
+        name = f"{TAGGING}:{'Put' if kind.endswith('Added') else 'Delete'}"
     else:
-        fix = "route only Object Created/Deleted"
+        fix = "route only Object Created/Deleted and Object Tags Added/Deleted"
         raise PermanentError(STAGE, f"{bucket}/{key} ({source})", f"unsupported EventBridge event {kind!r}", fix)
     return _change(bucket, key, name, data.get("time"), obj, obj.get("version-id"), source)
 
@@ -177,12 +184,12 @@ def _checked(change: S3Change, source: str) -> S3Change:
     subject = f"{change.object_id} ({source})"
     if not change.bucket or not change.key:
         raise PermanentError(STAGE, source, "record has an empty bucket or key", "fix the publisher's records")
-    if not change.event_name.startswith((CREATED, REMOVED)):
+    if not change.event_name.startswith((CREATED, REMOVED, TAGGING)):
         raise PermanentError(
             STAGE,
             subject,
             f"unknown eventName {change.event_name!r}",
-            "subscribe only to s3:ObjectCreated:* and s3:ObjectRemoved:*",
+            "subscribe only to s3:ObjectCreated:*, s3:ObjectRemoved:* and s3:ObjectTagging:*",
         )
     if not change.sequencer and change.event_time_ms <= 0:
         raise PermanentError(

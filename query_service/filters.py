@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from mmrag.pb.events_pb2 import Modality, SearchRequest
 from mmrag.pb.query_pb2 import Filter
 from mmrag.vector_index import media_type
+from query_service.callers import Caller
 
 MAX_LISTED = 1000  # object ids, buckets or content types in one filter: the request travels over Kafka
 MAX_KEY_BYTES = 1024  # S3's key limit
@@ -40,6 +41,9 @@ class Scope:
     content_types: tuple[str, ...] = ()
     event_time_from_ms: int = 0
     event_time_to_ms: int = 0
+    # the caller's reader tokens (every shard searches only rows sharing one; () = none); None = unrestricted (auth
+    # off). Part of the caches' keys: a cached result or answer serves only callers of the same tokens.
+    readers: tuple[str, ...] | None = None
 
     def fill(self, request: SearchRequest) -> SearchRequest:
         """Sets these fields on ``request`` and returns it."""
@@ -51,12 +55,16 @@ class Scope:
         request.content_types[:] = self.content_types
         request.event_time_from_ms = self.event_time_from_ms
         request.event_time_to_ms = self.event_time_to_ms
+        request.restricted = self.readers is not None
+        request.reader_tokens[:] = self.readers or ()
         return request
 
 
-def scope_of(f: Filter, raw_chunks: bool = False) -> Scope:
-    """The checked scope of a public Filter; raises FilterError naming the first invalid field."""
+def scope_of(f: Filter, raw_chunks: bool = False, *, caller: Caller) -> Scope:
+    """The checked scope of a public Filter, within what ``caller`` may see (an unrestricted caller: everything);
+    raises FilterError naming the first invalid field."""
     return Scope(
+        readers=None if caller.unrestricted else tuple(sorted(caller.reader_tokens())),
         raw_chunks=raw_chunks,
         object_ids=_listed("filter.object_ids", f.object_ids, _object_id_problem),
         modality=_modality(f.modality),

@@ -50,6 +50,11 @@ class ObjectRecord:
     seen: ObjectSeen | None = None
     status: IndexStatus | None = None
     failures: list[Failure] = field(default_factory=list)
+    readers: tuple[str, ...] = ()  # the newest readers objects.v1 (its ``readers`` header) or the index named
+
+    def visible_to(self, tokens: frozenset[str] | None) -> bool:
+        """May a caller with these reader tokens (None: unrestricted) learn anything of this object."""
+        return tokens is None or not tokens.isdisjoint(self.readers)
 
     def add_failure(self, failure: Failure) -> None:
         """Keeps the newest dead letter per (version, stage), at most MAX_FAILURES_PER_OBJECT."""

@@ -19,6 +19,7 @@ from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.telemetry import Probes
 from mmrag.tracing import span_attributes
 from query_service.ask import RetrievalUnavailableError
+from query_service.callers import current_caller
 from query_service.eval_log import Client
 from query_service.filters import FilterError, scope_of
 from query_service.settings import QueryServiceSettings
@@ -72,7 +73,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 "(MMRAG_MAX_QUERY_IMAGE_BYTES); send a smaller image (a 224 px model needs no more)",
             )
         try:
-            scope = scope_of(request.filter, request.raw_chunks)
+            scope = scope_of(request.filter, request.raw_chunks, caller=current_caller())
         except FilterError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         space = self.spaces()
@@ -139,7 +140,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 f"max_tokens must be 1..{s.ask_max_tokens} (MMRAG_ASK_MAX_TOKENS), or 0 for that default",
             )
         try:
-            scope = scope_of(request.filter)
+            scope = scope_of(request.filter, caller=current_caller())
         except FilterError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
@@ -155,7 +156,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self, request: query_pb2.ObjectStatusRequest, context: Any
     ) -> query_pb2.ObjectStatusResponse:
         """Is it searchable yet: from the status view (query_service/status_view.py)."""
-        return answer_status(self.status_view, request.object_id, context)
+        caller = current_caller()
+        readers = None if caller.unrestricted else caller.reader_tokens()
+        return answer_status(self.status_view, request.object_id, context, readers)
 
 
 def serve(

@@ -83,10 +83,14 @@ class StatusView:
         left = len(self._loading)
         return True, f"status view: {self.read} records, {'caught up' if not left else f'{left} partitions loading'}"
 
-    def status_of(self, object_id: str) -> ObjectStatusResponse | None:
+    def status_of(self, object_id: str, readers: frozenset[str] | None = None) -> ObjectStatusResponse | None:
+        """The object's status for a caller with these reader tokens (None: unrestricted); None when no topic has
+        heard of it or the caller may not see it (the two are answered alike: no side channel)."""
         with self._lock:
             record = self._records.get(object_id)
-            return resolve(object_id, record, now_ms()) if record is not None else None
+            if record is None or not record.visible_to(readers):
+                return None
+            return resolve(object_id, record, now_ms())
 
     def close(self) -> None:
         self._stop.set()
@@ -124,6 +128,7 @@ class StatusView:
             return
         object_id = key.decode(errors="replace") if isinstance(key, bytes) else key
         headers = decode_headers(msg.headers())  # type: ignore[arg-type]
+        object_id = headers.get("object-id", object_id) if where[0] == self.topics.objects else object_id
         value = msg.value()
         raw = value.encode() if isinstance(value, str) else value
         with self._lock:  # listeners hear of a change before GetObjectStatus can show it: caches drop first
@@ -144,7 +149,10 @@ class StatusView:
     ) -> IndexStatus | None:
         """Keeps what ``msg`` says of its object; returns it when it is an index status."""
         written_ms = msg.timestamp()[1]
-        if topic == self.topics.objects:
+        if topic == self.topics.objects and headers.get("readers-only"):  # new readers of the version it holds
+            if record.seen is not None and record.seen.version == headers.get("version"):
+                record.readers = tuple(headers.get("readers", "").split())
+        elif topic == self.topics.objects:
             record.seen = ObjectSeen(
                 version=headers.get("version", ""),
                 live=raw is not None,
@@ -152,6 +160,8 @@ class StatusView:
                 event_time_ms=_int(headers.get("event-time-ms")),
                 written_ms=written_ms,
             )
+            if "readers" in headers:  # the normalizer's newest decision (tombstones keep it too)
+                record.readers = tuple(headers["readers"].split())
         elif topic == self.topics.index_status and raw is not None:
             status = IndexStatus()
             try:
@@ -160,6 +170,8 @@ class StatusView:
                 log.warning("status view: undecodable IndexStatus at offset %s", msg.offset())
                 return None
             record.status = status
+            if record.seen is None:  # objects.v1 not read (yet): the index's readers
+                record.readers = tuple(status.readers)
             return status
         elif topic == self.topics.dlq:
             record.add_failure(_failure(raw, headers, int(msg.offset() or 0), written_ms))
@@ -185,8 +197,12 @@ def _int(text: str | None) -> int:
         return 0
 
 
-def answer_status(view: StatusView | None, object_id: str, context: Any) -> ObjectStatusResponse:
-    """GetObjectStatus: the view's answer, or a gRPC error that says what to do (NOT_FOUND, UNAVAILABLE)."""
+def answer_status(
+    view: StatusView | None, object_id: str, context: Any, readers: frozenset[str] | None
+) -> ObjectStatusResponse:
+    """GetObjectStatus for a caller with these reader tokens (None: unrestricted): the view's answer, or a gRPC
+    error that says what to do (NOT_FOUND, UNAVAILABLE). An object the caller may not see is NOT_FOUND with the
+    very words of one never seen."""
     oid = object_id.removeprefix("s3://")
     if not oid or "/" not in oid:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"object_id {object_id!r}: give bucket/key")
@@ -195,7 +211,7 @@ def answer_status(view: StatusView | None, object_id: str, context: Any) -> Obje
     assert view is not None
     if not view.caught_up:
         context.abort(grpc.StatusCode.UNAVAILABLE, f"status view still loading ({view.read} records read); retry")
-    found = view.status_of(oid)
+    found = view.status_of(oid, readers)
     if found is None:
         context.abort(grpc.StatusCode.NOT_FOUND, f"{oid} not seen on objects.v1, index-status.v1 or dlq.v1")
     assert found is not None

@@ -142,3 +142,15 @@ def test_deletes_and_overwrites_count_at_the_next_search(store: KeywordStore) ->
     assert found(store, "F-2307", shard=1) == ["quote"]  # the old words are gone with the old version
     store.upsert([replace(copy, version="v3", text="", has_text=False, has_image=True)])
     assert found(store, "cello", shard=1) == []
+
+
+def test_readers_hold_for_keyword_searches_before_ranking(store: KeywordStore) -> None:
+    """A caller's keyword list holds only rows it may read, the best of those (not the best rows, filtered)."""
+    readers = {"solar": ("group:finance",), "fault": ("user:alice",), "kafka": ("group:finance", "user:bob")}
+    store.upsert([replace(r, readers=readers.get(r.vector_id, ())) for r in doc_rows()])
+    assert found(store, "inverter fault", readers=frozenset({"group:finance"})) == ["solar"]
+    assert found(store, "inverter fault", readers=frozenset({"user:alice"})) == ["fault"]
+    assert found(store, "inverter fault", top_k=1, readers=frozenset({"user:alice", "group:finance"})) == ["fault"]
+    assert found(store, "inverter fault", readers=frozenset({"user:carol"})) == []
+    assert found(store, "inverter fault", readers=frozenset()) == []
+    assert found(store, "cleanable", readers=frozenset({"user:bob"})) == ["kafka"]

@@ -80,6 +80,13 @@ def eventbridge(kind: str, key: str, **detail: object) -> str:
     )
 
 
+def test_tagging_events_are_changes_of_readers_in_both_flavours() -> None:
+    [put] = parse_notification(json.dumps({"Records": [record("ObjectTagging:Put", "k.txt")]}), "t")
+    [gone] = parse_notification(eventbridge("Object Tags Deleted", "k"), "t")
+    assert (put.event_name, put.tagging, put.deleted) == ("ObjectTagging:Put", True, False)
+    assert (gone.event_name, gone.tagging, gone.deleted) == ("ObjectTagging:Delete", True, False)
+
+
 def test_eventbridge_created_and_deleted() -> None:
     [created] = parse_notification(eventbridge("Object Created", "a b+c.txt", reason="PutObject"), "t")
     assert created == S3Change("bkt", "a b+c.txt", "ObjectCreated:Put", 1795438654000, 9, "e1", "v1", "00617F0829")
@@ -107,11 +114,11 @@ def test_test_events_yield_nothing(raw: str) -> None:
         "[1, 2]",
         json.dumps({"Records": "x"}),
         json.dumps({"Records": [{"a": 1}]}),
-        json.dumps({"Records": [record("ObjectTagging:Put", "k.txt")]}),
+        json.dumps({"Records": [record("ObjectRestore:Post", "k.txt")]}),
         json.dumps({"Records": [record("ObjectCreated:Put", "k.txt", size="big")]}),
         json.dumps({"Records": [{**record("ObjectCreated:Put", "k.txt"), "eventTime": "yesterday"}]}),
         json.dumps({"Type": "Notification", "Message": "{oops"}),
-        eventbridge("Object Tags Added", "k"),
+        eventbridge("Object Restore Completed", "k"),
     ],
 )
 def test_malformed_bodies_raise_a_permanent_error_naming_the_source(raw: str) -> None:

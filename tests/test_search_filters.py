@@ -10,6 +10,7 @@ from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, Modality, SearchRequest
 from mmrag.pb.query_pb2 import Filter
 from mmrag.space import EmbeddingSpace
 from mmrag.vector_log import from_record, to_record
+from query_service.callers import ANONYMOUS
 from query_service.filters import FilterError, scope_of
 
 pytestmark = pytest.mark.unit
@@ -25,7 +26,7 @@ def test_a_valid_filter_becomes_the_request_fields() -> None:
         event_time_to_ms=2000,
         object_ids=['docs-1/a "b"\t.md'],
     )
-    request = scope_of(f, raw_chunks=True).fill(SearchRequest(top_k=3))
+    request = scope_of(f, raw_chunks=True, caller=ANONYMOUS).fill(SearchRequest(top_k=3))
     assert list(request.buckets) == ["docs-1", "img.bucket"]  # duplicates dropped, order kept
     assert (request.key_prefix, request.modality, request.raw_chunks) == (
         "reports/2026 ",
@@ -35,7 +36,7 @@ def test_a_valid_filter_becomes_the_request_fields() -> None:
     assert list(request.content_types) == ["text/markdown", "image/png"]
     assert (request.event_time_from_ms, request.event_time_to_ms, request.top_k) == (1000, 2000, 3)
     assert list(request.object_ids) == ['docs-1/a "b"\t.md']
-    empty = scope_of(Filter()).fill(SearchRequest())
+    empty = scope_of(Filter(), caller=ANONYMOUS).fill(SearchRequest())
     assert empty == SearchRequest()  # no filter, per object: nothing set
 
 
@@ -56,7 +57,7 @@ def test_a_valid_filter_becomes_the_request_fields() -> None:
 )
 def test_an_invalid_filter_names_its_field(f: Filter, field: str) -> None:
     with pytest.raises(FilterError) as caught:
-        scope_of(f)
+        scope_of(f, caller=ANONYMOUS)
     assert caught.value.field == field and str(caught.value).startswith(f"{field}: ")
 
 

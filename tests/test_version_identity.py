@@ -34,6 +34,9 @@ class TextStore:
     def read_prefix(self, bucket: str, key: str, length: int, version_id: str = "") -> bytes:
         return b"Kafka consumer groups share partitions.\n"
 
+    def tags(self, bucket: str, key: str) -> dict[str, str]:
+        return {}
+
 
 class MemoryChangelog:
     """objects.v1 as the records a normalizer emitted, one partition."""

@@ -123,4 +123,5 @@ def _payload(row: VectorRow) -> dict[str, Any]:
 
 
 def _row(data: dict[str, Any]) -> VectorRow:
-    return VectorRow(vector=np.empty(0, dtype=np.float32), **data)
+    readers = tuple(data.pop("readers", ()))  # JSON keeps the tuple as a list; snapshots from before have none
+    return VectorRow(vector=np.empty(0, dtype=np.float32), readers=readers, **data)

@@ -67,8 +67,9 @@ def to_hit(hit: Hit) -> SearchHit:
 
 
 def request_filter(req: SearchRequest) -> SearchFilter:
-    """The request's filters: object ids, the half its modality asks for, buckets, key prefix, content types and
-    event-time range (an empty list or a 0 time = no condition)."""
+    """The request's filters: object ids, the half its modality asks for, buckets, key prefix, content types,
+    event-time range (an empty list or a 0 time = no condition) and, for a restricted caller, its reader tokens
+    (none = no row): every index applies them before it ranks."""
     where = SearchFilter(
         object_ids=frozenset(req.object_ids) if req.object_ids else None,
         buckets=frozenset(req.buckets) if req.buckets else None,
@@ -76,6 +77,7 @@ def request_filter(req: SearchRequest) -> SearchFilter:
         content_types=frozenset(media_type(t) for t in req.content_types) if req.content_types else None,
         event_time_from_ms=req.event_time_from_ms or None,
         event_time_to_ms=req.event_time_to_ms or None,
+        readers=frozenset(req.reader_tokens) if req.restricted else None,
     )
     return with_half(where, req.modality)
 

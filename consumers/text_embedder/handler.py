@@ -17,7 +17,7 @@ from consumers.text_embedder.chunking import TextChunk, TooManyChunks, chunk_tex
 from consumers.text_embedder.extract import Budget, Extractor, Limits, Ocr
 from consumers.text_embedder.lanes import HeavyObject, LightLimits, forward
 from mmrag.clip import ClipEncoder
-from mmrag.embedding_batches import deletion_output, new_embedding_batch
+from mmrag.embedding_batches import deletion_output, new_embedding_batch, readers_output
 from mmrag.errors import PermanentError
 from mmrag.messages import Envelope, Output
 from mmrag.metrics import LATENCY_BUCKETS
@@ -200,6 +200,10 @@ class TextEmbedder:
                 deletion = deletion_output(env, self.topic, Modality.MODALITY_TEXT)
                 follow = [] if self.light is None else [forward(env, self.heavy_topic, "a delete follows its versions")]
                 results[i] = [deletion, *follow]
+            elif env.value.readers_only:  # forwarded like a delete: the heavy lane applies it after its versions
+                readers = readers_output(env.value, self.topic, Modality.MODALITY_TEXT)
+                follow = [] if self.light is None else [forward(env, self.heavy_topic, "readers follow versions")]
+                results[i] = [readers, *follow]
             elif env.value.media_kind in self.kinds:
                 results[i] = self._over_size(env.value) or self._heavy_by_size(env) or []
                 if not results[i]:

@@ -56,7 +56,9 @@ def _shown(value: float) -> str:
 
 
 def forward(envelope: Envelope[ObjectEvent], topic: str, reason: str) -> Output:
-    """The consumed record again, key and identity headers kept, on the heavy lane's topic (a tombstone stays one)."""
+    """The consumed record again, key and identity headers kept, on the heavy lane's topic (a tombstone stays one).
+    A readers-only record goes under its object's id, so it follows that object's versions there."""
     headers = {k: v for k, v in envelope.headers.items() if k != "traceparent"}
     headers[LANE_REASON_HEADER] = reason
-    return Output(topic, envelope.key, envelope.value, headers)
+    key = envelope.value.object_id if envelope.value is not None and envelope.value.readers_only else envelope.key
+    return Output(topic, key, envelope.value, headers)

@@ -15,7 +15,7 @@ from prometheus_client import Histogram
 from pydantic import Field
 
 from mmrag.clip import ClipEncoder
-from mmrag.embedding_batches import deletion_output, new_embedding_batch
+from mmrag.embedding_batches import deletion_output, new_embedding_batch, readers_output
 from mmrag.errors import PermanentError
 from mmrag.images import decode_image, require_visible
 from mmrag.messages import Envelope, Output
@@ -93,6 +93,8 @@ class VisionEmbedder:
             results.append([])
             if env.value is None:
                 results[i] = [deletion_output(env, self.topic, Modality.MODALITY_IMAGE)]
+            elif env.value.readers_only:
+                results[i] = [readers_output(env.value, self.topic, Modality.MODALITY_IMAGE)]
             elif env.value.media_kind == MediaKind.MEDIA_KIND_IMAGE:
                 refused = size_refusal(env.value, self.settings.max_image_bytes, STAGE, "MMRAG_MAX_IMAGE_BYTES")
                 if refused is None:
