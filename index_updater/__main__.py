@@ -6,6 +6,8 @@ import sys
 from functools import partial
 
 from index_updater.handler import IndexUpdater, IndexUpdaterSettings
+from index_updater.status_gate import StatusGate
+from mmrag.applied_offsets import AppliedOffsets
 from mmrag.changelog import ChangelogReader
 from mmrag.dependency_watch import ping_milvus, watch
 from mmrag.messages import proto_decoder
@@ -38,7 +40,20 @@ def build(settings: IndexUpdaterSettings, probes: Probes) -> StageRunner[Embeddi
         watch(
             probes, settings, "milvus", partial(ping_milvus, settings, settings.dependency_timeout_s)
         )  # every batch is upserted into it
-    handler = IndexUpdater(settings, space, index, lambda: changelog.partition_count(topics.vectors))
+    gate = None
+    if settings.produces_vectors:
+        applied = AppliedOffsets(
+            settings.bootstrap_servers, topics.vectors_applied, settings.faiss_applied_max_age_s, "index_updater"
+        )
+        gate = StatusGate(
+            applied,
+            topics.index_status,
+            topics.vectors,
+            settings.shards,
+            settings.faiss_applied_wait_s,
+            lambda: changelog.end_offsets(topics.vectors),
+        )
+    handler = IndexUpdater(settings, space, index, lambda: changelog.partition_count(topics.vectors), gate)
     decoders = {settings.topics.embeddings: proto_decoder(EmbeddingBatch, handler.stage)}
     return StageRunner(
         settings,

@@ -15,6 +15,7 @@ from prometheus_client import Histogram
 from pydantic import Field
 
 from index_updater.fusion import plan_update
+from index_updater.status_gate import StatusGate
 from mmrag import metrics
 from mmrag.errors import PermanentError
 from mmrag.ids import shard_for
@@ -44,6 +45,19 @@ class IndexUpdaterSettings(BaseServiceSettings, SpaceSettings, VectorStoreSettin
         "updater keeps its objects' rows in memory, restored from vectors.v1 on assignment",
     )
 
+    faiss_applied_max_age_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="a Faiss replica whose last applied mark (vectors.applied.v1) is older is not waited for "
+        "(a few times the workers' MMRAG_FAISS_APPLIED_INTERVAL_S)",
+    )
+    faiss_applied_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="longest wait for the Faiss replicas to apply a batch before its statuses go out; then the "
+        "batch is redone after a back-off",
+    )
+
     @property
     def produces_vectors(self) -> bool:
         return self.index_backend != "milvus"
@@ -58,9 +72,11 @@ class IndexUpdater:
         space: EmbeddingSpace,
         index: IndexWriter,
         vector_partitions: Callable[[], int] | None = None,
+        gate: StatusGate | None = None,
     ) -> None:
         """``index`` is Milvus, or a VectorLogTable with Faiss alone; ``vector_partitions`` counts vectors.v1's
-        partitions (checked against MMRAG_SHARDS at warm-up) when the updater produces vectors."""
+        partitions (checked against MMRAG_SHARDS at warm-up) when the updater produces vectors; ``gate`` holds
+        the statuses until the Faiss replicas applied the rows (the runner asks it, see status_gate.py)."""
         metrics.FRESHNESS.labels(STAGE)  # served at 0 from the start: a first observation is an increase to rate()
         self.settings = settings
         self.space = space
@@ -68,9 +84,12 @@ class IndexUpdater:
         self.status_topic = settings.topics.index_status
         self.vectors_topic = settings.topics.vectors if settings.produces_vectors else None
         self.vector_partitions = vector_partitions
+        self.visibility_gate = gate
 
     def warm_up(self) -> None:
         self.index.start()
+        if self.visibility_gate is not None:
+            self.visibility_gate.start()
         if self.vectors_topic and self.vector_partitions is not None:
             found = self.vector_partitions()
             if found != self.settings.shards:
@@ -80,9 +99,12 @@ class IndexUpdater:
                 )
 
     def on_assign(self, partitions: Sequence[tuple[str, int]]) -> None:
-        """With Faiss alone: the rows of the assigned partitions' objects, read back from vectors.v1."""
+        """With Faiss alone: the rows of the assigned partitions' objects, read back from vectors.v1; with Faiss,
+        the log's ends, which the next statuses wait for."""
         if isinstance(self.index, VectorLogTable):
             self.index.restore(p for topic, p in partitions if topic == self.settings.topics.embeddings)
+        if self.visibility_gate is not None:
+            self.visibility_gate.reread_ends()
 
     def on_commit(self) -> None:
         if isinstance(self.index, VectorLogTable):

@@ -99,7 +99,7 @@ DECLARATIONS: tuple[Declaration, ...] = (
     ),
     Declaration(
         "index_updater",
-        reads=("embeddings", "vectors"),
+        reads=("embeddings", "vectors", "vectors.applied"),
         writes=("vectors", "index-status", "dlq"),
         groups=("index-updater",),
         group_prefixes=_restore("index_updater"),
@@ -115,7 +115,7 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration(
         "faiss_worker",
         reads=("search.requests", "vectors"),
-        writes=("search.replies", "dlq"),
+        writes=("search.replies", "vectors.applied", "dlq"),
         group_prefixes=("{prefix}retrieval-shard-", "faiss_worker-"),
         summary="like the retrieval worker, from its shard's vectors partition",
     ),

@@ -55,6 +55,15 @@ class ChangelogReader:
             )
         return len(meta.partitions)
 
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """The end offset of each partition of ``topic`` as of now (the next offset a record would get)."""
+        count = self.partition_count(topic)
+        consumer = self._consumer()
+        try:
+            return {p: watermark_offsets(consumer, TopicPartition(topic, p), self.timeout_s)[1] for p in range(count)}
+        finally:
+            consumer.close()
+
     def read(self, topic: str, partitions: Sequence[int]) -> Iterator[LoggedRecord]:
         """Every committed record of ``partitions`` from the beginning to the end as of now, in offset order."""
         consumer = self._consumer()

@@ -100,11 +100,18 @@ class _Reports:
 
     def __init__(self) -> None:
         self.failures: dict[int, KafkaError] = {}
+        self.ends: dict[tuple[str, int], int] = {}  # per partition written: the offset after the last record
 
     def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
-        def report(err: KafkaError | None, _msg: Message) -> None:
+        def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 self.failures[index] = err
+                return
+            if msg is None:  # a report without its message tells nothing of where it landed
+                return
+            where, offset = (str(msg.topic()), int(msg.partition() or 0)), msg.offset()
+            if offset is not None and offset >= 0:
+                self.ends[where] = max(self.ends.get(where, 0), offset + 1)
 
         return report
 
@@ -177,15 +184,17 @@ class Delivery:
         group_metadata: Any = None,
         before_commit: Callable[[], None] | None = None,
         alone: Collection[int] = (),
-    ) -> None:
+    ) -> dict[tuple[str, int], int]:
         """Makes ``outputs`` durable; in a transaction, commits ``offsets`` with them. Outputs whose index is in
         ``alone`` travel in a produce request of their own (a broker refuses a whole request batch, so this tells
-        which record it refuses). Raises NotDeliveredError, RejectedOutputsError or (fatal) KafkaException; nothing
-        is committed unless it returns. A call that hung costs a new producer and one more try, at once."""
+        which record it refuses). Returns, per (topic, partition) written, the offset after its last record (a
+        transaction's records are visible to read_committed readers only once it returns). Raises
+        NotDeliveredError, RejectedOutputsError or (fatal) KafkaException; nothing is committed unless it returns.
+        A call that hung costs a new producer and one more try, at once."""
         try:
-            self._deliver_once(outputs, offsets, group_metadata, before_commit, alone)
+            return self._deliver_once(outputs, offsets, group_metadata, before_commit, alone)
         except ProducerReplacedError:  # logged when it was replaced
-            self._deliver_once(outputs, offsets, group_metadata, before_commit, alone)
+            return self._deliver_once(outputs, offsets, group_metadata, before_commit, alone)
 
     def _deliver_once(
         self,
@@ -194,21 +203,22 @@ class Delivery:
         group_metadata: Any,
         before_commit: Callable[[], None] | None,
         alone: Collection[int],
-    ) -> None:
+    ) -> dict[tuple[str, int], int]:
         if not self.transactional:
-            self._produce_and_flush(outputs, alone)
+            ends = self._produce_and_flush(outputs, alone)
             if before_commit is not None:
                 before_commit()
-            return
+            return ends
         producer = self.producer
         try:
             producer.begin_transaction()
-            self._produce_and_flush(outputs, alone)
+            ends = self._produce_and_flush(outputs, alone)
             if before_commit is not None:
                 before_commit()
             if offsets:
                 self._call("send_offsets_to_transaction", list(offsets), group_metadata, timeout_s=COORDINATOR_CALL_S)
             self._commit()
+            return ends
         except (NotDeliveredError, RejectedOutputsError, KafkaException) as exc:
             if self.producer is producer:  # else replaced: the new one's init_transactions aborted it already
                 self._abort(exc)
@@ -219,7 +229,7 @@ class Delivery:
     def _flush(self) -> int:
         return int(self._call("flush", timeout_s=self.commit_deadline_s))
 
-    def _produce_and_flush(self, outputs: Sequence[Encoded], alone: Collection[int]) -> None:
+    def _produce_and_flush(self, outputs: Sequence[Encoded], alone: Collection[int]) -> dict[tuple[str, int], int]:
         reports = _Reports()
         for index, out in enumerate(outputs):
             if index in alone:
@@ -237,6 +247,7 @@ class Delivery:
         if left or reports.failures:
             errors = sorted({err.str() for err in reports.failures.values()})[:3]
             raise NotDeliveredError(f"{left} record(s) still queued, {len(reports.failures)} failed: {errors}")
+        return reports.ends
 
     def _produce(self, out: Encoded, report: Callable[[KafkaError | None, Message], None]) -> None:
         kwargs: dict[str, Any] = {"key": out.key, "value": out.value, "headers": out.headers, "on_delivery": report}

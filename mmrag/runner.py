@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from confluent_kafka import KafkaException, Message, TopicPartition
@@ -56,6 +57,16 @@ class BatchHandler(Protocol[T]):
     def warm_up(self) -> None: ...
 
     def handle(self, batch: Sequence[Envelope[T]]) -> Sequence[ItemResult]: ...
+
+
+class VisibilityGate(Protocol):
+    """A handler's ``visibility_gate`` (non-transactional stages): the batch's outputs to ``topics`` are held back
+    until the others are durable and ``wait`` (given where those landed, per (topic, partition) the offset after the
+    last record, and the held outputs' keys) returns; a RetryableError from it redoes the batch after a back-off."""
+
+    topics: frozenset[str]
+
+    def wait(self, delivered: Mapping[tuple[str, int], int], held_keys: Sequence[bytes | None]) -> None: ...
 
 
 class OutageError(Exception):
@@ -369,13 +380,7 @@ class StageRunner(Generic[T]):
             encoded, owners = self._encoded(batch)
             alone = {i for i, owner in enumerate(owners) if _position(owner) in self._suspects}
             try:
-                self._delivery.deliver(
-                    encoded,
-                    batch.offsets() if self.transactional else (),
-                    self._consumer.consumer_group_metadata() if self.transactional else None,
-                    before_commit=lambda: self._fault_hold(batch),
-                    alone=alone,
-                )
+                self._deliver_waves(batch, encoded, alone)
             except NotDeliveredError:
                 if not refused_before:
                     raise
@@ -395,6 +400,35 @@ class StageRunner(Generic[T]):
             self._hook("on_commit")
             return
         raise NotDeliveredError(f"{self.stage}: Kafka kept refusing records of this batch")
+
+    def _deliver_waves(self, batch: _Batch, encoded: list[Encoded], alone: set[int]) -> None:
+        """Delivers the batch's outputs in one go; with the handler's visibility gate, the gated topics' outputs in
+        a second delivery once the gate let them go. Refusals name indexes of ``encoded``."""
+        assert self._delivery is not None
+        gate: VisibilityGate | None = getattr(self.handler, "visibility_gate", None)
+        everything = list(range(len(encoded)))
+        waves = [everything]
+        if gate is not None and not self.transactional:
+            waves = [[i for i in everything if encoded[i].topic not in gate.topics]]
+            waves.append([i for i in everything if encoded[i].topic in gate.topics])
+        delivered: dict[tuple[str, int], int] = {}
+        for n, wave in enumerate(waves):
+            if n:
+                assert gate is not None
+                try:
+                    self.keeper.run(partial(gate.wait, delivered, [encoded[i].key for i in wave]))
+                except RetryableError as exc:
+                    raise OutageError(str(exc)) from exc
+            try:
+                delivered = self._delivery.deliver(
+                    [encoded[i] for i in wave],
+                    batch.offsets() if self.transactional else (),
+                    self._consumer.consumer_group_metadata() if self.transactional else None,
+                    before_commit=(lambda: self._fault_hold(batch)) if n == len(waves) - 1 else None,
+                    alone={k for k, i in enumerate(wave) if i in alone},
+                )
+            except RejectedOutputsError as exc:
+                raise RejectedOutputsError({wave[k]: reason for k, reason in exc.refused.items()}) from exc
 
     def _encoded(self, batch: _Batch) -> tuple[list[Encoded], list[_Item]]:
         """Every output of the batch serialized once, with the item that made it; an item whose output is over

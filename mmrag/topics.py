@@ -31,6 +31,8 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("objects.heavy"),
     TopicSpec("embeddings"),
     TopicSpec("vectors", compacted=True),
+    # how far each Faiss shard replica applied vectors.v1 (key = replica id): the updater's statuses wait for it
+    TopicSpec("vectors.applied", compacted=True, partitions=1, retention_ms=600_000),
     TopicSpec("index-status", compacted=True),
     TopicSpec("search.requests"),
     TopicSpec("search.replies", partitions=4),
@@ -50,7 +52,7 @@ SPECS: tuple[TopicSpec, ...] = (
 # What one embedding space's stages produce: a re-index space (MMRAG_SPACE_NAME) has its own, so the live space's
 # updater never reads another space's embeddings, nor its heavy lane another space's objects; objects.v1 and the
 # rest are shared.
-SPACE_OWNED = frozenset({"objects.heavy", "embeddings", "vectors", "index-status"})
+SPACE_OWNED = frozenset({"objects.heavy", "embeddings", "vectors", "vectors.applied", "index-status"})
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ class Topics:
     @property
     def vectors(self) -> str:
         return self.name("vectors")
+
+    @property
+    def vectors_applied(self) -> str:
+        return self.name("vectors.applied")
 
     @property
     def index_status(self) -> str:

@@ -33,7 +33,8 @@ def test_topics_are_created_once_with_compaction_and_shard_partitions(bootstrap:
             topics.name("backfill-checkpoints"),
             topics.object_access,
         }
-        if resource.name == topics.llm_heartbeats:  # seconds of it are read: compacted and deleted after 10 min
+        if resource.name in (topics.llm_heartbeats, topics.vectors_applied):  # seconds of it are read: compacted
+            # and deleted after 10 min
             assert policy == "compact,delete" and config["retention.ms"].value == "600000", config
             continue
         assert policy == ("compact" if compacted else "delete"), resource.name

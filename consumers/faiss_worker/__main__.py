@@ -3,6 +3,7 @@ materializes from that shard's partition of vectors.v1 (group retrieval-shard-<k
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -12,8 +13,11 @@ from pydantic import Field
 from consumers.faiss_worker.shard import FaissShard
 from consumers.retrieval_worker.handler import RetrievalWorkerSettings
 from consumers.retrieval_worker.request_loop import request_loop
+from mmrag.applied_offsets import AppliedSender
 from mmrag.faiss_index import FaissSettings
+from mmrag.kafka_clients import make_producer
 from mmrag.pb.events_pb2 import SearchRequest
+from mmrag.request_reply import FAST_PRODUCER
 from mmrag.runner import StageRunner
 from mmrag.service import service_main
 from mmrag.space import space_from_settings
@@ -29,6 +33,13 @@ class FaissWorkerSettings(RetrievalWorkerSettings, FaissSettings):
         "tombstones for delete.retention.ms (1 day), a snapshot older than that could miss deletes",
     )
 
+    faiss_applied_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often the worker says on vectors.applied.v1 how far it applied (at once after each apply); "
+        "the index updater's statuses wait for it",
+    )
+
     @property
     def snapshot_root(self) -> Path:
         return self.faiss_snapshot_dir or self.state_dir / "faiss"
@@ -37,14 +48,17 @@ class FaissWorkerSettings(RetrievalWorkerSettings, FaissSettings):
 class FaissWorker:
     """The request loop, with the shard closed (last snapshot) when it ends."""
 
-    def __init__(self, runner: StageRunner[SearchRequest], shard: FaissShard) -> None:
+    def __init__(self, runner: StageRunner[SearchRequest], shard: FaissShard, applied: AppliedSender) -> None:
         self.runner = runner
         self.shard = shard
+        self.applied = applied
 
     def run(self, stop: threading.Event) -> None:
+        self.applied.start()
         try:
             self.runner.run(stop)
         finally:
+            self.applied.close()  # the updater stops waiting for this replica before it stops applying
             self.shard.close()
 
 
@@ -63,8 +77,17 @@ def build(settings: FaissWorkerSettings, probes: Probes) -> FaissWorker:
         keywords=settings.keyword_refresh_s > 0,
     )
     probes.add_check("vectors", shard.readiness)
+    applied = AppliedSender(
+        make_producer(settings.bootstrap_servers, None, **FAST_PRODUCER),
+        settings.topics.vectors_applied,
+        f"{settings.instance_id}.{os.getpid()}.shard-{settings.shard}",  # pods share no host name, processes do
+        settings.shard,
+        lambda: (shard.next_offset, shard.caught_up.is_set()),
+        settings.faiss_applied_interval_s,
+    )
+    shard.on_applied = applied.advanced
     runner = request_loop(settings, space.id, shard, probes)
-    return FaissWorker(runner, shard)
+    return FaissWorker(runner, shard, applied)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,7 @@ class FaissShard:
         self._thread: threading.Thread | None = None
         self._failure = ""
         self._consumer: Consumer | None = None
+        self.on_applied: Callable[[], object] | None = None  # told after records are applied or on catching up
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -211,7 +212,10 @@ class FaissShard:
         assert self._consumer is not None
         records: list[Message] = []
         at_end = False
-        for msg in self._consumer.consume(1000, 0.2):
+        # the first record ends the wait (a lone record waited librdkafka's whole timeout); what else is fetched
+        # already joins it: the updater's statuses wait for this shard to apply
+        polled = self._consumer.consume(1, 0.2)
+        for msg in polled + (self._consumer.consume(999, 0) if polled else []):
             err = msg.error()
             if err is None:
                 records.append(msg)
@@ -226,6 +230,8 @@ class FaissShard:
             self.next_offset = int(records[-1].offset() or 0) + 1
         if at_end or self.next_offset >= self.target:  # only once what was read is applied
             self.caught_up.set()
+        if (records or at_end) and self.on_applied is not None:
+            self.on_applied()
 
     def _apply(self, records: Sequence[Message]) -> None:
         """Applies records in offset order: runs of upserts go in together, a tombstone deletes its vector id; each
