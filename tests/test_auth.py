@@ -261,3 +261,12 @@ def test_a_caller_set_on_one_thread_is_not_seen_on_another() -> None:
         thread.start()
         thread.join()
     assert seen == [NO_CALLER]  # fails closed: a thread that lost the context sees nothing
+
+
+def test_keys_that_cannot_be_fetched_are_unavailable_not_a_verdict(issuer: Issuer) -> None:
+    from local_stack.processes import free_port
+    from query_service.auth import KeysUnavailableError
+
+    auth = jwt_auth(issuer, auth_jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json")  # nothing listens there
+    with pytest.raises(KeysUnavailableError, match="could not be fetched .* -> retry"):
+        auth.caller(f"Bearer {issuer.mint_token('alice')}")

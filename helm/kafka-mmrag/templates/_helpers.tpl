@@ -111,6 +111,10 @@ noModels), CAs. */}}
 - name: grpc-tls
   secret: {secretName: {{ $v.grpc.tls.secretName | quote }}}
 {{- end }}
+{{- if and (eq .name "query-service") $v.auth.apiKeysSecret.name }}
+- name: api-keys
+  secret: {secretName: {{ $v.auth.apiKeysSecret.name | quote }}}
+{{- end }}
 {{- end -}}
 
 {{- define "mmrag.volumeMounts" -}}
@@ -125,6 +129,9 @@ noModels), CAs. */}}
 {{- end }}
 {{- if and (eq .name "query-service") $v.grpc.tls.secretName }}
 - {name: grpc-tls, mountPath: /etc/mmrag/grpc-tls, readOnly: true}
+{{- end }}
+{{- if and (eq .name "query-service") $v.auth.apiKeysSecret.name }}
+- {name: api-keys, mountPath: /etc/mmrag/api-keys, readOnly: true}
 {{- end }}
 {{- end -}}
 
