@@ -1,16 +1,19 @@
 """The default stack as it grows (issue 20): the index updater, the retrieval workers and the query service of the
-default backend (Milvus, milvus-lite as the local stack starts it) fed embedding batches straight onto
-``embeddings.v1`` (the local S3 takes only ~30-80 puts/s), grown in steps. At each step size, in one run:
+local stack's backend (Faiss shards by default; ``--backend milvus`` for milvus-lite as the local stack starts it)
+fed embedding batches straight onto ``embeddings.v1`` (the local S3 takes only ~30-80 puts/s), grown in steps. At
+each step size, in one run:
 
 - updater objects/s while ingesting the step's objects as fast as Kafka takes them (from the first to the last
   INDEXED status of the step, statuses read from ``index-status.v1``);
-- freshness: batch produced -> INDEXED status (the updater upserts with Strong consistency, so INDEXED means
-  searchable) p50/p99 for objects sent one by one at half the updater's measured rate;
-- gRPC Search p50/p99 (text queries, encoded by the query service) with 1 and 8 clients.
+- freshness: batch produced -> INDEXED status (INDEXED means searchable: Milvus upserts with Strong consistency, on
+  Faiss the status waits until every serving shard replica applied the rows) p50/p99 for objects sent one by one
+  at half the updater's measured rate;
+- gRPC Search p50/p99 (text queries, encoded by the query service) with 1 and 8 clients;
+- the 1-minute load average when the step ends (the box is shared: figures are noisy under load).
 
 Objects are text (3 chunks of random words, random vectors) and, every 5th, an image too.
 
-    uv run --no-sync python -m bench.scale [--steps 1000,10000,100000] [--shards 2] [--backend milvus]
+    uv run --no-sync python -m bench.scale [--steps 1000,10000,100000] [--shards 2] [--backend faiss|milvus]
         [--searches 200] [--fresh 60]
 
 Starts its own Kafka, local S3 and milvus-lite in a temporary directory. Goals: updater rate at the last step >= 0.8x
@@ -20,6 +23,7 @@ the first; Search p50 < 25 ms at 100k (1 client); freshness p99 < 3 s.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import uuid
@@ -56,6 +60,8 @@ class Step:
     rate: float = 0.0
     fresh: list[float] = field(default_factory=list)
     search: dict[int, list[float]] = field(default_factory=dict)
+    load: float = 0.0  # 1-minute load average at the end of the step
+    took_s: float = 0.0  # wall time of the step (ingest, freshness, searches)
 
 
 class Feeder:
@@ -174,7 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", default="1000,10000,100000", help="collection sizes to measure at")
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--backend", default="milvus", choices=("milvus", "faiss"))
+    parser.add_argument("--backend", default=Deployment.index_backend, choices=("milvus", "faiss"))
     parser.add_argument("--searches", type=int, default=200, help="Searches per client at each step")
     parser.add_argument("--fresh", type=int, default=60, help="objects sent one by one for freshness per step")
     args = parser.parse_args()
@@ -196,11 +202,16 @@ def main() -> None:
             feeder = Feeder(dep, space_from_settings(SpaceSettings(clip_model_dir=clip_dir)))
             try:
                 for step in steps:
+                    began = time.monotonic()
                     grow(feeder, step, progress)
                     freshness(feeder, step, args.fresh)
                     for clients in (1, 8):
                         searches(dep.grpc_port, step, max(20, args.searches // clients), clients)
-                    progress.console.print(f"{step.size} objects: updater {step.rate:.1f} obj/s")
+                    step.load, step.took_s = os.getloadavg()[0], time.monotonic() - began
+                    progress.console.print(
+                        f"{step.size} objects: updater {step.rate:.1f} obj/s, step {step.took_s:.0f} s, "
+                        f"load {step.load:.1f}"
+                    )
             finally:
                 feeder.close()
         finally:
@@ -212,7 +223,7 @@ def main() -> None:
 def print_table(steps: list[Step], args: argparse.Namespace) -> None:
     table = Table(title=f"bench.scale: {args.backend}, {args.shards} shards, embeddings.v1 -> updater -> Search")
     cols: tuple[str, ...] = ("objects", "updater obj/s", "x first", "fresh p50 s", "fresh p99 s")
-    cols += ("search p50 ms", "p99 ms", "8 clients p50 ms", "p99 ms")
+    cols += ("search p50 ms", "p99 ms", "8 clients p50 ms", "p99 ms", "step s", "load")
     for col in cols:
         table.add_column(col, justify="right")
     first = steps[0].rate or 1.0
@@ -223,7 +234,7 @@ def print_table(steps: list[Step], args: argparse.Namespace) -> None:
             str(s.size), f"{s.rate:.1f}", f"{s.rate / first:.2f}",
             f"{np.median(fresh):.2f}", f"{np.percentile(fresh, 99):.2f}",
             f"{np.median(one):.1f}", f"{np.percentile(one, 99):.1f}",
-            f"{np.median(eight):.1f}", f"{np.percentile(eight, 99):.1f}",
+            f"{np.median(eight):.1f}", f"{np.percentile(eight, 99):.1f}", f"{s.took_s:.0f}", f"{s.load:.1f}",
         )  # fmt: skip
     Console(width=160).print(table)
 

@@ -1,6 +1,7 @@
 """`mmrag demo`: the whole system on this machine. Starts Kafka, local S3 and milvus-lite, every deployable as its
-own process, uploads a sample corpus (text documents and easy-vqa images), waits with a progress bar until it is
-indexed, then runs text, image and cross-modal queries over gRPC and prints the hits with their latency."""
+own process (retrieval shards on Faiss, the local stack's default), uploads a sample corpus (text documents and
+easy-vqa images), waits with a progress bar until it is indexed, then runs text, image and cross-modal queries over
+gRPC and prints the hits with their latency."""
 
 from __future__ import annotations
 
@@ -141,11 +142,11 @@ def run_demo(state_dir: Path, keep: bool) -> int:
     clip_dir = ensure_demo_clip()
     console.rule("[bold]infrastructure and services")
     try:
-        with console.status("starting Kafka, S3, Milvus and every service (supervised)"):
+        with console.status("starting Kafka, S3 and every service (supervised)"):
             dep = stack_up(state_dir, StackOptions(clip_model_dir=clip_dir)).deployment()
         console.print(
             f"Kafka {dep.endpoints.bootstrap_servers}, S3 {dep.endpoints.s3_endpoint_url}, "
-            f"Milvus {dep.endpoints.milvus_uri}, gRPC 127.0.0.1:{dep.grpc_port}; logs in {state_dir / 'logs'}"
+            f"{dep.index_backend} shards ({dep.shards}), gRPC 127.0.0.1:{dep.grpc_port}; logs in {state_dir / 'logs'}"
         )
         console.rule("[bold]upload and index")
         _upload_and_query(dep)

@@ -37,7 +37,7 @@ class StackOptions:
     kafka_port: int | None = None
     s3_port: int | None = None
     milvus_port: int | None = None
-    index_backend: IndexBackend = "milvus"  # the updater's MMRAG_INDEX_BACKEND; chooses the shards' workers too
+    index_backend: IndexBackend = "faiss"  # the updater's MMRAG_INDEX_BACKEND; chooses the shards' workers too
     observability: bool = False  # Jaeger and Prometheus beside it, every service exporting spans and scraped
     secure: bool = False  # Kafka with SASL_SSL, ACLs and a SCRAM user per deployable
 

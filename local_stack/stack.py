@@ -140,7 +140,7 @@ class Deployment:
     shards: int = 2
     grpc_port: int = 50051
     queue_url: str = ""
-    index_backend: IndexBackend = "milvus"
+    index_backend: IndexBackend = "faiss"  # milvus-lite searches linearly: Faiss shards hold Search at 100k objects
 
     def prepare(self) -> None:
         """Creates the topics, the bucket and its notification queue and, on a secured Kafka, every principal's

@@ -45,9 +45,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--index-backend",
         choices=("milvus", "faiss", "both"),
-        default=os.environ.get("MMRAG_INDEX_BACKEND") or "milvus",
-        help="what the updater writes and which workers serve each shard (Milvus, Faiss or one of each); "
-        "default: $MMRAG_INDEX_BACKEND, else milvus",
+        default=os.environ.get("MMRAG_INDEX_BACKEND") or "faiss",
+        help="what the updater writes and which workers serve each shard (Faiss, Milvus or one of each); "
+        "default: $MMRAG_INDEX_BACKEND, else faiss (milvus-lite searches linearly; Milvus is for real servers)",
     )
     up.add_argument(
         "--secure",

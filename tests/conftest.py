@@ -65,6 +65,9 @@ def namespace(endpoints: object, clip_dir: Path, state_dir: Path, unique: str, n
         queue=f"queue-{unique}",
         shards=2,
         grpc_port=free_port(),
+        # named, not the default (Faiss): the on-stack tests start Milvus retrieval workers by name and some check
+        # Milvus itself; a Faiss test sets deployment.index_backend = "faiss" before it starts anything
+        index_backend="milvus",
     )
     dep.prepare()
     try:

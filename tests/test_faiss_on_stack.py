@@ -35,14 +35,14 @@ def workers_of(dep: Deployment) -> list[tuple[str, str, str, str]]:
 def test_the_index_backend_chooses_each_shards_workers(tmp_path: Path) -> None:
     endpoints = Endpoints("127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
     dep = Deployment(tmp_path, endpoints, tmp_path / "clip", shards=2)
+    assert workers_of(dep) == [  # the default: Faiss shards (milvus-lite searches linearly)
+        ("faiss_worker", "consumers.faiss_worker", "0", "faiss"),
+        ("faiss_worker-1", "consumers.faiss_worker", "1", "faiss"),
+    ]
+    dep.index_backend = "milvus"
     assert workers_of(dep) == [
         ("retrieval_worker", "consumers.retrieval_worker", "0", "milvus"),
         ("retrieval_worker-1", "consumers.retrieval_worker", "1", "milvus"),
-    ]
-    dep.index_backend = "faiss"
-    assert workers_of(dep) == [
-        ("faiss_worker", "consumers.faiss_worker", "0", "faiss"),
-        ("faiss_worker-1", "consumers.faiss_worker", "1", "faiss"),
     ]
     dep.index_backend = "both"  # one of each kind per shard, replicas in the shard's group
     assert [(name, shard) for name, _, shard, _ in workers_of(dep)] == [
