@@ -23,7 +23,7 @@ from operator_cli.connection import (
     parse_time_ms,
     print_json,
 )
-from operator_cli.dead_letters import read_records
+from operator_cli.eval_export import json_records
 from operator_cli.status import object_id_of
 from query_service.auth import api_key_hash
 
@@ -31,17 +31,7 @@ from query_service.auth import api_key_hash
 def audit_records(bootstrap: str, topic: str, since_ms: int | None = None) -> list[dict[str, Any]]:
     """Every audit record of ``topic`` made at or after ``since_ms``, oldest first; CommandError naming the
     partition and offset of a record that is not one."""
-    found = []
-    for record in read_records(bootstrap, topic):
-        if since_ms is not None and record.timestamp_ms < since_ms:
-            continue
-        try:
-            data = json.loads(record.value or b"")
-        except ValueError as exc:
-            raise CommandError(f"{topic}[{record.partition}]@{record.offset} is not JSON ({exc})") from exc
-        if not isinstance(data, dict) or "method" not in data or "decision" not in data:
-            raise CommandError(f"{topic}[{record.partition}]@{record.offset} is not an audit record")
-        found.append(data)
+    found = json_records(bootstrap, topic, since_ms, ("method", "decision"), "an audit record")
     return sorted(found, key=lambda d: (d.get("at_ms", 0), d.get("record_id", "")))
 
 

@@ -15,9 +15,11 @@ from operator_cli.connection import CommandError, OperatorSettings, friendly, pa
 from operator_cli.dead_letters import read_records
 
 
-def eval_records(bootstrap: str, topic: str, since_ms: int | None = None) -> list[dict[str, Any]]:
-    """Every record of ``topic`` asked at or after ``since_ms``, oldest first. CommandError on a record that is not
-    an eval-log JSON object (it names the partition and offset)."""
+def json_records(
+    bootstrap: str, topic: str, since_ms: int | None, required: tuple[str, ...], what: str
+) -> list[dict[str, Any]]:
+    """Every JSON object of ``topic`` written at or after ``since_ms``, in topic order. CommandError naming the
+    partition and offset of a record that is not JSON or lacks a ``required`` key (not ``what``)."""
     found = []
     for record in read_records(bootstrap, topic):
         if since_ms is not None and record.timestamp_ms < since_ms:
@@ -28,9 +30,16 @@ def eval_records(bootstrap: str, topic: str, since_ms: int | None = None) -> lis
             raise CommandError(
                 f"{topic}[{record.partition}]@{record.offset} is not JSON ({exc}) -> is MMRAG_TOPIC_PREFIX right?"
             ) from exc
-        if not isinstance(data, dict) or "request_id" not in data:
-            raise CommandError(f"{topic}[{record.partition}]@{record.offset} is not an eval-log record")
+        if not isinstance(data, dict) or not all(key in data for key in required):
+            raise CommandError(f"{topic}[{record.partition}]@{record.offset} is not {what}")
         found.append(data)
+    return found
+
+
+def eval_records(bootstrap: str, topic: str, since_ms: int | None = None) -> list[dict[str, Any]]:
+    """Every record of ``topic`` asked at or after ``since_ms``, oldest first. CommandError on a record that is not
+    an eval-log JSON object (it names the partition and offset)."""
+    found = json_records(bootstrap, topic, since_ms, ("request_id",), "an eval-log record")
     return sorted(found, key=lambda d: (d.get("asked_at_ms", 0), d["request_id"]))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import grpc
@@ -73,43 +74,39 @@ class CallGuard(grpc.ServerInterceptor):
             )
             self.audit.write(record)
 
+    @contextmanager
+    def _call(self, method: str, request: Any, context: grpc.ServicerContext) -> Iterator[Served]:
+        """One guarded call: its span, the caller admitted (else refused), the handler's body served as that
+        caller, and the audit record of how it ended, whichever way it did."""
+        with self._span(method, context):
+            caller, decision = self._admit(method, context)
+            served = Served(status="OK" if decision.allowed else _refusal(caller))
+            try:
+                if caller is None or not decision.allowed:
+                    self._refuse(caller, decision, context)
+                with calling_as(caller):
+                    yield served
+            except BaseException as exc:  # GeneratorExit: the client left a stream before its end
+                served.status = "CANCELLED" if isinstance(exc, GeneratorExit) else _status(context, served.status)
+                raise
+            finally:
+                self._record(method, caller, decision, request, served, context)
+
     def _unary(self, method: str, behavior: Behavior) -> Behavior:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            with self._span(method, context):
-                caller, decision = self._admit(method, context)
-                served = Served(status="OK" if decision.allowed else _refusal(caller))
-                try:
-                    if caller is None or not decision.allowed:
-                        self._refuse(caller, decision, context)
-                    with calling_as(caller):
-                        response = behavior(request, context)
-                    served.add_response(response)
-                    return response
-                except BaseException:
-                    served.status = _status(context, served.status)
-                    raise
-                finally:
-                    self._record(method, caller, decision, request, served, context)
+            with self._call(method, request, context) as served:
+                response = behavior(request, context)
+                served.add_response(response)
+                return response
 
         return guarded
 
     def _stream(self, method: str, behavior: Behavior) -> Behavior:
         def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            with self._span(method, context):
-                caller, decision = self._admit(method, context)
-                served = Served(status="OK" if decision.allowed else _refusal(caller))
-                try:
-                    if caller is None or not decision.allowed:
-                        self._refuse(caller, decision, context)
-                    with calling_as(caller):
-                        for message in behavior(request, context):
-                            served.add_response(message)
-                            yield message
-                except BaseException:
-                    served.status = _status(context, served.status)
-                    raise
-                finally:
-                    self._record(method, caller, decision, request, served, context)
+            with self._call(method, request, context) as served:
+                for message in behavior(request, context):
+                    served.add_response(message)
+                    yield message
 
         return guarded
 

@@ -182,6 +182,10 @@ class EchoServicer(query_pb2_grpc.QueryServiceServicer):
     def Ask(self, request: query_pb2.AskRequest, context: Any) -> Iterator[query_pb2.AskResponse]:  # noqa: N802
         source = query_pb2.AskSource(number=1, object_id=f"b/{current_caller().principal}", version="v2")
         yield query_pb2.AskResponse(sources=query_pb2.AskSources(sources=[source]))
+        if request.question == "slow":  # a stream the client leaves: wait for it to go
+            deadline = time.monotonic() + 5
+            while context.is_active() and time.monotonic() < deadline:
+                time.sleep(0.01)
         yield query_pb2.AskResponse(final=query_pb2.AskFinal(answer="yes", citations=[source]))
 
 
@@ -270,3 +274,19 @@ def test_keys_that_cannot_be_fetched_are_unavailable_not_a_verdict(issuer: Issue
     auth = jwt_auth(issuer, auth_jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json")  # nothing listens there
     with pytest.raises(KeysUnavailableError, match="could not be fetched .* -> retry"):
         auth.caller(f"Bearer {issuer.mint_token('alice')}")
+
+
+def test_a_stream_the_client_leaves_is_audited_as_cancelled_with_what_it_got(
+    guarded: tuple[str, Recorder], issuer: Issuer
+) -> None:
+    target, recorder = guarded
+    with query_channel(target, token=issuer.mint_token("carol", [], ["ask"])) as channel:
+        call = query_pb2_grpc.QueryServiceStub(channel).Ask(query_pb2.AskRequest(question="slow"), timeout=10)
+        assert next(call).sources.sources[0].object_id == "b/carol"
+        call.cancel()
+    deadline = time.monotonic() + 10
+    while not recorder.records and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = recorder.records
+    assert (record["principal"], record["status"]) == ("carol", "CANCELLED")
+    assert record["returned"] == [{"object_id": "b/carol", "version": "v2"}]
