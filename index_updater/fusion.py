@@ -81,11 +81,12 @@ def _readers_plan(batch: EmbeddingBatch, existing: Sequence[VectorRow], status: 
     """The object's rows of that version again with the new readers (vectors, text and ids kept: nothing is
     embedded), and an ``indexed`` status naming them, so caches drop what they hold of the object."""
     readers = readers_of(batch)
-    rows = [replace(r, readers=readers) for r in existing if r.version == batch.version]
-    if not rows or all(r.readers == readers for r in rows):
+    same = [r for r in existing if r.version == batch.version]
+    if not same or all(r.readers == readers for r in same):
         status.state = IndexState.INDEX_STATE_SKIPPED
         status.detail = "readers unchanged, or no row of that version indexed; ignored"
         return IndexPlan([], [], status)
+    rows = [replace(r, readers=readers) for r in same]
     status.state = IndexState.INDEX_STATE_INDEXED
     status.event_time_ms = rows[0].event_time_ms
     status.text_chunks = sum(1 for r in rows if r.has_text)

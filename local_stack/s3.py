@@ -10,7 +10,8 @@ from typing import Any
 from local_stack.processes import free_port, spawn_detached, stop_detached, wait_until
 
 ACCOUNT = "123456789012"
-_EVENTS = ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
+# created/removed objects, and tag changes: an object's readers are its mmrag-readers tag (document permissions)
+_EVENTS = ("s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:ObjectTagging:*")
 
 
 def start_moto(state_dir: Path, port: int | None = None) -> str:
@@ -49,7 +50,8 @@ def ensure_bucket_with_queue(s3: Any, sqs: Any, bucket: str, queue: str) -> str:
 
 
 def connect_bucket(s3: Any, sqs: Any, bucket: str, queue_url: str) -> bool:
-    """Sends an existing bucket's created/removed events to the queue, keeping its other notification targets.
+    """Sends an existing bucket's created/removed/tagging events to the queue, keeping its other notification
+    targets (a connection made before tagging events were sent is widened).
 
     Returns False when it was connected already. A missing bucket raises the client's NoSuchBucket error."""
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -58,6 +60,7 @@ def connect_bucket(s3: Any, sqs: Any, bucket: str, queue_url: str) -> bool:
     queues = config.setdefault("QueueConfigurations", [])
     if any(q.get("QueueArn") == arn and set(_EVENTS) <= set(q.get("Events", [])) for q in queues):
         return False
+    queues[:] = [q for q in queues if q.get("QueueArn") != arn]
     queues.append({"QueueArn": arn, "Events": list(_EVENTS)})
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
     return True
