@@ -380,8 +380,9 @@ def test_a_broker_killed_under_upload_load_loses_nothing(
     endpoints = Endpoints(cluster.bootstrap_servers, infra.s3_endpoint_url, infra.milvus_uri)
     prefix = f"t{unique}."
     dep = Deployment(
-        tmp_path / "state", endpoints, clip_dir, prefix, f"bucket-{unique}", f"queue-{unique}", 2, free_port()
-    )
+        tmp_path / "state", endpoints, clip_dir, prefix, f"bucket-{unique}", f"queue-{unique}", 2, free_port(),
+        index_backend="milvus",  # named: assert_rows reads the rows back from Milvus
+    )  # fmt: skip
     figures = Figures("broker-killed")
     supervising = threading.Event()
     try:
