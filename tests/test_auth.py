@@ -290,3 +290,23 @@ def test_a_stream_the_client_leaves_is_audited_as_cancelled_with_what_it_got(
     (record,) = recorder.records
     assert (record["principal"], record["status"]) == ("carol", "CANCELLED")
     assert record["returned"] == [{"object_id": "b/carol", "version": "v2"}]
+
+
+def test_a_jwks_served_over_http_verifies_tokens(issuer: Issuer) -> None:
+    """The production path: PyJWKClient fetching the provider's jwks_uri (here a real local HTTP server)."""
+    import functools
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(issuer.jwks_file.parent))
+    http = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{http.server_port}/{issuer.jwks_file.name}"
+        auth = jwt_auth(issuer, auth_jwks_url=url)
+        assert auth.caller(f"Bearer {issuer.mint_token('alice', ['staff'])}").groups == {"staff"}
+        with pytest.raises(AuthError, match="Unable to find a signing key"):
+            auth.caller(f"Bearer {issuer.mint_token('alice', kid='rotated-away')}")
+    finally:
+        http.shutdown()
+        http.server_close()
