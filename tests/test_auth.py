@@ -310,3 +310,22 @@ def test_a_jwks_served_over_http_verifies_tokens(issuer: Issuer) -> None:
     finally:
         http.shutdown()
         http.server_close()
+
+
+def test_mmrag_audit_selects_who_saw_an_object_and_shows_the_version() -> None:
+    from rich.console import Console
+
+    from operator_cli.audit import audit_table, select
+
+    saw = {"principal": "alice", "method": "Search", "decision": "allow", "status": "OK", "at_ms": 1}
+    records = [
+        {**saw, "returned": [{"object_id": "b/a.md", "version": "v7"}]},
+        {**saw, "principal": "bob", "returned": [{"object_id": "b/other.md", "version": "v1"}]},
+        {**saw, "principal": "", "decision": "deny", "status": "UNAUTHENTICATED", "reason": "no credentials"},
+    ]
+    assert [r["principal"] for r in select(records, None, "b/a.md")] == ["alice"]
+    assert [r["principal"] for r in select(records, "bob", None)] == ["bob"]
+    console = Console(width=200, record=True)
+    console.print(audit_table(select(records, None, "b/a.md"), "b/a.md"))
+    shown = console.export_text()
+    assert "1 calls that returned b/a.md" in shown and "alice" in shown and "version v7" in shown
