@@ -48,6 +48,7 @@ class QueryService:
         pii.redact_logs()  # questions and answers may carry PII: nothing logged keeps it
         t = s.topics
         authenticator = Authenticator(s)  # first: a misconfigured auth stops the start with the fix to make
+        authenticator.warm_up()
         replies = RequestReplyClient(
             s.bootstrap_servers,
             {t.search_replies: SearchReply, t.llm_replies: GenerateChunk},

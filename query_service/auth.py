@@ -67,8 +67,8 @@ class JwksFile:
         self._mtime_ns = -1
         self._keys: jwt.PyJWKSet | None = None
 
-    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
-        kid = jwt.get_unverified_header(token).get("kid")
+    def get_jwk_set(self) -> jwt.PyJWKSet:
+        """The file's keys, read again when it changed; PyJWKClientConnectionError when unreadable."""
         with self._lock:
             try:
                 mtime = os.stat(self.path).st_mtime_ns
@@ -76,8 +76,11 @@ class JwksFile:
                     self._keys, self._mtime_ns = jwt.PyJWKSet.from_json(self.path.read_text()), mtime
             except OSError as exc:
                 raise jwt.PyJWKClientConnectionError(f"JWKS file {self.path}: {exc.strerror}") from exc
-            keys = self._keys
-        for key in keys.keys:
+            return self._keys
+
+    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
+        kid = jwt.get_unverified_header(token).get("kid")
+        for key in self.get_jwk_set().keys:
             if key.key_id == kid:
                 return key
         raise jwt.PyJWKClientError(f"Unable to find a signing key that matches: {kid!r}")
@@ -99,6 +102,18 @@ class JwtVerifier:
             else JwksFile(Path(url.removeprefix("file://")))
         )
         self.settings = s
+
+    def warm_up(self) -> None:
+        """Fetches the keys once at start: a wrong URL shows in the log at once (a WARNING, not fatal: the provider
+        may come up later, and every call fetches again until it does)."""
+        try:
+            found = len(self.jwks.get_jwk_set().keys)
+        except jwt.PyJWTError as exc:
+            log.warning(
+                "JWKS %s not fetched at start (%s): calls are refused until it is", self.settings.auth_jwks_url, exc
+            )
+            return
+        log.info("JWKS %s: %d keys", self.settings.auth_jwks_url, found)
 
     def verify(self, token: str) -> Caller:
         s = self.settings
@@ -188,6 +203,10 @@ class Authenticator:
                 "AUTH IS OFF (MMRAG_AUTH_MODE=off): every caller is anonymous and may Search, Ask and read the status "
                 "of EVERY document -> for a local demo only; set MMRAG_AUTH_MODE=jwt or api-key anywhere else"
             )
+
+    def warm_up(self) -> None:
+        if self.jwt is not None:
+            self.jwt.warm_up()
 
     def caller(self, authorization: str | None) -> Caller:
         """The caller an ``authorization`` header value names; AuthError when missing or invalid."""

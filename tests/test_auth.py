@@ -267,11 +267,19 @@ def test_a_caller_set_on_one_thread_is_not_seen_on_another() -> None:
     assert seen == [NO_CALLER]  # fails closed: a thread that lost the context sees nothing
 
 
-def test_keys_that_cannot_be_fetched_are_unavailable_not_a_verdict(issuer: Issuer) -> None:
+def test_keys_that_cannot_be_fetched_are_unavailable_not_a_verdict(
+    issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
     from local_stack.processes import free_port
     from query_service.auth import KeysUnavailableError
 
     auth = jwt_auth(issuer, auth_jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json")  # nothing listens there
+    with caplog.at_level("INFO"):
+        auth.warm_up()  # not fatal: said at start
+        jwt_auth(issuer).warm_up()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "JWKS" in r.getMessage()]
+    assert said[0][0] == "WARNING" and "not fetched at start" in said[0][1]
+    assert said[1] == ("INFO", f"JWKS {issuer.jwks_file}: 1 keys")
     with pytest.raises(KeysUnavailableError, match="could not be fetched .* -> retry"):
         auth.caller(f"Bearer {issuer.mint_token('alice')}")
 
