@@ -45,6 +45,7 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
+from bench.query_permissions import permissions_phase, readers_of
 from consumers.retrieval_worker.handler import answer_into
 from consumers.retrieval_worker.keyword import KeywordShard
 from index_updater.handler import IndexUpdaterSettings
@@ -66,7 +67,7 @@ from mmrag.vector_index import IndexSearcher, VectorRow
 from mmrag.vector_log import OBJECT_ID_HEADER, to_record
 from query_service.caches import EmbeddingCache
 from query_service.filters import Scope
-from query_service.fusion import ModalityFusion
+from query_service.fusion import TEXT, ModalityFusion
 from query_service.query_encoder import QueryEncoder
 from query_service.reply_client import RequestReplyClient, Route
 from query_service.search import ShardedSearch, list_replies, outcome_of, search_request
@@ -96,6 +97,7 @@ def index_rows(objects: int, space: EmbeddingSpace, shards: int, words: list[str
         rows.append(
             replace(row, char_end=len(text), has_text=True, event_time_ms=1, indexed_at_ms=1, content_type="text/plain")
         )
+        rows[-1] = replace(rows[-1], readers=readers_of(n))
     return rows
 
 
@@ -235,8 +237,8 @@ def kafka_search(
     producer = make_producer(t["MMRAG_BOOTSTRAP_SERVERS"], None, **FAST_PRODUCER)
     sharded = ShardedSearch(Route(producer, requests, replies_topic, replies), space.id, dep.shards, fusion, None, True)
 
-    def search(text: str) -> list[str]:
-        outcome = sharded.search(encoder.encode(text, b""), top_k, TIMEOUT_S, text, Scope())
+    def search(text: str, scope: Scope = Scope()) -> list[str]:  # noqa: B008 - a frozen dataclass
+        outcome = sharded.search(encoder.encode(text, b""), top_k, TIMEOUT_S, text, scope)
         if outcome.partial:
             raise RuntimeError(f"Kafka search partial: shards {outcome.missing_shards} missing ({outcome.errors})")
         return [h.hit.object_id for h in outcome.hits]
@@ -304,7 +306,7 @@ def run(args: argparse.Namespace, dep: Deployment) -> None:
         print(f"services ready {time.monotonic() - began:.0f} s after the first row", flush=True)
         pids = {s.name: s.pid for s in services if s.pid}
         pids.update({f"broker-{n}": pid for n, pid in enumerate(broker_pids(dep.state_dir.parent / "infra"))})
-        measure(args, dep, space, local_indexes(rows, space, args.shards, milvus), words, pids)
+        measure(args, dep, space, local_indexes(rows, space, args.shards, milvus), rows, words, pids)
     finally:
         stop_services(dep.state_dir)
 
@@ -314,6 +316,7 @@ def measure(
     dep: Deployment,
     space: EmbeddingSpace,
     indexes: list[IndexSearcher],
+    rows: list[VectorRow],
     words: list[str],
     pids: dict[str, int],
 ) -> None:
@@ -334,6 +337,7 @@ def measure(
         shard.refresh()
     local = InProcess(encoder, fusion, list(zip(indexes, keyword_shards, strict=True)), space.id, args.top_k)
     kafka, close_kafka = kafka_search(dep, encoder, fusion, space, args.top_k)
+    perm = [" ".join(rng.choice(words, 6)) for _ in range(n // 2)]
     every = [t for texts in phases.values() for t in texts]
     print(f"warming up: {len(every)} queries through gRPC, {2 * n} in process, {n // 4} over Kafka", flush=True)
     timed(grpc_search, every, {}, 4)  # warm-up: the service's embedding cache, group joins, page caches
@@ -353,8 +357,10 @@ def measure(
         grpc_search(text)
     grpc_search.cached = 0
     results[HIT] = timed(grpc_search, phases["hit"], pids)
-    close_kafka()
     report(args, results, uncached, grpc_search, same)
+    vectors = [fusion.queries(encoder.encode(t, b""))[TEXT] for t in perm[:50]]
+    permissions_phase(kafka, lambda f, texts: timed(f, texts, {}).times, perm, vectors, indexes, rows, args.top_k)
+    close_kafka()
 
 
 def report(
