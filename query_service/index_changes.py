@@ -16,6 +16,7 @@ class IndexedVersion:
     version: str
     indexed_at_ms: int
     live: bool
+    readers: tuple[str, ...] = ()  # who may read the rows (IndexStatus.readers)
 
 
 class IndexedObjects:
@@ -30,7 +31,8 @@ class IndexedObjects:
         """The object's new state, or None when ``status`` changed nothing (SKIPPED, or older than the one kept)."""
         if status.state == IndexState.INDEX_STATE_SKIPPED:
             return None
-        state = IndexedVersion(status.version, status.indexed_at_ms, status.state == IndexState.INDEX_STATE_INDEXED)
+        live = status.state == IndexState.INDEX_STATE_INDEXED
+        state = IndexedVersion(status.version, status.indexed_at_ms, live, tuple(status.readers))
         with self._lock:
             kept = self._latest.get(status.object_id)
             if kept is not None and kept.indexed_at_ms > state.indexed_at_ms:
@@ -47,3 +49,9 @@ class IndexedObjects:
         """Whether the index no longer holds this version of the object (overwritten or removed since)."""
         now = self.get(object_id)
         return now is not None and (not now.live or now.version != version)
+
+    def hidden(self, object_id: str, tokens: frozenset[str]) -> bool:
+        """Whether the newest status of the object names readers that share no token with ``tokens`` (objects
+        it has not seen a status of are not judged here: the shards filtered them)."""
+        now = self.get(object_id)
+        return now is not None and tokens.isdisjoint(now.readers)

@@ -33,6 +33,9 @@ TRACER = trace.get_tracer("query_service")
 SEARCH_SECONDS = Histogram("mmrag_search_seconds", "Search latency end to end", buckets=LATENCY_BUCKETS)
 PARTIAL = Counter("mmrag_search_partial_total", "Searches answered without every shard")
 EMPTY = Counter("mmrag_search_empty_total", "Searches that retrieved nothing")
+HIDDEN = Counter(
+    "mmrag_search_hidden_hits_total", "Hits dropped: their object's newest status names readers the caller lacks"
+)
 SUPERSEDED = Counter(
     "mmrag_search_superseded_keyword_hits_total", "Keyword hits dropped: a version the index no longer holds"
 )
@@ -132,6 +135,21 @@ def outcome_of(
     )
 
 
+def without_hidden(reply: SearchReply, indexed: IndexedObjects, tokens: frozenset[str]) -> SearchReply:
+    """A reply without the hits of objects whose newest index status names readers the caller shares no token with.
+    The shards filtered before ranking; this catches what lags the status: a side keyword index (the fallback)
+    built before a readers change, up to MMRAG_KEYWORD_REFRESH_S."""
+    kept = [h for h in reply.hits if not indexed.hidden(h.object_id, tokens)]
+    if len(kept) == len(reply.hits):
+        return reply
+    HIDDEN.inc(len(reply.hits) - len(kept))
+    pruned = SearchReply()
+    pruned.CopyFrom(reply)
+    del pruned.hits[:]
+    pruned.hits.extend(kept)
+    return pruned
+
+
 def without_superseded(reply: SearchReply, indexed: IndexedObjects) -> SearchReply:
     """A keyword reply without the hits of versions the index no longer holds (index-status.v1 says so): a shard's
     keyword index lags its vector index by up to its refresh, and an overwritten or deleted object must not come
@@ -211,6 +229,9 @@ class ShardedSearch:
         replies = list_replies(request, gathered)
         if self.indexed is not None and KEYWORD in replies:
             replies[KEYWORD] = [without_superseded(r, self.indexed) for r in replies[KEYWORD]]
+        if self.indexed is not None and scope.readers is not None:
+            tokens = frozenset(scope.readers)
+            replies = {name: [without_hidden(r, self.indexed, tokens) for r in got] for name, got in replies.items()}
         with TRACER.start_as_current_span("fuse", attributes=span_attributes(fusion=self.fusion.name)) as span:
             outcome = outcome_of(replies, self.fusion, vector, top_k, scope.raw_chunks, self.shards)
             span.set_attributes(span_attributes(hits=len(outcome.hits), missing_shards=len(outcome.missing_shards)))

@@ -168,3 +168,19 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> EmbeddingSpace:
 
     clip = write_random_clip(tmp_path_factory.mktemp("clip"), seed=0)
     return space_from_settings(SpaceSettings(clip_model_dir=clip))
+
+
+def test_the_query_service_drops_hits_its_newest_status_hides_from_the_caller() -> None:
+    """Defense in depth behind the shards' filter: a side keyword index built before a readers change lags it."""
+    from mmrag.pb.events_pb2 import IndexStatus, SearchHit, SearchReply
+    from query_service.index_changes import IndexedObjects
+    from query_service.search import without_hidden
+
+    indexed = IndexedObjects()
+    state = IndexState.INDEX_STATE_INDEXED
+    indexed.observe(IndexStatus(object_id="b/a", version="1", state=state, indexed_at_ms=1, readers=["group:eng"]))
+    indexed.observe(IndexStatus(object_id="b/c", version="1", state=state, indexed_at_ms=1, readers=["group:fin"]))
+    reply = SearchReply(shard=0, hits=[SearchHit(object_id=o, vector_id=o) for o in ("b/a", "b/c", "b/unseen")])
+    kept = without_hidden(reply, indexed, frozenset({"group:fin", "user:alice"}))
+    assert [h.object_id for h in kept.hits] == ["b/c", "b/unseen"] and len(reply.hits) == 3
+    assert without_hidden(reply, indexed, frozenset({"group:eng", "group:fin"})) is reply
