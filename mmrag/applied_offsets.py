@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from mmrag.errors import RetryableError
-from mmrag.kafka_clients import consumer_config
+from mmrag.kafka_clients import assign_since, consumer_config
 from mmrag.messages import Output, now_ms
 from mmrag.producing import Deliveries, produce_outputs
 from mmrag.request_reply import FAST_CONSUMER
@@ -141,19 +141,8 @@ class AppliedOffsets:
                 self.bootstrap, f"{self.stage}-restore-applied-{uuid.uuid4().hex[:8]}", **EOF_CONSUMER, **FAST_CONSUMER
             )
         )
-        topic = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            consumer.close()
-            raise RuntimeError(f"[{self.stage}] applied offsets: topic {self.topic} missing -> run `mmrag topics`")
         since = now_ms() - int(self.max_age_s * 1000)
-        starts = [TopicPartition(self.topic, p, since) for p in sorted(topic.partitions)]
-        try:  # the first mark of each partition at or after ``since`` (OFFSET_END when there is none)
-            starts = consumer.offsets_for_times(starts, timeout=30)
-        except KafkaException as exc:  # a leader moving: marks from now on are enough, a moment later
-            log.warning("%s: applied offsets: %s; following %s from its end", self.stage, exc, self.topic)
-            starts = [TopicPartition(self.topic, tp.partition, OFFSET_END) for tp in starts]
-        consumer.assign(starts)
-        self._loading = {tp.partition for tp in starts}
+        self._loading = assign_since(consumer, self.topic, since, f"{self.stage}: applied offsets")
         self._consumer = consumer
         self._thread.start()
 

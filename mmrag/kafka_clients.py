@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from mmrag.kafka_security import kafka_security
@@ -103,3 +104,21 @@ def watermark_offsets(consumer: Consumer, tp: TopicPartition, timeout_s: float) 
         reraise=True,
     )
     return retrying(ask)
+
+
+def assign_since(consumer: Consumer, topic: str, since_ms: int, who: str) -> set[int]:
+    """Assigns every partition of ``topic`` from its first record at or after ``since_ms`` (its end when there is
+    none, or while a leader moves) and returns the partitions. RuntimeError naming the fix (and the consumer closed)
+    when the topic is missing."""
+    described = consumer.list_topics(topic, timeout=30).topics.get(topic)
+    if described is None or described.error is not None or not described.partitions:
+        consumer.close()
+        raise RuntimeError(f"[{who}] topic {topic} missing -> run `mmrag topics`")
+    starts = [TopicPartition(topic, p, since_ms) for p in sorted(described.partitions)]
+    try:
+        starts = consumer.offsets_for_times(starts, timeout=30)
+    except KafkaException as exc:  # records from now on are enough, a moment later
+        logging.getLogger(__name__).warning("%s: %s; following %s from its end", who, exc, topic)
+        starts = [TopicPartition(topic, tp.partition, OFFSET_END) for tp in starts]
+    consumer.assign(starts)
+    return {tp.partition for tp in starts}

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pybreaker
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from prometheus_client import Gauge
 
 from mmrag.heartbeats import Heartbeat, Roster
-from mmrag.kafka_clients import consumer_config
+from mmrag.kafka_clients import assign_since, consumer_config
 from mmrag.messages import now_ms
 from mmrag.request_reply import FAST_CONSUMER
 
@@ -111,19 +111,8 @@ class WorkerPresence:
         """Assigns the heartbeat topic from ``max_age_s`` ago; RuntimeError naming the fix when it is missing."""
         group = f"llm-presence-{uuid.uuid4().hex[:8]}"  # never joined nor committed
         consumer = Consumer(consumer_config(self.bootstrap, group, **{"enable.partition.eof": True}, **FAST_CONSUMER))
-        topic = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            consumer.close()
-            raise RuntimeError(f"[query_service] llm presence: topic {self.topic} missing -> run `mmrag topics`")
         since = now_ms() - int(self.max_age_s * 1000)
-        starts = [TopicPartition(self.topic, p, since) for p in sorted(topic.partitions)]
-        try:  # the first record of each partition at or after ``since`` (OFFSET_END when there is none)
-            starts = consumer.offsets_for_times(starts, timeout=30)
-        except KafkaException as exc:  # a leader moving: heartbeats from now on are enough, a moment later
-            log.warning("llm presence: %s; following %s from its end", exc, self.topic)
-            starts = [TopicPartition(self.topic, tp.partition, OFFSET_END) for tp in starts]
-        consumer.assign(starts)
-        self._loading = {tp.partition for tp in starts}
+        self._loading = assign_since(consumer, self.topic, since, "query_service: llm presence")
         self._consumer = consumer
         self._thread.start()
 
