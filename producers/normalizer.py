@@ -170,6 +170,10 @@ class Normalizer:
             EMITTED.labels(STAGE, "forwarded").inc()
             return [Output(self.topics.s3_events, change.object_id, change.to_body(), dict(env.headers), home)]
         if self.allowed and change.bucket not in self.allowed:
+            if change.tagging:  # its creation was dead-lettered already (moto notifies a put's tags too): one a version
+                SKIPPED.labels(STAGE, "bucket-not-allowed").inc()
+                log.info("%s: skipped %s of %s: bucket not allowed", STAGE, change.event_name, change.object_id)
+                return []
             fix = f"add it to MMRAG_ALLOWED_BUCKETS ({','.join(sorted(self.allowed))}) or stop its notifications"
             return [self._dead_letter(env, PermanentError(STAGE, change.object_id, "bucket not allowed", fix))]
         origin = (env.partition, env.offset, index)
