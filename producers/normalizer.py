@@ -181,7 +181,9 @@ class Normalizer:
             return self._readers_changed(env, change)
         verdict = self.table.verdict(change, origin)
         if verdict == Verdict.DUPLICATE and not change.deleted:  # the same bytes again: their tags may be new
-            return self._readers_changed(env, change)
+            readers = self._readers_changed(env, change)
+            if readers:
+                return readers
         if verdict != Verdict.EMIT:
             SKIPPED.labels(STAGE, verdict.value).inc()
             what = f"{change.event_name} of {change.object_id} ({change.version})"
