@@ -15,7 +15,7 @@ from prometheus_client import Counter, Histogram
 
 from mmrag.messages import now_ms
 from mmrag.metrics import LATENCY_BUCKETS
-from mmrag.pb.events_pb2 import SearchList, SearchReply, SearchRequest
+from mmrag.pb.events_pb2 import SearchHit, SearchList, SearchReply, SearchRequest
 from mmrag.tracing import span_attributes, trace_exemplar
 from query_service.filters import Scope
 from query_service.fusion import KEYWORD, Fusion, JointFusion, list_half
@@ -140,14 +140,7 @@ def without_hidden(reply: SearchReply, indexed: IndexedObjects, tokens: frozense
     The shards filtered before ranking; this catches what lags the status: a side keyword index (the fallback)
     built before a readers change, up to MMRAG_KEYWORD_REFRESH_S."""
     kept = [h for h in reply.hits if not indexed.hidden(h.object_id, tokens)]
-    if len(kept) == len(reply.hits):
-        return reply
-    HIDDEN.inc(len(reply.hits) - len(kept))
-    pruned = SearchReply()
-    pruned.CopyFrom(reply)
-    del pruned.hits[:]
-    pruned.hits.extend(kept)
-    return pruned
+    return _keeping(reply, kept, HIDDEN)
 
 
 def without_superseded(reply: SearchReply, indexed: IndexedObjects) -> SearchReply:
@@ -155,9 +148,14 @@ def without_superseded(reply: SearchReply, indexed: IndexedObjects) -> SearchRep
     keyword index lags its vector index by up to its refresh, and an overwritten or deleted object must not come
     back from it."""
     kept = [h for h in reply.hits if not indexed.superseded(h.object_id, h.version)]
+    return _keeping(reply, kept, SUPERSEDED)
+
+
+def _keeping(reply: SearchReply, kept: list[SearchHit], dropped: Counter) -> SearchReply:
+    """``reply`` with only the ``kept`` hits (itself when none was dropped); the dropped ones counted."""
     if len(kept) == len(reply.hits):
         return reply
-    SUPERSEDED.inc(len(reply.hits) - len(kept))
+    dropped.inc(len(reply.hits) - len(kept))
     pruned = SearchReply()
     pruned.CopyFrom(reply)
     del pruned.hits[:]
