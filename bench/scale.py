@@ -8,13 +8,18 @@ each step size, in one run:
 - freshness: batch produced -> INDEXED status (INDEXED means searchable: Milvus upserts with Strong consistency, on
   Faiss the status waits until every serving shard replica applied the rows) p50/p99 for objects sent one by one
   at half the updater's measured rate;
-- gRPC Search p50/p99 (text queries, encoded by the query service) with 1 and 8 clients;
+- on Faiss HNSW shards, the rows still growing (applied, searched exactly, not yet in the graph) when the step's
+  objects are indexed, gRPC Search (1 client) right then while the shards build their graphs, and how long until
+  the graphs hold every row (``mmrag_faiss_growing_rows`` of each worker at 0);
+- gRPC Search p50/p99 (text queries, encoded by the query service; distinct texts: the embedding and result caches
+  do not answer) with 1 and 8 clients, once the graphs hold every row;
 - the 1-minute load average when the step ends (the box is shared: figures are noisy under load).
 
-Objects are text (3 chunks of random words, random vectors) and, every 5th, an image too.
+Objects are text (3 chunks of 12 random words of the mixed corpus' vocabulary, random vectors) and, every 5th, an
+image too.
 
     uv run --no-sync python -m bench.scale [--steps 1000,10000,100000] [--shards 2] [--backend faiss|milvus]
-        [--searches 200] [--fresh 60]
+        [--searches 200] [--fresh 60] [--encoder-backend onnx|torch]
 
 Starts its own Kafka, local S3 and milvus-lite in a temporary directory. Goals: updater rate at the last step >= 0.8x
 the first; Search p50 < 25 ms at 100k (1 client); freshness p99 < 3 s.
@@ -26,6 +31,7 @@ import argparse
 import os
 import tempfile
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,10 +40,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from bench.query import vocabulary
 from local_stack.processes import free_port
 from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
 from mmrag.clip import write_random_clip
@@ -47,11 +55,11 @@ from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, 
 from mmrag.settings import SpaceSettings
 from mmrag.space import EmbeddingSpace, space_from_settings
 
-WORDS = [
-    *("kafka", "broker", "partition", "offset", "replica", "leader", "consumer", "group", "lag", "topic", "schema"),
-    *("record", "milvus", "vector", "index", "segment", "shard", "query", "answer", "citation", "image", "caption"),
-    *("harbour", "glacier", "volcano", "orchard", "meadow", "lantern"),
-]
+WORDS = vocabulary()  # the mixed corpus' words, as bench.query's (a 31-word list put each query word in a third of
+# all chunks: BM25 then scored ~50k postings a word at 100k objects, 2.3 ms a keyword search, 0.4 with these)
+
+
+WARM_UP = 500  # objects indexed before the first step (not counted: the first step's rate is then a steady one)
 
 
 @dataclass
@@ -61,6 +69,9 @@ class Step:
     fresh: list[float] = field(default_factory=list)
     search: dict[int, list[float]] = field(default_factory=dict)
     load: float = 0.0  # 1-minute load average at the end of the step
+    growing: int = 0  # rows applied and not yet in the shards' HNSW graphs when the step's objects were indexed
+    building: list[float] = field(default_factory=list)  # Search seconds (1 client) while the graphs were built
+    built_s: float = 0.0  # from the step's objects indexed to every graph holding every row
     took_s: float = 0.0  # wall time of the step (ingest, freshness, searches)
 
 
@@ -155,11 +166,39 @@ def freshness(feeder: Feeder, step: Step, count: int) -> None:
         time.sleep(max(0.0, gap - (now_ms() - sent) / 1000))
 
 
+def growing_rows(metrics_urls: list[str]) -> int:
+    """The shards' rows applied and not yet in their graphs (``mmrag_faiss_growing_rows`` summed over workers)."""
+    total = 0.0
+    for url in metrics_urls:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
+            for family in text_string_to_metric_families(reply.read().decode()):
+                if family.name == "mmrag_faiss_growing_rows":
+                    total += sum(sample.value for sample in family.samples)
+    return int(total)
+
+
+def graphs_built(metrics_urls: list[str], port: int, step: Step, count: int) -> None:
+    """Search (1 client) while the shards build their graphs, then waits until they hold every row."""
+    began = time.monotonic()
+    step.growing = growing_rows(metrics_urls)
+    if step.growing:
+        probe = Step(step.size)
+        searches(port, probe, count, 1)
+        step.building = probe.search[1]
+    while growing_rows(metrics_urls):
+        if time.monotonic() - began > 3600:
+            raise RuntimeError("the shards' graphs still lack rows an hour after the step's objects were indexed")
+        time.sleep(1)
+    step.built_s = time.monotonic() - began
+
+
 def searches(port: int, step: Step, count: int, clients: int) -> None:
-    """``count`` text Searches per client from ``clients`` clients at once, top 10; seconds each."""
+    """``count`` text Searches per client from ``clients`` clients at once, top 10; seconds each (after 10 Searches
+    not counted: the first ones pay for connections and first-use allocations)."""
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = query_pb2_grpc.QueryServiceStub(channel)
-    stub.Search(query_pb2.SearchQuery(text="warm up", top_k=10), timeout=30)
+    for n in range(10):
+        stub.Search(query_pb2.SearchQuery(text=f"warm up {n}", top_k=10), timeout=30)
 
     def client(c: int) -> list[float]:
         rng = np.random.default_rng(c)
@@ -181,6 +220,9 @@ def main() -> None:
     parser.add_argument("--steps", default="1000,10000,100000", help="collection sizes to measure at")
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--backend", default=Deployment.index_backend, choices=("milvus", "faiss"))
+    parser.add_argument(
+        "--encoder-backend", default="onnx", choices=("onnx", "torch"), help="the space's encoders (mmrag stack up's)"
+    )
     parser.add_argument("--searches", type=int, default=200, help="Searches per client at each step")
     parser.add_argument("--fresh", type=int, default=60, help="objects sent one by one for freshness per step")
     args = parser.parse_args()
@@ -192,25 +234,33 @@ def main() -> None:
         clip_dir = write_random_clip(work / "clip", seed=0)
         dep = Deployment(
             work / "stack", endpoints, clip_dir, f"{tag}.", f"b-{tag}", f"q-{tag}", args.shards, free_port(),
-            index_backend=args.backend,
+            index_backend=args.backend, encoder_backend=args.encoder_backend,
         )  # fmt: skip
         try:
             dep.prepare()
-            services = [dep.service("index_updater"), *dep.shard_workers()]
+            workers = dep.shard_workers()
+            metrics_urls = [w.probe_url for w in workers] if args.backend == "faiss" else []
+            services = [dep.service("index_updater"), *workers]
             services.append(dep.service("query_service", MMRAG_RESULT_CACHE_TTL_S="0"))
             start_services(services, 300)
-            feeder = Feeder(dep, space_from_settings(SpaceSettings(clip_model_dir=clip_dir)))
+            space = SpaceSettings(clip_model_dir=clip_dir, encoder_backend=args.encoder_backend)
+            feeder = Feeder(dep, space_from_settings(space))
             try:
+                warm = [feeder.send(n, bucket="warm") for n in range(20_000_000, 20_000_000 + WARM_UP)]
+                feeder.producer.flush(60)
+                feeder.wait_indexed(warm, timeout_s=600)  # consumers fetching, first batches: not in the first step
                 for step in steps:
                     began = time.monotonic()
                     grow(feeder, step, progress)
                     freshness(feeder, step, args.fresh)
+                    graphs_built(metrics_urls, dep.grpc_port, step, max(20, args.searches // 4))
                     for clients in (1, 8):
+                        progress.console.print(f"{step.size} objects: Search, {clients} client(s)")
                         searches(dep.grpc_port, step, max(20, args.searches // clients), clients)
                     step.load, step.took_s = os.getloadavg()[0], time.monotonic() - began
                     progress.console.print(
-                        f"{step.size} objects: updater {step.rate:.1f} obj/s, step {step.took_s:.0f} s, "
-                        f"load {step.load:.1f}"
+                        f"{step.size} objects: updater {step.rate:.1f} obj/s, {step.growing} rows growing, graphs "
+                        f"built {step.built_s:.0f} s later, step {step.took_s:.0f} s, load {step.load:.1f}"
                     )
             finally:
                 feeder.close()
@@ -221,8 +271,10 @@ def main() -> None:
 
 
 def print_table(steps: list[Step], args: argparse.Namespace) -> None:
-    table = Table(title=f"bench.scale: {args.backend}, {args.shards} shards, embeddings.v1 -> updater -> Search")
-    cols: tuple[str, ...] = ("objects", "updater obj/s", "x first", "fresh p50 s", "fresh p99 s")
+    title = f"bench.scale: {args.backend}, {args.shards} shards, {args.encoder_backend} encoders"
+    table = Table(title=f"{title}, embeddings.v1 -> updater -> Search")
+    cols: tuple[str, ...] = ("objects", "updater obj/s", "x first", "fresh p50 s", "fresh p99 s", "rows growing")
+    cols += ("building: search p50 ms", "p99 ms", "built after s")
     cols += ("search p50 ms", "p99 ms", "8 clients p50 ms", "p99 ms", "step s", "load")
     for col in cols:
         table.add_column(col, justify="right")
@@ -230,13 +282,15 @@ def print_table(steps: list[Step], args: argparse.Namespace) -> None:
     for s in steps:
         fresh = np.array(s.fresh or [np.nan])
         one, eight = np.array(s.search.get(1, [np.nan])) * 1000, np.array(s.search.get(8, [np.nan])) * 1000
+        building = np.array(s.building or [np.nan]) * 1000
         table.add_row(
             str(s.size), f"{s.rate:.1f}", f"{s.rate / first:.2f}",
-            f"{np.median(fresh):.2f}", f"{np.percentile(fresh, 99):.2f}",
+            f"{np.median(fresh):.2f}", f"{np.percentile(fresh, 99):.2f}", str(s.growing),
+            f"{np.median(building):.1f}", f"{np.percentile(building, 99):.1f}", f"{s.built_s:.0f}",
             f"{np.median(one):.1f}", f"{np.percentile(one, 99):.1f}",
             f"{np.median(eight):.1f}", f"{np.percentile(eight, 99):.1f}", f"{s.took_s:.0f}", f"{s.load:.1f}",
         )  # fmt: skip
-    Console(width=160).print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

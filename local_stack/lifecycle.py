@@ -10,7 +10,7 @@ from pathlib import Path
 
 from local_stack.observability import observe_services, stop_observability
 from local_stack.processes import alive_pid, free_port, port_free
-from local_stack.stack import Deployment, IndexBackend, start_infra, stop_infra, stop_services
+from local_stack.stack import Deployment, EncoderBackend, IndexBackend, start_infra, stop_infra, stop_services
 from local_stack.stack_status import ProcessStatus, crash_hint, stack_status
 from local_stack.state import STACK_FILE, ServiceRecord, StackRecord, stack_lock
 from local_stack.supervisor import start_supervisor, stop_supervisor, supervisor_pid
@@ -38,6 +38,7 @@ class StackOptions:
     s3_port: int | None = None
     milvus_port: int | None = None
     index_backend: IndexBackend = "faiss"  # the updater's MMRAG_INDEX_BACKEND; chooses the shards' workers too
+    encoder_backend: EncoderBackend = "onnx"  # a new stack's space: ONNX Runtime int8 on CPU (Embedders)
     observability: bool = False  # Jaeger and Prometheus beside it, every service exporting spans and scraped
     secure: bool = False  # Kafka with SASL_SSL, ACLs and a SCRAM user per deployable
 
@@ -80,6 +81,7 @@ def stack_up(state_dir: Path, options: StackOptions, ready_timeout_s: float = 30
             shards=options.shards,
             grpc_port=grpc_port,
             index_backend=options.index_backend,
+            encoder_backend=options.encoder_backend,
         )
         dep.prepare()
         services = [s for s in dep.all_services() if _selected(s.name, options.services)]

@@ -27,6 +27,7 @@ from operator_cli.deployables import SERVICE_MODULES
 log = logging.getLogger(__name__)
 ENDPOINTS_FILE = "endpoints.json"
 IndexBackend = Literal["milvus", "faiss", "both"]
+EncoderBackend = Literal["torch", "onnx"]
 # Which retrieval workers serve each shard: Milvus workers search the collection, Faiss workers their shard of
 # vectors.v1. With `both` each shard gets one of each; both kinds join retrieval-shard-<k> and answer alike.
 SHARD_WORKERS: dict[str, tuple[str, ...]] = {
@@ -141,6 +142,7 @@ class Deployment:
     grpc_port: int = 50051
     queue_url: str = ""
     index_backend: IndexBackend = "faiss"  # milvus-lite searches linearly: Faiss shards hold Search at 100k objects
+    encoder_backend: EncoderBackend = "torch"  # the space's encoders (onnx: ONNX Runtime int8); part of its id
 
     def prepare(self) -> None:
         """Creates the topics, the bucket and its notification queue and, on a secured Kafka, every principal's
@@ -171,8 +173,13 @@ class Deployment:
             "MMRAG_GRPC_PORT": str(self.grpc_port),
             "MMRAG_STATE_DIR": str(self.state_dir),
             "MMRAG_INDEX_BACKEND": self.index_backend,
+            **self.encoder_env(),
             **self.security_env(),
         }
+
+    def encoder_env(self) -> dict[str, str]:
+        """The space's encoder backend and precision when not torch's defaults (pinned: the space id has them)."""
+        return {"MMRAG_ENCODER_BACKEND": "onnx", "MMRAG_PRECISION": "int8"} if self.encoder_backend == "onnx" else {}
 
     def security_env(self) -> dict[str, str]:
         """On a secured stack: the admin's Kafka identity and the CA gRPC clients trust; {} else."""

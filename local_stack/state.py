@@ -96,6 +96,7 @@ class StackRecord:
             grpc_port=int(env["MMRAG_GRPC_PORT"]),
             queue_url=env["MMRAG_SQS_QUEUE_URL"],
             index_backend=env.get("MMRAG_INDEX_BACKEND", "milvus"),  # type: ignore[arg-type]
+            encoder_backend=env.get("MMRAG_ENCODER_BACKEND", "torch"),  # type: ignore[arg-type]
         )
 
     def client_env(self) -> dict[str, str]:
@@ -111,6 +112,8 @@ class StackRecord:
             "MMRAG_SHARDS",
             "MMRAG_CLIP_MODEL_DIR",
             "MMRAG_INDEX_BACKEND",
+            "MMRAG_ENCODER_BACKEND",
+            "MMRAG_PRECISION",
             *SECURITY_KEYS,
             GRPC_CA_KEY,
         )

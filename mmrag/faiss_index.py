@@ -5,6 +5,12 @@ ivf), rebuilt from the live vectors when the threshold is crossed. Internal ids 
 order, so replicas applying the same records build the same index. A delete or an overwrite only marks the old id
 dead (HNSW cannot remove, flat removal moves the whole array): searches exclude dead ids with an ``IDSelector`` and
 the index is rebuilt from its live rows once dead ones exceed ``MMRAG_FAISS_COMPACT_FRACTION`` of it.
+Growing rows (HNSW only): an insert into the graph costs ~1 ms at 100k rows on one thread and grows with it, so
+applying a row appends it to a flat index of rows not yet in the graph (the growing rows, searched exactly beside
+the graph: Milvus' growing segments), and ``build`` moves them into the graph later, in internal-id order on one
+thread, so every replica ends with the same graph whenever it builds. Applying stays O(1) per row; more than
+``MMRAG_FAISS_GROWING_MAX`` growing rows make ``upsert`` build first (back-pressure). A rebuild (the threshold, or
+compaction) stages every live row as growing in a new empty graph instead of building it while the writer waits.
 Thread-safe: one lock around every call (searches are short; the materializing thread takes turns with them), except
 a rebuild's construction: the new index is built beside the old one, which keeps answering searches, and swapped in
 under the lock (writers are serialized by a lock of their own, so nothing changes the rows meanwhile).
@@ -18,7 +24,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import faiss
 import numpy as np
@@ -56,6 +62,12 @@ class FaissSettings(BaseSettings):
         "exactly over those rows, not by the approximate index (whose recall falls with a selective filter)",
     )
     faiss_compact_fraction: float = Field(default=0.25, gt=0, le=1, description="dead share that triggers a rebuild")
+    faiss_growing_max: int = Field(
+        default=100_000,
+        ge=0,
+        description="applied rows of an HNSW shard searched exactly until they are in its graph; past it, applying "
+        "builds the graph first (0: every row goes into the graph as it is applied)",
+    )
     faiss_threads: int = Field(
         default=1,
         ge=0,
@@ -122,6 +134,16 @@ class _Eligible:
     mask: np.ndarray | None = None
 
 
+class IndexState(NamedTuple):
+    """What a snapshot stores: the index bytes, the payload rows in internal-id order, the counters, and the growing
+    rows' flat index (bytes) when the graph lacks some rows."""
+
+    raw: bytes
+    rows: list[VectorRow]
+    meta: dict[str, Any]
+    growing: bytes | None
+
+
 class FaissIndex:
     """Writer and searcher over one in-memory Faiss index (any number of shards; a worker holds one)."""
 
@@ -139,6 +161,9 @@ class FaissIndex:
         self._readers = ReaderSets()
         self._next_id = 0
         self._dead = 0
+        self._growing: Any = None  # HNSW only: IDMap2 over a flat index holding the ids from _built on
+        self._built = 0  # HNSW: internal ids below this are in the graph
+        self._staged = 0  # HNSW: ids below this were staged by a rebuild (not held against the growing limit)
         self._version = 0  # bumps on every change: cached selector bitmaps are for one version
         self._bitmaps: dict[tuple[Any, ...], _Eligible] = {}
         self._exact: dict[tuple[Any, ...], tuple[np.ndarray, Any]] = {}  # visible ids and a flat index of them
@@ -164,6 +189,8 @@ class FaissIndex:
                     self._changed()
                 if rebuild:
                     self._rebuild(self._wanted())
+            while self._growing is not None and self._over_growing_limit():
+                self.build(1024)
 
     def _upsert_until_rebuild(self, rows: Sequence[VectorRow], vectors: np.ndarray, start: int) -> tuple[int, bool]:
         """Applies ``rows[start:]`` until a rebuild is due; returns how far it got and whether one is due."""
@@ -173,7 +200,7 @@ class FaissIndex:
             self._forget(row.vector_id)
             pending[position] = self._next_id
             self._remember(self._next_id, row)
-            if self._rebuild_due(self._index.ntotal + len(pending)):
+            if self._rebuild_due(self._next_id):
                 self._add_pending(vectors, pending)
                 return position + 1, True
         self._add_pending(vectors, pending)
@@ -183,7 +210,7 @@ class FaissIndex:
         with self._writing:
             for vid in vector_ids:
                 with self._lock:
-                    rebuild = self._forget(vid) and self._rebuild_due(self._index.ntotal)
+                    rebuild = self._forget(vid) and self._rebuild_due(self._next_id)
                     self._changed()
                 if rebuild:
                     self._rebuild(self._wanted())
@@ -191,7 +218,45 @@ class FaissIndex:
     def rows_of(self, object_id: str) -> list[VectorRow]:
         with self._lock:
             ids = sorted(self._by_object.get(object_id, ()))
-            return [replace(self._rows[i], vector=self._index.reconstruct(i)) for i in ids]
+            vectors = self._vectors(np.array(ids, dtype=np.int64))
+            return [replace(self._rows[i], vector=v) for i, v in zip(ids, vectors, strict=True)]
+
+    def _over_growing_limit(self) -> bool:
+        return self._next_id - max(self._built, self._staged) > self.settings.faiss_growing_max
+
+    def unbuilt(self) -> int:
+        """Rows applied and not yet in the HNSW graph (searched exactly meanwhile)."""
+        return self._next_id - self._built if self._growing is not None else 0
+
+    def build(self, max_rows: int | None = None) -> int:
+        """Moves up to ``max_rows`` growing rows (all: None) into the HNSW graph, in internal-id order, one at a
+        time on one thread (a batch is inserted level by level and threads race on the links, so the graph would
+        depend on batch boundaries and scheduling; this way replicas, and a worker restarted from a snapshot, that
+        applied the same records hold the same graph; a point's level is drawn from a generator seeded by its id, as
+        Faiss' own generator is not in a snapshot). Dead rows go in too, as in the graph they were applied to.
+        Returns the rows still growing."""
+        with self._lock:
+            if self._growing is None:
+                return 0
+            end = self._next_id if max_rows is None else min(self._next_id, self._built + max_rows)
+            if end > self._built:
+                ids = np.arange(self._built, end, dtype=np.int64)
+                vectors = self._growing.reconstruct_batch(ids)
+                hnsw = _faiss.downcast_index(self._index.index).hnsw
+                with omp_threads(1):
+                    for i in range(len(ids)):
+                        hnsw.rng = _faiss.RandomGenerator(int(ids[i]))  # its level: by its id, not by what came before
+                        self._index.add_with_ids(vectors[i : i + 1], ids[i : i + 1])
+                self._built = end
+            left = self._next_id - self._built
+            if left == 0:
+                self._growing = None
+            elif self._growing.ntotal > max(4096, 2 * left):  # mostly built: keep only the rows still growing
+                ids = np.arange(self._built, self._next_id, dtype=np.int64)
+                growing = self._empty("flat", None)
+                growing.add_with_ids(self._growing.reconstruct_batch(ids), ids)
+                self._growing = growing
+            return left
 
     # -- searcher side -------------------------------------------------------------------------------------------
 
@@ -291,7 +356,7 @@ class FaissIndex:
         writer (holding ``_writing``) calls it: the rows cannot change while it builds."""
         with self._lock:
             old_ids = np.array(sorted(self._rows), dtype=np.int64)
-            vectors = self._index.reconstruct_batch(old_ids) if len(old_ids) else np.empty((0, self.dim), np.float32)
+            vectors = self._vectors(old_ids)
             rows = [self._rows[i] for i in old_ids.tolist()]
         new = FaissIndex(self.dim, self.settings)
         new._readers = self._readers  # numbers only grow: the old index's columns stay valid meanwhile
@@ -302,22 +367,39 @@ class FaissIndex:
         with omp_threads(_threads(self.settings.faiss_build_threads)):
             new._index = new._empty(new.kind, vectors)
             new._add(vectors, np.arange(len(rows), dtype=np.int64))
+        new._staged = len(rows)
         with self._lock:
             self._index, self.kind, self._cols = new._index, new.kind, new._cols
             self._rows, self._ids, self._by_object = new._rows, new._ids, new._by_object
             self._next_id, self._dead = len(rows), 0
+            self._growing, self._built, self._staged = new._growing, new._built, new._staged
             self._changed()
 
     def _add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Adds to the index. HNSW one point at a time on one thread: a batch is inserted level by level and threads
-        race on the links, so the graph would depend on batch boundaries and scheduling; this way replicas (and a
-        worker restarted from a snapshot) that apply the same records hold the same graph."""
+        """Adds to the index; on HNSW to the growing rows (``build`` moves them into the graph), or into the graph
+        at once when no row may grow (``MMRAG_FAISS_GROWING_MAX=0``)."""
         if self.kind != "hnsw":
             self._index.add_with_ids(vectors, ids)
             return
-        with omp_threads(1):
-            for i in range(len(ids)):
-                self._index.add_with_ids(vectors[i : i + 1], ids[i : i + 1])
+        if self._growing is None:
+            self._growing = self._empty("flat", None)
+        self._growing.add_with_ids(vectors, ids)
+        if self.settings.faiss_growing_max == 0 and self._staged <= self._built:
+            self.build()
+
+    def _vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of internal ids, from the graph or the growing rows."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if not len(ids):
+            return out
+        if self._growing is None:
+            return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32).reshape(len(ids), self.dim)
+        old = ids < self._built
+        if old.any():
+            out[old] = self._index.reconstruct_batch(ids[old])
+        if not old.all():
+            out[~old] = self._growing.reconstruct_batch(ids[~old])
+        return out
 
     def _empty(self, kind: Kind, training: np.ndarray | None) -> Any:
         s = self.settings
@@ -383,7 +465,7 @@ class FaissIndex:
             assert eligible.mask is not None
             ids = np.flatnonzero(eligible.mask).astype(np.int64)
             flat = faiss.IndexFlatIP(self.dim)
-            flat.add(self._index.reconstruct_batch(ids))
+            flat.add(self._vectors(ids))
             found = (ids, flat)
             if key[1].object_ids is None:
                 self._exact[key] = found
@@ -432,7 +514,10 @@ class FaissIndex:
         return faiss.SearchParameters(**extra) if extra else None
 
     def _run_search(self, q: np.ndarray, k: int, selector: Any) -> tuple[np.ndarray, np.ndarray]:
-        """On the CPU index, or on a GPU copy of a flat one searched without a selector (GPU flat takes none)."""
+        """On the CPU index (and its growing rows), or on a GPU copy of a flat one searched without a selector (GPU
+        flat takes none)."""
+        if self._growing is not None:
+            return self._search_growing(q, k, selector)
         if selector is not None or self.kind != "flat" or not gpu_available(self.settings):
             scores, ids = self._index.search(q, k, params=self._params(selector, k))
             return scores, ids
@@ -443,25 +528,54 @@ class FaissIndex:
         scores, positions = base.search(q, k)
         return scores, np.where(positions >= 0, id_map[np.maximum(positions, 0)], -1)
 
+    def _search_growing(self, q: np.ndarray, k: int, selector: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's best and the growing rows' exact best, merged: the growing index is searched only over the
+        ids not yet in the graph (it may still hold built ones until it is compacted)."""
+        parts = []
+        if self._built > 0:
+            parts.append(self._index.search(q, k, params=self._params(selector, k)))
+        in_range = _faiss.IDSelectorRange(self._built, self._next_id)
+        only = in_range if selector is None else _faiss.IDSelectorAnd(in_range, selector)
+        parts.append(self._growing.search(q, k, params=_faiss.SearchParameters(sel=only)))
+        scores = np.concatenate([s for s, _ in parts], axis=1)
+        ids = np.concatenate([i for _, i in parts], axis=1)
+        best = np.argsort(-np.where(ids >= 0, scores, -np.inf), axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
+
     # -- snapshots (used by mmrag.faiss_snapshot) -----------------------------------------------------------------
 
-    def state(self) -> tuple[bytes, list[VectorRow], dict[str, Any]]:
-        """The index bytes, the payload rows in internal-id order and the counters: what a snapshot stores."""
+    def state(self) -> IndexState:
+        """The index bytes, the payload rows in internal-id order, the counters and the growing rows: what a
+        snapshot stores."""
         with self._lock:
             raw = faiss.serialize_index(self._index).tobytes()
             ids = sorted(self._rows)
             meta = {"kind": self.kind, "next_id": self._next_id, "dead": self._dead, "ids": ids, "dim": self.dim}
-            return raw, [self._rows[i] for i in ids], meta
+            growing = None
+            if self._growing is not None:
+                meta |= {"built": self._built, "staged": self._staged}
+                growing = faiss.serialize_index(self._growing).tobytes()
+            return IndexState(raw, [self._rows[i] for i in ids], meta, growing)
 
     @classmethod
     def restored(
-        cls, raw: bytes, rows: Iterable[VectorRow], meta: dict[str, Any], settings: FaissSettings | None = None
+        cls,
+        raw: bytes,
+        rows: Iterable[VectorRow],
+        meta: dict[str, Any],
+        settings: FaissSettings | None = None,
+        growing: bytes | None = None,
     ) -> FaissIndex:
-        """The index ``state()`` described, exactly (same ids, same kind, same dead marks)."""
+        """The index ``state()`` described, exactly (same ids, same kind, same dead marks, same growing rows)."""
         index = cls(int(meta["dim"]), settings)
         index._index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
         index.kind = meta["kind"]
         index._next_id, index._dead = int(meta["next_id"]), int(meta["dead"])
+        if "built" in meta:
+            if growing is None:
+                raise ValueError(f"the snapshot's graph holds {meta['built']} of {meta['next_id']} ids and no growing")
+            index._growing = faiss.deserialize_index(np.frombuffer(growing, dtype=np.uint8))
+            index._built, index._staged = int(meta["built"]), int(meta["staged"])
         index._cols.ensure(index._next_id)
         for internal, row in zip(meta["ids"], rows, strict=True):
             index._remember(int(internal), row)

@@ -140,6 +140,8 @@ def test_replicas_applying_the_same_records_in_other_batches_answer_the_same(ann
         log += [r, data[i - 5].vector_id] if i % 10 == 9 else [r]
     for index, step in ((a, 7), (b, 50)):  # the same records in other poll batches, applied as a worker does
         for start in range(0, len(log), step):
+            if index is a:
+                index.build(37)  # a moves growing rows into its graph between batches, b only at the end
             pending: list[VectorRow] = []
             for record in log[start : start + step]:
                 if isinstance(record, str):
@@ -150,6 +152,10 @@ def test_replicas_applying_the_same_records_in_other_batches_answer_the_same(ann
                     pending.append(record)
             index.upsert(pending)
     assert a.kind == b.kind == ann
+    queries = np.stack([r.vector for r in rows(20, seed=11)])
+    assert [h[0] for h in answers(a, queries)] == [h[0] for h in answers(b, queries)]
+    a.build(), b.build()
+    assert a.unbuilt() == b.unbuilt() == 0
     assert a.state()[0] == b.state()[0], "the same index, byte for byte (an HNSW graph included)"
     queries = np.stack([r.vector for r in rows(20, seed=11)])
     assert answers(a, queries) == answers(b, queries)
@@ -182,3 +188,52 @@ def test_searches_are_answered_by_the_old_index_while_a_rebuild_builds(monkeypat
         writer.result(timeout=30)
     assert (index.kind, index.count()) == ("hnsw", 400)
     assert [h.row.vector_id for h in index.search(data[350].vector, 1)] == ["v350"]
+
+
+def test_applied_hnsw_rows_are_searched_exactly_until_built_and_snapshots_keep_them(tmp_path: Path) -> None:
+    """An HNSW shard appends applied rows to its growing rows (O(1) per row) and moves them into the graph later: a
+    row is found the moment it is applied, by the same search before, during and after the build, and a snapshot
+    taken halfway restores the graph and the growing rows as they were."""
+    settings = FaissSettings(faiss_ann="hnsw", faiss_ann_threshold=100, faiss_gpu="off")
+    index = FaissIndex(DIM, settings)
+    data = rows(500)
+    index.upsert(data[:300])
+    assert (index.kind, index.unbuilt()) == ("hnsw", 300), "the threshold's rebuild stages every row as growing"
+    assert index.build(120) == 180
+    index.upsert(data[300:])
+    index.delete(["v5", "v350"])
+    index.upsert([replace(data[7], text="changed")])
+    assert index.unbuilt() == 500 + 1 - 120
+    for r in (data[3], data[200], data[499]):
+        assert [h.row.vector_id for h in index.search(r.vector, 1)] == [r.vector_id]
+    assert "v5" not in {h.row.vector_id for h in index.search(data[5].vector, 5)}
+    assert "v350" not in {h.row.vector_id for h in index.search(data[350].vector, 5)}
+    assert [r.text for r in index.rows_of(data[7].object_id) if r.vector_id == "v7"] == ["changed"]
+    write_snapshot(tmp_path, index, SnapshotMark("vectors.v1", 0, 10, "space"))
+    restored, _ = load_latest(tmp_path, "vectors.v1", 0, "space", settings, 60_000)  # type: ignore[misc]
+    queries = np.stack([r.vector for r in rows(8, seed=4)])
+    assert restored.unbuilt() == index.unbuilt() and answers(restored, queries) == answers(index, queries)
+    assert flat(restored.rows_of(data[250].object_id)) == flat(index.rows_of(data[250].object_id))
+    for built in (index, restored):
+        assert built.build() == 0
+    assert restored.state()[0] == index.state()[0], "built after the restore: the same graph"
+    assert restored.state().growing is None
+    assert [h.row.vector_id for h in restored.search(data[499].vector, 1)] == ["v499"]
+
+
+def test_too_many_growing_rows_make_applying_build_first() -> None:
+    settings = FaissSettings(faiss_ann="hnsw", faiss_ann_threshold=50, faiss_growing_max=100, faiss_gpu="off")
+    index = FaissIndex(DIM, settings)
+    data = rows(600)
+    index.upsert(data[:60])
+    assert index.unbuilt() == 60, "the threshold's rebuild staged 50 rows, 10 more were applied"
+    for start in range(60, 600, 40):
+        index.upsert(data[start : start + 40])
+        meta = index.state().meta
+        built = max(meta.get("built", meta["next_id"]), meta.get("staged", 0))
+        assert meta["next_id"] - built <= 100, "applied rows past the limit were built first"
+    assert index.count() == 600 and 0 < index.unbuilt() <= 100
+    no_growing = FaissIndex(DIM, settings.model_copy(update={"faiss_growing_max": 0}))
+    no_growing.upsert(data[:60])
+    no_growing.upsert(data[60:70])
+    assert (no_growing.kind, no_growing.unbuilt()) == ("hnsw", 0)

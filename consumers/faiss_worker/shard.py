@@ -5,7 +5,9 @@ loads the newest snapshot, reads from its offset to the end offset seen at start
 worker turns ready with no half-built index; a thread keeps applying new records and snapshots every
 ``MMRAG_FAISS_SNAPSHOT_INTERVAL_S``. Replicas apply the same records in the same order and hold the same index.
 The shard's keyword index changes with its vectors: each change goes into it just before the vector index, so a
-keyword search never misses a row that a vector search finds.
+keyword search never misses a row that a vector search finds. Applying appends an HNSW shard's rows to its growing
+rows (searched exactly); the same thread moves them into the graph once no record came for half a second, a few at
+a time, so that a record is searchable (and its status written) without waiting for the graph.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ SKIPPED = Counter(
 )
 ROWS = Gauge("mmrag_faiss_rows", "Live rows of a Faiss shard", ["shard"])
 SNAPSHOT_SECONDS = Gauge("mmrag_faiss_snapshot_seconds", "Time the last snapshot took", ["shard"])
+GROWING = Gauge("mmrag_faiss_growing_rows", "Rows of a Faiss shard searched exactly, not yet in its graph", ["shard"])
+_BUILD_TURN_S = 0.05  # graph building between two polls
+_BUILD_QUIET_S = 0.5  # no record for this long: the graph takes growing rows (a burst is applied at full speed)
+_BUILD_ROWS = 16  # rows inserted under one hold of the index's lock (~1 ms each at 100k rows): searches take turns
 
 
 class FaissShard:
@@ -77,6 +83,7 @@ class FaissShard:
         self._failure = ""
         self._consumer: Consumer | None = None
         self.on_applied: Callable[[], object] | None = None  # told after records are applied or on catching up
+        self._last_records = 0.0  # monotonic time of the last poll that brought records
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -214,7 +221,8 @@ class FaissShard:
         at_end = False
         # the first record ends the wait (a lone record waited librdkafka's whole timeout); what else is fetched
         # already joins it: the updater's statuses wait for this shard to apply
-        polled = self._consumer.consume(1, 0.2)
+        quiet_in = _BUILD_QUIET_S - (time.monotonic() - self._last_records)
+        polled = self._consumer.consume(1, min(0.2, max(0.0, quiet_in)) if self.index.unbuilt() else 0.2)
         for msg in polled + (self._consumer.consume(999, 0) if polled else []):
             err = msg.error()
             if err is None:
@@ -228,10 +236,22 @@ class FaissShard:
         if records:
             self._apply(records)
             self.next_offset = int(records[-1].offset() or 0) + 1
+            self._last_records = time.monotonic()
         if at_end or self.next_offset >= self.target:  # only once what was read is applied
             self.caught_up.set()
         if (records or at_end) and self.on_applied is not None:
             self.on_applied()
+        if not records and time.monotonic() - self._last_records >= _BUILD_QUIET_S:
+            self._build()
+
+    def _build(self) -> None:
+        """Moves growing rows into the graph for one turn, once no record came for _BUILD_QUIET_S: during a burst
+        the graph waits (the growing rows take it, up to MMRAG_FAISS_GROWING_MAX, past which applying builds), so
+        its CPU does not slow the burst, and statuses never wait for it."""
+        turn_ends = time.monotonic() + _BUILD_TURN_S
+        while self.index.unbuilt() and time.monotonic() < turn_ends:
+            self.index.build(_BUILD_ROWS)
+        GROWING.labels(str(self.shard)).set(self.index.unbuilt())
 
     def _apply(self, records: Sequence[Message]) -> None:
         """Applies records in offset order: runs of upserts go in together, a tombstone deletes its vector id; each

@@ -1,7 +1,8 @@
 """Snapshots of a Faiss shard: the index (Faiss' own serialization, as ``faiss.write_index`` writes it), the payload
 rows and the vectors.v1 offset they contain, written into a temporary directory and renamed into place at once.
 
-Layout: ``<root>/<topic>-<partition>/<next offset, 20 digits>/{index.faiss, rows.jsonl, offsets.json}``. A directory
+Layout: ``<root>/<topic>-<partition>/<next offset, 20 digits>/{index.faiss, rows.jsonl, offsets.json}``, and
+``growing.faiss`` (a flat index of the rows not yet in an HNSW graph) when there are such rows. A directory
 with a final name is complete (rename is atomic); the newest one that matches the shard is loaded, older ones are
 pruned. Replicas of one shard may share a root: two snapshots of one offset are identical, the second is dropped.
 """
@@ -45,7 +46,7 @@ def shard_dir(root: Path, topic: str, partition: int) -> Path:
 
 def write_snapshot(root: Path, index: FaissIndex, mark: SnapshotMark) -> Path:
     """Writes the snapshot of ``index`` at ``mark`` (fsynced) and renames it into place; returns its directory."""
-    raw, rows, meta = index.state()
+    raw, rows, meta, growing = index.state()
     parent = shard_dir(root, mark.topic, mark.partition)
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / f"{mark.next_offset:020d}"
@@ -53,6 +54,8 @@ def write_snapshot(root: Path, index: FaissIndex, mark: SnapshotMark) -> Path:
     tmp.mkdir()
     try:
         _write(tmp / "index.faiss", raw)
+        if growing is not None:
+            _write(tmp / "growing.faiss", growing)
         payload = "".join(json.dumps(_payload(r), ensure_ascii=False) + "\n" for r in rows)
         _write(tmp / "rows.jsonl", payload.encode())
         header = {**asdict(replace(mark, taken_at_ms=now_ms())), "index": meta}
@@ -89,7 +92,8 @@ def load_latest(
                 return None
             rows = [_row(json.loads(line)) for line in (path / "rows.jsonl").read_text().splitlines()]
             raw = (path / "index.faiss").read_bytes()
-            return FaissIndex.restored(raw, rows, index_meta, settings), mark
+            growing = (path / "growing.faiss").read_bytes() if "built" in index_meta else None
+            return FaissIndex.restored(raw, rows, index_meta, settings, growing), mark
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             log.warning("snapshot %s unreadable (%s): trying an older one", path, exc)
     return None
