@@ -237,3 +237,14 @@ def test_too_many_growing_rows_make_applying_build_first() -> None:
     no_growing.upsert(data[:60])
     no_growing.upsert(data[60:70])
     assert (no_growing.kind, no_growing.unbuilt()) == ("hnsw", 0)
+
+
+def test_the_graph_takes_growing_rows_when_the_shard_is_quiet_or_rows_waited_too_long() -> None:
+    from consumers.faiss_worker.shard import _BUILD_QUIET_S, _BUILD_WAIT_MAX_S, build_due
+
+    now = 1000.0
+    assert not build_due(now, last_records=now - 10, growing_since=None), "nothing growing: nothing to build"
+    assert build_due(now, last_records=now - _BUILD_QUIET_S, growing_since=now - 1), "quiet: build"
+    assert not build_due(now, last_records=now - 0.1, growing_since=now - 5), "a burst goes on: the graph waits"
+    trickle = build_due(now, last_records=now - 0.1, growing_since=now - _BUILD_WAIT_MAX_S)
+    assert trickle, "records more often than the quiet time for long: built between polls anyway"

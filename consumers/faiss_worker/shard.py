@@ -43,6 +43,18 @@ SNAPSHOT_SECONDS = Gauge("mmrag_faiss_snapshot_seconds", "Time the last snapshot
 GROWING = Gauge("mmrag_faiss_growing_rows", "Rows of a Faiss shard searched exactly, not yet in its graph", ["shard"])
 _BUILD_TURN_S = 0.05  # graph building between two polls
 _BUILD_QUIET_S = 0.5  # no record for this long: the graph takes growing rows (a burst is applied at full speed)
+_BUILD_WAIT_MAX_S = 300.0  # rows growing this long are built between polls anyway (a steady trickle is never quiet)
+
+
+def build_due(now: float, last_records: float, growing_since: float | None) -> bool:
+    """Whether the graph takes growing rows between two polls: once the shard is quiet, or once rows have been
+    growing for _BUILD_WAIT_MAX_S (records arriving more often than the quiet time would otherwise leave every row
+    to the exact search until MMRAG_FAISS_GROWING_MAX)."""
+    if growing_since is None:
+        return False
+    return now - last_records >= _BUILD_QUIET_S or now - growing_since >= _BUILD_WAIT_MAX_S
+
+
 _BUILD_ROWS = 16  # rows inserted under one hold of the index's lock (~1 ms each at 100k rows): searches take turns
 
 
@@ -84,6 +96,7 @@ class FaissShard:
         self._consumer: Consumer | None = None
         self.on_applied: Callable[[], object] | None = None  # told after records are applied or on catching up
         self._last_records = 0.0  # monotonic time of the last poll that brought records
+        self._growing_since: float | None = None  # monotonic time since when the graph lacks rows
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -221,8 +234,10 @@ class FaissShard:
         at_end = False
         # the first record ends the wait (a lone record waited librdkafka's whole timeout); what else is fetched
         # already joins it: the updater's statuses wait for this shard to apply
-        quiet_in = _BUILD_QUIET_S - (time.monotonic() - self._last_records)
-        polled = self._consumer.consume(1, min(0.2, max(0.0, quiet_in)) if self.index.unbuilt() else 0.2)
+        now = time.monotonic()
+        quiet_in = _BUILD_QUIET_S - (now - self._last_records)
+        timeout = 0.0 if build_due(now, self._last_records, self._growing_since) else min(0.2, max(0.0, quiet_in))
+        polled = self._consumer.consume(1, timeout if self._growing_since is not None else 0.2)
         for msg in polled + (self._consumer.consume(999, 0) if polled else []):
             err = msg.error()
             if err is None:
@@ -241,13 +256,17 @@ class FaissShard:
             self.caught_up.set()
         if (records or at_end) and self.on_applied is not None:
             self.on_applied()
-        if not records and time.monotonic() - self._last_records >= _BUILD_QUIET_S:
+        if self.index.unbuilt() == 0:
+            self._growing_since = None
+        elif self._growing_since is None:
+            self._growing_since = time.monotonic()
+        if build_due(time.monotonic(), self._last_records, self._growing_since):
             self._build()
 
     def _build(self) -> None:
-        """Moves growing rows into the graph for one turn, once no record came for _BUILD_QUIET_S: during a burst
-        the graph waits (the growing rows take it, up to MMRAG_FAISS_GROWING_MAX, past which applying builds), so
-        its CPU does not slow the burst, and statuses never wait for it."""
+        """Moves growing rows into the graph for one turn (see ``build_due``): during a burst the graph waits (the
+        growing rows take it, up to MMRAG_FAISS_GROWING_MAX, past which applying builds), so its CPU does not slow
+        the burst, and statuses never wait for it."""
         turn_ends = time.monotonic() + _BUILD_TURN_S
         while self.index.unbuilt() and time.monotonic() < turn_ends:
             self.index.build(_BUILD_ROWS)
