@@ -40,7 +40,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -54,6 +53,7 @@ from mmrag.pb import query_pb2, query_pb2_grpc
 from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, IndexState, IndexStatus, Modality
 from mmrag.settings import SpaceSettings
 from mmrag.space import EmbeddingSpace, space_from_settings
+from operator_cli.top_metrics import parse, total
 
 WORDS = vocabulary()  # the mixed corpus' words, as bench.query's (a 31-word list put each query word in a third of
 # all chunks: BM25 then scored ~50k postings a word at 100k objects, 2.3 ms a keyword search, 0.4 with these)
@@ -168,13 +168,11 @@ def freshness(feeder: Feeder, step: Step, count: int) -> None:
 
 def growing_rows(metrics_urls: list[str]) -> int:
     """The shards' rows applied and not yet in their graphs (``mmrag_faiss_growing_rows`` summed over workers)."""
-    total = 0.0
-    for url in metrics_urls:
+    growing = 0.0
+    for url in metrics_urls:  # not top_metrics.scrape: a worker that does not answer must fail the bench, not read 0
         with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
-            for family in text_string_to_metric_families(reply.read().decode()):
-                if family.name == "mmrag_faiss_growing_rows":
-                    total += sum(sample.value for sample in family.samples)
-    return int(total)
+            growing += total(parse(reply.read().decode()), "mmrag_faiss_growing_rows")
+    return int(growing)
 
 
 def graphs_built(metrics_urls: list[str], port: int, step: Step, count: int) -> None:

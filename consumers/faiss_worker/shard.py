@@ -234,10 +234,7 @@ class FaissShard:
         at_end = False
         # the first record ends the wait (a lone record waited librdkafka's whole timeout); what else is fetched
         # already joins it: the updater's statuses wait for this shard to apply
-        now = time.monotonic()
-        quiet_in = _BUILD_QUIET_S - (now - self._last_records)
-        timeout = 0.0 if build_due(now, self._last_records, self._growing_since) else min(0.2, max(0.0, quiet_in))
-        polled = self._consumer.consume(1, timeout if self._growing_since is not None else 0.2)
+        polled = self._consumer.consume(1, self._poll_timeout())
         for msg in polled + (self._consumer.consume(999, 0) if polled else []):
             err = msg.error()
             if err is None:
@@ -256,12 +253,23 @@ class FaissShard:
             self.caught_up.set()
         if (records or at_end) and self.on_applied is not None:
             self.on_applied()
-        if self.index.unbuilt() == 0:
+        unbuilt = self.index.unbuilt()
+        GROWING.labels(str(self.shard)).set(unbuilt)  # also while a burst grows them, not only when built
+        if unbuilt == 0:
             self._growing_since = None
         elif self._growing_since is None:
             self._growing_since = time.monotonic()
         if build_due(time.monotonic(), self._last_records, self._growing_since):
             self._build()
+
+    def _poll_timeout(self) -> float:
+        """0.2 s, shorter while rows grow: none when the graph may take them now, else until the shard is quiet."""
+        if self._growing_since is None:
+            return 0.2
+        now = time.monotonic()
+        if build_due(now, self._last_records, self._growing_since):
+            return 0.0
+        return min(0.2, max(0.0, _BUILD_QUIET_S - (now - self._last_records)))
 
     def _build(self) -> None:
         """Moves growing rows into the graph for one turn (see ``build_due``): during a burst the graph waits (the
