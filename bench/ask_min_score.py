@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench.retrieval_eval import BUCKET, DATA, Corpus, Models, Query, object_rows, shards_of
+from mmrag.faiss_halves import HalvesIndex
 from mmrag.faiss_index import FaissIndex
 from mmrag.pb.events_pb2 import SearchReply, SearchRequest
 
@@ -34,7 +35,7 @@ OFF_TOPIC = [
 ]
 
 
-def best_score(models: Models, indexes: Sequence[FaissIndex], text: str) -> float:
+def best_score(models: Models, indexes: Sequence[FaissIndex | HalvesIndex], text: str) -> float:
     from consumers.retrieval_worker.handler import to_hit
     from query_service.search import merge_top_k
 

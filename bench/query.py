@@ -52,7 +52,8 @@ from index_updater.handler import IndexUpdaterSettings
 from local_stack.processes import free_port
 from local_stack.stack import Deployment, start_infra, start_services, stop_infra, stop_services
 from mmrag.clip import write_random_clip
-from mmrag.faiss_index import FaissIndex, FaissSettings
+from mmrag.faiss_halves import index_for
+from mmrag.faiss_index import FaissSettings
 from mmrag.ids import shard_for, vector_id
 from mmrag.kafka_clients import make_producer
 from mmrag.milvus_index import MilvusIndex
@@ -129,7 +130,7 @@ def local_indexes(
     like a worker's (same settings: HNSW above the threshold)."""
     if milvus is not None:
         return [milvus] * shards
-    indexes = [FaissIndex(space.dim, FaissSettings()) for _ in range(shards)]
+    indexes = [index_for(space.dim, space.text_dim, FaissSettings()) for _ in range(shards)]
     for k, index in enumerate(indexes):
         index.start()  # the worker's thread settings
         index.upsert([r for r in rows if r.shard == k])

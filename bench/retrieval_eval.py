@@ -32,7 +32,8 @@ from consumers.retrieval_worker.keyword import KeywordShard
 from consumers.text_embedder.chunking import chunk_text
 from index_updater.fusion import plan_update
 from mmrag.clip import ClipEncoder
-from mmrag.faiss_index import FaissIndex
+from mmrag.faiss_halves import HalvesIndex, index_for
+from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.ids import shard_for
 from mmrag.images import decode_image
 from mmrag.pb.events_pb2 import Chunk, EmbeddingBatch, Modality, SearchReply, SearchRequest
@@ -137,14 +138,14 @@ def object_rows(corpus: Corpus, models: Models, shards: int) -> dict[str, list[V
 class Shard:
     """One shard as a retrieval worker holds it: the exact vector index and the keyword index built from it."""
 
-    index: FaissIndex
+    index: FaissIndex | HalvesIndex
     keywords: KeywordShard
 
 
 def shards_of(rows: dict[str, list[VectorRow]], oids: Sequence[str], space: EmbeddingSpace, shards: int) -> list[Shard]:
     """One exact index per shard holding the rows of ``oids`` (each object on its shard, as the updater places it),
     with its keyword index."""
-    indexes = [FaissIndex(space.dim) for _ in range(shards)]
+    indexes = [index_for(space.dim, space.text_dim, FaissSettings()) for _ in range(shards)]
     for oid in oids:
         indexes[shard_for(oid, shards)].upsert(rows[oid])
     made = [Shard(index, KeywordShard(index, k, refresh_s=0)) for k, index in enumerate(indexes)]

@@ -221,6 +221,25 @@ class FaissIndex:
             vectors = self._vectors(np.array(ids, dtype=np.int64))
             return [replace(self._rows[i], vector=v) for i, v in zip(ids, vectors, strict=True)]
 
+    def holds(self, vector_id: str) -> bool:
+        with self._lock:
+            return vector_id in self._ids
+
+    def held_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._ids)
+
+    def inner_products(self, vector_ids: Sequence[str], query: np.ndarray) -> np.ndarray:
+        """Each row's inner product with ``query`` (0 for an id this index does not hold), in order."""
+        with self._lock:
+            internal = [self._ids.get(vid, -1) for vid in vector_ids]
+            known = np.array([i for i in internal if i >= 0], dtype=np.int64)
+            scores = np.zeros(len(vector_ids), dtype=np.float32)
+            if len(known):
+                found = self._vectors(known) @ np.asarray(query, dtype=np.float32).reshape(-1)
+                scores[[n for n, i in enumerate(internal) if i >= 0]] = found
+            return scores
+
     def _over_growing_limit(self) -> bool:
         return self._next_id - max(self._built, self._staged) > self.settings.faiss_growing_max
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mmrag.faiss_halves import HalvesIndex
 from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.vector_index import NO_FILTER, SearchFilter, VectorIndex, VectorRow
 
@@ -31,9 +32,11 @@ AWKWARD_IDS = [
 AWKWARD_TEXT = "quotes \" ' backslash \\ tab \t newline \n ünïcödé 😀 %s {} [] $1"
 
 
-def _faiss(ann: str, threshold: int) -> FaissIndex:
+def _faiss(ann: str, threshold: int, halves: bool = False) -> FaissIndex | HalvesIndex:
+    """One index, or one per half of the vector (``halves``: the first DIM // 2 dims a half, as a space's MiniLM
+    half; the corpus' vectors fill both, so every search here is a joint one)."""
     settings = FaissSettings(faiss_ann=ann, faiss_ann_threshold=threshold, faiss_gpu="off")  # type: ignore[arg-type]
-    return FaissIndex(DIM, settings)
+    return HalvesIndex(DIM, DIM // 2, settings) if halves else FaissIndex(DIM, settings)
 
 
 @pytest.fixture(
@@ -41,6 +44,8 @@ def _faiss(ann: str, threshold: int) -> FaissIndex:
         "faiss-flat",
         "faiss-hnsw",
         "faiss-ivf",
+        "faiss-halves-flat",
+        "faiss-halves-hnsw",
         pytest.param("faiss-gpu", marks=pytest.mark.gpu),
         pytest.param("milvus", marks=pytest.mark.kafka),
     ]
@@ -53,6 +58,8 @@ def index(request: pytest.FixtureRequest, unique: str) -> Iterator[VectorIndex]:
         made: VectorIndex = MilvusIndex(infra.milvus_uri, f"contract{unique}", DIM, alias=f"contract{unique}_live")
     elif request.param == "faiss-flat":
         made = _faiss("hnsw", 10**9)
+    elif request.param.startswith("faiss-halves-"):
+        made = _faiss("hnsw", 10**9 if request.param.endswith("flat") else 1, halves=True)
     elif request.param == "faiss-gpu":  # flat on a CUDA device: run where a faiss GPU build is installed (-m gpu)
         from mmrag.faiss_index import gpu_available
 

@@ -75,6 +75,7 @@ def build(settings: FaissWorkerSettings, probes: Probes) -> FaissWorker:
         settings.faiss_snapshot_interval_s,
         settings.faiss_snapshot_max_age_s,
         keywords=settings.keyword_refresh_s > 0,
+        text_dim=space.text_dim,
     )
     probes.add_check("vectors", shard.readiness)
     applied = AppliedSender(

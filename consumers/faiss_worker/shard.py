@@ -3,7 +3,8 @@
 The partition is assigned directly (no group, nothing committed): the position lives in the snapshots. ``start()``
 loads the newest snapshot, reads from its offset to the end offset seen at start and only then returns, so the
 worker turns ready with no half-built index; a thread keeps applying new records and snapshots every
-``MMRAG_FAISS_SNAPSHOT_INTERVAL_S``. Replicas apply the same records in the same order and hold the same index.
+``MMRAG_FAISS_SNAPSHOT_INTERVAL_S``. Replicas apply the same records in the same order and hold the same index
+(one per half of the joint vector when the space has both: ``mmrag.faiss_halves``).
 The shard's keyword index changes with its vectors: each change goes into it just before the vector index, so a
 keyword search never misses a row that a vector search finds. Applying appends an HNSW shard's rows to its growing
 rows (searched exactly); the same thread moves them into the graph once no record came for half a second, a few at
@@ -26,7 +27,8 @@ from prometheus_client import Counter, Gauge
 
 from consumers.faiss_worker.snapshot import SnapshotMark, load_latest, write_snapshot
 from mmrag.errors import PermanentError
-from mmrag.faiss_index import FaissIndex, FaissSettings
+from mmrag.faiss_halves import HalvesIndex, index_for
+from mmrag.faiss_index import FaissSettings
 from mmrag.kafka_clients import consumer_config, watermark_offsets
 from mmrag.keyword_index import KeywordIndex, KeywordSupport
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
@@ -74,17 +76,21 @@ class FaissShard:
         snapshot_interval_s: float,
         snapshot_max_age_s: float,
         keywords: bool = True,
+        text_dim: int = 0,
     ) -> None:
+        """``text_dim``: where the space's MiniLM half ends; with both halves the rows are indexed per half
+        (``mmrag.faiss_halves``), else (0) in one index."""
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.shard = shard
         self.space_id = space_id
         self.dim = dim
+        self.text_dim = text_dim
         self.settings = settings
         self.snapshot_dir = snapshot_dir
         self.snapshot_interval_s = snapshot_interval_s
         self.snapshot_max_age_s = snapshot_max_age_s
-        self.index = FaissIndex(dim, settings)
+        self.index = index_for(dim, text_dim, settings)
         self.keywords = KeywordIndex() if keywords else None
         self.next_offset = 0
         self.target = 0  # the end offset seen at start: ready once read up to it
@@ -115,7 +121,7 @@ class FaissShard:
         low, high = watermark_offsets(consumer, TopicPartition(self.topic, self.shard), 30)
         if self.next_offset < low:  # what the snapshot lacks was deleted from the log: rebuild from the start
             log.warning("%s: snapshot at %d precedes the log start %d; rebuilding", STAGE, self.next_offset, low)
-            self.index, self.next_offset = FaissIndex(self.dim, self.settings), 0
+            self.index, self.next_offset = index_for(self.dim, self.text_dim, self.settings), 0
         if self.keywords is not None:  # the rows of the snapshot, if any: the records after it go in one by one
             self.keywords.rebuild(self.index.shard_rows(self.shard))
         self.target = high
@@ -209,6 +215,7 @@ class FaissShard:
             self.space_id,
             self.settings,
             int(self.snapshot_max_age_s * 1000),
+            per_half=isinstance(self.index, HalvesIndex),
         )
         if found is not None:
             self.index, mark = found

@@ -2,7 +2,9 @@
 rows and the vectors.v1 offset they contain, written into a temporary directory and renamed into place at once.
 
 Layout: ``<root>/<topic>-<partition>/<next offset, 20 digits>/{index.faiss, rows.jsonl, offsets.json}``, and
-``growing.faiss`` (a flat index of the rows not yet in an HNSW graph) when there are such rows. A directory
+``growing.faiss`` (a flat index of the rows not yet in an HNSW graph) when there are such rows; an index kept per
+half of the joint vector (``mmrag.faiss_halves``) has those files once per half, in ``text/`` and ``image/``. A
+snapshot of the other layout than the shard keeps is not loaded (the shard rebuilds from the log). A directory
 with a final name is complete (rename is atomic); the newest one that matches the shard is loaded, older ones are
 pruned. Replicas of one shard may share a root: two snapshots of one offset are identical, the second is dropped.
 """
@@ -20,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from mmrag.faiss_index import FaissIndex, FaissSettings
+from mmrag.faiss_halves import HalvesIndex
+from mmrag.faiss_index import FaissIndex, FaissSettings, IndexState
 from mmrag.messages import now_ms
 from mmrag.vector_index import VectorRow
 
@@ -44,21 +47,27 @@ def shard_dir(root: Path, topic: str, partition: int) -> Path:
     return root / f"{topic}-{partition}"
 
 
-def write_snapshot(root: Path, index: FaissIndex, mark: SnapshotMark) -> Path:
+def write_snapshot(root: Path, index: FaissIndex | HalvesIndex, mark: SnapshotMark) -> Path:
     """Writes the snapshot of ``index`` at ``mark`` (fsynced) and renames it into place; returns its directory."""
-    raw, rows, meta, growing = index.state()
+    states = index.state() if isinstance(index, HalvesIndex) else {"": index.state()}
     parent = shard_dir(root, mark.topic, mark.partition)
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / f"{mark.next_offset:020d}"
     tmp = parent / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        _write(tmp / "index.faiss", raw)
-        if growing is not None:
-            _write(tmp / "growing.faiss", growing)
-        payload = "".join(json.dumps(_payload(r), ensure_ascii=False) + "\n" for r in rows)
-        _write(tmp / "rows.jsonl", payload.encode())
-        header = {**asdict(replace(mark, taken_at_ms=now_ms())), "index": meta}
+        metas = {}
+        for name, (raw, rows, meta, growing) in states.items():
+            where = tmp / name
+            where.mkdir(exist_ok=True)
+            _write(where / "index.faiss", raw)
+            if growing is not None:
+                _write(where / "growing.faiss", growing)
+            payload = "".join(json.dumps(_payload(r), ensure_ascii=False) + "\n" for r in rows)
+            _write(where / "rows.jsonl", payload.encode())
+            metas[name] = meta
+        index_meta = {"halves": metas} if isinstance(index, HalvesIndex) else metas[""]
+        header = {**asdict(replace(mark, taken_at_ms=now_ms())), "index": index_meta}
         _write(tmp / "offsets.json", json.dumps(header).encode())
         try:
             os.rename(tmp, final)
@@ -73,10 +82,17 @@ def write_snapshot(root: Path, index: FaissIndex, mark: SnapshotMark) -> Path:
 
 
 def load_latest(
-    root: Path, topic: str, partition: int, space_id: str, settings: FaissSettings, max_age_ms: int
-) -> tuple[FaissIndex, SnapshotMark] | None:
+    root: Path,
+    topic: str,
+    partition: int,
+    space_id: str,
+    settings: FaissSettings,
+    max_age_ms: int,
+    per_half: bool = False,
+) -> tuple[FaissIndex | HalvesIndex, SnapshotMark] | None:
     """The newest usable snapshot of the shard, or None. Unusable (logged, skipped): another space, unreadable, or
-    older than ``max_age_ms`` (compaction may have dropped tombstones it never saw)."""
+    older than ``max_age_ms`` (compaction may have dropped tombstones it never saw), or of the other layout than
+    ``per_half`` asks for (one index per half of the joint vector, or one index)."""
     parent = shard_dir(root, topic, partition)
     candidates = sorted((p for p in parent.glob("[0-9]*") if p.is_dir()), reverse=True) if parent.exists() else []
     for path in candidates:
@@ -90,13 +106,24 @@ def load_latest(
             if now_ms() - mark.taken_at_ms > max_age_ms:
                 log.warning("snapshot %s is older than %d ms: rebuilding from the log instead", path, max_age_ms)
                 return None
-            rows = [_row(json.loads(line)) for line in (path / "rows.jsonl").read_text().splitlines()]
-            raw = (path / "index.faiss").read_bytes()
-            growing = (path / "growing.faiss").read_bytes() if "built" in index_meta else None
-            return FaissIndex.restored(raw, rows, index_meta, settings, growing), mark
+            if ("halves" in index_meta) != per_half:
+                layout = "per half" if per_half else "one index"
+                log.warning("snapshot %s is not of this shard's layout (%s): rebuilding from the log", path, layout)
+                return None
+            if per_half:
+                states = {name: _state(path / name, meta) for name, meta in index_meta["halves"].items()}
+                return HalvesIndex.restored(states, settings), mark
+            raw, rows, meta, growing = _state(path, index_meta)
+            return FaissIndex.restored(raw, rows, meta, settings, growing), mark
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             log.warning("snapshot %s unreadable (%s): trying an older one", path, exc)
     return None
+
+
+def _state(path: Path, meta: dict[str, Any]) -> IndexState:
+    rows = [_row(json.loads(line)) for line in (path / "rows.jsonl").read_text().splitlines()]
+    growing = (path / "growing.faiss").read_bytes() if "built" in meta else None
+    return IndexState((path / "index.faiss").read_bytes(), rows, meta, growing)
 
 
 def _write(path: Path, data: bytes) -> None:
