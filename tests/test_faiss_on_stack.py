@@ -101,7 +101,7 @@ def test_upload_then_search_answered_by_faiss_workers_on_the_stack(deployment: A
     assert all(m.partition == shard_for(m.headers["object-id"], deployment.shards) for m in vectors)
     for k, worker in enumerate(workers):
         rows = len({m.key for m in vectors if m.partition == k})
-        assert f", {rows} rows, flat" in readyz(worker)
+        assert f", {rows} rows, text flat, image flat" in readyz(worker)
         assert search_requests_answered(worker) > 0
     prefix = deployment.env()["MMRAG_COLLECTION_PREFIX"]
     milvus = milvus_client(deployment.endpoints.milvus_uri)
