@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from mmrag.errors import PermanentError
-from mmrag.faiss_index import STAGE, FaissIndex, FaissSettings, IndexState
+from mmrag.faiss_index import STAGE, FaissIndex, FaissSettings, IndexState, checked_vector
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
 
 HALVES = ("text", "image")
@@ -73,14 +73,7 @@ class HalvesIndex:
         holding: dict[str, list[bool]] = {}  # where this call already put a vector_id (a later row overwrites it)
         with self._writing:
             for row in rows:
-                vector = np.asarray(row.vector, dtype=np.float32).reshape(-1)
-                if vector.shape[0] != self.dim:
-                    raise PermanentError(
-                        STAGE,
-                        row.object_id,
-                        f"vector {row.vector_id} has {vector.shape[0]} dims, the index has {self.dim}",
-                        "index it with the space the index was built for",
-                    )
+                vector = checked_vector(row, self.dim)
                 parts = (vector[: self.text_dim], vector[self.text_dim :])
                 held = holding.get(row.vector_id) or [half.holds(row.vector_id) for half in self.halves]
                 wanted = holding[row.vector_id] = [bool(parts[0].any()) or not parts[1].any(), bool(parts[1].any())]

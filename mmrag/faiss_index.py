@@ -313,15 +313,7 @@ class FaissIndex:
     # -- state ---------------------------------------------------------------------------------------------------
 
     def _checked(self, row: VectorRow) -> np.ndarray:
-        vector = np.asarray(row.vector, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.dim:
-            raise PermanentError(
-                STAGE,
-                row.object_id,
-                f"vector {row.vector_id} has {vector.shape[0]} dims, the index has {self.dim}",
-                "index it with the space the index was built for",
-            )
-        return vector
+        return checked_vector(row, self.dim)
 
     def _remember(self, internal: int, row: VectorRow) -> None:
         self._next_id = max(self._next_id, internal + 1)
@@ -599,6 +591,19 @@ class FaissIndex:
         for internal, row in zip(meta["ids"], rows, strict=True):
             index._remember(int(internal), row)
         return index
+
+
+def checked_vector(row: VectorRow, dim: int) -> np.ndarray:
+    """The row's vector as float32, or the PermanentError of a vector of other than ``dim`` dims."""
+    vector = np.asarray(row.vector, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != dim:
+        raise PermanentError(
+            STAGE,
+            row.object_id,
+            f"vector {row.vector_id} has {vector.shape[0]} dims, the index has {dim}",
+            "index it with the space the index was built for",
+        )
+    return vector
 
 
 _resources: Any = None
