@@ -63,7 +63,7 @@ class FaissSettings(BaseSettings):
     )
     faiss_compact_fraction: float = Field(default=0.25, gt=0, le=1, description="dead share that triggers a rebuild")
     faiss_growing_max: int = Field(
-        default=100_000,
+        default=200_000,
         ge=0,
         description="applied rows of an HNSW shard searched exactly until they are in its graph; past it, applying "
         "builds the graph first (0: every row goes into the graph as it is applied)",
