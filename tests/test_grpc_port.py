@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from local_stack.processes import free_port
+from tests.kafka_tools import wait_for
 from mmrag.telemetry import Probes
 from query_service.server import QueryServicer, serve
 from query_service.settings import QueryServiceSettings
@@ -55,5 +56,5 @@ def test_a_port_a_grpc_server_listens_on_is_not_free() -> None:
     try:
         assert not port_free(port)
     finally:
-        listener.stop(0)
-    assert port_free(port)
+        listener.stop(0).wait(5)  # the shutdown completes asynchronously: the socket closes after stop returns
+    wait_for(lambda: port_free(port), 5, f"port {port} free again after the server stopped")
