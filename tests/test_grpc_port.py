@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from local_stack.processes import free_port
-from tests.kafka_tools import wait_for
 from mmrag.telemetry import Probes
 from query_service.server import QueryServicer, serve
 from query_service.settings import QueryServiceSettings
+from tests.kafka_tools import wait_for
 
 pytestmark = pytest.mark.unit
 
