@@ -71,9 +71,9 @@ class HalvesIndex:
             return
         runs: list[list[tuple[str, list[Any]]]] = [[], []]
         holding: dict[str, list[bool]] = {}  # where this call already put a vector_id (a later row overwrites it)
+        vectors = [checked_vector(row, self.dim) for row in rows]  # every row first: a refused batch changes nothing
         with self._writing:
-            for row in rows:
-                vector = checked_vector(row, self.dim)
+            for row, vector in zip(rows, vectors, strict=True):
                 parts = (vector[: self.text_dim], vector[self.text_dim :])
                 held = holding.get(row.vector_id) or [half.holds(row.vector_id) for half in self.halves]
                 wanted = holding[row.vector_id] = [bool(parts[0].any()) or not parts[1].any(), bool(parts[1].any())]
@@ -117,8 +117,7 @@ class HalvesIndex:
     def build(self, max_rows: int | None = None) -> int:
         """Moves up to ``max_rows`` growing rows into the graphs, the MiniLM half's first; returns the rows still
         growing in both."""
-        left = self.text.build(max_rows)
-        if left == 0 or max_rows is None:
+        if self.text.build(max_rows) == 0:
             self.image.build(max_rows)
         return self.unbuilt()
 

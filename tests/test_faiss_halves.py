@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from consumers.faiss_worker.snapshot import SnapshotMark, load_latest, write_snapshot
+from mmrag.errors import PermanentError
 from mmrag.faiss_halves import HalvesIndex
 from mmrag.faiss_index import FaissIndex, FaissSettings
 from mmrag.vector_index import SearchFilter, VectorRow
@@ -95,6 +96,9 @@ def test_rows_move_between_halves_and_joint_queries_rank_by_the_whole_vector(thr
     assert hits["both"] == pytest.approx(0.8 + 0.6, abs=1e-5) and hits["text"] == pytest.approx(0.8, abs=1e-5)
     assert hits["x"] == pytest.approx(0.6, abs=1e-5) and hits["none"] == pytest.approx(0.0, abs=1e-6)
     assert next(iter(hits)) == "both"
+    with pytest.raises(PermanentError, match="has 3 dims"):  # a batch with a row of other dims changes nothing
+        index.upsert([_row("new", t, i), replace(_row("bad", t, None), vector=np.ones(3, np.float32))])
+    assert (index.count(), index.text.count(), index.image.count()) == (4, 3, 2)
     index.delete(["both", "x", "unknown"])
     assert (index.count(), index.text.count(), index.image.count()) == (2, 2, 0)
 
