@@ -52,6 +52,26 @@ def test_images_lead_only_when_clip_puts_the_query_closer_to_an_image_than_to_th
     assert FUSION.queries(VECTOR).keys() == {TEXT, CLIP}
 
 
+def test_the_verdict_stops_at_the_first_sentence_the_best_image_does_not_beat() -> None:
+    asked: list[list[str]] = []
+
+    def counted(sentences: Sequence[str]) -> np.ndarray:
+        asked.append(list(sentences))
+        return clip_texts(sentences)
+
+    fusion = ModalityFusion(TEXT_DIM, IMAGE_WEIGHT, counted)
+    unsure = [hit("b/circle.png", IMAGE_WEIGHT**2 * 0.85, image=True)]  # "Circles are round." (0.9) beats it
+    assert not fusion.image_first(unsure, TEXTS, VECTOR)
+    assert asked == [["Circles are round.", "Kafka groups."]]  # the second result's sentences not encoded
+    asked.clear()
+    sure = [hit("b/circle.png", IMAGE_WEIGHT**2 * 0.95, image=True)]
+    assert fusion.image_first(sure, TEXTS, VECTOR)
+    assert asked == [["Circles are round.", "Kafka groups."], ["Kafka groups."]]  # every result's, to be sure
+    asked.clear()
+    assert not fusion.image_first(sure, [hit("b/blank.md", 0.3, "\n")], VECTOR)  # no sentence: text first
+    assert asked == []
+
+
 def test_each_item_once_with_its_joint_similarity_and_keyword_items_fused_into_the_text_side() -> None:
     ocr = hit("b/diagram.png", 0.25, "Kafka groups.", image=True)  # text and image half: in both lists
     lists = {
