@@ -30,6 +30,7 @@ the first; Search p50 < 25 ms at 100k (1 client); freshness p99 < 3 s.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -61,6 +62,8 @@ WORDS = vocabulary()  # the mixed corpus' words, as bench.query's (a 31-word lis
 # all chunks: BM25 then scored ~50k postings a word at 100k objects, 2.3 ms a keyword search, 0.4 with these)
 
 
+SEEDS = itertools.count()  # each Search client's query generator: seeded by client and step alike, the later steps
+# asked the earlier steps' queries again, and the query service's embedding cache answered them without encoding
 WARM_UP = 500  # objects indexed before the first step (not counted: the first step's rate is then a steady one)
 
 
@@ -208,17 +211,18 @@ def searches(port: int, step: Step, count: int, clients: int) -> None:
         stub.Search(query_pb2.SearchQuery(text=f"warm up {n}", top_k=10), timeout=30)
 
     def client(c: int) -> list[float]:
-        rng = np.random.default_rng(c)
+        rng = np.random.default_rng(c)  # c from SEEDS: no query of an earlier step or client is asked again
         took = []
         for _ in range(count):
-            text = " ".join(rng.choice(WORDS, 4))  # distinct queries: the result cache does not answer them
+            text = " ".join(rng.choice(WORDS, 4))  # distinct queries: neither cache answers them
             began = time.perf_counter()
             stub.Search(query_pb2.SearchQuery(text=f"{text} {rng.integers(1 << 30)}", top_k=10), timeout=30)
             took.append(time.perf_counter() - began)
         return took
 
     with ThreadPoolExecutor(clients) as pool:
-        step.search[clients] = sorted(t for times in pool.map(client, range(clients)) for t in times)
+        seeds = [next(SEEDS) for _ in range(clients)]
+        step.search[clients] = sorted(t for times in pool.map(client, seeds) for t in times)
     channel.close()
 
 
