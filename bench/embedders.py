@@ -36,6 +36,7 @@ from mmrag.object_store import S3ObjectStore
 from mmrag.pb.events_pb2 import MediaKind, ObjectEvent
 from mmrag.settings import SpaceSettings
 from mmrag.space import space_clip_encoder, space_minilm_encoder
+from mmrag.text_encoder import TOKEN_BUDGET
 
 # as the deployables run (local_stack.services, the Dockerfile): OpenMP threads sleep at barriers, not spin;
 # `OMP_WAIT_POLICY= python -m bench.embedders` (set, empty) runs bare models and services with libgomp's default
@@ -241,7 +242,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--texts", type=int, default=320)
     parser.add_argument("--model-batch", type=int, default=16)
-    parser.add_argument("--token-budget", type=int, default=8192)
+    parser.add_argument("--token-budget", type=int, default=TOKEN_BUDGET, help="the text embedder's default")
     parser.add_argument("--clip-text", action="store_true", help="text chunks through CLIP's text tower as well")
     parser.add_argument("--clip-dir", type=Path, help="default: a random-init ViT-B/32 written once to a temp dir")
     parser.add_argument("--only", choices=("images", "text"), help="measure one path (default: both)")

@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrag.errors import PermanentError
-from mmrag.faiss_index import STAGE, FaissIndex, FaissSettings, IndexState, checked_vector
+from mmrag.faiss_index import FaissIndex, FaissSettings, IndexState, checked_query, checked_vector
 from mmrag.vector_index import NO_FILTER, Hit, SearchFilter, VectorRow
 
 HALVES = ("text", "image")
@@ -140,9 +139,7 @@ class HalvesIndex:
     def search(
         self, query: np.ndarray, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER
     ) -> list[Hit]:
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self.dim:
-            raise PermanentError(STAGE, "query", f"{q.shape[0]} dims, the index has {self.dim}", "fix the query")
+        q = checked_query(query, self.dim)
         text_q, image_q = q[: self.text_dim], q[self.text_dim :]
         if not image_q.any():
             return self.text.search(text_q, top_k, shard, where)

@@ -295,9 +295,7 @@ class FaissIndex:
     def search(
         self, query: np.ndarray, top_k: int, shard: int | None = None, where: SearchFilter = NO_FILTER
     ) -> list[Hit]:
-        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        if q.shape[1] != self.dim:
-            raise PermanentError(STAGE, "query", f"{q.shape[1]} dims, the index has {self.dim}", "fix the query")
+        q = checked_query(query, self.dim).reshape(1, -1)
         with self._lock:
             k = min(top_k, len(self._rows))
             eligible = self._selector(shard, where)
@@ -604,6 +602,14 @@ def checked_vector(row: VectorRow, dim: int) -> np.ndarray:
             "index it with the space the index was built for",
         )
     return vector
+
+
+def checked_query(query: np.ndarray, dim: int) -> np.ndarray:
+    """The query as a float32 vector, or the PermanentError of a query of other than ``dim`` dims."""
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    if q.shape[0] != dim:
+        raise PermanentError(STAGE, "query", f"{q.shape[0]} dims, the index has {dim}", "fix the query")
+    return q
 
 
 _resources: Any = None

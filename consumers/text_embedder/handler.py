@@ -26,7 +26,7 @@ from mmrag.pb.events_pb2 import Chunk, MediaKind, Modality, ObjectEvent
 from mmrag.read_ahead import ReadAhead, object_reads, size_refusal
 from mmrag.runner import ItemResult
 from mmrag.settings import BaseServiceSettings, S3Settings, SpaceSettings
-from mmrag.text_encoder import MAX_TOKENS, MiniLMEncoder
+from mmrag.text_encoder import MAX_TOKENS, TOKEN_BUDGET, MiniLMEncoder
 
 log = logging.getLogger(__name__)
 STAGE = "text_embedder"
@@ -70,7 +70,10 @@ class TextEmbedderSettings(BaseServiceSettings, S3Settings, SpaceSettings):
     )
     chunk_tokens: int = Field(default=MAX_TOKENS, le=MAX_TOKENS, description="MiniLM reads at most 256 tokens")
     chunk_overlap: int = 32
-    token_budget: int = Field(default=8192, description="padded tokens per MiniLM forward pass")
+    token_budget: int = Field(
+        default=TOKEN_BUDGET,
+        description="padded tokens per MiniLM forward pass (and a pass's worth of objects extracted at a time)",
+    )
     max_chunks: int = Field(default=2000, description="an object with more chunks goes to the DLQ (counted lazily)")
     max_pages: int = Field(default=500, description="a PDF with more pages goes to the DLQ before any is read")
     max_text_bytes: int = Field(default=8 << 20, description="text objects over this size (the event's) are refused")
