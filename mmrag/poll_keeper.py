@@ -91,7 +91,12 @@ class PollKeeper:
         ready = [TopicPartition(t, p) for t, p in self.assigned - self.to_restore]
         if not ready:
             return
-        positions = self.consumer.position(ready) if refetch else []
+        positions: list[TopicPartition] = []
+        if refetch:
+            try:
+                positions = self.consumer.position(ready)
+            except KafkaException as exc:  # resumed all the same, fetched at the broker thread's next wake-up
+                log.info("%s: no positions to refetch at (%s)", self.stage, exc)
         self.consumer.resume(ready)
         for tp in positions:
             if tp.offset >= 0:
