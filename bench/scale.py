@@ -62,8 +62,8 @@ WORDS = vocabulary()  # the mixed corpus' words, as bench.query's (a 31-word lis
 # all chunks: BM25 then scored ~50k postings a word at 100k objects, 2.3 ms a keyword search, 0.4 with these)
 
 
-SEEDS = itertools.count()  # each Search client's query generator: seeded by client and step alike, the later steps
-# asked the earlier steps' queries again, and the query service's embedding cache answered them without encoding
+SEEDS = itertools.count()  # one seed per Search client per step: seeded by the client's number alone, the later
+# steps asked the earlier steps' queries again, and the query service's embedding cache answered them unencoded
 WARM_UP = 500  # objects indexed before the first step (not counted: the first step's rate is then a steady one)
 
 
