@@ -66,7 +66,7 @@ class PollKeeper:
         revocations = self.revocations
         try:
             while not futures.wait([future], timeout=POLL_S).done:  # on as soon as it is done; polls in between
-                self._poll_paused(0)
+                self._poll_paused()
         finally:
             self.resume_ready(refetch=self.revocations == revocations)
         return future.result()
@@ -105,11 +105,11 @@ class PollKeeper:
                 except KafkaException as exc:  # it resumes all the same, at its next wake-up
                     log.info("%s: could not refetch %s[%d] at once (%s)", self.stage, tp.topic, tp.partition, exc)
 
-    def _poll_paused(self, timeout_s: float) -> None:
-        """One poll that should return nothing (everything is paused); a message that still arrives, e.g. of a
-        partition assigned without restore during the wait, is put back by seeking to it."""
+    def _poll_paused(self) -> None:
+        """One poll that does not wait and should return nothing (everything is paused); a message that still
+        arrives, e.g. of a partition assigned without restore during the wait, is put back by seeking to it."""
         rewound: set[tuple[str, int]] = set()
-        for msg in self.consumer.consume(100, timeout_s):
+        for msg in self.consumer.consume(100, 0):
             if msg.error() is not None:
                 continue
             tp = (str(msg.topic()), int(msg.partition() or 0))
