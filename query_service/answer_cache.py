@@ -6,9 +6,10 @@ Freshness follows index-status.v1 (through the status view): every status that c
 updates ``IndexedObjects``; a new one for an object drops every entry that has it among its sources, and a lookup
 checks each source against the newest status known here, so an entry that slipped past (another replica stored it,
 or the status raced the store) is never served. An answer is stored only when each source is the version the index
-holds, indexed before the Ask began; degraded, "not found" and uncited answers, and answers from a partial, keyword
-or cached retrieval are never stored. Entries live in a store: in process (``MemoryAnswerStore``) or in Redis
-(``query_service.answer_store_redis``) so replicas share them.
+holds, indexed before the Ask began (one with a source whose status has not been read here yet waits for it, in
+process, up to ``PENDING_S``: Search finds rows before their INDEXED status is out); degraded, "not found" and uncited
+answers, and answers from a partial, keyword or cached retrieval are never stored. Entries live in a store: in
+process (``MemoryAnswerStore``) or in Redis (``query_service.answer_store_redis``) so replicas share them.
 """
 
 from __future__ import annotations
@@ -34,12 +35,18 @@ if TYPE_CHECKING:
     from query_service.settings import QueryServiceSettings
 
 log = logging.getLogger(__name__)
+PENDING_S = 30  # how long an answer waits for its sources' statuses to be read here
+PENDING_MAX = 256  # answers waiting at most (the oldest is dropped first)
 INVALIDATIONS = Counter(
     "mmrag_answer_cache_invalidations_total",
     "Answer cache entries dropped: a source changed (on its index status, or found on lookup), or the TTL passed",
     ["reason"],
 )
-STORES = Counter("mmrag_answer_cache_stores_total", "Answers offered to the answer cache by outcome", ["outcome"])
+STORES = Counter(
+    "mmrag_answer_cache_stores_total",
+    "Answers offered to the answer cache by outcome (a deferred one ends stored, source-changed or expired)",
+    ["outcome"],
+)
 
 
 class AnswerStore(Protocol):
@@ -119,6 +126,8 @@ class AnswerCache:
         self.objects = objects or IndexedObjects()
         self.ready = ready
         self.clock_ms = clock_ms
+        self._pending: list[_Pending] = []  # answers waiting for their sources' statuses, oldest first
+        self._pending_lock = threading.Lock()  # observing a status and judging the waiting answers are one step
 
     @staticmethod
     def scope_key(*parts: object) -> str:
@@ -170,22 +179,52 @@ class AnswerCache:
 
     def store_answer(self, vector: np.ndarray, scope: str, sources: AskSources, final: AskFinal, asked_ms: int) -> bool:
         """Stores an answer (the caller has checked ``cacheable``) when each source is the version the index holds
-        and was indexed before the Ask began (``asked_ms``); True when stored."""
-        objects: dict[str, tuple[str, int]] = {}
-        for s in sources.sources:
-            now = self.objects.get(s.object_id)
-            if (
-                not self.ready()
-                or now is None
-                or not now.live
-                or now.version != s.version
-                or now.indexed_at_ms > asked_ms
-            ):
-                STORES.labels("source-changed").inc()
+        and was indexed before the Ask began (``asked_ms``); True when stored now. An answer with a source whose
+        status this replica has not read yet (Search finds an object's rows before its INDEXED status is out) waits
+        for it here, in process, up to ``PENDING_S``, and is stored when its statuses arrive and agree."""
+        answered = _Pending(scope, unit(vector), self.clock_ms(), asked_ms, sources, final)
+        with self._pending_lock:
+            self._expire_pending()
+            verdict, objects = self._judge(answered)
+            if verdict == "wait":
+                self._pending.append(answered)
+                if len(self._pending) > PENDING_MAX:
+                    self._pending.pop(0)
+                    STORES.labels("expired").inc()
+                STORES.labels("deferred").inc()
                 return False
-            objects[s.object_id] = (now.version, now.indexed_at_ms)
+        if verdict == "no":
+            STORES.labels("source-changed").inc()
+            return False
+        return self._put(answered, objects)
+
+    def _judge(self, answered: _Pending) -> tuple[str, dict[str, tuple[str, int]]]:
+        """ok: every source is the version the index holds, indexed before the Ask began; no: one is not and never
+        will be; wait: one's status has not been read here yet (unknown, or another version indexed before the Ask
+        began: the retrieved one's status may be on its way). With ok, each source's (version, indexed_at_ms)."""
+        if not self.ready():
+            return "no", {}
+        verdict, objects = "ok", {}
+        for s in answered.sources.sources:
+            now = self.objects.get(s.object_id)
+            if now is None or now.version != s.version:
+                verdict = "wait"
+            elif not now.live:
+                return "no", {}
+            else:
+                objects[s.object_id] = (now.version, now.indexed_at_ms)
+            if now is not None and now.indexed_at_ms > answered.asked_ms:
+                return "no", {}
+        return verdict, objects
+
+    def _put(self, answered: _Pending, objects: dict[str, tuple[str, int]]) -> bool:
         entry = CachedAnswer(
-            scope, unit(vector), self.clock_ms(), objects, sources.SerializeToString(), final.SerializeToString()
+            answered.scope,
+            answered.vector,
+            answered.at_ms,
+            objects,
+            answered.sources.SerializeToString(),
+            answered.final.SerializeToString(),
         )
         try:
             self.store.put(entry, self.ttl_s)
@@ -196,9 +235,41 @@ class AnswerCache:
         STORES.labels("stored").inc()
         return True
 
+    def _expire_pending(self) -> None:
+        """Under ``_pending_lock``: drops the waiting answers older than ``PENDING_S``."""
+        if not self._pending:
+            return
+        oldest = self.clock_ms() - PENDING_S * 1000
+        kept = [p for p in self._pending if p.at_ms >= oldest]
+        STORES.labels("expired").inc(len(self._pending) - len(kept))
+        self._pending = kept
+
+    def _settle_pending(self, object_id: str) -> list[tuple[_Pending, dict[str, tuple[str, int]]]]:
+        """Under ``_pending_lock``, after a status of ``object_id``: the waiting answers now to be stored (those
+        now refused are counted and dropped)."""
+        self._expire_pending()
+        settled, kept = [], []
+        for answered in self._pending:
+            if object_id not in answered.objects:
+                kept.append(answered)
+                continue
+            verdict, objects = self._judge(answered)
+            if verdict == "ok":
+                settled.append((answered, objects))
+            elif verdict == "wait":
+                kept.append(answered)
+            else:
+                STORES.labels("source-changed").inc()
+        self._pending = kept
+        return settled
+
     def on_index_status(self, status: IndexStatus) -> None:
         """For the status view's thread: a status that changed the index drops the entries answered from before."""
-        changed = self.objects.observe(status)
+        with self._pending_lock:
+            changed = self.objects.observe(status)
+            settled = self._settle_pending(status.object_id) if changed is not None and self.ready() else []
+        for answered, objects in settled:
+            self._put(answered, objects)
         if changed is None or not self.ready():
             return
         try:
@@ -209,6 +280,22 @@ class AnswerCache:
             log.warning(
                 "answer cache: dropping the entries of %s failed (lookups still check): %s", status.object_id, exc
             )
+
+
+@dataclass
+class _Pending:
+    """An answer offered to the cache: what it was asked in and answered from."""
+
+    scope: str
+    vector: np.ndarray
+    at_ms: int  # when it was offered (the entry's age counts from here)
+    asked_ms: int
+    sources: AskSources
+    final: AskFinal
+    objects: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.objects = frozenset(s.object_id for s in self.sources.sources)
 
 
 def _newer(change: IndexedVersion, answered_from: tuple[str, int] | None) -> bool:

@@ -77,7 +77,9 @@ def start_with_corpus(
     deployment: Deployment, corpus: dict[str, str], probe: str, tmp_path: Path, services: list[Service]
 ) -> None:
     """Starts the indexing and retrieval path plus ``services``, uploads ``corpus`` (file name -> text) and waits
-    until a Search for ``probe`` finds every document."""
+    until a Search for ``probe`` finds every document and GetObjectStatus reports each indexed (Search finds rows
+    before their INDEXED status is out; the answer cache stores an answer once the status view has read its sources'
+    statuses)."""
     shards = [deployment.service("retrieval_worker", str(k), MMRAG_SHARD=str(k)) for k in range(deployment.shards)]
     start_services([deployment.service(n) for n in INDEXING] + shards + services)
     for name, text in corpus.items():
@@ -86,6 +88,16 @@ def start_with_corpus(
     upload_files(store, deployment.bucket, [tmp_path / n for n in corpus])
     port = deployment.grpc_port
     wait_for(lambda: len(searched_objects(port, probe)) == len(corpus), 120, "the corpus to be searchable")
+    oids = [f"{deployment.bucket}/{name}" for name in corpus]
+    wait_for(lambda: all(reported_indexed(port, oid) for oid in oids), 60, "the corpus to be reported indexed")
+
+
+def reported_indexed(port: int, object_id: str) -> bool:
+    """Whether GetObjectStatus on ``port`` reports the object indexed."""
+    with query_channel(f"127.0.0.1:{port}") as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        status = stub.GetObjectStatus(query_pb2.ObjectStatusRequest(object_id=object_id), timeout=10)
+    return bool(status.state == "indexed")
 
 
 def metric(service: Service, name: str) -> float:

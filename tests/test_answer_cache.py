@@ -14,7 +14,7 @@ import pytest
 from mmrag.pb.events_pb2 import IndexState, IndexStatus, SearchHit
 from mmrag.pb.query_pb2 import AskFinal, AskResponse, AskSource, AskSources
 from mmrag.text_encoder import MiniLMEncoder
-from query_service.answer_cache import AnswerCache, AnswerStore, MemoryAnswerStore, cacheable, unit
+from query_service.answer_cache import PENDING_S, AnswerCache, AnswerStore, MemoryAnswerStore, cacheable, unit
 from query_service.answer_entry import CachedAnswer
 from query_service.answer_store_redis import RedisAnswerStore
 from query_service.ask import Asker, AskLimits
@@ -130,13 +130,41 @@ def test_the_same_version_indexed_again_drops_the_entry(cache: AnswerCache) -> N
 def test_an_answer_is_stored_only_from_what_the_index_holds(cache: AnswerCache) -> None:
     q = unit(np.ones(DIM))
     sources, final = answered(("b/doc.md", "v1"))
-    assert not cache.store_answer(q, "s", sources, final, T0 + 1), "a source never seen indexed"
-    cache.on_index_status(indexed("b/doc.md", "v2", T0))
-    assert not cache.store_answer(q, "s", sources, final, T0 + 1), "retrieved v1, the index holds v2"
     cache.on_index_status(indexed("b/doc.md", "v1", T0 + 5))
     assert not cache.store_answer(q, "s", sources, final, T0 + 1), "indexed after the Ask began"
-    assert cache.store_answer(q, "s", sources, final, T0 + 10)
+    cache.on_index_status(indexed("b/doc.md", "v2", T0 + 6))
+    assert not cache.store_answer(q, "s", sources, final, T0 + 10), "retrieved v1, the index holds v2 since then"
+    cache.on_index_status(indexed("b/doc.md", "v1", T0 + 20, IndexState.INDEX_STATE_DELETED))
+    assert not cache.store_answer(q, "s", sources, final, T0 + 30), "v1 deleted since"
+    cache.on_index_status(indexed("b/doc.md", "v1", T0 + 40))
+    assert cache.lookup(q, "s") is None, "nothing refused was kept waiting"
+    assert cache.store_answer(q, "s", sources, final, T0 + 50)
     assert cache.lookup(q, "s") is not None
+
+
+def test_an_answer_waits_for_the_status_of_a_source_not_read_yet(cache: AnswerCache) -> None:
+    """Search finds an object's rows before its INDEXED status is out: the answer is stored when the status comes
+    and agrees, and never when it does not (a later version, a deletion, indexed after the Ask began, too late)."""
+    q, other = unit(np.ones(DIM)), close_to(unit(np.ones(DIM)), 0.5)
+    sources, final = answered(("b/doc.md", "v1"), ("b/two.md", "w1"))
+    cache.on_index_status(indexed("b/doc.md", "v0", T0 - 100))
+    assert not cache.store_answer(q, "s", sources, final, T0 + 1), "neither source's status read yet"
+    cache.on_index_status(indexed("b/doc.md", "v1", T0))
+    assert cache.lookup(q, "s") is None, "b/two.md still unknown"
+    cache.on_index_status(indexed("b/two.md", "w1", T0 - 1))
+    assert cache.lookup(q, "s") is not None, "stored once both statuses were read"
+
+    refused = answered(("b/new.md", "n1"))
+    assert not cache.store_answer(other, "t", *refused, T0 + 1)
+    cache.on_index_status(indexed("b/new.md", "n1", T0 + 2))
+    cache.on_index_status(indexed("b/new.md", "n1", T0))
+    assert cache.lookup(other, "t") is None, "indexed after the Ask began: refused, not kept waiting"
+
+    assert not cache.store_answer(other, "u", *answered(("b/late.md", "l1")), T0 + 1)
+    assert isinstance(cache.clock_ms, Clock)
+    cache.clock_ms.ms += PENDING_S * 1000 + 1
+    cache.on_index_status(indexed("b/late.md", "l1", T0))
+    assert cache.lookup(other, "u") is None, "waited longer than PENDING_S"
 
 
 def test_entries_from_another_replica_are_served_only_when_checked(cache: AnswerCache) -> None:

@@ -122,6 +122,9 @@ def test_replicas_share_answers_in_redis_and_an_overwrite_drops_them(
     new_source = cited(renewed, ANSWERING)
     assert new_source.version != old_version and "Octopuses" in new_source.snippet, new_source
     assert not renewed.is_degraded, renewed.degraded_reason
+    wait_for(
+        lambda: indexed_version(deployment.grpc_port, oid) == new_source.version, 30, "the first replica to read it"
+    )
     _, again = ask(deployment.grpc_port)
     assert again.from_cache and again.answer == renewed.answer and cited(again, ANSWERING).version == new_source.version
 
