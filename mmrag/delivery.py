@@ -40,6 +40,7 @@ INIT_TIMEOUT_S = 30.0  # one init_transactions call
 INIT_GIVE_UP_S = 180.0  # retries of init_transactions while the transaction coordinator moves
 COORDINATOR_CALL_S = 2.0  # send_offsets_to_transaction's own timeout: ms normally, seconds while a coordinator moves
 HANG_MARGIN_S = 0.5  # past its own timeout plus this, a call of a batch counts as hung and its producer is replaced
+SLOW_DELIVERY_S = 1.0  # a transactional delivery taking longer is logged with its phases
 MAX_REPLACED = 5  # producers abandoned (each leaves a parked thread) before the process restarts instead
 
 # Per-record refusals: the broker or the client will refuse this record however often it is sent.
@@ -116,6 +117,26 @@ class _Reports:
         return report
 
 
+class _Phases:
+    """How long each phase of one transactional delivery took: logged when the whole took over ``SLOW_DELIVERY_S``
+    (a failover shows where its seconds went)."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.phases: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases.append((phase, now - self.last))
+        self.last = now
+
+    def log_if_slow(self, stage: str) -> None:
+        total = self.last - self.started
+        if total > SLOW_DELIVERY_S:
+            parts = ", ".join(f"{phase} {s:.1f} s" for phase, s in self.phases)
+            log.info("%s: a batch's delivery took %.1f s (%s)", stage, total, parts)
+
+
 class Delivery:
     """Delivers batches through one producer, transactional or not (see the module docstring for the rules)."""
 
@@ -174,8 +195,10 @@ class Delivery:
         if self.replaced > MAX_REPLACED:
             self.on_overrun(f"{hung}; {MAX_REPLACED} producers replaced already")
         log.warning("%s; replacing the producer (%d so far) and delivering the batch again", hung, self.replaced)
+        started = time.monotonic()
         self.producer = self.make_producer()
         self.start_transactions()
+        log.info("%s: new producer ready in %.1f s", self.stage, time.monotonic() - started)
 
     def deliver(
         self,
@@ -210,21 +233,29 @@ class Delivery:
                 before_commit()
             return ends
         producer = self.producer
+        took = _Phases()
         try:
             producer.begin_transaction()
             ends = self._produce_and_flush(outputs, alone)
+            took.mark("produce")
             if before_commit is not None:
                 before_commit()
+                took.mark("before commit")
             if offsets:
                 self._call("send_offsets_to_transaction", list(offsets), group_metadata, timeout_s=COORDINATOR_CALL_S)
+                took.mark("offsets")
             self._commit()
+            took.mark("commit")
             return ends
         except (NotDeliveredError, RejectedOutputsError, KafkaException) as exc:
+            took.mark("failed")
             if self.producer is producer:  # else replaced: the new one's init_transactions aborted it already
                 self._abort(exc)
             if isinstance(exc, KafkaException):
                 raise NotDeliveredError(f"transaction aborted: {exc.args[0]}") from exc
             raise
+        finally:
+            took.log_if_slow(self.stage)
 
     def _flush(self) -> int:
         return int(self._call("flush", timeout_s=self.commit_deadline_s))
