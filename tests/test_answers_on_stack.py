@@ -6,6 +6,7 @@ whatever the result cache and the answer cache held."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,14 @@ import grpc
 import pytest
 
 from bench.answer_set import DOCS
+from local_stack.services import Service
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from query_service.grounding import NOT_FOUND
 from tests.ask_tools import Asked, ask, llm_worker, start_with_corpus
 from tests.kafka_tools import wait_for
 from tests.scripted_llm import ScriptedLlm, scripted_llm
+from tests.test_answer_cache_on_stack import counted
 
 pytestmark = pytest.mark.kafka
 
@@ -28,6 +31,9 @@ CORPUS = {name: DOCS[name] for name in ("server-room.md", "choir.md", "ferry.md"
 CODE_QUESTION = "What is the access code of the server room?"
 SERVER_ROOM = "server-room.md"
 NEW_TEXT = "The access code for the server room is 9051. The server room is on the third floor, next to the kitchen."
+BOATHOUSE = "boathouse.md"
+BOATHOUSE_TEXT = "The boathouse by the lake opens at 6:15 on weekdays. Rowing boats are lent for two hours at a time."
+BOATHOUSE_QUESTION = "When does the boathouse open?"
 
 
 def copy_the_code_sentence(prompt: str) -> str:
@@ -36,8 +42,14 @@ def copy_the_code_sentence(prompt: str) -> str:
     return f"{found.group(0).strip()} [1]" if found else "I do not know."
 
 
+def copy_the_opening_sentence(prompt: str) -> str:
+    found = re.search(r"[^.\n]*boathouse[^.\n]*opens at[^.\n]*\.", prompt)
+    return f"{found.group(0).strip()} [1]" if found else "I do not know."
+
+
 SCRIPTS = {
     CODE_QUESTION: copy_the_code_sentence,
+    BOATHOUSE_QUESTION: copy_the_opening_sentence,
     "What is the Wi-Fi password of the server room?": lambda p: "The Wi-Fi password of the server room is hunter2 [1].",
     "How many members does the Orrin Valley choir have?": lambda p: "The choir has 24 members [1].",
     "When does the ferry from Lindholm to Skarra leave?": lambda p: "The ferry leaves at 7:40 every morning [1]. " * 12,
@@ -50,12 +62,12 @@ def reply(prompt: str) -> str:
 
 
 @pytest.fixture
-def stack(deployment: Any, tmp_path: Path) -> Iterator[tuple[Any, ScriptedLlm]]:
+def stack(deployment: Any, tmp_path: Path) -> Iterator[tuple[Any, ScriptedLlm, Service]]:
     with scripted_llm(reply) as llm:
         worker = llm_worker(deployment, MMRAG_LLM_BACKEND="openai", MMRAG_LLM_BASE_URL=llm.base_url)
         query = deployment.service("query_service", MMRAG_RESULT_CACHE_TTL_S="300", MMRAG_ANSWER_CACHE_TTL_S="300")
         start_with_corpus(deployment, CORPUS, "server room choir ferry clock tower", tmp_path, [query, worker])
-        yield deployment, llm
+        yield deployment, llm, query
 
 
 def status(port: int, oid: str) -> query_pb2.ObjectStatusResponse:
@@ -75,8 +87,8 @@ def final_of(asked: Asked) -> query_pb2.AskFinal:
     return asked.final
 
 
-def test_only_supported_answers_are_given_and_cached(stack: tuple[Any, ScriptedLlm]) -> None:
-    deployment, llm = stack
+def test_only_supported_answers_are_given_and_cached(stack: tuple[Any, ScriptedLlm, Service]) -> None:
+    deployment, llm, query = stack
     port, bucket = deployment.grpc_port, deployment.bucket
     supported = final_of(ask(port, CODE_QUESTION))
     assert not supported.is_degraded, supported.degraded_reason
@@ -85,6 +97,7 @@ def test_only_supported_answers_are_given_and_cached(stack: tuple[Any, ScriptedL
     asked_before = len(llm.prompts)
     again = final_of(ask(port, CODE_QUESTION))
     assert again.from_cache and again.answer == supported.answer and len(llm.prompts) == asked_before
+    asked_at_once_after_an_upload(deployment, query)
 
     for question, wrong in (
         ("What is the Wi-Fi password of the server room?", "hunter2"),  # a fact in no document
@@ -105,8 +118,30 @@ def test_only_supported_answers_are_given_and_cached(stack: tuple[Any, ScriptedL
     assert [c.object_id for c in ferry.citations] == [f"{bucket}/ferry.md"]
 
 
-def test_nothing_stale_after_an_overwrite_or_a_delete_is_reported(stack: tuple[Any, ScriptedLlm]) -> None:
-    deployment, _ = stack
+def asked_at_once_after_an_upload(deployment: Any, query: Service) -> None:
+    """Asked the moment Search finds a new document (its INDEXED status may not be read yet: statuses follow the
+    apply), the answer is stored once the status view reads the status, and the same question is answered from the
+    cache."""
+    port, bucket = deployment.grpc_port, deployment.bucket
+    stored = counted(query, "mmrag_answer_cache_stores_total", 'outcome="stored"')
+    S3ObjectStore(deployment.s3_settings(), "test").put(bucket, BOATHOUSE, BOATHOUSE_TEXT.encode(), "text/markdown")
+    tries = itertools.count()  # a new text each time: the result cache must not answer
+
+    def found() -> bool:
+        return f"{bucket}/{BOATHOUSE}" in search_texts(port, f"boathouse opening hours {next(tries)}")
+
+    wait_for(found, 120, "the new document to be found by Search")
+    fresh = final_of(ask(port, BOATHOUSE_QUESTION))
+    assert fresh.answer.startswith("The boathouse by the lake opens at 6:15") and not fresh.from_cache, fresh
+    wait_for(lambda: counted(query, "mmrag_answer_cache_stores_total", 'outcome="stored"') > stored, 30, "it stored")
+    deferred = counted(query, "mmrag_answer_cache_stores_total", 'outcome="deferred"')
+    print(f"\nasked the moment Search found it: {deferred:.0f} answer(s) waited for their sources' statuses")
+    again = final_of(ask(port, BOATHOUSE_QUESTION))
+    assert again.from_cache and again.answer == fresh.answer, f"answered again ({deferred:.0f} deferred so far)"
+
+
+def test_nothing_stale_after_an_overwrite_or_a_delete_is_reported(stack: tuple[Any, ScriptedLlm, Service]) -> None:
+    deployment, _, _ = stack
     port, bucket = deployment.grpc_port, deployment.bucket
     oid = f"{bucket}/{SERVER_ROOM}"
     old = status(port, oid).version
