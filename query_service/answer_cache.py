@@ -264,7 +264,8 @@ class AnswerCache:
         return settled
 
     def on_index_status(self, status: IndexStatus) -> None:
-        """For the status view's thread: a status that changed the index drops the entries answered from before."""
+        """For the status view's thread: a status that changed the index drops the entries answered from before, and
+        stores the waiting answers whose sources it settles."""
         with self._pending_lock:
             changed = self.objects.observe(status)
             settled = self._settle_pending(status.object_id) if changed is not None and self.ready() else []
