@@ -1,4 +1,4 @@
-"""Test helpers that read what landed on a topic (real broker, throwaway consumer groups)."""
+"""Test helpers that make ad-hoc topics and read what landed on a topic (real broker, throwaway consumer groups)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from mmrag.kafka_clients import decode_headers
 from mmrag.kafka_security import kafka_security
@@ -20,6 +21,16 @@ class Landed:
     partition: int
     offset: int
     timestamp_ms: int = 0  # the record's timestamp (CreateTime: when its producer made it)
+
+
+def create_topics(
+    bootstrap: str, names: list[str], partitions: int, replication: int = 1, config: dict[str, str] | None = None
+) -> None:
+    """Creates a test's own topics (``mmrag.topics.ensure_topics`` makes the project's) and waits for them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept until the futures are done: they fail without it
+    new = [NewTopic(n, num_partitions=partitions, replication_factor=replication, config=config or {}) for n in names]
+    for future in admin.create_topics(new, operation_timeout=30).values():
+        future.result(timeout=60)
 
 
 def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, committed_only: bool = True) -> list[Landed]:

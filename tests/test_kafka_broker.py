@@ -8,20 +8,15 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from local_stack.kafka_broker import KafkaCluster, load_cluster, start_cluster, stop_cluster
+from tests.kafka_tools import create_topics
 
 pytestmark = [
     pytest.mark.kafka,
     pytest.mark.skipif(not (shutil.which("java") and shutil.which("mvn")), reason="needs java and mvn on PATH"),
 ]
-
-
-def _create_topic(bootstrap: str, topic: str, replication: int, config: dict[str, str] | None = None) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    new = NewTopic(topic, num_partitions=1, replication_factor=replication, config=config or {})
-    admin.create_topics([new], operation_timeout=30)[topic].result(timeout=60)
 
 
 def _leader(bootstrap: str, topic: str, timeout_s: float = 30) -> int:
@@ -82,7 +77,7 @@ def test_single_node_round_trip_and_data_survive_a_restart(tmp_path: Path) -> No
     base = tmp_path / "kafka"
     cluster = start_cluster(base)
     try:
-        _create_topic(cluster.bootstrap_servers, "events", replication=1)
+        create_topics(cluster.bootstrap_servers, ["events"], 1)
         values = [f"event-{i:03d}".encode() for i in range(100)]
         failures: list[KafkaError] = []
         producer = _idempotent_producer(cluster.bootstrap_servers)
@@ -140,7 +135,7 @@ def test_three_nodes_leader_kill_loses_nothing_and_duplicates_nothing(tmp_path: 
     cluster = start_cluster(base, nodes=3, ready_timeout_s=120)  # 3 JVMs booting on a busy 2-core box can be slow
     try:
         servers = cluster.bootstrap_servers
-        _create_topic(servers, "orders", replication=3, config={"min.insync.replicas": "2"})
+        create_topics(servers, ["orders"], 1, replication=3, config={"min.insync.replicas": "2"})
         leader = _leader(servers, "orders")
         sent, errors = _produce_through_leader_kill(cluster, "orders", leader)
         assert errors == []

@@ -8,11 +8,11 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from mmrag import poll_keeper
 from mmrag.kafka_clients import consumer_config
 from mmrag.poll_keeper import PollKeeper
+from tests.kafka_tools import create_topics
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 3
@@ -20,8 +20,7 @@ PARTITIONS = 3
 
 def _topic(bootstrap: str, unique: str, count: int) -> str:
     topic = f"keeper-{unique}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept: the future fails once its client is gone
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+    create_topics(bootstrap, [topic], PARTITIONS)
     producer = Producer({"bootstrap.servers": bootstrap})
     for n in range(count):
         producer.produce(topic, f"{n}".encode(), key=f"{n}".encode())

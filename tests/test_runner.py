@@ -8,14 +8,14 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from mmrag.errors import PermanentError, RetryableError
 from mmrag.messages import Envelope, Output
 from mmrag.pb.events_pb2 import GenerateChunk
 from mmrag.runner import ItemResult, StageRunner
 from mmrag.settings import BaseServiceSettings
-from tests.kafka_tools import read_topic
+from tests.kafka_tools import create_topics, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -66,9 +66,7 @@ class Echo:
 @pytest.fixture
 def topics(bootstrap: str, unique: str) -> tuple[str, str, str]:
     names = (f"t{unique}.in", f"t{unique}.out", f"t{unique}.dlq.v1")
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(n, 2, 1) for n in names]).values():
-        future.result()
+    create_topics(bootstrap, list(names), 2)
     return names
 
 
