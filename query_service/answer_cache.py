@@ -250,7 +250,7 @@ class AnswerCache:
         self._expire_pending()
         settled, kept = [], []
         for answered in self._pending:
-            if object_id not in answered.objects:
+            if not answered.has_source(object_id):
                 kept.append(answered)
                 continue
             verdict, objects = self._judge(answered)
@@ -268,11 +268,11 @@ class AnswerCache:
         stores the waiting answers whose sources it settles."""
         with self._pending_lock:
             changed = self.objects.observe(status)
-            settled = self._settle_pending(status.object_id) if changed is not None and self.ready() else []
+            if changed is None or not self.ready():
+                return
+            settled = self._settle_pending(status.object_id)
         for answered, objects in settled:
             self._put(answered, objects)
-        if changed is None or not self.ready():
-            return
         try:
             for entry in self.store.citing(status.object_id):
                 if _newer(changed, entry.objects.get(status.object_id)) and self.store.drop(entry):
@@ -283,7 +283,7 @@ class AnswerCache:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Pending:
     """An answer offered to the cache: what it was asked in and answered from."""
 
@@ -293,10 +293,9 @@ class _Pending:
     asked_ms: int
     sources: AskSources
     final: AskFinal
-    objects: frozenset[str] = frozenset()
 
-    def __post_init__(self) -> None:
-        self.objects = frozenset(s.object_id for s in self.sources.sources)
+    def has_source(self, object_id: str) -> bool:
+        return any(s.object_id == object_id for s in self.sources.sources)
 
 
 def _newer(change: IndexedVersion, answered_from: tuple[str, int] | None) -> bool:

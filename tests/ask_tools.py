@@ -7,6 +7,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from local_stack.services import Service
 from local_stack.stack import Deployment, start_services
 from mmrag.grpc_tls import query_channel
@@ -89,15 +91,23 @@ def start_with_corpus(
     port = deployment.grpc_port
     wait_for(lambda: len(searched_objects(port, probe)) == len(corpus), 120, "the corpus to be searchable")
     oids = [f"{deployment.bucket}/{name}" for name in corpus]
-    wait_for(lambda: all(reported_indexed(port, oid) for oid in oids), 60, "the corpus to be reported indexed")
+    wait_for(lambda: all_indexed(port, oids), 60, "the corpus to be reported indexed")
 
 
-def reported_indexed(port: int, object_id: str) -> bool:
-    """Whether GetObjectStatus on ``port`` reports the object indexed."""
-    with query_channel(f"127.0.0.1:{port}") as channel:
-        stub = query_pb2_grpc.QueryServiceStub(channel)
-        status = stub.GetObjectStatus(query_pb2.ObjectStatusRequest(object_id=object_id), timeout=10)
-    return bool(status.state == "indexed")
+def indexed_version(port: int, oid: str) -> str:
+    """The object's indexed version as GetObjectStatus on ``port`` (that replica's status view) has it ('' until
+    then)."""
+    try:
+        with query_channel(f"127.0.0.1:{port}") as channel:
+            stub = query_pb2_grpc.QueryServiceStub(channel)
+            status = stub.GetObjectStatus(query_pb2.ObjectStatusRequest(object_id=oid), timeout=10)
+    except grpc.RpcError:
+        return ""
+    return str(status.version) if status.state == "indexed" else ""
+
+
+def all_indexed(port: int, oids: list[str]) -> bool:
+    return all(indexed_version(port, oid) for oid in oids)
 
 
 def metric(service: Service, name: str) -> float:

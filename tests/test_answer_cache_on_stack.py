@@ -19,7 +19,7 @@ from local_stack.services import Service
 from mmrag.object_store import S3ObjectStore
 from mmrag.pb import query_pb2, query_pb2_grpc
 from producers.upload import upload_files
-from tests.ask_tools import CORPUS, PROMPT_AS_TESTED
+from tests.ask_tools import CORPUS, PROMPT_AS_TESTED, all_indexed, indexed_version
 from tests.kafka_tools import wait_for
 from tests.scripted_llm import ScriptedLlm
 
@@ -43,10 +43,6 @@ def ask(port: int, question: str = QUESTION) -> tuple[query_pb2.AskSources, quer
             elif event.WhichOneof("event") == "final":
                 final = event.final
     return sources, final
-
-
-def stub(port: int) -> Any:
-    return query_pb2_grpc.QueryServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
 
 
 def counted(service: Service, name: str, label: str = "") -> float:
@@ -127,19 +123,6 @@ def test_replicas_share_answers_in_redis_and_an_overwrite_drops_them(
     )
     _, again = ask(deployment.grpc_port)
     assert again.from_cache and again.answer == renewed.answer and cited(again, ANSWERING).version == new_source.version
-
-
-def indexed_version(port: int, oid: str) -> str:
-    """The object's indexed version as the replica's status view has it ('' until then)."""
-    try:
-        status = stub(port).GetObjectStatus(query_pb2.ObjectStatusRequest(object_id=oid), timeout=10)
-    except grpc.RpcError:
-        return ""
-    return str(status.version) if status.state == "indexed" else ""
-
-
-def all_indexed(port: int, oids: list[str]) -> bool:
-    return all(indexed_version(port, oid) for oid in oids)
 
 
 def invalidations(replicas: tuple[Service, ...]) -> float:

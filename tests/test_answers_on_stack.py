@@ -22,8 +22,8 @@ from mmrag.pb import query_pb2, query_pb2_grpc
 from query_service.grounding import NOT_FOUND
 from tests.ask_tools import Asked, ask, llm_worker, start_with_corpus
 from tests.kafka_tools import wait_for
+from tests.object_events import metric
 from tests.scripted_llm import ScriptedLlm, scripted_llm
-from tests.test_answer_cache_on_stack import counted
 
 pytestmark = pytest.mark.kafka
 
@@ -34,6 +34,7 @@ NEW_TEXT = "The access code for the server room is 9051. The server room is on t
 BOATHOUSE = "boathouse.md"
 BOATHOUSE_TEXT = "The boathouse by the lake opens at 6:15 on weekdays. Rowing boats are lent for two hours at a time."
 BOATHOUSE_QUESTION = "When does the boathouse open?"
+STORES = "mmrag_answer_cache_stores_total"
 
 
 def copy_the_code_sentence(prompt: str) -> str:
@@ -123,7 +124,7 @@ def asked_at_once_after_an_upload(deployment: Any, query: Service) -> None:
     apply), the answer is stored once the status view reads the status, and the same question is answered from the
     cache."""
     port, bucket = deployment.grpc_port, deployment.bucket
-    stored = counted(query, "mmrag_answer_cache_stores_total", 'outcome="stored"')
+    stored = metric(query.probe_url, STORES, outcome="stored")
     S3ObjectStore(deployment.s3_settings(), "test").put(bucket, BOATHOUSE, BOATHOUSE_TEXT.encode(), "text/markdown")
     tries = itertools.count()  # a new text each time: the result cache must not answer
 
@@ -133,8 +134,8 @@ def asked_at_once_after_an_upload(deployment: Any, query: Service) -> None:
     wait_for(found, 120, "the new document to be found by Search")
     fresh = final_of(ask(port, BOATHOUSE_QUESTION))
     assert fresh.answer.startswith("The boathouse by the lake opens at 6:15") and not fresh.from_cache, fresh
-    wait_for(lambda: counted(query, "mmrag_answer_cache_stores_total", 'outcome="stored"') > stored, 30, "it stored")
-    deferred = counted(query, "mmrag_answer_cache_stores_total", 'outcome="deferred"')
+    wait_for(lambda: metric(query.probe_url, STORES, outcome="stored") > stored, 30, "it stored")
+    deferred = metric(query.probe_url, STORES, outcome="deferred")
     print(f"\nasked the moment Search found it: {deferred:.0f} answer(s) waited for their sources' statuses")
     again = final_of(ask(port, BOATHOUSE_QUESTION))
     assert again.from_cache and again.answer == fresh.answer, f"answered again ({deferred:.0f} deferred so far)"
